@@ -1,0 +1,19 @@
+//! Keyward's event model.
+//!
+//! Everything a compliance team needs to verify the audit log offline lives here: the
+//! envelope, the event types, the canonical encoding, the hash chain and the upcasters.
+//! The crate does no I/O so that an offline verifier can depend on it alone.
+
+pub mod canonical;
+pub mod chain;
+pub mod envelope;
+pub mod hash;
+pub mod time;
+pub mod types;
+pub mod upcast;
+
+pub use chain::{ChainBreak, ChainVerifier, Head};
+pub use envelope::{Envelope, ExpectedVersion, NewEvent};
+pub use hash::Hash32;
+pub use types::*;
+pub use upcast::DecodeError;

@@ -1,0 +1,525 @@
+//! The event types. Each variant's `type` name and its payload shape at a given `schema`
+//! never change: renaming a Rust item must never rename a stored event. A payload change
+//! bumps the schema in [`Event::schema`] and adds an upcaster in [`crate::upcast`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::time::{self, Timestamp};
+
+pub const SYSTEM_ACTOR: &str = "system";
+
+/// Every event Keyward records, tagged by its stable dotted name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    #[serde(rename = "user.created")]
+    UserCreated(UserCreated),
+    #[serde(rename = "user.updated")]
+    UserUpdated(UserUpdated),
+    #[serde(rename = "user.disabled")]
+    UserDisabled(UserDisabled),
+    #[serde(rename = "user.enabled")]
+    UserEnabled(UserEnabled),
+    #[serde(rename = "key.created")]
+    KeyCreated(KeyCreated),
+    #[serde(rename = "key.updated")]
+    KeyUpdated(KeyUpdated),
+    #[serde(rename = "key.used")]
+    KeyUsed(KeyUsed),
+    #[serde(rename = "key.denied")]
+    KeyDenied(KeyDenied),
+    #[serde(rename = "key.expired")]
+    KeyExpired(KeyExpired),
+    #[serde(rename = "key.rotated")]
+    KeyRotated(KeyRotated),
+    #[serde(rename = "key.deleted")]
+    KeyDeleted(KeyDeleted),
+    #[serde(rename = "provider.created")]
+    ProviderCreated(ProviderCreated),
+    #[serde(rename = "provider.updated")]
+    ProviderUpdated(ProviderUpdated),
+    #[serde(rename = "provider.deleted")]
+    ProviderDeleted(ProviderDeleted),
+    #[serde(rename = "provider.key_updated")]
+    ProviderKeyUpdated(ProviderKeyUpdated),
+    #[serde(rename = "provider.verified")]
+    ProviderVerified(ProviderVerified),
+}
+
+/// Every type name, in the order of the table in DESIGN.md.
+pub const EVENT_TYPES: &[&str] = &[
+    "user.created",
+    "user.updated",
+    "user.disabled",
+    "user.enabled",
+    "key.created",
+    "key.updated",
+    "key.used",
+    "key.denied",
+    "key.expired",
+    "key.rotated",
+    "key.deleted",
+    "provider.created",
+    "provider.updated",
+    "provider.deleted",
+    "provider.key_updated",
+    "provider.verified",
+];
+
+impl Event {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::UserCreated(_) => "user.created",
+            Event::UserUpdated(_) => "user.updated",
+            Event::UserDisabled(_) => "user.disabled",
+            Event::UserEnabled(_) => "user.enabled",
+            Event::KeyCreated(_) => "key.created",
+            Event::KeyUpdated(_) => "key.updated",
+            Event::KeyUsed(_) => "key.used",
+            Event::KeyDenied(_) => "key.denied",
+            Event::KeyExpired(_) => "key.expired",
+            Event::KeyRotated(_) => "key.rotated",
+            Event::KeyDeleted(_) => "key.deleted",
+            Event::ProviderCreated(_) => "provider.created",
+            Event::ProviderUpdated(_) => "provider.updated",
+            Event::ProviderDeleted(_) => "provider.deleted",
+            Event::ProviderKeyUpdated(_) => "provider.key_updated",
+            Event::ProviderVerified(_) => "provider.verified",
+        }
+    }
+
+    /// The schema this build writes for the event's type.
+    pub fn schema(&self) -> u16 {
+        current_schema(self.type_name()).unwrap_or(1)
+    }
+
+    /// The stream the event belongs to. Usage and denials go to `usage:<key id>` rather
+    /// than the key's own stream, so that traffic never moves the version a management
+    /// command expects and a PATCH under load does not fail with a spurious 409.
+    pub fn stream(&self) -> String {
+        match self {
+            Event::UserCreated(e) => user_stream(&e.user_id),
+            Event::UserUpdated(e) => user_stream(&e.user_id),
+            Event::UserDisabled(e) => user_stream(&e.user_id),
+            Event::UserEnabled(e) => user_stream(&e.user_id),
+            Event::KeyCreated(e) => key_stream(&e.key_id),
+            Event::KeyUpdated(e) => key_stream(&e.key_id),
+            Event::KeyUsed(e) => usage_stream(&e.key_id),
+            Event::KeyDenied(e) => usage_stream(&e.key_id),
+            Event::KeyExpired(e) => key_stream(&e.key_id),
+            Event::KeyRotated(e) => key_stream(&e.key_id),
+            Event::KeyDeleted(e) => key_stream(&e.key_id),
+            Event::ProviderCreated(e) => provider_stream(&e.provider_id),
+            Event::ProviderUpdated(e) => provider_stream(&e.provider_id),
+            Event::ProviderDeleted(e) => provider_stream(&e.provider_id),
+            Event::ProviderKeyUpdated(e) => provider_stream(&e.provider_id),
+            Event::ProviderVerified(e) => provider_stream(&e.provider_id),
+        }
+    }
+
+    /// The payload alone, as stored in the `data` column.
+    pub fn data(&self) -> Value {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(mut m)) => m.remove("data").unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
+    /// The key this event concerns, if any.
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            Event::KeyCreated(e) => Some(&e.key_id),
+            Event::KeyUpdated(e) => Some(&e.key_id),
+            Event::KeyUsed(e) => Some(&e.key_id),
+            Event::KeyDenied(e) => Some(&e.key_id),
+            Event::KeyExpired(e) => Some(&e.key_id),
+            Event::KeyRotated(e) => Some(&e.key_id),
+            Event::KeyDeleted(e) => Some(&e.key_id),
+            _ => None,
+        }
+    }
+}
+
+/// The schema this build writes for a type name, or `None` for an unknown type.
+pub fn current_schema(type_name: &str) -> Option<u16> {
+    match type_name {
+        "key.created" => Some(2),
+        t if EVENT_TYPES.contains(&t) => Some(1),
+        _ => None,
+    }
+}
+
+pub fn key_stream(key_id: &str) -> String {
+    format!("key:{key_id}")
+}
+pub fn usage_stream(key_id: &str) -> String {
+    format!("usage:{key_id}")
+}
+pub fn provider_stream(provider_id: &str) -> String {
+    format!("provider:{provider_id}")
+}
+pub fn user_stream(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    User,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// List models.
+    Read,
+    /// The proxy endpoints.
+    Chat,
+    /// Chat plus the management API, acting as the owner.
+    Full,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Chat => "chat",
+            Scope::Full => "full",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    AzureOpenai,
+    Anthropic,
+    Gemini,
+    Groq,
+    OpenaiCompatible,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::AzureOpenai => "azure_openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Groq => "groq",
+            ProviderKind::OpenaiCompatible => "openai_compatible",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests_per_minute: u32,
+    pub burst: u32,
+}
+
+/// Requests and/or tokens per day or per month. A field left out is unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_month: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
+}
+
+// ---- users ----
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserCreated {
+    pub user_id: String,
+    pub username: String,
+    pub role: Role,
+    /// An argon2id PHC string, never a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserUpdated {
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserDisabled {
+    pub user_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserEnabled {
+    pub user_id: String,
+}
+
+// ---- keys ----
+
+/// `key.created`, schema 2. Schema 1 bound a key to a single `provider_id` and had no
+/// metadata; see [`crate::upcast::frozen::KeyCreatedV1`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyCreated {
+    pub key_id: String,
+    pub name: String,
+    pub owner_id: String,
+    pub provider_ids: Vec<String>,
+    /// blake3 of the secret, hex. The secret itself never enters the log.
+    pub secret_hash: String,
+    /// The first characters of the secret, for people to recognise it.
+    pub prefix: String,
+    #[serde(with = "time")]
+    pub expires_at: Timestamp,
+    pub scopes: Vec<Scope>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    #[serde(default)]
+    pub ip_allowlist: Vec<String>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_from: Option<String>,
+}
+
+/// `key.updated`: only the fields that changed. For the nullable limits, an absent field
+/// is unchanged and `null` removes the limit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct KeyUpdated {
+    pub key_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::option"
+    )]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<Scope>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    pub rate_limit: Option<Option<RateLimit>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    pub quota: Option<Option<Quota>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_allowlist: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageOutcome {
+    /// The upstream answered 2xx.
+    Success,
+    /// The upstream answered 4xx or 5xx.
+    UpstreamError,
+    /// The upstream could not be reached or reset the connection.
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The client went away before the response was complete.
+    ClientClosed,
+    /// Keyward refused the request after authenticating the key (a bad body, say).
+    InvalidRequest,
+}
+
+impl UsageOutcome {
+    pub fn is_error(self) -> bool {
+        !matches!(self, UsageOutcome::Success)
+    }
+}
+
+/// One proxied request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyUsed {
+    pub key_id: String,
+    pub provider_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub endpoint: String,
+    pub outcome: UsageOutcome,
+    pub status: u16,
+    pub latency_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_latency_us: Option<u64>,
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    Expired,
+    Deleted,
+    OwnerDisabled,
+    Scope,
+    Provider,
+    Model,
+    Ip,
+    RateLimit,
+    Quota,
+}
+
+/// A known key refused. Throttled: `suppressed` counts the refusals of the same key and
+/// reason that were folded into this one instead of being logged each.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyDenied {
+    pub key_id: String,
+    pub reason: DenyReason,
+    pub endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    #[serde(default)]
+    pub suppressed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpireReason {
+    Manual,
+    /// Its expiry time passed.
+    Scheduled,
+    /// Its rotation grace ended.
+    Rotated,
+    OwnerDisabled,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyExpired {
+    pub key_id: String,
+    pub reason: ExpireReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyRotated {
+    /// The old key, on whose stream this event is.
+    pub key_id: String,
+    pub new_key_id: String,
+    #[serde(with = "time")]
+    pub grace_until: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyDeleted {
+    pub key_id: String,
+}
+
+// ---- providers ----
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderCreated {
+    pub provider_id: String,
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct ProviderUpdated {
+    pub provider_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderDeleted {
+    pub provider_id: String,
+    /// Deleted although active keys still used it.
+    #[serde(default)]
+    pub forced: bool,
+}
+
+/// A new credential, sealed: the plaintext never enters the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderKeyUpdated {
+    pub provider_id: String,
+    /// AES-256-GCM ciphertext with its tag, hex.
+    pub ciphertext: String,
+    /// The 96-bit nonce, hex.
+    pub nonce: String,
+    /// Which master key of the keyring sealed it.
+    pub keyring_version: u32,
+    /// Keyed blake3 of the plaintext, hex: shows whether a credential returned to an
+    /// earlier value without revealing it.
+    pub fingerprint: String,
+    pub last4: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderVerified {
+    pub provider_id: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `Option<Option<T>>` where an absent field is `None` and an explicit `null` is
+/// `Some(None)`.
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        v: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}

@@ -1,0 +1,113 @@
+//! Upcasting: a stored payload is brought up to the current schema of its type as a
+//! `serde_json::Value`, step by step, before the typed decode. Stored rows are never
+//! rewritten; their hashes cover the shape they were written in.
+
+use serde_json::{Value, json};
+
+use crate::types::{Event, current_schema};
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("{event_type} schema {schema} is newer than this build knows ({known})")]
+    FutureSchema {
+        event_type: String,
+        schema: u16,
+        known: u16,
+    },
+    #[error("{event_type} schema {schema} has no upcaster")]
+    NoUpcaster { event_type: String, schema: u16 },
+    #[error("{event_type} payload does not match its schema: {reason}")]
+    Payload { event_type: String, reason: String },
+}
+
+/// Decodes a stored payload of any known schema into the current typed event.
+pub fn decode(event_type: &str, schema: u16, data: &Value) -> Result<Event, DecodeError> {
+    let data = upcast(event_type, schema, data.clone())?;
+    serde_json::from_value(json!({ "type": event_type, "data": data })).map_err(|e| {
+        DecodeError::Payload {
+            event_type: event_type.to_owned(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Brings `data` from `schema` to the current schema of `event_type`.
+pub fn upcast(event_type: &str, mut schema: u16, mut data: Value) -> Result<Value, DecodeError> {
+    let known = current_schema(event_type)
+        .ok_or_else(|| DecodeError::UnknownType(event_type.to_owned()))?;
+    if schema > known {
+        return Err(DecodeError::FutureSchema {
+            event_type: event_type.to_owned(),
+            schema,
+            known,
+        });
+    }
+    while schema < known {
+        data = match (event_type, schema) {
+            ("key.created", 1) => key_created_v1_to_v2(data, event_type)?,
+            _ => {
+                return Err(DecodeError::NoUpcaster {
+                    event_type: event_type.to_owned(),
+                    schema,
+                });
+            }
+        };
+        schema += 1;
+    }
+    Ok(data)
+}
+
+fn key_created_v1_to_v2(data: Value, event_type: &str) -> Result<Value, DecodeError> {
+    let v1: frozen::KeyCreatedV1 =
+        serde_json::from_value(data).map_err(|e| DecodeError::Payload {
+            event_type: event_type.to_owned(),
+            reason: format!("schema 1: {e}"),
+        })?;
+    Ok(json!({
+        "key_id": v1.key_id,
+        "name": v1.name,
+        "owner_id": v1.owner_id,
+        "provider_ids": v1.provider_id.into_iter().collect::<Vec<_>>(),
+        "secret_hash": v1.secret_hash,
+        "prefix": v1.prefix,
+        "expires_at": v1.expires_at,
+        "scopes": v1.scopes,
+        "models": v1.models,
+        "rate_limit": v1.rate_limit,
+        "quota": Value::Null,
+        "ip_allowlist": v1.ip_allowlist,
+        "metadata": {},
+        "rotated_from": v1.rotated_from,
+    }))
+}
+
+/// Older payload shapes, frozen as they were written. Never edit one: add a new schema.
+pub mod frozen {
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+
+    /// `key.created` schema 1: one optional provider, no quota, no metadata.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct KeyCreatedV1 {
+        pub key_id: String,
+        pub name: String,
+        pub owner_id: String,
+        #[serde(default)]
+        pub provider_id: Option<String>,
+        pub secret_hash: String,
+        pub prefix: String,
+        pub expires_at: String,
+        pub scopes: Vec<String>,
+        #[serde(default)]
+        pub models: Vec<String>,
+        #[serde(default)]
+        pub rate_limit: Option<Value>,
+        #[serde(default)]
+        pub ip_allowlist: Vec<String>,
+        #[serde(default)]
+        pub rotated_from: Option<String>,
+    }
+}
