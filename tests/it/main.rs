@@ -1,1 +1,1 @@
-fn main() {}
+//! Integration tests: one binary, one module per feature.

@@ -1,0 +1,1 @@
+//! The single appender task: group-commits batches from a bounded queue.

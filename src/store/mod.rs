@@ -1,0 +1,78 @@
+//! The event store: the only source of truth. Two backends sit behind [`EventStore`]:
+//! SQLite (the embedded default) and PostgreSQL (several nodes sharing one log).
+
+pub mod appender;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use keyward_events::{Envelope, Head, NewEvent};
+
+use crate::time::Timestamp;
+
+/// A store-level failure: the database could not be reached, read or written.
+/// Management calls turn it into 503; nothing was written halfway.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the event store holds an event it cannot read at seq {seq}: {reason}")]
+    Corrupt { seq: u64, reason: String },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Why one atomic unit of events was not appended.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Optimistic concurrency: the stream moved on since the command read it.
+    #[error("stream {stream} is at version {actual}, not the expected {expected:?}")]
+    Conflict { stream: String, expected: keyward_events::ExpectedVersion, actual: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The appender has shut down and takes no more events.
+    #[error("the appender is shut down")]
+    Closed,
+}
+
+/// A filter over the log, for audit queries. Every field narrows.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Only events with seq strictly greater than this.
+    pub after_seq: u64,
+    /// Only events with seq at most this.
+    pub until_seq: Option<u64>,
+    pub types: Vec<String>,
+    pub streams: Vec<String>,
+    pub actor: Option<String>,
+    pub from_time: Option<Timestamp>,
+    pub to_time: Option<Timestamp>,
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends several atomic units in one transaction (a group commit). Each unit is all
+    /// or nothing and gets its own result: a conflicting unit is skipped without affecting
+    /// the others. An event whose `event_id` is already stored is not appended again, and
+    /// its stored envelope is returned in its place. Envelopes come back in seq order
+    /// within each unit; units are sealed in the order given. A store error fails every
+    /// unit and writes nothing.
+    async fn append(&self, units: Vec<Vec<NewEvent>>) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, StoreError>;
+
+    /// The last event's seq and hash; seq 0 and the zero hash for an empty log.
+    async fn head(&self) -> Result<Head, StoreError>;
+
+    /// Events in seq order that match the filter, at most `limit`.
+    async fn read(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Envelope>, StoreError>;
+
+    /// Every event after `after_seq`, in seq order, at most `limit`.
+    async fn read_from(&self, after_seq: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        self.read(&EventFilter { after_seq, ..EventFilter::default() }, limit).await
+    }
+
+    /// Whether the store can currently be written (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
