@@ -1,0 +1,315 @@
+//! The key table, and the index by secret hash that the proxy authenticates against.
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use keyward_events::time::Timestamp;
+use keyward_events::{
+    Envelope, Event, ExpireReason, Hash32, KeyCreated, KeyUpdated, Quota, RateLimit, Scope,
+};
+use serde_json::{Map, Value};
+
+/// A gateway key as the log describes it. Deleted keys stay, for audit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyRecord {
+    pub key_id: String,
+    pub name: String,
+    pub owner_id: String,
+    pub provider_ids: Vec<String>,
+    /// Parsed from `key.created`; [`Hash32::ZERO`] when the stored hex does not parse, and
+    /// then the key is not in the auth index, so no secret can authenticate as it.
+    pub secret_hash: Hash32,
+    pub prefix: String,
+    pub expires_at: Timestamp,
+    pub scopes: Vec<Scope>,
+    pub models: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
+    pub ip_allowlist: Vec<String>,
+    pub metadata: Map<String, Value>,
+    pub created_at: Timestamp,
+    /// The actor of the `key.created` envelope.
+    pub created_by: String,
+    pub updated_at: Timestamp,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
+    pub grace_until: Option<Timestamp>,
+    /// From the first `key.expired`.
+    pub expired: Option<(ExpireReason, Timestamp)>,
+    pub deleted_at: Option<Timestamp>,
+    /// The stream version of the last event on `key:<id>`. Usage is on `usage:<id>` and
+    /// does not move it, so it is what a management command expects.
+    pub version: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    Active,
+    Grace,
+    Expired,
+    Deleted,
+}
+
+impl KeyRecord {
+    fn from_created(env: &Envelope, e: &KeyCreated) -> KeyRecord {
+        KeyRecord {
+            key_id: e.key_id.clone(),
+            name: e.name.clone(),
+            owner_id: e.owner_id.clone(),
+            provider_ids: e.provider_ids.clone(),
+            secret_hash: Hash32::from_hex(&e.secret_hash).unwrap_or(Hash32::ZERO),
+            prefix: e.prefix.clone(),
+            expires_at: e.expires_at,
+            scopes: e.scopes.clone(),
+            models: e.models.clone(),
+            rate_limit: e.rate_limit,
+            quota: e.quota,
+            ip_allowlist: e.ip_allowlist.clone(),
+            metadata: e.metadata.clone(),
+            created_at: env.occurred_at,
+            created_by: env.actor.clone(),
+            updated_at: env.occurred_at,
+            rotated_from: e.rotated_from.clone(),
+            rotated_to: None,
+            grace_until: None,
+            expired: None,
+            deleted_at: None,
+            version: env.stream_version,
+        }
+    }
+
+    /// Deleted wins over everything, then any kind of expiry, then the rotation grace.
+    pub fn status(&self, now: Timestamp) -> KeyStatus {
+        if self.deleted_at.is_some() {
+            return KeyStatus::Deleted;
+        }
+        if self.expired.is_some() || now >= self.expires_at {
+            return KeyStatus::Expired;
+        }
+        if self.rotated_to.is_some() {
+            return if self.in_grace_at(now) {
+                KeyStatus::Grace
+            } else {
+                KeyStatus::Expired
+            };
+        }
+        KeyStatus::Active
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
+
+    /// Whether the key has been rotated and `at` falls before the end of its grace: a use
+    /// then shows a client that has not switched to the new key yet.
+    pub fn in_grace_at(&self, at: Timestamp) -> bool {
+        self.rotated_to.is_some() && self.grace_until.is_some_and(|g| at < g)
+    }
+
+    fn apply_update(&mut self, e: &KeyUpdated) {
+        if let Some(name) = &e.name {
+            self.name.clone_from(name);
+        }
+        if let Some(expires_at) = e.expires_at {
+            self.expires_at = expires_at;
+        }
+        if let Some(scopes) = &e.scopes {
+            self.scopes.clone_from(scopes);
+        }
+        if let Some(models) = &e.models {
+            self.models.clone_from(models);
+        }
+        if let Some(rate_limit) = e.rate_limit {
+            self.rate_limit = rate_limit;
+        }
+        if let Some(quota) = e.quota {
+            self.quota = quota;
+        }
+        if let Some(ips) = &e.ip_allowlist {
+            self.ip_allowlist.clone_from(ips);
+        }
+        if let Some(metadata) = &e.metadata {
+            self.metadata.clone_from(metadata);
+        }
+    }
+}
+
+/// Every key by id, and the live ones' auth index by secret hash.
+///
+/// Both indexes hold the same `Arc`, hashed by a field of the record itself, so a key's id
+/// and hash are stored once. A change takes the record out of both, so that
+/// `Arc::make_mut` only copies it when a reader still holds the old version.
+#[derive(Clone, Default)]
+pub struct KeyTable {
+    by_id: HashSet<ById>,
+    by_hash: HashSet<ByHash>,
+}
+
+impl KeyTable {
+    pub fn get(&self, key_id: &str) -> Option<&Arc<KeyRecord>> {
+        self.by_id.get(key_id).map(|k| &k.0)
+    }
+
+    /// The proxy's hot path. Deleted and expired keys are found too, so that a refusal can
+    /// name the key and its reason.
+    pub fn by_secret_hash(&self, h: &Hash32) -> Option<&Arc<KeyRecord>> {
+        self.by_hash.get(h).map(|k| &k.0)
+    }
+
+    /// In no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<KeyRecord>> {
+        self.by_id.iter().map(|k| &k.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn by_owner<'a>(&'a self, owner_id: &'a str) -> impl Iterator<Item = &'a Arc<KeyRecord>> {
+        self.iter().filter(move |k| k.owner_id == owner_id)
+    }
+
+    pub fn using_provider<'a>(
+        &'a self,
+        provider_id: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<KeyRecord>> {
+        self.iter()
+            .filter(move |k| k.provider_ids.iter().any(|p| p == provider_id))
+    }
+
+    /// Folds one key event; other events and events for unknown keys are ignored.
+    pub fn apply(&mut self, env: &Envelope, event: &Event) {
+        match event {
+            Event::KeyCreated(e) => self.insert(Arc::new(KeyRecord::from_created(env, e))),
+            Event::KeyUpdated(e) => self.modify(&e.key_id, env, |k| k.apply_update(e)),
+            Event::KeyExpired(e) => self.modify(&e.key_id, env, |k| {
+                k.expired.get_or_insert((e.reason, env.occurred_at));
+            }),
+            Event::KeyRotated(e) => self.modify(&e.key_id, env, |k| {
+                k.rotated_to = Some(e.new_key_id.clone());
+                k.grace_until = Some(e.grace_until);
+            }),
+            Event::KeyDeleted(e) => self.modify(&e.key_id, env, |k| {
+                k.deleted_at.get_or_insert(env.occurred_at);
+            }),
+            _ => {}
+        }
+    }
+
+    fn insert(&mut self, rec: Arc<KeyRecord>) {
+        if let Some(old) = self.by_id.take(rec.key_id.as_str()) {
+            self.unindex_hash(&old.0);
+        }
+        self.index_hash(&rec);
+        self.by_id.insert(ById(rec));
+    }
+
+    fn modify(&mut self, key_id: &str, env: &Envelope, f: impl FnOnce(&mut KeyRecord)) {
+        let Some(ById(mut rec)) = self.by_id.take(key_id) else {
+            return;
+        };
+        let indexed = self.unindex_hash(&rec);
+        let k = Arc::make_mut(&mut rec);
+        f(k);
+        k.updated_at = env.occurred_at;
+        k.version = env.stream_version;
+        if indexed {
+            self.index_hash(&rec);
+        }
+        self.by_id.insert(ById(rec));
+    }
+
+    /// Removes `rec` from the auth index if it is the record there; says whether it was.
+    fn unindex_hash(&mut self, rec: &Arc<KeyRecord>) -> bool {
+        let holds = self
+            .by_hash
+            .get(&rec.secret_hash)
+            .is_some_and(|k| Arc::ptr_eq(&k.0, rec));
+        if holds {
+            self.by_hash.remove(&rec.secret_hash);
+        }
+        holds
+    }
+
+    /// Two keys never share a secret hash in practice; if they did, the first keeps it.
+    fn index_hash(&mut self, rec: &Arc<KeyRecord>) {
+        if rec.secret_hash != Hash32::ZERO && !self.by_hash.contains(&rec.secret_hash) {
+            self.by_hash.insert(ByHash(Arc::clone(rec)));
+        }
+    }
+}
+
+impl PartialEq for KeyTable {
+    /// Compares the records, not just their ids.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self.by_hash.len() == other.by_hash.len()
+            && self
+                .iter()
+                .all(|k| other.get(&k.key_id).is_some_and(|o| **o == **k))
+    }
+}
+
+impl fmt::Debug for KeyTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|k| (&k.key_id, k)))
+            .finish()
+    }
+}
+
+/// A record hashed and compared by its key id, so a set of them is a map by id.
+#[derive(Clone)]
+struct ById(Arc<KeyRecord>);
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.key_id
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key_id.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key_id == other.0.key_id
+    }
+}
+
+impl Eq for ById {}
+
+/// A record hashed and compared by its secret hash.
+#[derive(Clone)]
+struct ByHash(Arc<KeyRecord>);
+
+impl Borrow<Hash32> for ByHash {
+    fn borrow(&self) -> &Hash32 {
+        &self.0.secret_hash
+    }
+}
+
+impl Hash for ByHash {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.secret_hash.hash(state);
+    }
+}
+
+impl PartialEq for ByHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.secret_hash == other.0.secret_hash
+    }
+}
+
+impl Eq for ByHash {}
