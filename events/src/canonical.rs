@@ -72,4 +72,19 @@ mod tests {
         let again = to_string(&serde_json::from_str(&once).unwrap());
         assert_eq!(once, again);
     }
+
+    #[test]
+    fn floats_survive_a_round_trip_through_stored_text() {
+        // Without serde_json's float_roundtrip feature these parse back one ulp off, and
+        // an event stored with one would no longer verify after it is read back.
+        let v = json!([
+            1.221043540074035e217,
+            -3.8522126457737876e161,
+            5.904414503749853e-220
+        ]);
+        let once = to_string(&v);
+        let parsed: Value = serde_json::from_str(&once).unwrap();
+        assert_eq!(parsed, v);
+        assert_eq!(to_string(&parsed), once);
+    }
 }

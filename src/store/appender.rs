@@ -1,1 +1,331 @@
 //! The single appender task: group-commits batches from a bounded queue.
+//!
+//! Management commands and usage events share one queue, so the log's order is the order
+//! in which they were accepted. A management command waits for its own commit and gets
+//! its envelopes or its error. A usage event waits only for room in the queue, and once
+//! accepted it is never dropped: if the store fails, the appender keeps it and tries
+//! again, and while it does the queue fills and the proxy path waits (fail closed).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyward_events::{Envelope, NewEvent};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{AppendError, EventStore, StoreError};
+
+/// Receives every batch the appender commits.
+#[async_trait]
+pub trait CommitSink: Send + Sync + 'static {
+    /// Called with the envelopes a batch newly committed, in seq order, before any
+    /// submitter of that batch gets its reply, so a command's response reflects its own
+    /// write. Seqs are increasing across calls but need not be contiguous: another writer
+    /// (another node, or a direct `EventStore::append`) may have appended in between.
+    async fn committed(&self, envs: &[Envelope]);
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AppenderConfig {
+    /// Queued items (a management unit or one usage event) before `record` waits.
+    pub queue_capacity: usize,
+    /// Events per batch, at most; a single unit larger than this still goes in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for AppenderConfig {
+    fn default() -> Self {
+        AppenderConfig {
+            queue_capacity: 65_536,
+            max_batch: 1024,
+        }
+    }
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+enum Item {
+    Unit {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<Envelope>, AppendError>>,
+    },
+    Usage(NewEvent),
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::Unit { events, .. } => events.len(),
+            Item::Usage(_) => 1,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Appender {
+    tx: mpsc::Sender<Item>,
+    depth: Arc<AtomicUsize>,
+}
+
+pub struct AppenderHandle {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Appender {
+    pub fn spawn(
+        store: Arc<dyn EventStore>,
+        sink: Arc<dyn CommitSink>,
+        cfg: AppenderConfig,
+    ) -> (Appender, AppenderHandle) {
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+        let depth = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let task = Task {
+            store,
+            sink,
+            max_batch: cfg.max_batch.max(1),
+            rx,
+            depth: depth.clone(),
+            stop: stop.clone(),
+            stopping: false,
+            delivered_through: None,
+        };
+        let task = tokio::spawn(task.run());
+        (Appender { tx, depth }, AppenderHandle { stop, task })
+    }
+
+    /// A management command: an atomic unit; waits for its own commit; returns its
+    /// envelopes or the typed error (Conflict → 409 later, Store → 503).
+    pub async fn submit(&self, unit: Vec<NewEvent>) -> Result<Vec<Envelope>, AppendError> {
+        if unit.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Item::Unit {
+            events: unit,
+            reply,
+        })
+        .await?;
+        answer.await.unwrap_or(Err(AppendError::Closed))
+    }
+
+    /// A usage event: waits only for queue space (back-pressure: when the queue is full
+    /// the caller waits, the event is never dropped). `Err(Closed)` after shutdown.
+    pub async fn record(&self, event: NewEvent) -> Result<(), AppendError> {
+        self.send(Item::Usage(event)).await
+    }
+
+    /// Items queued and not yet taken into a batch, counting callers still waiting for
+    /// room, so under back-pressure it can exceed the queue's capacity.
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    async fn send(&self, item: Item) -> Result<(), AppendError> {
+        // Counted before the send so that the task, which decrements on receipt, never
+        // sees the count go below zero.
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(item).await.is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(AppendError::Closed);
+        }
+        Ok(())
+    }
+}
+
+impl AppenderHandle {
+    /// Stops taking new events, drains and commits everything queued, then returns.
+    /// If the store is down, this waits until it recovers: queued usage events are
+    /// never dropped.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the appender task failed");
+        }
+    }
+}
+
+struct Task {
+    store: Arc<dyn EventStore>,
+    sink: Arc<dyn CommitSink>,
+    max_batch: usize,
+    rx: mpsc::Receiver<Item>,
+    depth: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    stopping: bool,
+    /// The highest seq handed to the sink. Idempotent replays of events already
+    /// committed come back from the store with lower seqs and are not handed over again.
+    delivered_through: Option<u64>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        // Usage events of failed batches, oldest first, waiting to be tried again.
+        let mut retry: Vec<NewEvent> = Vec::new();
+        let mut backoff = BACKOFF_START;
+        loop {
+            let mut items = Vec::new();
+            if retry.is_empty() {
+                match self.next().await {
+                    Some(item) => items.push(item),
+                    None => break,
+                }
+            } else {
+                self.pause(backoff).await;
+            }
+            let mut events = retry.len() + items.iter().map(Item::len).sum::<usize>();
+            while events < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(item) => {
+                        self.depth.fetch_sub(1, Ordering::Relaxed);
+                        events += item.len();
+                        items.push(item);
+                    }
+                    Err(_) => break,
+                }
+            }
+            match self.commit(std::mem::take(&mut retry), items).await {
+                Ok(()) => backoff = BACKOFF_START,
+                Err((kept, e)) => {
+                    tracing::warn!(
+                        error = %e,
+                        kept = kept.len(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "append failed; usage events are kept and retried"
+                    );
+                    retry = kept;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// The next queued item; `None` once the queue is closed and empty.
+    async fn next(&mut self) -> Option<Item> {
+        loop {
+            if self.stopping {
+                let item = self.rx.recv().await;
+                if item.is_some() {
+                    self.depth.fetch_sub(1, Ordering::Relaxed);
+                }
+                return item;
+            }
+            tokio::select! {
+                item = self.rx.recv() => {
+                    if item.is_some() {
+                        self.depth.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    return item;
+                }
+                () = self.stop.cancelled() => self.close(),
+            }
+        }
+    }
+
+    /// Sleeps before a retry, closing the queue meanwhile if shutdown is asked for.
+    async fn pause(&mut self, backoff: Duration) {
+        if self.stopping {
+            tokio::time::sleep(backoff).await;
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = self.stop.cancelled() => {
+                self.close();
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        // Senders waiting for room get Closed; what is already queued is still drained.
+        self.rx.close();
+        self.stopping = true;
+    }
+
+    /// Appends one batch: the usage events kept from failed batches first, then the new
+    /// items in queue order. On a store error, answers the management units with it at
+    /// once and hands back every usage event to be tried again.
+    async fn commit(
+        &mut self,
+        retry: Vec<NewEvent>,
+        items: Vec<Item>,
+    ) -> Result<(), (Vec<NewEvent>, StoreError)> {
+        let mut units: Vec<Vec<NewEvent>> = Vec::with_capacity(retry.len() + items.len());
+        let mut replies: Vec<Option<oneshot::Sender<_>>> = Vec::with_capacity(units.capacity());
+        for e in retry {
+            units.push(vec![e]);
+            replies.push(None);
+        }
+        for item in items {
+            match item {
+                Item::Unit { events, reply } => {
+                    units.push(events);
+                    replies.push(Some(reply));
+                }
+                Item::Usage(e) => {
+                    units.push(vec![e]);
+                    replies.push(None);
+                }
+            }
+        }
+
+        let delivered_through = match self.delivered_through {
+            Some(seq) => Ok(seq),
+            None => self.store.head().await.map(|h| h.seq),
+        };
+        // The store consumes the units, so keep a copy of the usage events to retry.
+        let usage: Vec<NewEvent> = units
+            .iter()
+            .zip(&replies)
+            .filter(|(_, r)| r.is_none())
+            .flat_map(|(u, _)| u.iter().cloned())
+            .collect();
+        let outcome = match delivered_through {
+            Ok(seq) => self.store.append(units).await.map(|r| (seq, r)),
+            Err(e) => Err(e),
+        };
+        let (delivered_through, results) = match outcome {
+            Ok(ok) => ok,
+            Err(e) => {
+                for reply in replies.into_iter().flatten() {
+                    let _ = reply.send(Err(AppendError::Store(e.clone())));
+                }
+                return Err((usage, e));
+            }
+        };
+
+        let mut fresh: Vec<Envelope> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .flatten()
+            .filter(|env| env.seq > delivered_through)
+            .cloned()
+            .collect();
+        fresh.sort_unstable_by_key(|env| env.seq);
+        fresh.dedup_by_key(|env| env.seq);
+        self.delivered_through = Some(fresh.last().map_or(delivered_through, |env| env.seq));
+        if !fresh.is_empty() {
+            self.sink.committed(&fresh).await;
+        }
+
+        for (result, reply) in results.into_iter().zip(replies) {
+            match reply {
+                Some(reply) => {
+                    let _ = reply.send(result);
+                }
+                None => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "a usage event was refused");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -11,7 +11,7 @@ use crate::time::Timestamp;
 
 /// A store-level failure: the database could not be reached, read or written.
 /// Management calls turn it into 503; nothing was written halfway.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the event store is unavailable: {0}")]
     Unavailable(String),
@@ -30,7 +30,11 @@ impl From<sqlx::Error> for StoreError {
 pub enum AppendError {
     /// Optimistic concurrency: the stream moved on since the command read it.
     #[error("stream {stream} is at version {actual}, not the expected {expected:?}")]
-    Conflict { stream: String, expected: keyward_events::ExpectedVersion, actual: u64 },
+    Conflict {
+        stream: String,
+        expected: keyward_events::ExpectedVersion,
+        actual: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The appender has shut down and takes no more events.
@@ -48,7 +52,9 @@ pub struct EventFilter {
     pub types: Vec<String>,
     pub streams: Vec<String>,
     pub actor: Option<String>,
+    /// Only events that occurred at or after this time.
     pub from_time: Option<Timestamp>,
+    /// Only events that occurred at or before this time (inclusive, as an "as of" reads).
     pub to_time: Option<Timestamp>,
 }
 
@@ -60,7 +66,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// its stored envelope is returned in its place. Envelopes come back in seq order
     /// within each unit; units are sealed in the order given. A store error fails every
     /// unit and writes nothing.
-    async fn append(&self, units: Vec<Vec<NewEvent>>) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, StoreError>;
+    async fn append(
+        &self,
+        units: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, StoreError>;
 
     /// The last event's seq and hash; seq 0 and the zero hash for an empty log.
     async fn head(&self) -> Result<Head, StoreError>;
@@ -70,7 +79,14 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Every event after `after_seq`, in seq order, at most `limit`.
     async fn read_from(&self, after_seq: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        self.read(&EventFilter { after_seq, ..EventFilter::default() }, limit).await
+        self.read(
+            &EventFilter {
+                after_seq,
+                ..EventFilter::default()
+            },
+            limit,
+        )
+        .await
     }
 
     /// Whether the store can currently be written (for `/readyz`).

@@ -1,1 +1,565 @@
-//! The SQLite event store.
+//! The SQLite event store: the embedded default.
+//!
+//! One dedicated writer connection appends; a small pool serves reads. Exactly one Keyward
+//! process writes a given file (a lock file elsewhere ensures that), so the writer may keep
+//! the head of the log and the last version of each stream in memory instead of reading
+//! them again for every batch. Any failed append throws that cache and the connection
+//! away, and the next append reads both afresh.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyward_events::{Envelope, Hash32, Head, NewEvent, canonical, time};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteExecutor};
+use ulid::Ulid;
+
+use super::{AppendError, EventFilter, EventStore, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const COLUMNS: &str = "seq, event_id, stream, stream_version, type, schema, occurred_at, \
+                       actor, request_id, data, prev_hash, hash";
+
+/// Rows per multi-row INSERT. Binding a batch in a few large statements rather than one
+/// statement per event saves a round trip to SQLite's worker thread per row. Smaller
+/// statements (halving down to one row) take the remainder, so only a handful of distinct
+/// statements are ever prepared and all of them stay in the statement cache.
+const INSERT_CHUNK: usize = 64;
+/// Values per `IN (…)` lookup. Shorter lists are padded by repeating their first value so
+/// that every lookup reuses one prepared statement.
+const LOOKUP_CHUNK: usize = 128;
+/// The stream-version cache is cleared when it grows past this many streams; it refills
+/// lazily from the unique (stream, stream_version) index.
+const MAX_CACHED_STREAMS: usize = 200_000;
+const READ_POOL_SIZE: u32 = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct SqliteStore {
+    writer: tokio::sync::Mutex<Writer>,
+    readers: SqlitePool,
+    writer_options: SqliteConnectOptions,
+    /// The head as of the last commit, for [`EventStore::head`] without touching the
+    /// writer. `None` until known, and again after a failed append.
+    head: parking_lot::Mutex<Option<Head>>,
+    insert_sql: Vec<(usize, String)>,
+    lookup_ids_sql: String,
+    lookup_streams_sql: String,
+}
+
+#[derive(Default)]
+struct Writer {
+    /// Taken out for the length of an append and put back only if it completes, so a
+    /// failed or cancelled append leaves no half-open transaction or stale cache behind.
+    conn: Option<SqliteConnection>,
+    cache: Option<Cache>,
+}
+
+struct Cache {
+    head: Head,
+    /// The last version of each stream seen; 0 for a stream known to be empty.
+    streams: HashMap<String, u64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database file at `path` and runs the migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    /// Opens a `sqlite://…` URL, creating the file if missing, and runs the migrations.
+    pub async fn open_url(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?;
+        Self::open_with(options).await
+    }
+
+    async fn open_with(options: SqliteConnectOptions) -> Result<SqliteStore, StoreError> {
+        let base = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer_options = base.clone().pragma("cache_size", "-65536");
+        // Readers never write; query_only turns a stray write into an error. It is applied
+        // after journal_mode, which is already WAL by then and so is not a write.
+        let reader_options = base.pragma("query_only", "ON");
+
+        let mut conn = writer_options.connect().await?;
+        run_migrations(&mut conn).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READ_POOL_SIZE)
+            .min_connections(0)
+            .connect_with(reader_options)
+            .await?;
+
+        let mut insert_sql = Vec::new();
+        let mut rows = INSERT_CHUNK;
+        while rows > 0 {
+            insert_sql.push((rows, insert_statement(rows)));
+            rows /= 2;
+        }
+        Ok(SqliteStore {
+            writer: tokio::sync::Mutex::new(Writer {
+                conn: Some(conn),
+                cache: None,
+            }),
+            readers,
+            writer_options,
+            head: parking_lot::Mutex::new(None),
+            insert_sql,
+            lookup_ids_sql: format!(
+                "SELECT {COLUMNS} FROM events WHERE event_id IN ({})",
+                placeholders(LOOKUP_CHUNK)
+            ),
+            lookup_streams_sql: format!(
+                "SELECT v.column1, (SELECT MAX(stream_version) FROM events \
+                 WHERE stream = v.column1) FROM (VALUES {}) AS v",
+                vec!["(?)"; LOOKUP_CHUNK].join(", ")
+            ),
+        })
+    }
+
+    /// Applies any migration not yet applied. `open` already does this; `keyward migrate`
+    /// calls it explicitly.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer.lock().await;
+        let mut conn = match writer.conn.take() {
+            Some(c) => c,
+            None => self.writer_options.connect().await?,
+        };
+        writer.cache = None;
+        run_migrations(&mut conn).await?;
+        writer.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Closes the writer and the read pool, checkpointing the WAL.
+    pub async fn close(&self) {
+        let conn = self.writer.lock().await.conn.take();
+        if let Some(conn) = conn {
+            let _ = conn.close().await;
+        }
+        self.readers.close().await;
+    }
+
+    async fn append_in(
+        &self,
+        conn: &mut SqliteConnection,
+        cache: Option<Cache>,
+        units: Vec<Vec<NewEvent>>,
+    ) -> Result<(Vec<Result<Vec<Envelope>, AppendError>>, Cache), StoreError> {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut cache = match cache {
+            Some(c) => c,
+            None => Cache {
+                head: read_head(&mut *tx).await?,
+                streams: HashMap::new(),
+            },
+        };
+        if cache.streams.len() > MAX_CACHED_STREAMS {
+            cache.streams.clear();
+        }
+
+        let mut ids: Vec<String> = Vec::new();
+        let mut seen_ids = HashSet::new();
+        for e in units.iter().flatten() {
+            if seen_ids.insert(e.event_id) {
+                ids.push(e.event_id.to_string());
+            }
+        }
+        let mut existing = self.lookup_events(&mut tx, &ids).await?;
+
+        let mut missing: Vec<&str> = Vec::new();
+        let mut seen_streams = HashSet::new();
+        for e in units.iter().flatten() {
+            if !existing.contains_key(&e.event_id)
+                && !cache.streams.contains_key(&e.stream)
+                && seen_streams.insert(e.stream.as_str())
+            {
+                missing.push(&e.stream);
+            }
+        }
+        for (stream, version) in self.lookup_stream_versions(&mut tx, &missing).await? {
+            cache.streams.insert(stream, version);
+        }
+
+        let mut head = cache.head;
+        let mut sealed: Vec<Envelope> = Vec::new();
+        let mut results: Vec<Result<Vec<Slot>, AppendError>> = Vec::with_capacity(units.len());
+        for unit in units {
+            if let Err(conflict) = check_unit(&unit, &existing, &cache.streams) {
+                results.push(Err(conflict));
+                continue;
+            }
+            let mut slots = Vec::with_capacity(unit.len());
+            for e in unit {
+                if let Some(env) = existing.get(&e.event_id) {
+                    slots.push(Slot::Stored(Box::new(env.clone())));
+                    continue;
+                }
+                let version = match cache.streams.get_mut(&e.stream) {
+                    Some(v) => {
+                        *v += 1;
+                        *v
+                    }
+                    None => {
+                        cache.streams.insert(e.stream.clone(), 1);
+                        1
+                    }
+                };
+                let env = e.seal(head.seq + 1, version, head.hash);
+                head = Head {
+                    seq: env.seq,
+                    hash: env.hash,
+                };
+                // A later event with the same id in this call is answered with this one.
+                existing.insert(env.event_id, env.clone());
+                slots.push(Slot::New(sealed.len()));
+                sealed.push(env);
+            }
+            results.push(Ok(slots));
+        }
+
+        self.insert(&mut tx, &sealed).await?;
+        tx.commit().await?;
+        cache.head = head;
+
+        let mut sealed: Vec<Option<Envelope>> = sealed.into_iter().map(Some).collect();
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.map(|slots| {
+                    slots
+                        .into_iter()
+                        .filter_map(|s| match s {
+                            Slot::Stored(env) => Some(*env),
+                            Slot::New(i) => sealed.get_mut(i).and_then(Option::take),
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        Ok((results, cache))
+    }
+
+    async fn insert(
+        &self,
+        conn: &mut SqliteConnection,
+        sealed: &[Envelope],
+    ) -> Result<(), StoreError> {
+        let mut rest = sealed;
+        while !rest.is_empty() {
+            let Some((rows, sql)) = self.insert_sql.iter().find(|(rows, _)| *rows <= rest.len())
+            else {
+                break;
+            };
+            let (chunk, tail) = rest.split_at(*rows);
+            rest = tail;
+            let owned: Vec<(String, String)> = chunk
+                .iter()
+                .map(|e| (e.event_id.to_string(), canonical::to_string(&e.data)))
+                .collect();
+            let mut q = sqlx::query(sql);
+            for (e, (event_id, data)) in chunk.iter().zip(&owned) {
+                q = q
+                    .bind(to_i64(e.seq)?)
+                    .bind(event_id.as_str())
+                    .bind(e.stream.as_str())
+                    .bind(to_i64(e.stream_version)?)
+                    .bind(e.event_type.as_str())
+                    .bind(i64::from(e.schema))
+                    .bind(e.occurred_at.timestamp_micros())
+                    .bind(e.actor.as_str())
+                    .bind(e.request_id.as_deref())
+                    .bind(data.as_str())
+                    .bind(&e.prev_hash.0[..])
+                    .bind(&e.hash.0[..]);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn lookup_events(
+        &self,
+        conn: &mut SqliteConnection,
+        ids: &[String],
+    ) -> Result<HashMap<Ulid, Envelope>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let mut q = sqlx::query(&self.lookup_ids_sql);
+            for i in 0..LOOKUP_CHUNK {
+                q = q.bind(chunk.get(i).unwrap_or(&chunk[0]).as_str());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let env = decode_row(&row)?;
+                found.insert(env.event_id, env);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn lookup_stream_versions(
+        &self,
+        conn: &mut SqliteConnection,
+        streams: &[&str],
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut found = Vec::with_capacity(streams.len());
+        for chunk in streams.chunks(LOOKUP_CHUNK) {
+            let mut q = sqlx::query(&self.lookup_streams_sql);
+            for i in 0..LOOKUP_CHUNK {
+                q = q.bind(*chunk.get(i).unwrap_or(&chunk[0]));
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let stream: String = row.try_get(0)?;
+                let version: Option<i64> = row.try_get(1)?;
+                let version =
+                    u64::try_from(version.unwrap_or(0)).map_err(|_| StoreError::Corrupt {
+                        seq: 0,
+                        reason: format!("stream {stream} has a negative version"),
+                    })?;
+                found.push((stream, version));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn writer_conn(&self, writer: &mut Writer) -> Result<SqliteConnection, StoreError> {
+        match writer.conn.take() {
+            Some(c) => Ok(c),
+            None => Ok(self.writer_options.connect().await?),
+        }
+    }
+}
+
+/// Where an envelope of an appended unit comes from: sealed in this call, or already stored.
+enum Slot {
+    New(usize),
+    Stored(Box<Envelope>),
+}
+
+/// Checks every event of a unit that is not already stored against the stream versions,
+/// counting earlier events of the same unit on the same stream.
+fn check_unit(
+    unit: &[NewEvent],
+    existing: &HashMap<Ulid, Envelope>,
+    streams: &HashMap<String, u64>,
+) -> Result<(), AppendError> {
+    let mut ahead: HashMap<&str, u64> = HashMap::new();
+    let mut seen = HashSet::new();
+    for e in unit {
+        if existing.contains_key(&e.event_id) || !seen.insert(e.event_id) {
+            continue;
+        }
+        let current = match ahead.get(e.stream.as_str()) {
+            Some(v) => *v,
+            None => streams.get(&e.stream).copied().unwrap_or(0),
+        };
+        if !e.expected.admits(current) {
+            return Err(AppendError::Conflict {
+                stream: e.stream.clone(),
+                expected: e.expected,
+                actual: current,
+            });
+        }
+        ahead.insert(&e.stream, current + 1);
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        units: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, StoreError> {
+        if units.iter().all(Vec::is_empty) {
+            return Ok(units.iter().map(|_| Ok(Vec::new())).collect());
+        }
+        let mut writer = self.writer.lock().await;
+        let mut conn = self.writer_conn(&mut writer).await?;
+        let cache = writer.cache.take();
+        match self.append_in(&mut conn, cache, units).await {
+            Ok((results, cache)) => {
+                *self.head.lock() = Some(cache.head);
+                writer.cache = Some(cache);
+                writer.conn = Some(conn);
+                Ok(results)
+            }
+            Err(e) => {
+                // The transaction guard has already queued a rollback; closing the
+                // connection finishes it, and the next append starts from the database.
+                *self.head.lock() = None;
+                drop(conn);
+                tracing::warn!(error = %e, "append failed; the batch was rolled back");
+                Err(e)
+            }
+        }
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        if let Some(head) = *self.head.lock() {
+            return Ok(head);
+        }
+        let mut conn = self.readers.acquire().await?;
+        read_head(&mut *conn).await
+    }
+
+    async fn read(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM events WHERE seq > "));
+        qb.push_bind(to_i64(filter.after_seq)?);
+        if let Some(until) = filter.until_seq {
+            qb.push(" AND seq <= ").push_bind(to_i64(until)?);
+        }
+        if !filter.types.is_empty() {
+            qb.push(" AND type IN (");
+            let mut list = qb.separated(", ");
+            for t in &filter.types {
+                list.push_bind(t.as_str());
+            }
+            qb.push(")");
+        }
+        if !filter.streams.is_empty() {
+            qb.push(" AND stream IN (");
+            let mut list = qb.separated(", ");
+            for s in &filter.streams {
+                list.push_bind(s.as_str());
+            }
+            qb.push(")");
+        }
+        if let Some(actor) = &filter.actor {
+            qb.push(" AND actor = ").push_bind(actor.as_str());
+        }
+        if let Some(from) = filter.from_time {
+            qb.push(" AND occurred_at >= ")
+                .push_bind(from.timestamp_micros());
+        }
+        if let Some(to) = filter.to_time {
+            qb.push(" AND occurred_at <= ")
+                .push_bind(to.timestamp_micros());
+        }
+        qb.push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.readers).await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer.lock().await;
+        let mut conn = self.writer_conn(&mut writer).await?;
+        // Taking the write lock and letting it go proves the file is writable and no
+        // other process holds it, without writing anything.
+        let tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        tx.rollback().await?;
+        writer.conn = Some(conn);
+        Ok(())
+    }
+}
+
+async fn run_migrations(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    MIGRATOR
+        .run(conn)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("migrating the SQLite event store: {e}")))
+}
+
+async fn read_head(conn: impl SqliteExecutor<'_>) -> Result<Head, StoreError> {
+    let row = sqlx::query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(conn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Head::default());
+    };
+    let seq = decode_seq(&row)?;
+    let hash: Vec<u8> = row.try_get(1).map_err(|e| corrupt(seq, e))?;
+    let hash = Hash32::from_slice(&hash).ok_or_else(|| StoreError::Corrupt {
+        seq,
+        reason: format!("hash has {} bytes, not 32", hash.len()),
+    })?;
+    Ok(Head { seq, hash })
+}
+
+fn decode_seq(row: &SqliteRow) -> Result<u64, StoreError> {
+    let seq: i64 = row.try_get(0).map_err(|e| corrupt(0, e))?;
+    u64::try_from(seq).map_err(|_| StoreError::Corrupt {
+        seq: 0,
+        reason: format!("negative seq {seq}"),
+    })
+}
+
+/// Decodes a row selected with [`COLUMNS`].
+fn decode_row(row: &SqliteRow) -> Result<Envelope, StoreError> {
+    let seq = decode_seq(row)?;
+    let bad = |reason: String| StoreError::Corrupt { seq, reason };
+    let event_id: &str = row.try_get(1).map_err(|e| corrupt(seq, e))?;
+    let event_id =
+        Ulid::from_string(event_id).map_err(|e| bad(format!("event_id {event_id:?}: {e}")))?;
+    let stream: String = row.try_get(2).map_err(|e| corrupt(seq, e))?;
+    let stream_version: i64 = row.try_get(3).map_err(|e| corrupt(seq, e))?;
+    let stream_version = u64::try_from(stream_version)
+        .map_err(|_| bad(format!("negative stream_version {stream_version}")))?;
+    let event_type: String = row.try_get(4).map_err(|e| corrupt(seq, e))?;
+    let schema: i64 = row.try_get(5).map_err(|e| corrupt(seq, e))?;
+    let schema = u16::try_from(schema).map_err(|_| bad(format!("schema {schema} out of range")))?;
+    let occurred_at: i64 = row.try_get(6).map_err(|e| corrupt(seq, e))?;
+    let occurred_at = time::from_micros(occurred_at)
+        .ok_or_else(|| bad(format!("occurred_at {occurred_at} out of range")))?;
+    let actor: String = row.try_get(7).map_err(|e| corrupt(seq, e))?;
+    let request_id: Option<String> = row.try_get(8).map_err(|e| corrupt(seq, e))?;
+    let data: &str = row.try_get(9).map_err(|e| corrupt(seq, e))?;
+    let data = serde_json::from_str(data).map_err(|e| bad(format!("data is not JSON: {e}")))?;
+    let hash_at = |i: usize, name: &str| -> Result<Hash32, StoreError> {
+        let b: &[u8] = row.try_get(i).map_err(|e| corrupt(seq, e))?;
+        Hash32::from_slice(b).ok_or_else(|| bad(format!("{name} has {} bytes, not 32", b.len())))
+    };
+    Ok(Envelope {
+        seq,
+        event_id,
+        stream,
+        stream_version,
+        event_type,
+        schema,
+        occurred_at,
+        actor,
+        request_id,
+        data,
+        prev_hash: hash_at(10, "prev_hash")?,
+        hash: hash_at(11, "hash")?,
+    })
+}
+
+fn corrupt(seq: u64, e: sqlx::Error) -> StoreError {
+    StoreError::Corrupt {
+        seq,
+        reason: e.to_string(),
+    }
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v)
+        .map_err(|_| StoreError::Unavailable(format!("{v} does not fit SQLite's INTEGER")))
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+fn insert_statement(rows: usize) -> String {
+    let row = format!("({})", placeholders(12));
+    format!(
+        "INSERT INTO events ({COLUMNS}) VALUES {}",
+        vec![row; rows].join(", ")
+    )
+}

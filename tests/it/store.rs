@@ -1,0 +1,940 @@
+//! The event store suite, written once against `Arc<dyn EventStore>` and run for each
+//! backend by `store_suite!`, then the appender, which runs over SQLite.
+
+// Clippy's allow-unwrap-in-tests covers #[test] functions only, not their helpers.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use keyward::store::appender::{Appender, AppenderConfig, CommitSink};
+use keyward::store::sqlite::SqliteStore;
+use keyward::store::{AppendError, EventFilter, EventStore, StoreError};
+use keyward_events::chain;
+use keyward_events::*;
+use serde_json::json;
+use sqlx::ConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use tokio::sync::{Semaphore, watch};
+
+// ---- harness ----
+
+/// One store under test, plus what a few tests need to reach behind its back.
+struct Harness {
+    store: Arc<dyn EventStore>,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    },
+    // Postgres { url: String, schema: String }: add with the PostgreSQL store, plus a
+    // `mod postgres` in `store_suite!` that skips when KEYWARD_TEST_DATABASE_URL is unset.
+}
+
+impl Harness {
+    async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        Harness {
+            store: Arc::new(store),
+            backend: Backend::Sqlite { _dir: dir, path },
+        }
+    }
+
+    /// Closes the store and opens the same database again, as a restart would.
+    async fn reopen(&mut self) {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                self.store = Arc::new(SqliteStore::open(path).await.unwrap());
+            }
+        }
+    }
+
+    /// Runs SQL over a connection of its own, bypassing the store.
+    async fn raw_execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let mut conn = SqliteConnectOptions::new().filename(path).connect().await?;
+                let done = sqlx::query(sql).execute(&mut conn).await?;
+                Ok(done.rows_affected())
+            }
+        }
+    }
+}
+
+/// Instantiates each named `async fn(Harness)` once per backend.
+macro_rules! store_suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Harness::sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    appends_gap_free_and_reads_back_a_verifying_chain,
+    an_event_id_is_appended_once,
+    a_stale_expected_version_conflicts_and_writes_nothing,
+    a_unit_is_all_or_nothing,
+    events_cannot_be_updated_or_deleted,
+    reopening_keeps_the_log_and_its_head,
+    read_filters_narrow,
+    floats_in_data_read_back_exactly,
+    an_undecodable_row_is_reported_with_its_seq,
+    ping_succeeds_on_a_writable_store,
+);
+
+// ---- fixtures ----
+
+fn at(minute: u32) -> time::Timestamp {
+    Utc.with_ymd_and_hms(2026, 3, 1, 9, minute, 0).unwrap()
+}
+
+fn user_created(user: &str) -> NewEvent {
+    let e = Event::UserCreated(UserCreated {
+        user_id: user.into(),
+        username: format!("name-{user}"),
+        role: Role::User,
+        password_hash: None,
+    });
+    NewEvent::new(&e, ExpectedVersion::NoStream, at(0), SYSTEM_ACTOR, None)
+}
+
+fn user_disabled(user: &str, expected: ExpectedVersion) -> NewEvent {
+    let e = Event::UserDisabled(UserDisabled {
+        user_id: user.into(),
+    });
+    NewEvent::new(&e, expected, at(1), "usr_admin", Some("req-1".into()))
+}
+
+fn key_used(key: &str, n: u64) -> NewEvent {
+    let e = Event::KeyUsed(KeyUsed {
+        key_id: key.into(),
+        provider_id: "prv_1".into(),
+        model: Some("gpt-4o-mini".into()),
+        endpoint: "/v1/chat/completions".into(),
+        outcome: UsageOutcome::Success,
+        status: 200,
+        latency_us: 1000 + n,
+        upstream_latency_us: Some(900),
+        prompt_tokens: 12,
+        completion_tokens: 34,
+        stream: false,
+        client_ip: Some("10.0.0.1".into()),
+    });
+    NewEvent::new(
+        &e,
+        ExpectedVersion::Any,
+        at(2),
+        key,
+        Some(format!("req-{n}")),
+    )
+}
+
+async fn all(store: &dyn EventStore) -> Vec<Envelope> {
+    store.read_from(0, usize::MAX).await.unwrap()
+}
+
+fn ok_units(results: Vec<Result<Vec<Envelope>, AppendError>>) -> Vec<Vec<Envelope>> {
+    results.into_iter().map(Result::unwrap).collect()
+}
+
+// ---- the suite ----
+
+async fn appends_gap_free_and_reads_back_a_verifying_chain(h: Harness) {
+    let s = &*h.store;
+    assert_eq!(s.head().await.unwrap(), Head::default());
+    assert!(all(s).await.is_empty());
+
+    let first = ok_units(s.append(vec![vec![user_created("usr_a")]]).await.unwrap());
+    let more = ok_units(
+        s.append(vec![
+            vec![
+                user_created("usr_b"),
+                user_disabled("usr_b", ExpectedVersion::Exact(1)),
+            ],
+            vec![key_used("key_1", 1)],
+            vec![],
+            vec![user_disabled("usr_a", ExpectedVersion::Exact(1))],
+        ])
+        .await
+        .unwrap(),
+    );
+    assert_eq!(first[0][0].seq, 1);
+    assert_eq!(first[0][0].prev_hash, Hash32::ZERO);
+    let seqs: Vec<Vec<u64>> = more
+        .iter()
+        .map(|u| u.iter().map(|e| e.seq).collect())
+        .collect();
+    assert_eq!(seqs, vec![vec![2, 3], vec![4], vec![], vec![5]]);
+    let versions: Vec<u64> = more.iter().flatten().map(|e| e.stream_version).collect();
+    assert_eq!(versions, vec![1, 2, 1, 2]);
+
+    let log = all(s).await;
+    let appended: Vec<Envelope> = first.into_iter().chain(more).flatten().collect();
+    assert_eq!(log, appended, "what comes back is exactly what was sealed");
+    let head = chain::verify(&log).unwrap();
+    assert_eq!(head.seq, 5);
+    assert_eq!(head.hash, log[4].hash);
+    assert_eq!(s.head().await.unwrap(), head);
+
+    assert_eq!(s.read_from(3, 10).await.unwrap(), log[3..].to_vec());
+    assert_eq!(s.read_from(0, 2).await.unwrap(), log[..2].to_vec());
+    assert!(s.read_from(5, 10).await.unwrap().is_empty());
+    assert!(s.read_from(0, 0).await.unwrap().is_empty());
+    assert_eq!(
+        log[1].decode().unwrap(),
+        Event::UserCreated(UserCreated {
+            user_id: "usr_b".into(),
+            username: "name-usr_b".into(),
+            role: Role::User,
+            password_hash: None,
+        })
+    );
+}
+
+async fn an_event_id_is_appended_once(h: Harness) {
+    let s = &*h.store;
+    let e = user_created("usr_a");
+    let first = ok_units(s.append(vec![vec![e.clone()]]).await.unwrap());
+    let again = ok_units(s.append(vec![vec![e.clone()]]).await.unwrap());
+    assert_eq!(again, first, "the stored envelope comes back");
+    assert_eq!(s.head().await.unwrap().seq, 1);
+
+    // Twice in one call, and alongside new events: one row, the same envelope both times.
+    let u = key_used("key_1", 1);
+    let res = ok_units(
+        s.append(vec![
+            vec![u.clone()],
+            vec![e.clone(), key_used("key_1", 2)],
+            vec![u.clone()],
+        ])
+        .await
+        .unwrap(),
+    );
+    assert_eq!(res[0], res[2]);
+    assert_eq!(res[0][0].seq, 2);
+    assert_eq!(res[1][0], first[0][0]);
+    assert_eq!(res[1][1].seq, 3);
+    assert_eq!(res[1][1].stream_version, 2);
+
+    let log = all(s).await;
+    assert_eq!(log.len(), 3);
+    chain::verify(&log).unwrap();
+}
+
+async fn a_stale_expected_version_conflicts_and_writes_nothing(h: Harness) {
+    let s = &*h.store;
+    ok_units(s.append(vec![vec![user_created("usr_a")]]).await.unwrap());
+    let before = s.head().await.unwrap();
+
+    let res = s
+        .append(vec![
+            vec![user_created("usr_a")],
+            vec![user_disabled("usr_a", ExpectedVersion::Exact(7))],
+            vec![user_disabled("usr_a", ExpectedVersion::Exact(1))],
+            vec![user_disabled("usr_a", ExpectedVersion::Exact(1))],
+        ])
+        .await
+        .unwrap();
+    let conflict = |r: &Result<Vec<Envelope>, AppendError>| match r {
+        Err(AppendError::Conflict {
+            stream,
+            expected,
+            actual,
+        }) => (stream.clone(), *expected, *actual),
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    assert_eq!(
+        conflict(&res[0]),
+        ("user:usr_a".into(), ExpectedVersion::NoStream, 1)
+    );
+    assert_eq!(
+        conflict(&res[1]),
+        ("user:usr_a".into(), ExpectedVersion::Exact(7), 1)
+    );
+    let won = res[2].as_ref().unwrap();
+    assert_eq!((won[0].seq, won[0].stream_version), (2, 2));
+    assert_eq!(won[0].prev_hash, before.hash);
+    // The second of two identical commands sees the first one's write.
+    assert_eq!(
+        conflict(&res[3]),
+        ("user:usr_a".into(), ExpectedVersion::Exact(1), 2)
+    );
+
+    let log = all(s).await;
+    assert_eq!(log.len(), 2);
+    chain::verify(&log).unwrap();
+    assert_eq!(s.head().await.unwrap().seq, 2);
+}
+
+async fn a_unit_is_all_or_nothing(h: Harness) {
+    let s = &*h.store;
+    ok_units(s.append(vec![vec![user_created("usr_a")]]).await.unwrap());
+    let res = s
+        .append(vec![
+            vec![
+                user_created("usr_new"),
+                user_disabled("usr_a", ExpectedVersion::Exact(3)),
+            ],
+            vec![key_used("key_1", 1)],
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(
+        res[0],
+        Err(AppendError::Conflict { actual: 1, .. })
+    ));
+    assert_eq!(
+        res[1].as_ref().unwrap()[0].seq,
+        2,
+        "the next unit takes the next seq"
+    );
+
+    let streams = EventFilter {
+        streams: vec!["user:usr_new".into()],
+        ..EventFilter::default()
+    };
+    assert!(s.read(&streams, 10).await.unwrap().is_empty());
+    // The skipped unit did not move the stream either: NoStream still holds.
+    let res = s.append(vec![vec![user_created("usr_new")]]).await.unwrap();
+    assert_eq!(res[0].as_ref().unwrap()[0].stream_version, 1);
+    assert_eq!(res[0].as_ref().unwrap()[0].seq, 3);
+    chain::verify(&all(s).await).unwrap();
+}
+
+async fn events_cannot_be_updated_or_deleted(h: Harness) {
+    let s = &*h.store;
+    ok_units(
+        s.append(vec![
+            vec![user_created("usr_a")],
+            vec![key_used("key_1", 1)],
+        ])
+        .await
+        .unwrap(),
+    );
+    let before = all(s).await;
+
+    for sql in [
+        "UPDATE events SET actor = 'mallory' WHERE seq = 1",
+        "UPDATE events SET data = '{}'",
+        "DELETE FROM events WHERE seq = 2",
+        "DELETE FROM events",
+    ] {
+        let err = h.raw_execute(sql).await.unwrap_err();
+        assert!(
+            err.to_string().contains("events are append-only"),
+            "{sql}: {err}"
+        );
+    }
+    assert_eq!(all(s).await, before);
+    chain::verify(&before).unwrap();
+}
+
+async fn reopening_keeps_the_log_and_its_head(mut h: Harness) {
+    ok_units(
+        h.store
+            .append(vec![
+                vec![user_created("usr_a")],
+                vec![key_used("key_1", 1)],
+            ])
+            .await
+            .unwrap(),
+    );
+    let log = all(&*h.store).await;
+    let head = h.store.head().await.unwrap();
+
+    h.reopen().await;
+    assert_eq!(h.store.head().await.unwrap(), head);
+    assert_eq!(all(&*h.store).await, log);
+    // The stream versions and the chain carry on from the stored log.
+    let res = h
+        .store
+        .append(vec![
+            vec![user_disabled("usr_a", ExpectedVersion::Exact(1))],
+            vec![user_created("usr_a")],
+        ])
+        .await
+        .unwrap();
+    let next = &res[0].as_ref().unwrap()[0];
+    assert_eq!(
+        (next.seq, next.stream_version, next.prev_hash),
+        (3, 2, head.hash)
+    );
+    assert!(matches!(
+        res[1],
+        Err(AppendError::Conflict { actual: 2, .. })
+    ));
+    chain::verify(&all(&*h.store).await).unwrap();
+}
+
+async fn read_filters_narrow(h: Harness) {
+    let s = &*h.store;
+    let mut late = user_disabled("usr_a", ExpectedVersion::Exact(1));
+    late.occurred_at = at(30);
+    ok_units(
+        s.append(vec![
+            vec![user_created("usr_a")], // 1, at(0), system
+            vec![key_used("key_1", 1)],  // 2, at(2), key_1
+            vec![key_used("key_2", 2)],  // 3, at(2), key_2
+            vec![user_created("usr_b")], // 4, at(0), system
+            vec![late],                  // 5, at(30), usr_admin
+            vec![key_used("key_1", 3)],  // 6, at(2), key_1
+        ])
+        .await
+        .unwrap(),
+    );
+    let seqs = |f: EventFilter, limit: usize| async move {
+        s.read(&f, limit)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>()
+    };
+    let f = EventFilter::default;
+
+    assert_eq!(seqs(f(), 100).await, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(seqs(f(), 4).await, vec![1, 2, 3, 4]);
+    assert_eq!(
+        seqs(
+            EventFilter {
+                types: vec!["key.used".into()],
+                ..f()
+            },
+            100
+        )
+        .await,
+        vec![2, 3, 6]
+    );
+    assert_eq!(
+        seqs(
+            EventFilter {
+                types: vec!["user.created".into(), "user.disabled".into()],
+                ..f()
+            },
+            100
+        )
+        .await,
+        vec![1, 4, 5]
+    );
+    assert_eq!(
+        seqs(
+            EventFilter {
+                streams: vec!["usage:key_1".into()],
+                ..f()
+            },
+            100
+        )
+        .await,
+        vec![2, 6]
+    );
+    assert_eq!(
+        seqs(
+            EventFilter {
+                streams: vec!["user:usr_a".into(), "usage:key_2".into()],
+                ..f()
+            },
+            100
+        )
+        .await,
+        vec![1, 3, 5]
+    );
+    assert_eq!(
+        seqs(
+            EventFilter {
+                actor: Some("key_1".into()),
+                ..f()
+            },
+            100
+        )
+        .await,
+        vec![2, 6]
+    );
+    assert_eq!(
+        seqs(
+            EventFilter {
+                actor: Some("nobody".into()),
+                ..f()
+            },
+            100
+        )
+        .await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        seqs(
+            EventFilter {
+                after_seq: 2,
+                until_seq: Some(5),
+                ..f()
+            },
+            100
+        )
+        .await,
+        vec![3, 4, 5]
+    );
+    assert_eq!(
+        seqs(
+            EventFilter {
+                until_seq: Some(0),
+                ..f()
+            },
+            100
+        )
+        .await,
+        Vec::<u64>::new()
+    );
+    // The time range is inclusive at both ends.
+    assert_eq!(
+        seqs(
+            EventFilter {
+                from_time: Some(at(2)),
+                ..f()
+            },
+            100
+        )
+        .await,
+        vec![2, 3, 5, 6]
+    );
+    assert_eq!(
+        seqs(
+            EventFilter {
+                to_time: Some(at(2)),
+                ..f()
+            },
+            100
+        )
+        .await,
+        vec![1, 2, 3, 4, 6]
+    );
+    assert_eq!(
+        seqs(
+            EventFilter {
+                from_time: Some(at(1)),
+                to_time: Some(at(29)),
+                ..f()
+            },
+            100
+        )
+        .await,
+        vec![2, 3, 6]
+    );
+    // Every filter at once, and a limit that cuts the result.
+    assert_eq!(
+        seqs(
+            EventFilter {
+                after_seq: 1,
+                until_seq: Some(6),
+                types: vec!["key.used".into()],
+                streams: vec!["usage:key_1".into(), "usage:key_2".into()],
+                actor: Some("key_1".into()),
+                from_time: Some(at(2)),
+                to_time: Some(at(2)),
+            },
+            1
+        )
+        .await,
+        vec![2]
+    );
+}
+
+async fn floats_in_data_read_back_exactly(h: Harness) {
+    let s = &*h.store;
+    let mut e = user_created("usr_f");
+    e.data["extra"] = json!([
+        0.1,
+        1e-7,
+        2.5e300,
+        -0.0,
+        1.0000000000000002,
+        std::f64::consts::PI,
+        1.7976931348623157e308,
+        1.221043540074035e217,
+        -3.8522126457737876e161,
+        5.904414503749853e-220
+    ]);
+    let sealed = ok_units(s.append(vec![vec![e]]).await.unwrap());
+    let log = all(s).await;
+    assert_eq!(log, sealed[0]);
+    chain::verify(&log).unwrap();
+}
+
+async fn an_undecodable_row_is_reported_with_its_seq(h: Harness) {
+    let s = &*h.store;
+    ok_units(s.append(vec![vec![user_created("usr_a")]]).await.unwrap());
+    // Inserting is allowed (that is how the log grows), so a damaged row can be planted.
+    h.raw_execute(
+        "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, occurred_at, \
+         actor, request_id, data, prev_hash, hash) VALUES (2, '01HF7YAT010000000000000002', \
+         'user:usr_x', 1, 'user.created', 1, 0, 'system', NULL, 'not json', zeroblob(32), \
+         zeroblob(32))",
+    )
+    .await
+    .unwrap();
+    match s.read_from(0, 10).await {
+        Err(StoreError::Corrupt { seq: 2, reason }) => assert!(reason.contains("JSON"), "{reason}"),
+        other => panic!("expected Corrupt at seq 2, got {other:?}"),
+    }
+    assert_eq!(
+        s.read_from(0, 1).await.unwrap().len(),
+        1,
+        "rows before it still read"
+    );
+}
+
+async fn ping_succeeds_on_a_writable_store(h: Harness) {
+    h.store.ping().await.unwrap();
+    ok_units(
+        h.store
+            .append(vec![vec![user_created("usr_a")]])
+            .await
+            .unwrap(),
+    );
+    h.store.ping().await.unwrap();
+    assert_eq!(h.store.head().await.unwrap().seq, 1);
+}
+
+#[tokio::test]
+async fn migrate_again_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("events.db"))
+        .await
+        .unwrap();
+    ok_units(
+        store
+            .append(vec![vec![user_created("usr_a")]])
+            .await
+            .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    assert_eq!(store.head().await.unwrap().seq, 1);
+    let url = format!("sqlite://{}", dir.path().join("events.db").display());
+    let again = SqliteStore::open_url(&url).await.unwrap();
+    assert_eq!(again.head().await.unwrap().seq, 1);
+}
+
+// ---- the appender ----
+
+/// Records what the appender hands over, and lets a test wait for a count.
+struct Recorder {
+    envs: parking_lot::Mutex<Vec<Envelope>>,
+    count: watch::Sender<usize>,
+    calls: AtomicUsize,
+}
+
+impl Recorder {
+    fn new() -> Arc<Recorder> {
+        Arc::new(Recorder {
+            envs: parking_lot::Mutex::new(Vec::new()),
+            count: watch::channel(0).0,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    async fn wait_for(&self, n: usize) {
+        self.count.subscribe().wait_for(|c| *c >= n).await.unwrap();
+    }
+
+    fn seqs(&self) -> Vec<u64> {
+        self.envs.lock().iter().map(|e| e.seq).collect()
+    }
+}
+
+#[async_trait]
+impl CommitSink for Recorder {
+    async fn committed(&self, envs: &[Envelope]) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut all = self.envs.lock();
+        all.extend_from_slice(envs);
+        self.count.send_replace(all.len());
+    }
+}
+
+/// Wraps a real store: counts appends, can hold them at a gate, and can fail them.
+struct Wrapped {
+    inner: Arc<dyn EventStore>,
+    appends: AtomicUsize,
+    entered: watch::Sender<usize>,
+    gate: Option<Semaphore>,
+    down: AtomicBool,
+}
+
+impl Wrapped {
+    fn new(inner: Arc<dyn EventStore>, gated: bool) -> Arc<Wrapped> {
+        Arc::new(Wrapped {
+            inner,
+            appends: AtomicUsize::new(0),
+            entered: watch::channel(0).0,
+            gate: gated.then(|| Semaphore::new(0)),
+            down: AtomicBool::new(false),
+        })
+    }
+
+    fn release(&self) {
+        if let Some(gate) = &self.gate {
+            gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        }
+    }
+
+    async fn wait_entered(&self, n: usize) {
+        self.entered
+            .subscribe()
+            .wait_for(|c| *c >= n)
+            .await
+            .unwrap();
+    }
+}
+
+#[async_trait]
+impl EventStore for Wrapped {
+    async fn append(
+        &self,
+        units: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, StoreError> {
+        self.entered.send_modify(|c| *c += 1);
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.unwrap().forget();
+        }
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("disk on fire".into()));
+        }
+        self.inner.append(units).await
+    }
+    async fn head(&self) -> Result<Head, StoreError> {
+        self.inner.head().await
+    }
+    async fn read(&self, f: &EventFilter, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        self.inner.read(f, limit).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn submit_returns_after_the_commit_and_after_the_sink() {
+    let h = Harness::sqlite().await;
+    let sink = Recorder::new();
+    let (appender, handle) =
+        Appender::spawn(h.store.clone(), sink.clone(), AppenderConfig::default());
+
+    let envs = appender
+        .submit(vec![
+            user_created("usr_a"),
+            user_disabled("usr_a", ExpectedVersion::Exact(1)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(envs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        *sink.envs.lock(),
+        envs,
+        "the sink saw the batch before the reply"
+    );
+    assert_eq!(all(&*h.store).await, envs);
+
+    let err = appender
+        .submit(vec![user_created("usr_a")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Conflict { actual: 2, .. }),
+        "{err:?}"
+    );
+    assert!(appender.submit(vec![]).await.unwrap().is_empty());
+
+    handle.shutdown().await;
+    assert!(matches!(
+        appender.record(key_used("key_1", 1)).await,
+        Err(AppendError::Closed)
+    ));
+    assert!(matches!(
+        appender.submit(vec![user_created("usr_b")]).await,
+        Err(AppendError::Closed)
+    ));
+    assert_eq!(sink.seqs(), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn concurrent_records_are_group_committed() {
+    let h = Harness::sqlite().await;
+    // The first batch is held until everything is queued, so the rest must batch up.
+    let store = Wrapped::new(h.store.clone(), true);
+    let sink = Recorder::new();
+    let cfg = AppenderConfig {
+        queue_capacity: 4096,
+        max_batch: 256,
+    };
+    let (appender, handle) = Appender::spawn(store.clone(), sink.clone(), cfg);
+
+    const N: usize = 2000;
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let a = appender.clone();
+            tokio::spawn(async move {
+                a.record(key_used(&format!("key_{}", i % 7), i as u64))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    store.wait_entered(1).await;
+    assert!(
+        appender.queue_depth() >= N - cfg.max_batch,
+        "depth {}",
+        appender.queue_depth()
+    );
+    store.release();
+    sink.wait_for(N).await;
+
+    let appends = store.appends.load(Ordering::SeqCst);
+    assert!(
+        appends <= 1 + N.div_ceil(cfg.max_batch),
+        "{appends} appends for {N} events"
+    );
+    assert_eq!(sink.seqs(), (1..=N as u64).collect::<Vec<_>>());
+    assert_eq!(appender.queue_depth(), 0);
+    let log = all(&*h.store).await;
+    assert_eq!(log.len(), N);
+    assert_eq!(log, *sink.envs.lock());
+    chain::verify(&log).unwrap();
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_makes_record_wait() {
+    let h = Harness::sqlite().await;
+    let store = Wrapped::new(h.store.clone(), true);
+    let sink = Recorder::new();
+    let cfg = AppenderConfig {
+        queue_capacity: 1,
+        max_batch: 1024,
+    };
+    let (appender, handle) = Appender::spawn(store.clone(), sink.clone(), cfg);
+
+    appender.record(key_used("key_1", 1)).await.unwrap();
+    store.wait_entered(1).await; // the appender holds event 1, blocked in the store
+    appender.record(key_used("key_1", 2)).await.unwrap(); // fills the queue
+    let third = {
+        let a = appender.clone();
+        tokio::spawn(async move { a.record(key_used("key_1", 3)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !third.is_finished(),
+        "record returned while the queue was full"
+    );
+    assert_eq!(store.appends.load(Ordering::SeqCst), 0);
+
+    store.release();
+    third.await.unwrap().unwrap();
+    handle.shutdown().await;
+    assert_eq!(sink.seqs(), vec![1, 2, 3]);
+    assert_eq!(all(&*h.store).await.len(), 3);
+}
+
+#[tokio::test]
+async fn shutdown_drains_the_queue() {
+    let h = Harness::sqlite().await;
+    let store = Wrapped::new(h.store.clone(), true);
+    let sink = Recorder::new();
+    let cfg = AppenderConfig {
+        queue_capacity: 1000,
+        max_batch: 64,
+    };
+    let (appender, handle) = Appender::spawn(store.clone(), sink.clone(), cfg);
+    for i in 0..500 {
+        appender.record(key_used("key_1", i)).await.unwrap();
+    }
+    let stopping = tokio::spawn(handle.shutdown());
+    store.wait_entered(1).await;
+    store.release();
+    stopping.await.unwrap();
+
+    assert!(matches!(
+        appender.record(key_used("key_1", 9)).await,
+        Err(AppendError::Closed)
+    ));
+    let log = all(&*h.store).await;
+    assert_eq!(log.len(), 500);
+    assert_eq!(sink.seqs(), (1..=500).collect::<Vec<_>>());
+    let latencies: Vec<u64> = log
+        .iter()
+        .map(|e| e.data["latency_us"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        latencies,
+        (1000..1500).collect::<Vec<_>>(),
+        "queue order is log order"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_store_fails_commands_and_keeps_usage_events() {
+    let h = Harness::sqlite().await;
+    let store = Wrapped::new(h.store.clone(), false);
+    let sink = Recorder::new();
+    let (appender, handle) =
+        Appender::spawn(store.clone(), sink.clone(), AppenderConfig::default());
+    appender.submit(vec![user_created("usr_a")]).await.unwrap();
+
+    store.down.store(true, Ordering::SeqCst);
+    appender.record(key_used("key_1", 1)).await.unwrap();
+    appender.record(key_used("key_1", 2)).await.unwrap();
+    let err = appender
+        .submit(vec![user_disabled("usr_a", ExpectedVersion::Exact(1))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Store(StoreError::Unavailable(_))),
+        "{err:?}"
+    );
+    store.wait_entered(3).await; // failed at least twice more: the usage events are retried
+    assert_eq!(all(&*h.store).await.len(), 1, "nothing written while down");
+    assert_eq!(sink.seqs(), vec![1]);
+
+    store.down.store(false, Ordering::SeqCst);
+    sink.wait_for(3).await;
+    handle.shutdown().await;
+
+    let log = all(&*h.store).await;
+    let types: Vec<&str> = log.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, vec!["user.created", "key.used", "key.used"]);
+    assert_eq!(log[1].request_id.as_deref(), Some("req-1"));
+    assert_eq!(log[2].request_id.as_deref(), Some("req-2"));
+    assert_eq!(*sink.envs.lock(), log);
+    chain::verify(&log).unwrap();
+}
+
+#[tokio::test]
+async fn a_replayed_event_is_not_handed_to_the_sink_twice() {
+    let h = Harness::sqlite().await;
+    let sink = Recorder::new();
+    let (appender, handle) =
+        Appender::spawn(h.store.clone(), sink.clone(), AppenderConfig::default());
+    let e = user_created("usr_a");
+    let first = appender.submit(vec![e.clone()]).await.unwrap();
+    let again = appender.submit(vec![e]).await.unwrap();
+    assert_eq!(first, again);
+    appender.submit(vec![user_created("usr_b")]).await.unwrap();
+    handle.shutdown().await;
+    assert_eq!(sink.seqs(), vec![1, 2]);
+    assert_eq!(sink.calls.load(Ordering::SeqCst), 2);
+}
