@@ -1,7 +1,75 @@
 //! Keyward: an event-sourced API key service and LLM gateway.
+//!
+//! Layers, each using only the ones below it: `http` → `commands` / `auth` → `live` →
+//! `store` and the pure `keyward_projections` → `keyward_events`, `config`, `crypto`.
 
+pub mod auth;
+pub mod bootstrap;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod live;
+pub mod server;
 pub mod store;
 
 pub mod time {
     pub use keyward_events::time::*;
+}
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+
+use crate::commands::Commands;
+use crate::config::Config;
+use crate::crypto::Keyring;
+use crate::live::Live;
+use crate::store::EventStore;
+
+/// Everything a request may need. Cloned per request: one `Arc`.
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn EventStore>,
+    pub live: Arc<Live>,
+    pub commands: Commands,
+    pub keyring: Keyring,
+    ready: AtomicBool,
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn EventStore>,
+        live: Arc<Live>,
+        commands: Commands,
+        keyring: Keyring,
+    ) -> App {
+        App {
+            config,
+            store,
+            live,
+            commands,
+            keyring,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}
+
+/// The whole HTTP application. Tests call this directly.
+pub fn app(state: AppState) -> Router {
+    Router::new().merge(http::ops::router()).with_state(state)
 }

@@ -1,1 +1,33 @@
-fn main() {}
+use clap::Parser;
+use keyward::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(cli: &Cli) {
+    let filter = EnvFilter::try_new(cli.global.log.as_deref().unwrap_or("info"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = cli.global.log_format.as_deref() == Some("json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    // A CLI report should not be buried in service logs.
+    if matches!(cli.command, Command::Serve(_)) || cli.global.log.is_some() {
+        init_tracing(&cli);
+    }
+    match keyward::cli::run(cli).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -92,3 +92,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// Whether the store can currently be written (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+/// Opens the store a database URL names: `sqlite://PATH` or `postgres://…`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn EventStore>, StoreError> {
+    if let Some(path) = crate::config::sqlite_path(url) {
+        return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&path).await?));
+    }
+    Err(StoreError::Unavailable(
+        "this build stores events in SQLite only; the PostgreSQL store is not part of it yet"
+            .to_owned(),
+    ))
+}

@@ -1,2 +1,9 @@
 //! Integration tests: one binary, one module per feature.
+
+// Test helpers outside #[test] functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod common;
+mod foundation;
 mod store;

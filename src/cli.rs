@@ -1,0 +1,350 @@
+//! The command line: `serve`, `bootstrap`, `migrate` and `audit`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use keyward_events::{ChainVerifier, Head};
+use keyward_projections::{AsOf, KeyStatus, State};
+use serde_json::json;
+
+use crate::config::{Config, GlobalArgs, ServeArgs};
+use crate::store::{self, EventFilter, EventStore};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyward",
+    version,
+    about = "Event-sourced API key service and LLM gateway"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Create an admin user if missing and a new admin key; prints the secret once on stdout.
+    Bootstrap {
+        #[arg(long, default_value = "admin")]
+        username: String,
+    },
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Verify, replay, export or checkpoint the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute every hash in order; exits 1 and names the first bad seq if the chain breaks.
+    Verify {
+        /// A checkpoint (from `audit checkpoint`) the log must still agree with.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// The key table as it was at a point in the log.
+    Replay {
+        /// An RFC 3339 time, e.g. 2026-03-01T00:00:00Z.
+        #[arg(long, conflicts_with = "until_seq")]
+        as_of: Option<String>,
+        #[arg(long)]
+        until_seq: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Every event as NDJSON on stdout.
+    Export {
+        #[arg(long, default_value_t = 0)]
+        from_seq: u64,
+        /// Only events of this type; may be given more than once.
+        #[arg(long = "type")]
+        types: Vec<String>,
+    },
+    /// The head seq and hash, for later `audit verify --checkpoint`.
+    Checkpoint,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+const PAGE: usize = 10_000;
+
+/// Runs a parsed command line. Returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve(s) => {
+            let config = Config::resolve(&cli.global, &s)?;
+            crate::server::serve(config).await?;
+            Ok(0)
+        }
+        Command::Bootstrap { username } => {
+            let config = Config::resolve(&cli.global, &ServeArgs::default())?;
+            let running = crate::server::start(config).await?;
+            let b = crate::bootstrap::bootstrap(&running.state.0.commands, &username).await;
+            running.shutdown().await;
+            let b = b?;
+            println!("{}", b.secret.expose());
+            eprintln!(
+                "created admin key {} for {username}; the secret above is shown only once",
+                b.key_id
+            );
+            Ok(0)
+        }
+        Command::Migrate => {
+            let config = Config::resolve(&cli.global, &ServeArgs::default())?;
+            let store = open(&config).await?;
+            let head = store.head().await?;
+            println!("migrations applied; the log holds {} events", head.seq);
+            Ok(0)
+        }
+        Command::Audit { command } => {
+            let config = Config::resolve(&cli.global, &ServeArgs::default())?;
+            let store = open(&config).await?;
+            audit(store, command).await
+        }
+    }
+}
+
+async fn open(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
+    if let Some(path) = config.sqlite_path()
+        && !path.exists()
+    {
+        bail!(
+            "no database at {} (KEYWARD_DATABASE_URL / KEYWARD_DATA_DIR)",
+            path.display()
+        );
+    }
+    store::open(&config.database_url).await.with_context(|| {
+        format!(
+            "cannot open the event store {}",
+            crate::server::redact_url(&config.database_url)
+        )
+    })
+}
+
+async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Result<i32> {
+    match command {
+        AuditCommand::Verify { checkpoint } => verify(store, checkpoint).await,
+        AuditCommand::Replay {
+            as_of,
+            until_seq,
+            format,
+        } => {
+            let as_of = match (as_of, until_seq) {
+                (Some(t), _) => AsOf::Time(
+                    crate::time::parse(&t)
+                        .with_context(|| format!("--as-of {t:?} is not an RFC 3339 time"))?,
+                ),
+                (None, Some(n)) => AsOf::Seq(n),
+                (None, None) => AsOf::Seq(u64::MAX),
+            };
+            let state = replay(store.as_ref(), as_of).await?;
+            let at = match as_of {
+                AsOf::Time(t) => t,
+                AsOf::Seq(_) => chrono::Utc::now(),
+            };
+            print_keys(&state, at, format)?;
+            Ok(0)
+        }
+        AuditCommand::Export { from_seq, types } => {
+            export(store.as_ref(), from_seq, types).await?;
+            Ok(0)
+        }
+        AuditCommand::Checkpoint => {
+            let head = store.head().await?;
+            let cp = json!({ "seq": head.seq, "hash": head.hash, "at": crate::time::format(&chrono::Utc::now()) });
+            println!("{cp}");
+            Ok(0)
+        }
+    }
+}
+
+async fn verify(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>) -> anyhow::Result<i32> {
+    let cp: Option<Head> = match checkpoint {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not a checkpoint", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut v = ChainVerifier::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_from(after, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        for env in &page {
+            if let Err(brk) = v.push(env) {
+                println!("FAILED: the chain breaks at seq {}: {brk}", brk.seq());
+                return Ok(1);
+            }
+            if let Some(cp) = cp.filter(|cp| cp.seq == env.seq)
+                && cp.hash != env.hash
+            {
+                println!(
+                    "FAILED: seq {} differs from the checkpoint: the log was rewritten",
+                    env.seq
+                );
+                return Ok(1);
+            }
+        }
+        after = v.head().seq;
+    }
+    if let Some(cp) = cp.filter(|cp| cp.seq > v.head().seq) {
+        println!(
+            "FAILED: the checkpoint is at seq {} but the log ends at seq {}: events were removed",
+            cp.seq,
+            v.head().seq
+        );
+        return Ok(1);
+    }
+    let head = v.head();
+    println!(
+        "ok: {} events verified; head seq {} hash {}",
+        v.checked(),
+        head.seq,
+        head.hash
+    );
+    Ok(0)
+}
+
+/// Folds the log up to `as_of`, page by page.
+pub async fn replay(store: &dyn EventStore, as_of: AsOf) -> anyhow::Result<State> {
+    let mut state = State::default();
+    let mut after = 0;
+    loop {
+        let page = store.read_from(after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for env in &page {
+            match as_of {
+                AsOf::Seq(n) if env.seq > n => return Ok(state),
+                AsOf::Seq(_) => state.apply(env)?,
+                AsOf::Time(t) if env.occurred_at > t => {}
+                AsOf::Time(_) => {
+                    let ev = env.decode().with_context(|| format!("seq {}", env.seq))?;
+                    state.apply_decoded(env, &ev);
+                }
+            }
+        }
+    }
+    Ok(state)
+}
+
+fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyhow::Result<()> {
+    let mut keys: Vec<_> = state.keys.iter().collect();
+    keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            let rows: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    json!({
+                        "key_id": k.key_id, "name": k.name, "owner_id": k.owner_id, "prefix": k.prefix,
+                        "status": k.status(at), "expires_at": crate::time::format(&k.expires_at),
+                        "scopes": k.scopes, "provider_ids": k.provider_ids,
+                    })
+                })
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({ "as_of": crate::time::format(&at), "head_seq": state.head.seq, "keys": rows })
+                )?
+            )?;
+        }
+        Format::Table => {
+            writeln!(
+                out,
+                "as of {} (seq {})",
+                crate::time::format(&at),
+                state.head.seq
+            )?;
+            writeln!(
+                out,
+                "{:<31} {:<24} {:<31} {:<8} {:<27} PREFIX",
+                "KEY", "NAME", "OWNER", "STATUS", "EXPIRES"
+            )?;
+            for k in keys {
+                let status = match k.status(at) {
+                    KeyStatus::Active => "active",
+                    KeyStatus::Grace => "grace",
+                    KeyStatus::Expired => "expired",
+                    KeyStatus::Deleted => "deleted",
+                };
+                let name: String = k.name.chars().take(24).collect();
+                writeln!(
+                    out,
+                    "{:<31} {:<24} {:<31} {:<8} {:<27} {}",
+                    k.key_id,
+                    name,
+                    k.owner_id,
+                    status,
+                    crate::time::format(&k.expires_at),
+                    k.prefix
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn export(store: &dyn EventStore, from_seq: u64, types: Vec<String>) -> anyhow::Result<()> {
+    let head = store.head().await?;
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(head.seq.saturating_sub(from_seq));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut filter = EventFilter {
+        after_seq: from_seq.saturating_sub(1),
+        types,
+        ..EventFilter::default()
+    };
+    loop {
+        let page = store.read(&filter, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        let advanced = last.seq.saturating_sub(filter.after_seq);
+        filter.after_seq = last.seq;
+        for env in &page {
+            serde_json::to_writer(&mut out, env)?;
+            out.write_all(b"\n")?;
+        }
+        if let Some(b) = &bar {
+            b.inc(advanced);
+        }
+    }
+    out.flush()?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(())
+}

@@ -1,0 +1,445 @@
+//! Configuration: flags and `KEYWARD_*` environment variables (through clap), an optional
+//! TOML file, and the embedded defaults. A wrong value stops the start with a message that
+//! names the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::Duration;
+use serde::Deserialize;
+
+/// Settings every subcommand shares. Flags win over the environment, which clap folds
+/// into the same fields, and both win over the TOML file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct GlobalArgs {
+    /// An optional TOML file with any of the settings below.
+    #[arg(long, env = "KEYWARD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Where the embedded database, the development master key and the lock file live.
+    #[arg(long, env = "KEYWARD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://PATH` (the default, in the data dir) or `postgres://…`.
+    #[arg(long, env = "KEYWARD_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// The keyring: `version:hex,version:hex`; the first key encrypts.
+    #[arg(
+        long,
+        env = "KEYWARD_MASTER_KEYS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub master_keys: Option<String>,
+    /// `pretty` (default) or `json`.
+    #[arg(long, env = "KEYWARD_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// A tracing filter, e.g. `info` or `keyward=debug`.
+    #[arg(long, env = "KEYWARD_LOG", global = true)]
+    pub log: Option<String>,
+}
+
+/// Settings only `serve` reads.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// The address to listen on.
+    #[arg(long, env = "KEYWARD_LISTEN")]
+    pub listen: Option<String>,
+    /// The longest a key may live, e.g. `180d`.
+    #[arg(long, env = "KEYWARD_MAX_KEY_LIFETIME")]
+    pub max_key_lifetime: Option<String>,
+    /// How many usage events may wait for the appender before the proxy waits.
+    #[arg(long, env = "KEYWARD_USAGE_QUEUE_CAPACITY")]
+    pub usage_queue_capacity: Option<String>,
+    /// The most events the appender commits in one transaction.
+    #[arg(long, env = "KEYWARD_APPEND_BATCH_MAX")]
+    pub append_batch_max: Option<String>,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, env = "KEYWARD_BODY_LIMIT_BYTES")]
+    pub body_limit_bytes: Option<String>,
+    /// How long a graceful shutdown waits for in-flight requests, e.g. `30s`.
+    #[arg(long, env = "KEYWARD_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// Start even though the audit chain does not verify. Loudly.
+    #[arg(long)]
+    pub allow_broken_chain: bool,
+}
+
+/// The TOML file: the same settings by their long names, with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    master_keys: Option<String>,
+    log_format: Option<String>,
+    log: Option<String>,
+    listen: Option<String>,
+    max_key_lifetime: Option<String>,
+    usage_queue_capacity: Option<usize>,
+    append_batch_max: Option<usize>,
+    body_limit_bytes: Option<usize>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub master_keys: Option<String>,
+    pub log_format: LogFormat,
+    pub log: String,
+    pub listen: SocketAddr,
+    pub max_key_lifetime: Duration,
+    pub usage_queue_capacity: usize,
+    pub append_batch_max: usize,
+    pub body_limit_bytes: usize,
+    pub shutdown_grace: std::time::Duration,
+    pub allow_broken_chain: bool,
+}
+
+/// A setting with a wrong value: names the flag, the variable and the file key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting} (--{flag} / {env} / `{key}` in the config file): {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub key: &'static str,
+    pub reason: String,
+}
+
+fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    let flag = setting;
+    let env: &'static str = match setting {
+        "data-dir" => "KEYWARD_DATA_DIR",
+        "database-url" => "KEYWARD_DATABASE_URL",
+        "master-keys" => "KEYWARD_MASTER_KEYS",
+        "log-format" => "KEYWARD_LOG_FORMAT",
+        "log" => "KEYWARD_LOG",
+        "listen" => "KEYWARD_LISTEN",
+        "max-key-lifetime" => "KEYWARD_MAX_KEY_LIFETIME",
+        "usage-queue-capacity" => "KEYWARD_USAGE_QUEUE_CAPACITY",
+        "append-batch-max" => "KEYWARD_APPEND_BATCH_MAX",
+        "body-limit-bytes" => "KEYWARD_BODY_LIMIT_BYTES",
+        "shutdown-grace" => "KEYWARD_SHUTDOWN_GRACE",
+        "config" => "KEYWARD_CONFIG",
+        _ => "",
+    };
+    let key: &'static str = match setting {
+        "data-dir" => "data_dir",
+        "database-url" => "database_url",
+        "master-keys" => "master_keys",
+        "log-format" => "log_format",
+        "max-key-lifetime" => "max_key_lifetime",
+        "usage-queue-capacity" => "usage_queue_capacity",
+        "append-batch-max" => "append_batch_max",
+        "body-limit-bytes" => "body_limit_bytes",
+        "shutdown-grace" => "shutdown_grace",
+        other => other,
+    };
+    ConfigError {
+        setting,
+        flag,
+        env,
+        key,
+        reason: reason.into(),
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_DATA_DIR: &str = "./keyward-data";
+
+impl Config {
+    pub fn resolve(g: &GlobalArgs, s: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &g.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| bad("config", format!("{}: {}", path.display(), e.message())))?
+            }
+            None => FileConfig::default(),
+        };
+
+        let data_dir = g
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(bad("data-dir", "must not be empty"));
+        }
+        let database_url = g
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("keyward.db").display()));
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(bad(
+                "database-url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        let master_keys = g.master_keys.clone().or(file.master_keys);
+        if let Some(spec) = &master_keys {
+            crate::crypto::Keyring::parse(spec).map_err(|e| bad("master-keys", e.to_string()))?;
+        }
+        let log_format = match g.log_format.clone().or(file.log_format).as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(
+                    "log-format",
+                    format!("{other:?} is neither `pretty` nor `json`"),
+                ));
+            }
+        };
+        let log = g
+            .log
+            .clone()
+            .or(file.log)
+            .unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            return Err(bad("log", format!("{log:?} is not a tracing filter")));
+        }
+        let listen_s = s
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = SocketAddr::from_str(&listen_s).map_err(|_| {
+            bad(
+                "listen",
+                format!("{listen_s:?} is not an address such as {DEFAULT_LISTEN}"),
+            )
+        })?;
+        let lifetime_s = s
+            .max_key_lifetime
+            .clone()
+            .or(file.max_key_lifetime)
+            .unwrap_or_else(|| "180d".to_owned());
+        let max_key_lifetime =
+            parse_duration(&lifetime_s).map_err(|r| bad("max-key-lifetime", r))?;
+        let usage_queue_capacity = number(
+            s.usage_queue_capacity.as_deref(),
+            file.usage_queue_capacity,
+            65_536,
+            "usage-queue-capacity",
+            1,
+            16_777_216,
+        )?;
+        let append_batch_max = number(
+            s.append_batch_max.as_deref(),
+            file.append_batch_max,
+            1024,
+            "append-batch-max",
+            1,
+            65_536,
+        )?;
+        let body_limit_bytes = number(
+            s.body_limit_bytes.as_deref(),
+            file.body_limit_bytes,
+            4 * 1024 * 1024,
+            "body-limit-bytes",
+            1024,
+            1 << 30,
+        )?;
+        let grace_s = s
+            .shutdown_grace
+            .clone()
+            .or(file.shutdown_grace)
+            .unwrap_or_else(|| "30s".to_owned());
+        let shutdown_grace = parse_duration(&grace_s)
+            .map_err(|r| bad("shutdown-grace", r))?
+            .to_std()
+            .map_err(|_| bad("shutdown-grace", "must be positive"))?;
+
+        Ok(Config {
+            data_dir,
+            database_url,
+            master_keys,
+            log_format,
+            log,
+            listen,
+            max_key_lifetime,
+            usage_queue_capacity,
+            append_batch_max,
+            body_limit_bytes,
+            shutdown_grace,
+            allow_broken_chain: s.allow_broken_chain,
+        })
+    }
+
+    /// The SQLite file the URL names, if the store is SQLite.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        sqlite_path(&self.database_url)
+    }
+}
+
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    Some(Path::new(path).to_path_buf())
+}
+
+fn number(
+    flag: Option<&str>,
+    file: Option<usize>,
+    default: usize,
+    setting: &'static str,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    let v = match flag {
+        Some(s) => s
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| bad(setting, format!("{s:?} is not a whole number")))?,
+        None => file.unwrap_or(default),
+    };
+    if !(min..=max).contains(&v) {
+        return Err(bad(setting, format!("{v} is outside {min}..={max}")));
+    }
+    Ok(v)
+}
+
+/// Parses `90d`, `12h`, `30m`, `45s` or `2w`. A bare number is refused: a unit is required.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30d, 12h, 15m or 45s"))?;
+    let max = 100 * 365;
+    let d = match unit {
+        "w" if n <= max / 7 => Duration::weeks(n),
+        "d" if n <= max => Duration::days(n),
+        "h" if n <= max * 24 => Duration::hours(n),
+        "m" if n <= max * 24 * 60 => Duration::minutes(n),
+        "s" if n <= max * 24 * 3600 => Duration::seconds(n),
+        "w" | "d" | "h" | "m" | "s" => return Err(format!("{s:?} is longer than 100 years")),
+        _ => {
+            return Err(format!(
+                "{s:?} is not a duration such as 30d, 12h, 15m or 45s"
+            ));
+        }
+    };
+    if n == 0 {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::resolve(&GlobalArgs::default(), &ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.data_dir, PathBuf::from("./keyward-data"));
+        assert_eq!(c.database_url, "sqlite://./keyward-data/keyward.db");
+        assert_eq!(c.max_key_lifetime, Duration::days(180));
+        assert_eq!(c.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_setting() {
+        let s = ServeArgs {
+            listen: Some("nowhere".into()),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&GlobalArgs::default(), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--listen") && e.contains("KEYWARD_LISTEN") && e.contains("nowhere"),
+            "{e}"
+        );
+
+        let g = GlobalArgs {
+            log_format: Some("xml".into()),
+            ..GlobalArgs::default()
+        };
+        let e = Config::resolve(&g, &ServeArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("KEYWARD_LOG_FORMAT"), "{e}");
+
+        let g = GlobalArgs {
+            master_keys: Some("1:zz".into()),
+            ..GlobalArgs::default()
+        };
+        let e = Config::resolve(&g, &ServeArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("KEYWARD_MASTER_KEYS") && !e.contains("zz"),
+            "{e}"
+        );
+
+        let s = ServeArgs {
+            max_key_lifetime: Some("180".into()),
+            ..ServeArgs::default()
+        };
+        assert!(
+            Config::resolve(&GlobalArgs::default(), &s)
+                .unwrap_err()
+                .to_string()
+                .contains("KEYWARD_MAX_KEY_LIFETIME")
+        );
+    }
+
+    #[test]
+    fn the_file_is_read_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.toml");
+        std::fs::write(
+            &p,
+            "listen = \"127.0.0.1:7000\"\nmax_key_lifetime = \"30d\"\n",
+        )
+        .unwrap();
+        let g = GlobalArgs {
+            config: Some(p.clone()),
+            ..GlobalArgs::default()
+        };
+        let c = Config::resolve(&g, &ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.max_key_lifetime, Duration::days(30));
+        // A flag wins over the file.
+        let s = ServeArgs {
+            listen: Some("127.0.0.1:7001".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(Config::resolve(&g, &s).unwrap().listen.port(), 7001);
+
+        std::fs::write(&p, "lissen = \"x\"\n").unwrap();
+        let e = Config::resolve(&g, &ServeArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lissen"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d").unwrap(), Duration::days(30));
+        assert_eq!(parse_duration("2w").unwrap(), Duration::days(14));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::minutes(15));
+        for bad in ["", "d", "10", "-1d", "0d", "1y", "99999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The management API's errors: `application/problem+json` (RFC 9457) with a precise
+//! `detail`. A 5xx tells the client something generic and logs the real cause.
+
+use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::commands::CommandError;
+use crate::store::{AppendError, StoreError};
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request cannot be read at all (malformed JSON, a bad query string).
+    BadRequest {
+        detail: String,
+        field: Option<String>,
+    },
+    /// 401: no usable credentials.
+    Unauthorized(String),
+    /// 403: authenticated, but this credential may not do this.
+    Forbidden(String),
+    /// 404: no such object, or one the caller may not see.
+    NotFound(String),
+    /// 409: the object changed meanwhile, or the action conflicts with its state.
+    Conflict {
+        detail: String,
+        extra: Option<Value>,
+    },
+    /// 413
+    PayloadTooLarge(String),
+    /// 415
+    UnsupportedMediaType(String),
+    /// 422: well-formed but invalid; `field` names the culprit.
+    Unprocessable {
+        detail: String,
+        field: Option<String>,
+    },
+    /// 429
+    TooManyRequests {
+        detail: String,
+        retry_after_secs: u64,
+    },
+    /// 502: an upstream (a provider being verified) could not be reached.
+    BadGateway(String),
+    /// 503: the store is down; nothing was written.
+    Unavailable,
+    /// 500: logged with its cause, reported without it.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, detail: impl Into<String>) -> ApiError {
+        ApiError::Unprocessable {
+            detail: detail.into(),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::NotFound(what.into())
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request", "Bad request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            ApiError::Conflict { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+            ),
+            ApiError::Unprocessable { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "Invalid request",
+            ),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "Too many requests",
+            ),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway", "Bad gateway"),
+            ApiError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+}
+
+/// The body of every management error.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// A stable machine-readable code.
+    pub code: String,
+    /// The request field at fault, where there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// More about the problem, e.g. the keys that depend on a provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub extra: Option<Value>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.parts();
+        let mut retry_after = None;
+        let (detail, field, extra) = match self {
+            ApiError::BadRequest { detail, field } | ApiError::Unprocessable { detail, field } => {
+                (detail, field, None)
+            }
+            ApiError::Conflict { detail, extra } => (detail, None, extra),
+            ApiError::TooManyRequests {
+                detail,
+                retry_after_secs,
+            } => {
+                retry_after = Some(retry_after_secs);
+                (detail, None, None)
+            }
+            ApiError::Unauthorized(d)
+            | ApiError::Forbidden(d)
+            | ApiError::NotFound(d)
+            | ApiError::PayloadTooLarge(d)
+            | ApiError::UnsupportedMediaType(d)
+            | ApiError::BadGateway(d) => (d, None, None),
+            ApiError::Unavailable => (
+                "the event store is unavailable; nothing was written. Retry later.".to_owned(),
+                None,
+                None,
+            ),
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                (
+                    "an internal error occurred; it has been logged".to_owned(),
+                    None,
+                    None,
+                )
+            }
+        };
+        let body = Problem {
+            kind: format!("https://keyward.dev/problems/{code}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            code: code.to_owned(),
+            field,
+            extra,
+        };
+        let mut res = (status, axum::Json(body)).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(s) = retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        res
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "event store failure");
+        ApiError::Unavailable
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Conflict { .. } => ApiError::Conflict {
+                detail: "the object was changed by another request; read it again and retry"
+                    .to_owned(),
+                extra: None,
+            },
+            AppendError::Store(s) => s.into(),
+            AppendError::Closed => ApiError::Unavailable,
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Append(a) => a.into(),
+            CommandError::Invalid(d) => ApiError::Unprocessable {
+                detail: d,
+                field: None,
+            },
+            CommandError::NotFound(what) => ApiError::NotFound(format!("{what} was not found")),
+            CommandError::Conflict(d) => ApiError::Conflict {
+                detail: d,
+                extra: None,
+            },
+        }
+    }
+}
+
+/// `axum::Json` whose rejections are problem+json with the exact status: 415 for a wrong
+/// content type, 400 for malformed JSON, 422 for a body that does not fit (unknown or
+/// missing fields, wrong types; serde names the field), 413 for an oversized body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rej) => Err(json_rejection(rej)),
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+fn json_rejection(rej: JsonRejection) -> ApiError {
+    match rej {
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+            "the body must be JSON, sent with Content-Type: application/json".to_owned(),
+        ),
+        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest {
+            detail: format!("the body is not valid JSON: {}", source_text(&e)),
+            field: None,
+        },
+        JsonRejection::JsonDataError(e) => {
+            let text = source_text(&e);
+            let field = field_from_serde(&text);
+            ApiError::Unprocessable {
+                detail: format!("the body does not fit the schema: {text}"),
+                field,
+            }
+        }
+        JsonRejection::BytesRejection(e) => {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("the body is larger than the configured limit".to_owned())
+            } else {
+                ApiError::BadRequest {
+                    detail: "the body could not be read".to_owned(),
+                    field: None,
+                }
+            }
+        }
+        other => ApiError::BadRequest {
+            detail: other.body_text(),
+            field: None,
+        },
+    }
+}
+
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// serde_path_to_error writes `path.to.field: message`; serde's own messages quote the
+/// field in backticks.
+fn field_from_serde(text: &str) -> Option<String> {
+    if let Some(start) = text.find('`') {
+        let rest = &text[start + 1..];
+        if let Some(end) = rest.find('`') {
+            return Some(rest[..end].to_owned());
+        }
+    }
+    None
+}

@@ -1,0 +1,4 @@
+//! HTTP surfaces. Each feature module returns its own router, merged in [`crate::app`].
+
+pub mod error;
+pub mod ops;

@@ -1,0 +1,260 @@
+//! Starting and stopping the service: the data dir and its lock, the keyring, the store,
+//! the rebuild of the live projections, the appender, the first-run bootstrap and the
+//! HTTP listener with a graceful shutdown.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use crate::bootstrap;
+use crate::commands::Commands;
+use crate::config::Config;
+use crate::crypto::{Keyring, MasterKey};
+use crate::live::{Live, RebuildReport};
+use crate::store::appender::{Appender, AppenderConfig, AppenderHandle};
+use crate::store::{self, EventStore};
+use crate::{App, AppState};
+
+pub const LOCK_FILE: &str = "keyward.lock";
+pub const DEV_MASTER_KEY_FILE: &str = "master.key";
+
+/// A started service without its listener: what `serve` runs and what tests drive.
+pub struct Running {
+    pub state: AppState,
+    pub report: RebuildReport,
+    /// Where the first run wrote the initial admin key, if this start created it.
+    pub initial_key_file: Option<PathBuf>,
+    appender: AppenderHandle,
+    _lock: Option<File>,
+}
+
+impl Running {
+    /// Stops taking events and commits everything queued.
+    pub async fn shutdown(self) {
+        self.state.0.set_ready(false);
+        self.appender.shutdown().await;
+    }
+}
+
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let sqlite = config.sqlite_path();
+    let lock = if sqlite.is_some() {
+        create_private_dir(&config.data_dir)?;
+        Some(lock_data_dir(&config.data_dir)?)
+    } else {
+        None
+    };
+    let keyring = load_keyring(&config)?;
+    let store: Arc<dyn EventStore> =
+        store::open(&config.database_url).await.with_context(|| {
+            format!(
+                "cannot open the event store {}",
+                redact_url(&config.database_url)
+            )
+        })?;
+    store.ping().await.with_context(|| {
+        format!(
+            "the event store {} cannot be written",
+            redact_url(&config.database_url)
+        )
+    })?;
+
+    let (live, report) = Live::rebuild(store.clone(), config.allow_broken_chain).await?;
+    if let Some(seq) = report.broken_at {
+        tracing::error!(
+            first_bad_seq = seq,
+            "THE AUDIT CHAIN IS BROKEN at seq {seq}. Serving anyway because --allow-broken-chain was given. \
+             The log cannot be trusted until this is investigated: run `keyward audit verify`."
+        );
+    }
+    tracing::info!(
+        events = report.events,
+        head_seq = report.head.seq,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "live projections rebuilt"
+    );
+    let live = Arc::new(live);
+    let (appender, handle) = Appender::spawn(
+        store.clone(),
+        live.clone(),
+        AppenderConfig {
+            queue_capacity: config.usage_queue_capacity,
+            max_batch: config.append_batch_max,
+        },
+    );
+    let commands = Commands::new(live.clone(), appender);
+
+    let mut initial_key_file = None;
+    if report.head.seq == 0 {
+        let b = bootstrap::bootstrap(&commands, "admin").await?;
+        let path = bootstrap::write_secret_file(&config.data_dir, &b.secret)?;
+        tracing::info!(user_id = %b.user_id, key_id = %b.key_id, path = %path.display(), "first run: created user `admin` and an admin key");
+        initial_key_file = Some(path);
+    }
+
+    let app = App::new(config, store, live, commands, keyring);
+    app.set_ready(true);
+    Ok(Running {
+        state: AppState(Arc::new(app)),
+        report,
+        initial_key_file,
+        appender: handle,
+        _lock: lock,
+    })
+}
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let grace = config.shutdown_grace;
+    let running = start(config).await?;
+    if let Some(path) = &running.initial_key_file {
+        // The path, never the secret.
+        println!("Initial admin key written to {}", path.display());
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (KEYWARD_LISTEN / --listen)"))?;
+    tracing::info!(%listen, "keyward is serving");
+    println!("Keyward listening on http://{listen}");
+
+    let router = crate::app(running.state.clone());
+    let state = running.state.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: draining");
+        state.0.set_ready(false);
+        let _ = stop_tx.send(true);
+    });
+    let mut stop_rx2 = stop_rx.clone();
+    tokio::select! {
+        res = server => res.context("the HTTP server failed")?,
+        _ = async {
+            let _ = stop_rx2.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace; closing them"),
+    }
+    running.shutdown().await;
+    tracing::info!("usage queue drained; bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        b.create(dir).with_context(|| {
+            format!(
+                "cannot create the data dir {} (KEYWARD_DATA_DIR / --data-dir)",
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// One `serve` per data dir: a second one would race the first for the SQLite writer and
+/// the hash chain's head.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another keyward process is serving the data dir {} (it holds {}); stop it first",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// The keyring from `KEYWARD_MASTER_KEYS`, or, on the embedded default only, a
+/// development key generated into the data dir.
+pub fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
+    if let Some(spec) = &config.master_keys {
+        return Keyring::parse(spec).context("invalid KEYWARD_MASTER_KEYS");
+    }
+    if config.sqlite_path().is_none() {
+        bail!(
+            "KEYWARD_MASTER_KEYS (--master-keys) is required with PostgreSQL: every node must share the keyring"
+        );
+    }
+    let path = config.data_dir.join(DEV_MASTER_KEY_FILE);
+    if path.exists() {
+        let spec = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let ring = Keyring::parse(spec.trim())
+            .with_context(|| format!("{} is not a valid master key file", path.display()))?;
+        tracing::warn!(path = %path.display(), "using the development master key file; set KEYWARD_MASTER_KEYS in production");
+        return Ok(ring);
+    }
+    create_private_dir(&config.data_dir)?;
+    let key = MasterKey::generate(1);
+    let spec = key.to_spec();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut f, spec.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::warn!(path = %path.display(), "generated a development master key; this is for development only: set KEYWARD_MASTER_KEYS in production");
+    Keyring::new(vec![key]).context("keyring")
+}
+
+/// A database URL with any password removed, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
