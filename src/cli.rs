@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use keyward_events::{ChainVerifier, Head};
 use keyward_projections::{AsOf, KeyStatus, State};
+
 use serde_json::json;
 
 use crate::config::{Config, GlobalArgs, ServeArgs};
@@ -37,6 +38,8 @@ pub enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate,
+    /// Print the management API's OpenAPI document.
+    Openapi,
     /// Verify, replay, export or checkpoint the audit log.
     Audit {
         #[command(subcommand)]
@@ -103,6 +106,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
+        Command::Openapi => {
+            print!("{}", crate::http::api::openapi_json());
+            Ok(0)
+        }
         Command::Migrate => {
             let config = Config::resolve(&cli.global, &ServeArgs::default())?;
             let store = open(&config).await?;
@@ -151,7 +158,7 @@ async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Res
                 (None, Some(n)) => AsOf::Seq(n),
                 (None, None) => AsOf::Seq(u64::MAX),
             };
-            let state = replay(store.as_ref(), as_of).await?;
+            let state = crate::history::replay(store.as_ref(), as_of).await?;
             let at = match as_of {
                 AsOf::Time(t) => t,
                 AsOf::Seq(_) => chrono::Utc::now(),
@@ -224,29 +231,6 @@ async fn verify(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>) -> anyh
         head.hash
     );
     Ok(0)
-}
-
-/// Folds the log up to `as_of`, page by page.
-pub async fn replay(store: &dyn EventStore, as_of: AsOf) -> anyhow::Result<State> {
-    let mut state = State::default();
-    let mut after = 0;
-    loop {
-        let page = store.read_from(after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for env in &page {
-            match as_of {
-                AsOf::Seq(n) if env.seq > n => return Ok(state),
-                AsOf::Seq(_) => state.apply(env)?,
-                AsOf::Time(t) if env.occurred_at > t => {}
-                AsOf::Time(_) => {
-                    let ev = env.decode().with_context(|| format!("seq {}", env.seq))?;
-                    state.apply_decoded(env, &ev);
-                }
-            }
-        }
-    }
-    Ok(state)
 }
 
 fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyhow::Result<()> {

@@ -11,6 +11,9 @@ use keyward_events::{
 use serde_json::{Map, Value};
 use ulid::Ulid;
 
+use keyward_events::{ExpireReason, KeyDeleted, KeyExpired, KeyRotated, KeyUpdated};
+use keyward_projections::{KeyRecord, KeyStatus, State};
+
 use crate::crypto::Secret;
 use crate::live::Live;
 use crate::store::AppendError;
@@ -49,6 +52,9 @@ pub enum CommandError {
     Append(#[from] AppendError),
     #[error("{0}")]
     Invalid(String),
+    /// A request field that does not fit the current state (an unknown provider, say).
+    #[error("{field}: {detail}")]
+    InvalidField { field: &'static str, detail: String },
     #[error("{0} was not found")]
     NotFound(String),
     #[error("{0}")]
@@ -138,5 +144,240 @@ impl Commands {
 
     pub async fn submit(&self, unit: Vec<NewEvent>) -> Result<Vec<Envelope>, CommandError> {
         Ok(self.appender.submit(unit).await?)
+    }
+}
+
+/// Whose objects the caller may act on: everyone's (an admin) or only their own.
+#[derive(Clone, Copy, Debug)]
+pub enum Visibility<'a> {
+    All,
+    Owner(&'a str),
+}
+
+impl Visibility<'_> {
+    pub fn admits(&self, owner_id: &str) -> bool {
+        match self {
+            Visibility::All => true,
+            Visibility::Owner(me) => *me == owner_id,
+        }
+    }
+}
+
+/// A key the caller may see, or NotFound: another user's key is indistinguishable from
+/// one that does not exist.
+fn visible_key(
+    state: &State,
+    key_id: &str,
+    vis: Visibility<'_>,
+) -> Result<Arc<KeyRecord>, CommandError> {
+    state
+        .keys
+        .get(key_id)
+        .filter(|k| vis.admits(&k.owner_id))
+        .cloned()
+        .ok_or_else(|| CommandError::NotFound(format!("key {key_id}")))
+}
+
+fn status_word(s: KeyStatus) -> &'static str {
+    match s {
+        KeyStatus::Active => "active",
+        KeyStatus::Grace => "in its rotation grace period",
+        KeyStatus::Expired => "expired",
+        KeyStatus::Deleted => "deleted",
+    }
+}
+
+impl Commands {
+    /// Checks that the owner and providers of a new key exist and may be used.
+    pub fn check_key_refs(
+        &self,
+        owner_id: &str,
+        provider_ids: &[String],
+    ) -> Result<(), CommandError> {
+        let state = self.live.read();
+        match state.users.get(owner_id) {
+            None => {
+                return Err(CommandError::InvalidField {
+                    field: "owner_id",
+                    detail: format!("no user {owner_id}"),
+                });
+            }
+            Some(u) if u.disabled => {
+                return Err(CommandError::InvalidField {
+                    field: "owner_id",
+                    detail: format!("user {owner_id} is disabled"),
+                });
+            }
+            Some(_) => {}
+        }
+        for p in provider_ids {
+            if state.providers.get(p).is_none_or(|p| p.is_deleted()) {
+                return Err(CommandError::InvalidField {
+                    field: "provider_id",
+                    detail: format!("no provider {p}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_key(
+        &self,
+        actor: &Actor,
+        spec: NewKey,
+    ) -> Result<(Arc<KeyRecord>, Secret), CommandError> {
+        self.check_key_refs(&spec.owner_id, &spec.provider_ids)?;
+        let (ev, key_id, secret) = self.key_created(actor, spec);
+        self.submit(vec![ev]).await?;
+        let key = self.live.read().keys.get(&key_id).cloned();
+        key.map(|k| (k, secret))
+            .ok_or_else(|| CommandError::NotFound(format!("key {key_id}")))
+    }
+
+    /// Applies a change to a key that is still usable (active or in grace).
+    pub async fn update_key(
+        &self,
+        actor: &Actor,
+        vis: Visibility<'_>,
+        patch: KeyUpdated,
+    ) -> Result<Arc<KeyRecord>, CommandError> {
+        let key = visible_key(&self.live.read(), &patch.key_id, vis)?;
+        match key.status(Utc::now()) {
+            KeyStatus::Active | KeyStatus::Grace => {}
+            s => {
+                return Err(CommandError::Conflict(format!(
+                    "key {} is {} and can no longer be changed",
+                    key.key_id,
+                    status_word(s)
+                )));
+            }
+        }
+        let key_id = patch.key_id.clone();
+        let ev = self.event(
+            actor,
+            &Event::KeyUpdated(patch),
+            ExpectedVersion::Exact(key.version),
+        );
+        self.submit(vec![ev]).await?;
+        self.reread(&key_id)
+    }
+
+    /// Expires a key at once; the record stays.
+    pub async fn expire_key(
+        &self,
+        actor: &Actor,
+        vis: Visibility<'_>,
+        key_id: &str,
+    ) -> Result<Arc<KeyRecord>, CommandError> {
+        let key = visible_key(&self.live.read(), key_id, vis)?;
+        match key.status(Utc::now()) {
+            KeyStatus::Active | KeyStatus::Grace => {}
+            s => {
+                return Err(CommandError::Conflict(format!(
+                    "key {key_id} is already {}",
+                    status_word(s)
+                )));
+            }
+        }
+        let ev = Event::KeyExpired(KeyExpired {
+            key_id: key_id.to_owned(),
+            reason: ExpireReason::Manual,
+        });
+        self.submit(vec![self.event(
+            actor,
+            &ev,
+            ExpectedVersion::Exact(key.version),
+        )])
+        .await?;
+        self.reread(key_id)
+    }
+
+    /// Soft-deletes a key. Deleting a deleted key changes nothing and writes nothing.
+    pub async fn delete_key(
+        &self,
+        actor: &Actor,
+        vis: Visibility<'_>,
+        key_id: &str,
+    ) -> Result<Arc<KeyRecord>, CommandError> {
+        let key = visible_key(&self.live.read(), key_id, vis)?;
+        if key.is_deleted() {
+            return Ok(key);
+        }
+        let ev = Event::KeyDeleted(KeyDeleted {
+            key_id: key_id.to_owned(),
+        });
+        self.submit(vec![self.event(
+            actor,
+            &ev,
+            ExpectedVersion::Exact(key.version),
+        )])
+        .await?;
+        self.reread(key_id)
+    }
+
+    /// Rotates an active key: a new key with the same settings, and the old one working
+    /// until `grace_until`. Both events commit together or not at all; of two concurrent
+    /// rotations one wins and the other conflicts on the old key's stream version.
+    pub async fn rotate_key(
+        &self,
+        actor: &Actor,
+        vis: Visibility<'_>,
+        key_id: &str,
+        grace_until: Timestamp,
+        new_expires_at: Timestamp,
+    ) -> Result<(Arc<KeyRecord>, Arc<KeyRecord>, Secret), CommandError> {
+        let old = visible_key(&self.live.read(), key_id, vis)?;
+        match old.status(Utc::now()) {
+            KeyStatus::Active => {}
+            KeyStatus::Grace => {
+                return Err(CommandError::Conflict(format!(
+                    "key {key_id} was already rotated to {}",
+                    old.rotated_to.as_deref().unwrap_or("another key")
+                )));
+            }
+            s => {
+                return Err(CommandError::Conflict(format!(
+                    "key {key_id} is {} and cannot be rotated",
+                    status_word(s)
+                )));
+            }
+        }
+        self.check_key_refs(&old.owner_id, &old.provider_ids)?;
+        let (created, new_id, secret) = self.key_created(
+            actor,
+            NewKey {
+                name: old.name.clone(),
+                owner_id: old.owner_id.clone(),
+                provider_ids: old.provider_ids.clone(),
+                expires_at: new_expires_at,
+                scopes: old.scopes.clone(),
+                models: old.models.clone(),
+                rate_limit: old.rate_limit,
+                quota: old.quota,
+                ip_allowlist: old.ip_allowlist.clone(),
+                metadata: old.metadata.clone(),
+                rotated_from: Some(key_id.to_owned()),
+            },
+        );
+        let rotated = Event::KeyRotated(KeyRotated {
+            key_id: key_id.to_owned(),
+            new_key_id: new_id.clone(),
+            grace_until,
+        });
+        let unit = vec![
+            self.event(actor, &rotated, ExpectedVersion::Exact(old.version)),
+            created,
+        ];
+        self.submit(unit).await?;
+        Ok((self.reread(key_id)?, self.reread(&new_id)?, secret))
+    }
+
+    fn reread(&self, key_id: &str) -> Result<Arc<KeyRecord>, CommandError> {
+        self.live
+            .read()
+            .keys
+            .get(key_id)
+            .cloned()
+            .ok_or_else(|| CommandError::NotFound(format!("key {key_id}")))
     }
 }

@@ -9,10 +9,12 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod history;
 pub mod http;
 pub mod live;
 pub mod server;
 pub mod store;
+pub mod sweeper;
 
 pub mod time {
     pub use keyward_events::time::*;
@@ -71,5 +73,9 @@ impl App {
 
 /// The whole HTTP application. Tests call this directly.
 pub fn app(state: AppState) -> Router {
-    Router::new().merge(http::ops::router()).with_state(state)
+    Router::new()
+        .merge(http::ops::router())
+        .merge(http::api::router())
+        .layer(axum::middleware::from_fn(http::request_id::layer))
+        .with_state(state)
 }

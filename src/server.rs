@@ -27,6 +27,10 @@ pub struct Running {
     /// Where the first run wrote the initial admin key, if this start created it.
     pub initial_key_file: Option<PathBuf>,
     appender: AppenderHandle,
+    sweeper: (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ),
     _lock: Option<File>,
 }
 
@@ -34,6 +38,9 @@ impl Running {
     /// Stops taking events and commits everything queued.
     pub async fn shutdown(self) {
         self.state.0.set_ready(false);
+        let (stop, task) = self.sweeper;
+        let _ = stop.send(true);
+        let _ = task.await;
         self.appender.shutdown().await;
     }
 }
@@ -94,6 +101,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         initial_key_file = Some(path);
     }
 
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = (stop, crate::sweeper::spawn(commands.clone(), stop_rx));
     let app = App::new(config, store, live, commands, keyring);
     app.set_ready(true);
     Ok(Running {
@@ -101,6 +110,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         report,
         initial_key_file,
         appender: handle,
+        sweeper,
         _lock: lock,
     })
 }

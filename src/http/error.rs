@@ -217,6 +217,10 @@ impl From<CommandError> for ApiError {
                 detail: d,
                 field: None,
             },
+            CommandError::InvalidField { field, detail } => ApiError::Unprocessable {
+                detail: format!("{field}: {detail}"),
+                field: Some(field.to_owned()),
+            },
             CommandError::NotFound(what) => ApiError::NotFound(format!("{what} was not found")),
             CommandError::Conflict(d) => ApiError::Conflict {
                 detail: d,
@@ -288,6 +292,7 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
 }
 
 fn source_text(e: &dyn std::error::Error) -> String {
+    // The innermost cause: serde_json's own message with its line and column.
     let mut cur: &dyn std::error::Error = e;
     while let Some(next) = cur.source() {
         cur = next;
@@ -295,14 +300,58 @@ fn source_text(e: &dyn std::error::Error) -> String {
     cur.to_string()
 }
 
-/// serde_path_to_error writes `path.to.field: message`; serde's own messages quote the
-/// field in backticks.
+/// axum reports `path.to.field: message` (serde_path_to_error); an unknown or missing
+/// field is named in backticks in the message itself.
 fn field_from_serde(text: &str) -> Option<String> {
-    if let Some(start) = text.find('`') {
-        let rest = &text[start + 1..];
-        if let Some(end) = rest.find('`') {
-            return Some(rest[..end].to_owned());
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(start) = text.find(marker) {
+            let rest = &text[start + marker.len()..];
+            let name = rest.split('`').next().unwrap_or_default();
+            let path = text
+                .split(": ")
+                .next()
+                .filter(|p| *p != "." && !p.contains(' '))
+                .unwrap_or("");
+            return Some(if path.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{path}.{name}")
+            });
         }
     }
-    None
+    let path = text.split(": ").next()?;
+    (!path.contains(' ') && path != ".").then(|| path.to_owned())
+}
+
+/// `axum::extract::Query` whose rejection is a 400 problem naming the parameter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(rej) => {
+                let text = rej.body_text();
+                let text = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text)
+                    .to_owned();
+                let field = field_from_serde(&text);
+                Err(ApiError::BadRequest {
+                    detail: format!("invalid query string: {text}"),
+                    field,
+                })
+            }
+        }
+    }
 }

@@ -1,4 +1,13 @@
 //! HTTP surfaces. Each feature module returns its own router, merged in [`crate::app`].
 
+pub mod api;
+pub mod audit;
+pub mod caller;
 pub mod error;
+pub mod keys;
+pub mod me;
 pub mod ops;
+pub mod providers;
+pub mod request_id;
+pub mod schema;
+pub mod users;

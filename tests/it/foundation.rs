@@ -140,7 +140,7 @@ async fn replay_as_of_a_seq_equals_the_live_state_at_that_seq() {
         snapshots.push((s.head.seq, keys, s.users.len()));
     }
     for (seq, keys, users) in snapshots {
-        let replayed = keyward::cli::replay(t.running.state.0.store.as_ref(), AsOf::Seq(seq))
+        let replayed = keyward::history::replay(t.running.state.0.store.as_ref(), AsOf::Seq(seq))
             .await
             .unwrap();
         let mut rk: Vec<String> = replayed.keys.iter().map(|k| format!("{k:?}")).collect();

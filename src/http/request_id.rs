@@ -1,0 +1,35 @@
+//! A request id on every request: the client's `x-request-id` when it is sane, otherwise a
+//! new ULID. It is returned in the response header and recorded in events.
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+
+pub const HEADER: &str = "x-request-id";
+
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+fn sane(v: &str) -> bool {
+    (1..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+pub async fn layer(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| sane(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| ulid::Ulid::new().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut res = tracing::Instrument::instrument(next.run(req), span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(HEADER, v);
+    }
+    res
+}

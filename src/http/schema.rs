@@ -1,0 +1,81 @@
+//! OpenAPI schemas for types that live in the pure `keyward-events` and
+//! `keyward-projections` crates, which do not depend on utoipa. Each mirrors the serde
+//! form of its original exactly; `schema_matches_serde` in the tests keeps them honest.
+#![allow(dead_code)]
+
+use utoipa::ToSchema;
+
+#[derive(ToSchema)]
+#[schema(as = Role)]
+#[allow(non_camel_case_types)]
+pub enum RoleSchema {
+    admin,
+    user,
+}
+
+/// `read` lists models; `chat` uses the proxy; `full` adds the management API.
+#[derive(ToSchema)]
+#[schema(as = Scope)]
+#[allow(non_camel_case_types)]
+pub enum ScopeSchema {
+    read,
+    chat,
+    full,
+}
+
+#[derive(ToSchema)]
+#[schema(as = KeyStatus)]
+#[allow(non_camel_case_types)]
+pub enum KeyStatusSchema {
+    active,
+    grace,
+    expired,
+    deleted,
+}
+
+#[derive(ToSchema)]
+#[schema(as = ProviderKind)]
+#[allow(non_camel_case_types)]
+pub enum ProviderKindSchema {
+    openai,
+    azure_openai,
+    anthropic,
+    gemini,
+    groq,
+    openai_compatible,
+}
+
+#[derive(ToSchema)]
+#[schema(as = ExpireReason)]
+#[allow(non_camel_case_types)]
+pub enum ExpireReasonSchema {
+    manual,
+    scheduled,
+    rotated,
+    owner_disabled,
+}
+
+#[derive(ToSchema)]
+#[schema(as = RateLimit)]
+pub struct RateLimitSchema {
+    /// Sustained requests per minute (GCRA).
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub requests_per_minute: u32,
+    /// Requests allowed at once above the sustained rate.
+    #[schema(minimum = 1, maximum = 100000)]
+    pub burst: u32,
+}
+
+/// Requests and/or tokens per UTC day or calendar month; a field left out is unlimited.
+#[derive(ToSchema)]
+#[schema(as = Quota)]
+pub struct QuotaSchema {
+    #[schema(minimum = 1)]
+    pub requests_per_day: Option<u64>,
+    #[schema(minimum = 1)]
+    pub requests_per_month: Option<u64>,
+    #[schema(minimum = 1)]
+    pub tokens_per_day: Option<u64>,
+    #[schema(minimum = 1)]
+    pub tokens_per_month: Option<u64>,
+}
