@@ -303,24 +303,29 @@ fn source_text(e: &dyn std::error::Error) -> String {
 /// axum reports `path.to.field: message` (serde_path_to_error); an unknown or missing
 /// field is named in backticks in the message itself.
 fn field_from_serde(text: &str) -> Option<String> {
-    for marker in ["unknown field `", "missing field `"] {
-        if let Some(start) = text.find(marker) {
-            let rest = &text[start + marker.len()..];
-            let name = rest.split('`').next().unwrap_or_default();
-            let path = text
-                .split(": ")
-                .next()
-                .filter(|p| *p != "." && !p.contains(' '))
-                .unwrap_or("");
-            return Some(if path.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{path}.{name}")
-            });
-        }
+    let path = text
+        .split(": ")
+        .next()
+        .filter(|p| *p != "." && !p.contains(' '))
+        .unwrap_or("");
+    // For an unknown field the path already ends with it; for a missing one it is the parent.
+    if let Some(start) = text.find("missing field `") {
+        let name = text[start + 15..].split('`').next().unwrap_or_default();
+        return Some(if path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        });
     }
-    let path = text.split(": ").next()?;
-    (!path.contains(' ') && path != ".").then(|| path.to_owned())
+    if let Some(start) = text.find("unknown field `") {
+        let name = text[start + 15..].split('`').next().unwrap_or_default();
+        return Some(if path.is_empty() {
+            name.to_owned()
+        } else {
+            path.to_owned()
+        });
+    }
+    (!path.is_empty()).then(|| path.to_owned())
 }
 
 /// `axum::extract::Query` whose rejection is a 400 problem naming the parameter.

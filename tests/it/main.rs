@@ -3,8 +3,10 @@
 // Test helpers outside #[test] functions may fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod api;
 mod cli;
 mod common;
 mod foundation;
+mod keys;
 mod openapi;
 mod store;
