@@ -300,31 +300,31 @@ impl Task {
             }
         };
 
-        let mut fresh: Vec<Envelope> = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .flatten()
-            .filter(|env| env.seq > delivered_through)
-            .cloned()
-            .collect();
+        // Usage events have no one waiting, so their envelopes move to the sink; a
+        // command's are copied, since its submitter gets them too.
+        let mut fresh: Vec<Envelope> = Vec::new();
+        let mut answers = Vec::new();
+        for (result, reply) in results.into_iter().zip(replies) {
+            match (result, reply) {
+                (Ok(envs), None) => fresh.extend(envs),
+                (Err(e), None) => tracing::warn!(error = %e, "a usage event was refused"),
+                (result, Some(reply)) => {
+                    if let Ok(envs) = &result {
+                        fresh.extend(envs.iter().filter(|e| e.seq > delivered_through).cloned());
+                    }
+                    answers.push((reply, result));
+                }
+            }
+        }
+        fresh.retain(|env| env.seq > delivered_through);
         fresh.sort_unstable_by_key(|env| env.seq);
         fresh.dedup_by_key(|env| env.seq);
         self.delivered_through = Some(fresh.last().map_or(delivered_through, |env| env.seq));
         if !fresh.is_empty() {
             self.sink.committed(&fresh).await;
         }
-
-        for (result, reply) in results.into_iter().zip(replies) {
-            match reply {
-                Some(reply) => {
-                    let _ = reply.send(result);
-                }
-                None => {
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "a usage event was refused");
-                    }
-                }
-            }
+        for (reply, result) in answers {
+            let _ = reply.send(result);
         }
         Ok(())
     }
