@@ -142,7 +142,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Closes the writer and the read pool, checkpointing the WAL.
+    /// Closes the writer and the read pool. Appends after this reconnect the writer;
+    /// reads fail.
     pub async fn close(&self) {
         let conn = self.writer.lock().await.conn.take();
         if let Some(conn) = conn {
