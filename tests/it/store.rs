@@ -976,3 +976,43 @@ async fn a_replayed_event_is_not_handed_to_the_sink_twice() {
     assert_eq!(sink.seqs(), vec![1, 2]);
     assert_eq!(sink.calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_turns_producers_away_and_keeps_what_it_accepted() {
+    let h = Harness::sqlite().await;
+    let sink = Recorder::new();
+    let cfg = AppenderConfig {
+        queue_capacity: 64,
+        max_batch: 32,
+    };
+    let (appender, handle) = Appender::spawn(h.store.clone(), sink.clone(), cfg);
+    let producers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let a = appender.clone();
+            tokio::spawn(async move {
+                let mut accepted = 0u64;
+                loop {
+                    match a.record(key_used("key_1", p * 1_000_000 + accepted)).await {
+                        Ok(()) => accepted += 1,
+                        Err(AppendError::Closed) => return accepted,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    sink.wait_for(300).await;
+    // A generous bound that only turns a hang into a failure.
+    tokio::time::timeout(Duration::from_secs(60), handle.shutdown())
+        .await
+        .expect("shutdown never finished while producers kept recording");
+
+    let mut accepted = 0;
+    for p in producers {
+        accepted += p.await.unwrap();
+    }
+    let log = all(&*h.store).await;
+    assert_eq!(log.len() as u64, accepted);
+    assert_eq!(sink.seqs(), (1..=accepted).collect::<Vec<_>>());
+    chain::verify(&log).unwrap();
+}
