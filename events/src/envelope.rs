@@ -93,6 +93,18 @@ impl NewEvent {
 
     /// Gives the event its place in the log and its hash.
     pub fn seal(self, seq: u64, stream_version: u64, prev_hash: Hash32) -> Envelope {
+        self.seal_with_data(seq, stream_version, prev_hash).0
+    }
+
+    /// [`seal`](Self::seal), also returning the canonical JSON of `data`: the hash covers
+    /// those bytes and a store writes them, so they are computed once for both.
+    pub fn seal_with_data(
+        self,
+        seq: u64,
+        stream_version: u64,
+        prev_hash: Hash32,
+    ) -> (Envelope, String) {
+        let data = crate::canonical::to_string(&self.data);
         let mut env = Envelope {
             seq,
             event_id: self.event_id,
@@ -107,8 +119,8 @@ impl NewEvent {
             prev_hash,
             hash: Hash32::ZERO,
         };
-        env.hash = env.compute_hash();
-        env
+        env.hash = env.hash_with_data(data.as_bytes());
+        (env, data)
     }
 }
 
@@ -116,34 +128,133 @@ impl NewEvent {
 pub const DOMAIN_TAG: &[u8] = b"keyward/event-chain/v1\0";
 
 impl Envelope {
-    /// The canonical bytes of every field except `prev_hash` and `hash`.
+    /// The canonical bytes of every field except `prev_hash` and `hash`: the canonical
+    /// JSON of an object with those fields, `type` for `event_type`, `occurred_at` in the
+    /// format of [`time::format`].
     pub fn canonical_body(&self) -> Vec<u8> {
-        let body = serde_json::json!({
-            "seq": self.seq,
-            "event_id": self.event_id.to_string(),
-            "stream": self.stream,
-            "stream_version": self.stream_version,
-            "type": self.event_type,
-            "schema": self.schema,
-            "occurred_at": time::format(&self.occurred_at),
-            "actor": self.actor,
-            "request_id": self.request_id,
-            "data": self.data,
-        });
-        crate::canonical::to_vec(&body)
+        self.body_with_data(&crate::canonical::to_vec(&self.data))
     }
 
     /// `blake3(domain tag ‖ prev_hash ‖ canonical body)`.
     pub fn compute_hash(&self) -> Hash32 {
+        self.hash_with_data(&crate::canonical::to_vec(&self.data))
+    }
+
+    fn hash_with_data(&self, data: &[u8]) -> Hash32 {
         let mut h = blake3::Hasher::new();
         h.update(DOMAIN_TAG);
         h.update(&self.prev_hash.0);
-        h.update(&self.canonical_body());
+        h.update(&self.body_with_data(data));
         h.finalize().into()
+    }
+
+    /// Writes the body directly rather than through a `serde_json::Value`, which would
+    /// copy the payload and sort the keys for every event on the append path. The keys
+    /// are written in the sorted order canonical JSON requires; a test checks the result
+    /// against the generic encoder.
+    fn body_with_data(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 320);
+        out.extend_from_slice(b"{\"actor\":");
+        write_str(&self.actor, &mut out);
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(data);
+        out.extend_from_slice(b",\"event_id\":\"");
+        out.extend_from_slice(
+            self.event_id
+                .array_to_str(&mut [0; ulid::ULID_LEN])
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\",\"occurred_at\":");
+        write_str(&time::format(&self.occurred_at), &mut out);
+        out.extend_from_slice(b",\"request_id\":");
+        match &self.request_id {
+            Some(r) => write_str(r, &mut out),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"schema\":");
+        out.extend_from_slice(self.schema.to_string().as_bytes());
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(self.seq.to_string().as_bytes());
+        out.extend_from_slice(b",\"stream\":");
+        write_str(&self.stream, &mut out);
+        out.extend_from_slice(b",\"stream_version\":");
+        out.extend_from_slice(self.stream_version.to_string().as_bytes());
+        out.extend_from_slice(b",\"type\":");
+        write_str(&self.event_type, &mut out);
+        out.push(b'}');
+        out
     }
 
     /// The typed event, upcast from whatever schema it was stored with.
     pub fn decode(&self) -> Result<Event, DecodeError> {
         upcast::decode(&self.event_type, self.schema, &self.data)
+    }
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    // Escaped exactly as canonical JSON escapes a string; writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::from_micros;
+
+    /// The body as the generic canonical encoder writes it: the definition the fast
+    /// writer must match byte for byte.
+    fn reference_body(e: &Envelope) -> Vec<u8> {
+        crate::canonical::to_vec(&serde_json::json!({
+            "seq": e.seq,
+            "event_id": e.event_id.to_string(),
+            "stream": e.stream,
+            "stream_version": e.stream_version,
+            "type": e.event_type,
+            "schema": e.schema,
+            "occurred_at": time::format(&e.occurred_at),
+            "actor": e.actor,
+            "request_id": e.request_id,
+            "data": e.data,
+        }))
+    }
+
+    #[test]
+    fn the_direct_body_writer_matches_the_canonical_encoder() {
+        let awkward = "quote\" back\\ nl\n tab\t nul\u{0} del\u{7f} é 😀 \u{2028}";
+        for (actor, request_id, data, seq, version, schema) in [
+            ("system", None, serde_json::json!({}), 1, 1, 1),
+            (
+                awkward,
+                Some(awkward.to_owned()),
+                serde_json::json!({"b": [1, 2.5, null], "a": awkward}),
+                u64::MAX,
+                0,
+                u16::MAX,
+            ),
+            (
+                "",
+                Some(String::new()),
+                serde_json::json!(null),
+                0,
+                u64::MAX,
+                0,
+            ),
+        ] {
+            let e = Envelope {
+                seq,
+                event_id: Ulid::from_parts(1_700_000_000_000, 42),
+                stream: format!("user:{awkward}"),
+                stream_version: version,
+                event_type: "key.used".into(),
+                schema,
+                occurred_at: from_micros(1_772_355_600_000_001).unwrap_or_default(),
+                actor: actor.into(),
+                request_id,
+                data,
+                prev_hash: Hash32([7; 32]),
+                hash: Hash32::ZERO,
+            };
+            assert_eq!(e.canonical_body(), reference_body(&e));
+        }
     }
 }

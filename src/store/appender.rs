@@ -49,10 +49,7 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 enum Item {
-    Unit {
-        events: Vec<NewEvent>,
-        reply: oneshot::Sender<Result<Vec<Envelope>, AppendError>>,
-    },
+    Unit { events: Vec<NewEvent>, reply: Reply },
     Usage(NewEvent),
 }
 
@@ -94,6 +91,7 @@ impl Appender {
             stop: stop.clone(),
             stopping: false,
             delivered_through: None,
+            undelivered: None,
         };
         let task = tokio::spawn(task.run());
         (Appender { tx, depth }, AppenderHandle { stop, task })
@@ -161,7 +159,19 @@ struct Task {
     /// The highest seq handed to the sink. Idempotent replays of events already
     /// committed come back from the store with lower seqs and are not handed over again.
     delivered_through: Option<u64>,
+    /// The outcome of the last batch, not yet handed to the sink and the submitters. It
+    /// is delivered while the next batch is being appended, or before the task waits.
+    undelivered: Option<Done>,
 }
+
+/// A committed (or failed) batch on its way to the sink and the submitters.
+struct Done {
+    /// Newly committed envelopes, in seq order.
+    fresh: Vec<Envelope>,
+    answers: Vec<(Reply, Result<Vec<Envelope>, AppendError>)>,
+}
+
+type Reply = oneshot::Sender<Result<Vec<Envelope>, AppendError>>;
 
 impl Task {
     async fn run(mut self) {
@@ -169,25 +179,30 @@ impl Task {
         let mut retry: Vec<NewEvent> = Vec::new();
         let mut backoff = BACKOFF_START;
         loop {
+            // Under steady load the queue is never empty and next() is never reached, so
+            // a shutdown request is looked for here too.
+            if !self.stopping && self.stop.is_cancelled() {
+                self.close();
+            }
             let mut items = Vec::new();
-            if retry.is_empty() {
+            if !retry.is_empty() {
+                self.deliver().await;
+                self.pause(backoff).await;
+            } else if let Some(item) = self.try_next() {
+                items.push(item);
+            } else {
+                // Nothing more to append right now: deliver before waiting.
+                self.deliver().await;
                 match self.next().await {
                     Some(item) => items.push(item),
                     None => break,
                 }
-            } else {
-                self.pause(backoff).await;
             }
             let mut events = retry.len() + items.iter().map(Item::len).sum::<usize>();
             while events < self.max_batch {
-                match self.rx.try_recv() {
-                    Ok(item) => {
-                        self.depth.fetch_sub(1, Ordering::Relaxed);
-                        events += item.len();
-                        items.push(item);
-                    }
-                    Err(_) => break,
-                }
+                let Some(item) = self.try_next() else { break };
+                events += item.len();
+                items.push(item);
             }
             match self.commit(std::mem::take(&mut retry), items).await {
                 Ok(()) => backoff = BACKOFF_START,
@@ -203,6 +218,18 @@ impl Task {
                 }
             }
         }
+        self.deliver().await;
+    }
+
+    fn try_next(&mut self) -> Option<Item> {
+        let item = self.rx.try_recv().ok()?;
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        Some(item)
+    }
+
+    /// Hands the last batch's envelopes to the sink, then answers its submitters.
+    async fn deliver(&mut self) {
+        deliver(&*self.sink, self.undelivered.take()).await;
     }
 
     /// The next queued item; `None` once the queue is closed and empty.
@@ -257,7 +284,7 @@ impl Task {
         items: Vec<Item>,
     ) -> Result<(), (Vec<NewEvent>, StoreError)> {
         let mut units: Vec<Vec<NewEvent>> = Vec::with_capacity(retry.len() + items.len());
-        let mut replies: Vec<Option<oneshot::Sender<_>>> = Vec::with_capacity(units.capacity());
+        let mut replies: Vec<Option<Reply>> = Vec::with_capacity(units.capacity());
         for e in retry {
             units.push(vec![e]);
             replies.push(None);
@@ -286,46 +313,69 @@ impl Task {
             .filter(|(_, r)| r.is_none())
             .flat_map(|(u, _)| u.iter().cloned())
             .collect();
+        // The previous batch is delivered while SQLite works on this one: its sink call,
+        // replies and freeing overlap the store's waits instead of preceding them.
+        let previous = self.undelivered.take();
         let outcome = match delivered_through {
-            Ok(seq) => self.store.append(units).await.map(|r| (seq, r)),
-            Err(e) => Err(e),
+            Ok(seq) => {
+                let (appended, ()) =
+                    futures::join!(self.store.append(units), deliver(&*self.sink, previous));
+                appended.map(|r| (seq, r))
+            }
+            Err(e) => {
+                deliver(&*self.sink, previous).await;
+                Err(e)
+            }
         };
         let (delivered_through, results) = match outcome {
             Ok(ok) => ok,
             Err(e) => {
-                for reply in replies.into_iter().flatten() {
-                    let _ = reply.send(Err(AppendError::Store(e.clone())));
-                }
+                let answers = replies
+                    .into_iter()
+                    .flatten()
+                    .map(|reply| (reply, Err(AppendError::Store(e.clone()))))
+                    .collect();
+                self.undelivered = Some(Done {
+                    fresh: Vec::new(),
+                    answers,
+                });
                 return Err((usage, e));
             }
         };
 
-        let mut fresh: Vec<Envelope> = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .flatten()
-            .filter(|env| env.seq > delivered_through)
-            .cloned()
-            .collect();
-        fresh.sort_unstable_by_key(|env| env.seq);
-        fresh.dedup_by_key(|env| env.seq);
-        self.delivered_through = Some(fresh.last().map_or(delivered_through, |env| env.seq));
-        if !fresh.is_empty() {
-            self.sink.committed(&fresh).await;
-        }
-
+        // Usage events have no one waiting, so their envelopes move to the sink; a
+        // command's are copied, since its submitter gets them too.
+        let mut fresh: Vec<Envelope> = Vec::new();
+        let mut answers = Vec::new();
         for (result, reply) in results.into_iter().zip(replies) {
-            match reply {
-                Some(reply) => {
-                    let _ = reply.send(result);
-                }
-                None => {
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "a usage event was refused");
+            match (result, reply) {
+                (Ok(envs), None) => fresh.extend(envs),
+                (Err(e), None) => tracing::warn!(error = %e, "a usage event was refused"),
+                (result, Some(reply)) => {
+                    if let Ok(envs) = &result {
+                        fresh.extend(envs.iter().filter(|e| e.seq > delivered_through).cloned());
                     }
+                    answers.push((reply, result));
                 }
             }
         }
+        fresh.retain(|env| env.seq > delivered_through);
+        fresh.sort_unstable_by_key(|env| env.seq);
+        fresh.dedup_by_key(|env| env.seq);
+        self.delivered_through = Some(fresh.last().map_or(delivered_through, |env| env.seq));
+        self.undelivered = Some(Done { fresh, answers });
         Ok(())
+    }
+}
+
+async fn deliver(sink: &dyn CommitSink, done: Option<Done>) {
+    let Some(Done { fresh, answers }) = done else {
+        return;
+    };
+    if !fresh.is_empty() {
+        sink.committed(&fresh).await;
+    }
+    for (reply, result) in answers {
+        let _ = reply.send(result);
     }
 }

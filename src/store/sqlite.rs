@@ -12,10 +12,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyward_events::{Envelope, Hash32, Head, NewEvent, canonical, time};
+use keyward_events::{Envelope, Hash32, Head, NewEvent, time};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteExecutor};
 use ulid::Ulid;
@@ -69,6 +69,7 @@ struct Cache {
 
 impl SqliteStore {
     /// Opens (creating it if missing) the database file at `path` and runs the migrations.
+    /// Only one process may append to a file at a time: the writer caches the head.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         Self::open_with(SqliteConnectOptions::new().filename(path)).await
     }
@@ -87,7 +88,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let writer_options = base.clone().pragma("cache_size", "-65536");
+        let writer_options = base
+            .clone()
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "MEMORY");
         // Readers never write; query_only turns a stray write into an error. It is applied
         // after journal_mode, which is already WAL by then and so is not a write.
         let reader_options = base.pragma("query_only", "ON");
@@ -131,17 +135,15 @@ impl SqliteStore {
     /// calls it explicitly.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().await;
-        let mut conn = match writer.conn.take() {
-            Some(c) => c,
-            None => self.writer_options.connect().await?,
-        };
+        let mut conn = self.writer_conn(&mut writer).await?;
         writer.cache = None;
         run_migrations(&mut conn).await?;
         writer.conn = Some(conn);
         Ok(())
     }
 
-    /// Closes the writer and the read pool, checkpointing the WAL.
+    /// Closes the writer and the read pool. Appends after this reconnect the writer;
+    /// reads fail.
     pub async fn close(&self) {
         let conn = self.writer.lock().await.conn.take();
         if let Some(conn) = conn {
@@ -175,7 +177,7 @@ impl SqliteStore {
                 ids.push(e.event_id.to_string());
             }
         }
-        let mut existing = self.lookup_events(&mut tx, &ids).await?;
+        let existing = self.lookup_events(&mut tx, &ids).await?;
 
         let mut missing: Vec<&str> = Vec::new();
         let mut seen_streams = HashSet::new();
@@ -191,11 +193,17 @@ impl SqliteStore {
             cache.streams.insert(stream, version);
         }
 
-        let mut head = cache.head;
-        let mut sealed: Vec<Envelope> = Vec::new();
+        // Decide every unit first (cheap), then hash and insert (dear) in a pipeline.
+        let base = cache.head;
+        let mut planned: Vec<Planned> = Vec::new();
+        // Events planned in this call, so that a repeat later in the call is answered with
+        // the same envelope; and which of them are answered more than once.
+        let mut planned_ids: HashMap<Ulid, usize> = HashMap::new();
+        let mut repeated: HashSet<usize> = HashSet::new();
         let mut results: Vec<Result<Vec<Slot>, AppendError>> = Vec::with_capacity(units.len());
         for unit in units {
-            if let Err(conflict) = check_unit(&unit, &existing, &cache.streams) {
+            let known = |id: &Ulid| existing.contains_key(id) || planned_ids.contains_key(id);
+            if let Err(conflict) = check_unit(&unit, known, &cache.streams) {
                 results.push(Err(conflict));
                 continue;
             }
@@ -203,6 +211,11 @@ impl SqliteStore {
             for e in unit {
                 if let Some(env) = existing.get(&e.event_id) {
                     slots.push(Slot::Stored(Box::new(env.clone())));
+                    continue;
+                }
+                if let Some(&i) = planned_ids.get(&e.event_id) {
+                    repeated.insert(i);
+                    slots.push(Slot::New(i));
                     continue;
                 }
                 let version = match cache.streams.get_mut(&e.stream) {
@@ -215,77 +228,89 @@ impl SqliteStore {
                         1
                     }
                 };
-                let env = e.seal(head.seq + 1, version, head.hash);
-                head = Head {
-                    seq: env.seq,
-                    hash: env.hash,
-                };
-                // A later event with the same id in this call is answered with this one.
-                existing.insert(env.event_id, env.clone());
-                slots.push(Slot::New(sealed.len()));
-                sealed.push(env);
+                planned_ids.insert(e.event_id, planned.len());
+                slots.push(Slot::New(planned.len()));
+                planned.push(Planned { event: e, version });
             }
             results.push(Ok(slots));
         }
 
-        self.insert(&mut tx, &sealed).await?;
+        let count = planned.len();
+        let mut planned = planned.into_iter();
+        let mut head = base;
+        let mut sealed: Vec<Envelope> = Vec::with_capacity(count);
+        let mut sizes = self.chunk_sizes(count).into_iter();
+        let mut current = seal_run(&mut planned, sizes.next().unwrap_or(0), &mut head);
+        while !current.is_empty() {
+            let next_size = sizes.next().unwrap_or(0);
+            let insert = self.insert_query(&current)?;
+            // join! polls the insert first, which hands it to SQLite's worker thread, and
+            // then hashes the next run here while SQLite writes this one.
+            let (inserted, next) = futures::join!(insert.execute(&mut *tx), async {
+                seal_run(&mut planned, next_size, &mut head)
+            });
+            inserted?;
+            sealed.extend(current.into_iter().map(|(env, _)| env));
+            current = next;
+        }
         tx.commit().await?;
         cache.head = head;
 
         let mut sealed: Vec<Option<Envelope>> = sealed.into_iter().map(Some).collect();
+        let mut resolve = |slot: Slot| match slot {
+            Slot::Stored(env) => Some(*env),
+            Slot::New(i) if repeated.contains(&i) => sealed.get(i).cloned().flatten(),
+            Slot::New(i) => sealed.get_mut(i).and_then(Option::take),
+        };
         let results = results
             .into_iter()
-            .map(|r| {
-                r.map(|slots| {
-                    slots
-                        .into_iter()
-                        .filter_map(|s| match s {
-                            Slot::Stored(env) => Some(*env),
-                            Slot::New(i) => sealed.get_mut(i).and_then(Option::take),
-                        })
-                        .collect()
-                })
-            })
+            .map(|r| r.map(|slots| slots.into_iter().filter_map(&mut resolve).collect()))
             .collect();
         Ok((results, cache))
     }
 
-    async fn insert(
-        &self,
-        conn: &mut SqliteConnection,
-        sealed: &[Envelope],
-    ) -> Result<(), StoreError> {
-        let mut rest = sealed;
-        while !rest.is_empty() {
-            let Some((rows, sql)) = self.insert_sql.iter().find(|(rows, _)| *rows <= rest.len())
-            else {
-                break;
-            };
-            let (chunk, tail) = rest.split_at(*rows);
-            rest = tail;
-            let owned: Vec<(String, String)> = chunk
-                .iter()
-                .map(|e| (e.event_id.to_string(), canonical::to_string(&e.data)))
-                .collect();
-            let mut q = sqlx::query(sql);
-            for (e, (event_id, data)) in chunk.iter().zip(&owned) {
-                q = q
-                    .bind(to_i64(e.seq)?)
-                    .bind(event_id.as_str())
-                    .bind(e.stream.as_str())
-                    .bind(to_i64(e.stream_version)?)
-                    .bind(e.event_type.as_str())
-                    .bind(i64::from(e.schema))
-                    .bind(e.occurred_at.timestamp_micros())
-                    .bind(e.actor.as_str())
-                    .bind(e.request_id.as_deref())
-                    .bind(data.as_str())
-                    .bind(&e.prev_hash.0[..])
-                    .bind(&e.hash.0[..]);
+    /// Splits `count` rows into runs that each match a prepared INSERT, smallest first so
+    /// that SQLite gets its first rows after very little hashing.
+    fn chunk_sizes(&self, mut count: usize) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        for (rows, _) in &self.insert_sql {
+            while count >= *rows {
+                sizes.push(*rows);
+                count -= rows;
             }
-            q.execute(&mut *conn).await?;
         }
-        Ok(())
+        sizes.reverse();
+        sizes
+    }
+
+    /// The INSERT for a run of sealed events and their canonical data.
+    fn insert_query<'q>(
+        &'q self,
+        run: &'q [(Envelope, String)],
+    ) -> Result<sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>, StoreError> {
+        let Some((_, sql)) = self.insert_sql.iter().find(|(rows, _)| *rows == run.len()) else {
+            return Err(StoreError::Unavailable(format!(
+                "no INSERT prepared for {} rows",
+                run.len()
+            )));
+        };
+        let mut q = sqlx::query(sql);
+        for (e, data) in run {
+            q = q
+                .bind(to_i64(e.seq)?)
+                .bind(e.event_id.to_string())
+                .bind(e.stream.as_str())
+                .bind(to_i64(e.stream_version)?)
+                .bind(e.event_type.as_str())
+                .bind(i64::from(e.schema))
+                .bind(e.occurred_at.timestamp_micros())
+                .bind(e.actor.as_str())
+                .bind(e.request_id.as_deref())
+                .bind(data.as_str())
+                .bind(&e.prev_hash.0[..])
+                .bind(&e.hash.0[..]);
+        }
+        Ok(q)
     }
 
     async fn lookup_events(
@@ -340,6 +365,40 @@ impl SqliteStore {
     }
 }
 
+struct Unpublish<'a>(Option<&'a parking_lot::Mutex<Option<Head>>>);
+
+impl Drop for Unpublish<'_> {
+    fn drop(&mut self) {
+        if let Some(head) = self.0 {
+            *head.lock() = None;
+        }
+    }
+}
+
+/// An event admitted by its unit's checks, with the stream version it will take.
+struct Planned {
+    event: NewEvent,
+    version: u64,
+}
+
+/// Seals the next `n` planned events, continuing the chain from `head`.
+fn seal_run(
+    planned: &mut impl Iterator<Item = Planned>,
+    n: usize,
+    head: &mut Head,
+) -> Vec<(Envelope, String)> {
+    let mut run = Vec::with_capacity(n);
+    for p in planned.take(n) {
+        let (env, data) = p.event.seal_with_data(head.seq + 1, p.version, head.hash);
+        *head = Head {
+            seq: env.seq,
+            hash: env.hash,
+        };
+        run.push((env, data));
+    }
+    run
+}
+
 /// Where an envelope of an appended unit comes from: sealed in this call, or already stored.
 enum Slot {
     New(usize),
@@ -350,13 +409,13 @@ enum Slot {
 /// counting earlier events of the same unit on the same stream.
 fn check_unit(
     unit: &[NewEvent],
-    existing: &HashMap<Ulid, Envelope>,
+    known: impl Fn(&Ulid) -> bool,
     streams: &HashMap<String, u64>,
 ) -> Result<(), AppendError> {
     let mut ahead: HashMap<&str, u64> = HashMap::new();
     let mut seen = HashSet::new();
     for e in unit {
-        if existing.contains_key(&e.event_id) || !seen.insert(e.event_id) {
+        if known(&e.event_id) || !seen.insert(e.event_id) {
             continue;
         }
         let current = match ahead.get(e.stream.as_str()) {
@@ -387,9 +446,13 @@ impl EventStore for SqliteStore {
         let mut writer = self.writer.lock().await;
         let mut conn = self.writer_conn(&mut writer).await?;
         let cache = writer.cache.take();
+        // Unless this append completes, forget the published head: a failed append
+        // changed nothing, but a cancelled one may have committed.
+        let mut unpublish = Unpublish(Some(&self.head));
         match self.append_in(&mut conn, cache, units).await {
             Ok((results, cache)) => {
                 *self.head.lock() = Some(cache.head);
+                unpublish.0 = None;
                 writer.cache = Some(cache);
                 writer.conn = Some(conn);
                 Ok(results)
@@ -397,7 +460,6 @@ impl EventStore for SqliteStore {
             Err(e) => {
                 // The transaction guard has already queued a rollback; closing the
                 // connection finishes it, and the next append starts from the database.
-                *self.head.lock() = None;
                 drop(conn);
                 tracing::warn!(error = %e, "append failed; the batch was rolled back");
                 Err(e)
@@ -417,14 +479,25 @@ impl EventStore for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut qb =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM events WHERE seq > "));
-        qb.push_bind(to_i64(filter.after_seq)?);
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM events"));
+        let mut conditions = 0;
+        let mut and = |qb: &mut QueryBuilder<Sqlite>, sql: &str| {
+            qb.push(if conditions == 0 { " WHERE " } else { " AND " });
+            qb.push(sql);
+            conditions += 1;
+        };
+        // `seq > 0` would hold for every row but steer SQLite to a scan in seq order
+        // instead of the index a time range or an actor could use.
+        if filter.after_seq > 0 {
+            and(&mut qb, "seq > ");
+            qb.push_bind(to_i64(filter.after_seq)?);
+        }
         if let Some(until) = filter.until_seq {
-            qb.push(" AND seq <= ").push_bind(to_i64(until)?);
+            and(&mut qb, "seq <= ");
+            qb.push_bind(to_i64(until)?);
         }
         if !filter.types.is_empty() {
-            qb.push(" AND type IN (");
+            and(&mut qb, "type IN (");
             let mut list = qb.separated(", ");
             for t in &filter.types {
                 list.push_bind(t.as_str());
@@ -432,7 +505,7 @@ impl EventStore for SqliteStore {
             qb.push(")");
         }
         if !filter.streams.is_empty() {
-            qb.push(" AND stream IN (");
+            and(&mut qb, "stream IN (");
             let mut list = qb.separated(", ");
             for s in &filter.streams {
                 list.push_bind(s.as_str());
@@ -440,15 +513,16 @@ impl EventStore for SqliteStore {
             qb.push(")");
         }
         if let Some(actor) = &filter.actor {
-            qb.push(" AND actor = ").push_bind(actor.as_str());
+            and(&mut qb, "actor = ");
+            qb.push_bind(actor.as_str());
         }
         if let Some(from) = filter.from_time {
-            qb.push(" AND occurred_at >= ")
-                .push_bind(from.timestamp_micros());
+            and(&mut qb, "occurred_at >= ");
+            qb.push_bind(from.timestamp_micros());
         }
         if let Some(to) = filter.to_time {
-            qb.push(" AND occurred_at <= ")
-                .push_bind(to.timestamp_micros());
+            and(&mut qb, "occurred_at <= ");
+            qb.push_bind(to.timestamp_micros());
         }
         qb.push(" ORDER BY seq LIMIT ")
             .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
@@ -556,10 +630,12 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
+/// OR ROLLBACK: a failed insert abandons the whole batch anyway, and without the default
+/// ABORT SQLite need not keep a statement journal to undo a multi-row INSERT partway.
 fn insert_statement(rows: usize) -> String {
     let row = format!("({})", placeholders(12));
     format!(
-        "INSERT INTO events ({COLUMNS}) VALUES {}",
+        "INSERT OR ROLLBACK INTO events ({COLUMNS}) VALUES {}",
         vec![row; rows].join(", ")
     )
 }

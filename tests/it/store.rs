@@ -627,6 +627,44 @@ async fn migrate_again_is_a_no_op() {
     assert_eq!(again.head().await.unwrap().seq, 1);
 }
 
+#[tokio::test]
+async fn a_failed_append_writes_nothing_and_the_next_one_rereads_the_head() {
+    let h = Harness::sqlite().await;
+    let s = &*h.store;
+    ok_units(s.append(vec![vec![user_created("usr_a")]]).await.unwrap());
+    // Another writer takes seq 2 behind the store's back (the lock file normally rules
+    // this out), so the cached head is stale and the next insert collides.
+    h.raw_execute(
+        "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, occurred_at, \
+         actor, request_id, data, prev_hash, hash) VALUES (2, '01HF7YAT010000000000000002', \
+         'user:usr_x', 1, 'user.created', 1, 0, 'system', NULL, '{}', zeroblob(32), \
+         randomblob(32))",
+    )
+    .await
+    .unwrap();
+
+    let err = s
+        .append(vec![
+            vec![key_used("key_1", 1)],
+            vec![user_created("usr_b")],
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert_eq!(all(s).await.len(), 2, "neither unit was written");
+    let planted = all(s).await[1].clone();
+    assert_eq!(
+        s.head().await.unwrap(),
+        Head {
+            seq: 2,
+            hash: planted.hash
+        }
+    );
+
+    let res = ok_units(s.append(vec![vec![user_created("usr_b")]]).await.unwrap());
+    assert_eq!((res[0][0].seq, res[0][0].prev_hash), (3, planted.hash));
+}
+
 // ---- the appender ----
 
 /// Records what the appender hands over, and lets a test wait for a count.
@@ -937,4 +975,44 @@ async fn a_replayed_event_is_not_handed_to_the_sink_twice() {
     handle.shutdown().await;
     assert_eq!(sink.seqs(), vec![1, 2]);
     assert_eq!(sink.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_turns_producers_away_and_keeps_what_it_accepted() {
+    let h = Harness::sqlite().await;
+    let sink = Recorder::new();
+    let cfg = AppenderConfig {
+        queue_capacity: 64,
+        max_batch: 32,
+    };
+    let (appender, handle) = Appender::spawn(h.store.clone(), sink.clone(), cfg);
+    let producers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let a = appender.clone();
+            tokio::spawn(async move {
+                let mut accepted = 0u64;
+                loop {
+                    match a.record(key_used("key_1", p * 1_000_000 + accepted)).await {
+                        Ok(()) => accepted += 1,
+                        Err(AppendError::Closed) => return accepted,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    sink.wait_for(300).await;
+    // A generous bound that only turns a hang into a failure.
+    tokio::time::timeout(Duration::from_secs(60), handle.shutdown())
+        .await
+        .expect("shutdown never finished while producers kept recording");
+
+    let mut accepted = 0;
+    for p in producers {
+        accepted += p.await.unwrap();
+    }
+    let log = all(&*h.store).await;
+    assert_eq!(log.len() as u64, accepted);
+    assert_eq!(sink.seqs(), (1..=accepted).collect::<Vec<_>>());
+    chain::verify(&log).unwrap();
 }
