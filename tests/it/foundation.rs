@@ -60,7 +60,9 @@ async fn a_restart_rebuilds_the_same_state_and_does_not_bootstrap_again() {
     let head = t.running.state.0.live.head();
     let TestApp { running, dir } = t;
     running.shutdown().await;
-    let again = keyward::server::start(config_in(dir.path())).await.unwrap();
+    let again = keyward::server::start(config_in(dir.path()))
+        .await
+        .unwrap_or_else(|e| panic!("restart failed: {e:#}"));
     assert!(again.initial_key_file.is_none());
     assert_eq!(again.report.events, 2);
     assert_eq!(again.state.0.live.head(), head);
