@@ -22,13 +22,49 @@ pub enum DecodeError {
     Payload { event_type: String, reason: String },
 }
 
-/// Decodes a stored payload of any known schema into the current typed event.
+/// Decodes a stored payload of any known schema into the current typed event. A payload
+/// already at the current schema is decoded in place, without a copy: this is the replay
+/// and start-up path.
 pub fn decode(event_type: &str, schema: u16, data: &Value) -> Result<Event, DecodeError> {
+    let known = current_schema(event_type)
+        .ok_or_else(|| DecodeError::UnknownType(event_type.to_owned()))?;
+    let payload_err = |e: serde_json::Error| DecodeError::Payload {
+        event_type: event_type.to_owned(),
+        reason: e.to_string(),
+    };
+    if schema == known {
+        return decode_current(event_type, data).map_err(payload_err);
+    }
     let data = upcast(event_type, schema, data.clone())?;
-    serde_json::from_value(json!({ "type": event_type, "data": data })).map_err(|e| {
-        DecodeError::Payload {
-            event_type: event_type.to_owned(),
-            reason: e.to_string(),
+    decode_current(event_type, &data).map_err(payload_err)
+}
+
+/// The typed decode of a current-schema payload, dispatched on the type name so serde
+/// reads the payload struct directly instead of buffering a tagged enum.
+fn decode_current(event_type: &str, data: &Value) -> Result<Event, serde_json::Error> {
+    use serde::Deserialize;
+
+    use crate::types::*;
+    Ok(match event_type {
+        "user.created" => Event::UserCreated(UserCreated::deserialize(data)?),
+        "user.updated" => Event::UserUpdated(UserUpdated::deserialize(data)?),
+        "user.disabled" => Event::UserDisabled(UserDisabled::deserialize(data)?),
+        "user.enabled" => Event::UserEnabled(UserEnabled::deserialize(data)?),
+        "key.created" => Event::KeyCreated(KeyCreated::deserialize(data)?),
+        "key.updated" => Event::KeyUpdated(KeyUpdated::deserialize(data)?),
+        "key.used" => Event::KeyUsed(KeyUsed::deserialize(data)?),
+        "key.denied" => Event::KeyDenied(KeyDenied::deserialize(data)?),
+        "key.expired" => Event::KeyExpired(KeyExpired::deserialize(data)?),
+        "key.rotated" => Event::KeyRotated(KeyRotated::deserialize(data)?),
+        "key.deleted" => Event::KeyDeleted(KeyDeleted::deserialize(data)?),
+        "provider.created" => Event::ProviderCreated(ProviderCreated::deserialize(data)?),
+        "provider.updated" => Event::ProviderUpdated(ProviderUpdated::deserialize(data)?),
+        "provider.deleted" => Event::ProviderDeleted(ProviderDeleted::deserialize(data)?),
+        "provider.key_updated" => Event::ProviderKeyUpdated(ProviderKeyUpdated::deserialize(data)?),
+        "provider.verified" => Event::ProviderVerified(ProviderVerified::deserialize(data)?),
+        // The caller checked the type against `current_schema`; keep both lists in step.
+        other => {
+            return Err(serde::de::Error::custom(format!("no decoder for {other}")));
         }
     })
 }
