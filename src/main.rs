@@ -8,6 +8,7 @@ fn init_tracing(cli: &Cli) {
     let json = cli.global.log_format.as_deref() == Some("json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
