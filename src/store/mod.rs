@@ -77,6 +77,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// Events in seq order that match the filter, at most `limit`.
     async fn read(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Envelope>, StoreError>;
 
+    /// Events that match the filter, newest first (descending seq), at most `limit`: the
+    /// request log pages backwards from the head.
+    async fn read_newest(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError>;
+
     /// Every event after `after_seq`, in seq order, at most `limit`.
     async fn read_from(&self, after_seq: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
         self.read(

@@ -150,6 +150,57 @@ impl SqliteStore {
         self.readers.close().await;
     }
 
+    /// The events matching `filter`, ordered by seq in `order` (`ASC` or `DESC`).
+    async fn select(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+        order: &'static str,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM events WHERE seq > "));
+        qb.push_bind(to_i64(filter.after_seq)?);
+        if let Some(until) = filter.until_seq {
+            qb.push(" AND seq <= ").push_bind(to_i64(until)?);
+        }
+        if !filter.types.is_empty() {
+            qb.push(" AND type IN (");
+            let mut list = qb.separated(", ");
+            for t in &filter.types {
+                list.push_bind(t.as_str());
+            }
+            qb.push(")");
+        }
+        if !filter.streams.is_empty() {
+            qb.push(" AND stream IN (");
+            let mut list = qb.separated(", ");
+            for s in &filter.streams {
+                list.push_bind(s.as_str());
+            }
+            qb.push(")");
+        }
+        if let Some(actor) = &filter.actor {
+            qb.push(" AND actor = ").push_bind(actor.as_str());
+        }
+        if let Some(from) = filter.from_time {
+            qb.push(" AND occurred_at >= ")
+                .push_bind(from.timestamp_micros());
+        }
+        if let Some(to) = filter.to_time {
+            qb.push(" AND occurred_at <= ")
+                .push_bind(to.timestamp_micros());
+        }
+        qb.push(" ORDER BY seq ")
+            .push(order)
+            .push(" LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.readers).await?;
+        rows.iter().map(decode_row).collect()
+    }
+
     async fn append_in(
         &self,
         conn: &mut SqliteConnection,
@@ -414,46 +465,15 @@ impl EventStore for SqliteStore {
     }
 
     async fn read(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut qb =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM events WHERE seq > "));
-        qb.push_bind(to_i64(filter.after_seq)?);
-        if let Some(until) = filter.until_seq {
-            qb.push(" AND seq <= ").push_bind(to_i64(until)?);
-        }
-        if !filter.types.is_empty() {
-            qb.push(" AND type IN (");
-            let mut list = qb.separated(", ");
-            for t in &filter.types {
-                list.push_bind(t.as_str());
-            }
-            qb.push(")");
-        }
-        if !filter.streams.is_empty() {
-            qb.push(" AND stream IN (");
-            let mut list = qb.separated(", ");
-            for s in &filter.streams {
-                list.push_bind(s.as_str());
-            }
-            qb.push(")");
-        }
-        if let Some(actor) = &filter.actor {
-            qb.push(" AND actor = ").push_bind(actor.as_str());
-        }
-        if let Some(from) = filter.from_time {
-            qb.push(" AND occurred_at >= ")
-                .push_bind(from.timestamp_micros());
-        }
-        if let Some(to) = filter.to_time {
-            qb.push(" AND occurred_at <= ")
-                .push_bind(to.timestamp_micros());
-        }
-        qb.push(" ORDER BY seq LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows = qb.build().fetch_all(&self.readers).await?;
-        rows.iter().map(decode_row).collect()
+        self.select(filter, limit, "ASC").await
+    }
+
+    async fn read_newest(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        self.select(filter, limit, "DESC").await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
