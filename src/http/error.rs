@@ -226,6 +226,10 @@ impl From<CommandError> for ApiError {
                 detail: d,
                 extra: None,
             },
+            CommandError::ConflictWith { detail, extra } => ApiError::Conflict {
+                detail,
+                extra: Some(extra),
+            },
         }
     }
 }
