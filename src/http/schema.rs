@@ -79,3 +79,19 @@ pub struct QuotaSchema {
     #[schema(minimum = 1)]
     pub tokens_per_month: Option<u64>,
 }
+
+/// Why a known key was refused.
+#[derive(ToSchema)]
+#[schema(as = DenyReason)]
+#[allow(non_camel_case_types)]
+pub enum DenyReasonSchema {
+    expired,
+    deleted,
+    owner_disabled,
+    scope,
+    provider,
+    model,
+    ip,
+    rate_limit,
+    quota,
+}
