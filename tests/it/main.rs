@@ -9,4 +9,6 @@ mod common;
 mod foundation;
 mod keys;
 mod openapi;
+mod providers;
 mod store;
+mod users;
