@@ -262,7 +262,11 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
     Ok(())
 }
 
-async fn export(store: Arc<dyn EventStore>, from_seq: u64, types: Vec<String>) -> anyhow::Result<()> {
+async fn export(
+    store: Arc<dyn EventStore>,
+    from_seq: u64,
+    types: Vec<String>,
+) -> anyhow::Result<()> {
     let head = store.head().await?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(head.seq.saturating_sub(from_seq));

@@ -12,15 +12,15 @@ use serde_json::{Map, Value};
 use ulid::Ulid;
 
 use keyward_events::{
-    ExpireReason, KeyDeleted, KeyExpired, KeyRotated, KeyUpdated, ProviderCreated,
-    ProviderDeleted, ProviderKeyUpdated, ProviderKind, ProviderUpdated, ProviderVerified,
-    UserDisabled, UserEnabled, UserUpdated,
+    ExpireReason, KeyDeleted, KeyExpired, KeyRotated, KeyUpdated, ProviderCreated, ProviderDeleted,
+    ProviderKeyUpdated, ProviderKind, ProviderUpdated, ProviderVerified, UserDisabled, UserEnabled,
+    UserUpdated,
 };
 use keyward_projections::{KeyRecord, KeyStatus, ProviderRecord, State, UserRecord};
 
 use crate::crypto::{Keyring, ProviderSecret, Secret};
-use crate::provider_check::CheckResult;
 use crate::live::Live;
+use crate::provider_check::CheckResult;
 use crate::store::AppendError;
 use crate::store::appender::Appender;
 use crate::time::Timestamp;
@@ -455,12 +455,19 @@ impl Commands {
     }
 
     /// Refuses a name that another provider that is not deleted already has.
-    pub fn check_provider_name(&self, name: &str, except: Option<&str>) -> Result<(), CommandError> {
+    pub fn check_provider_name(
+        &self,
+        name: &str,
+        except: Option<&str>,
+    ) -> Result<(), CommandError> {
         let state = self.live.read();
         match state.providers.by_name(name) {
-            Some(p) if except != Some(p.provider_id.as_str()) => Err(CommandError::Conflict(
-                format!("a provider named {name:?} already exists: {}", p.provider_id),
-            )),
+            Some(p) if except != Some(p.provider_id.as_str()) => {
+                Err(CommandError::Conflict(format!(
+                    "a provider named {name:?} already exists: {}",
+                    p.provider_id
+                )))
+            }
             _ => Ok(()),
         }
     }

@@ -88,7 +88,11 @@ pub fn models_request(
         | ProviderKind::Gemini
         | ProviderKind::Groq
         | ProviderKind::OpenaiCompatible => {
-            put("authorization", &format!("Bearer {}", secret.expose()), true)?;
+            put(
+                "authorization",
+                &format!("Bearer {}", secret.expose()),
+                true,
+            )?;
             url(&format!("{base}/models"))?
         }
         ProviderKind::AzureOpenai => {
@@ -314,7 +318,10 @@ mod tests {
             provider_message(br#"[{"error":{"code":400,"message":"API key not valid"}}]"#),
             Some("API key not valid".to_owned())
         );
-        assert_eq!(provider_message(b"Unauthorized\n"), Some("Unauthorized".to_owned()));
+        assert_eq!(
+            provider_message(b"Unauthorized\n"),
+            Some("Unauthorized".to_owned())
+        );
         assert_eq!(provider_message(b"<html>nope</html>"), None);
     }
 
@@ -323,21 +330,35 @@ mod tests {
         let s = ProviderSecret::new("k-123".into());
         let mut cfg = Map::new();
         cfg.insert("api_version".into(), "2024-10-21".into());
-        let (u, h) =
-            models_request(ProviderKind::AzureOpenai, "https://x.openai.azure.com/", &cfg, &s)
-                .unwrap();
+        let (u, h) = models_request(
+            ProviderKind::AzureOpenai,
+            "https://x.openai.azure.com/",
+            &cfg,
+            &s,
+        )
+        .unwrap();
         assert_eq!(
             u.as_str(),
             "https://x.openai.azure.com/openai/models?api-version=2024-10-21"
         );
         assert_eq!(h["api-key"], "k-123");
-        let (u, h) =
-            models_request(ProviderKind::Anthropic, "https://api.anthropic.com", &cfg, &s).unwrap();
+        let (u, h) = models_request(
+            ProviderKind::Anthropic,
+            "https://api.anthropic.com",
+            &cfg,
+            &s,
+        )
+        .unwrap();
         assert_eq!(u.as_str(), "https://api.anthropic.com/v1/models");
         assert_eq!(h["x-api-key"], "k-123");
         assert_eq!(h["anthropic-version"], ANTHROPIC_VERSION);
-        let (u, h) =
-            models_request(ProviderKind::Groq, "https://api.groq.com/openai/v1", &cfg, &s).unwrap();
+        let (u, h) = models_request(
+            ProviderKind::Groq,
+            "https://api.groq.com/openai/v1",
+            &cfg,
+            &s,
+        )
+        .unwrap();
         assert_eq!(u.as_str(), "https://api.groq.com/openai/v1/models");
         assert_eq!(h["authorization"], "Bearer k-123");
         assert!(h["authorization"].is_sensitive());

@@ -280,7 +280,10 @@ async fn list_logs(
                 let Some(r) = row(env, event, &state) else {
                     continue;
                 };
-                if q.model.as_ref().is_some_and(|m| r.model.as_ref() != Some(m)) {
+                if q.model
+                    .as_ref()
+                    .is_some_and(|m| r.model.as_ref() != Some(m))
+                {
                     continue;
                 }
                 if q.outcome.is_some_and(|o| o != r.outcome) {

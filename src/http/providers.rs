@@ -259,7 +259,9 @@ fn check_base_url(s: &str) -> Result<String, ApiError> {
     let s = s.trim();
     let err = |d: String| ApiError::invalid("base_url", d);
     if s.len() > MAX_URL {
-        return Err(err(format!("base_url must be at most {MAX_URL} characters")));
+        return Err(err(format!(
+            "base_url must be at most {MAX_URL} characters"
+        )));
     }
     let url = reqwest::Url::parse(s).map_err(|e| {
         err(format!(
@@ -331,7 +333,7 @@ fn check_config(kind: ProviderKind, config: Option<Value>) -> Result<Map<String,
             }
         };
         for (model, dep) in deployments {
-            if !dep.as_str().is_some_and(|d| !d.trim().is_empty()) {
+            if dep.as_str().is_none_or(|d| d.trim().is_empty()) {
                 return Err(ApiError::invalid(
                     &format!("config.deployments.{model}"),
                     "a deployment name must be a non-empty string",
@@ -580,7 +582,10 @@ async fn update_provider(
         provider_id: id.clone(),
         name: req.name.as_deref().map(check_name).transpose()?,
         base_url: req.base_url.as_deref().map(check_base_url).transpose()?,
-        config: req.config.map(|c| check_config(p.kind, Some(c))).transpose()?,
+        config: req
+            .config
+            .map(|c| check_config(p.kind, Some(c)))
+            .transpose()?,
         models: req.models.map(check_models).transpose()?,
     };
     if patch
@@ -707,8 +712,7 @@ async fn verify_provider(
             status: None,
             detail: Some(format!("the stored credential cannot be opened: {e}")),
         },
-        Ok(secret) => match provider_check::check(p.kind, &p.base_url, &p.config, &secret).await
-        {
+        Ok(secret) => match provider_check::check(p.kind, &p.base_url, &p.config, &secret).await {
             Ok(r) => r,
             Err(e) => CheckResult {
                 ok: false,
@@ -810,7 +814,8 @@ mod tests {
 
     #[test]
     fn azure_config_needs_a_version_and_deployments() {
-        let ok = serde_json::json!({"api_version": "2024-10-21", "deployments": {"gpt-4o": "prod-4o"}});
+        let ok =
+            serde_json::json!({"api_version": "2024-10-21", "deployments": {"gpt-4o": "prod-4o"}});
         assert!(check_config(ProviderKind::AzureOpenai, Some(ok)).is_ok());
         let e = check_config(ProviderKind::AzureOpenai, None).unwrap_err();
         assert_eq!(field(e).as_deref(), Some("config.api_version"));
@@ -822,8 +827,11 @@ mod tests {
         assert_eq!(field(e).as_deref(), Some("config.deployments.gpt-4o"));
         let e = check_config(ProviderKind::Openai, Some(serde_json::json!([1]))).unwrap_err();
         assert_eq!(field(e).as_deref(), Some("config"));
-        let e = check_config(ProviderKind::Openai, Some(serde_json::json!({"API_KEY": "sk-x"})))
-            .unwrap_err();
+        let e = check_config(
+            ProviderKind::Openai,
+            Some(serde_json::json!({"API_KEY": "sk-x"})),
+        )
+        .unwrap_err();
         assert_eq!(field(e).as_deref(), Some("config.API_KEY"));
     }
 }

@@ -50,15 +50,13 @@ impl Api {
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_owned());
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        if status.is_client_error() || status.is_server_error() {
-            if !bytes.is_empty() {
-                assert_eq!(
-                    ct.as_deref(),
-                    Some("application/problem+json"),
-                    "{status}: {}",
-                    String::from_utf8_lossy(&bytes)
-                );
-            }
+        if (status.is_client_error() || status.is_server_error()) && !bytes.is_empty() {
+            assert_eq!(
+                ct.as_deref(),
+                Some("application/problem+json"),
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
         let v = if bytes.is_empty() {
             Value::Null

@@ -161,44 +161,45 @@ impl MockProvider {
             }
         };
         let header = |h: &HeaderMap, name: &str| {
-            h.get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+            h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
         };
         let s1 = seen.clone();
         let s2 = seen.clone();
-        let app = axum::Router::new()
-            .route(
-                "/v1/models",
-                get(move |h: HeaderMap| async move {
-                    let key = match header(&h, "authorization") {
-                        Some(a) => a.strip_prefix("Bearer ").map(str::to_owned),
-                        None if header(&h, "anthropic-version").as_deref()
-                            == Some("2023-06-01") =>
-                        {
-                            header(&h, "x-api-key")
-                        }
-                        None => None,
-                    };
-                    answer(key, &s1)
-                }),
-            )
-            .route(
-                "/openai/models",
-                get(
-                    move |h: HeaderMap,
-                          q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
-                        if !q.contains_key("api-version") {
-                            return (StatusCode::NOT_FOUND, "no api-version").into_response();
-                        }
-                        answer(header(&h, "api-key"), &s2)
-                    },
-                ),
-            )
-            .route(
-                "/broken/models",
-                get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "upstream fell over") }),
-            );
+        let app =
+            axum::Router::new()
+                .route(
+                    "/v1/models",
+                    get(move |h: HeaderMap| async move {
+                        let key = match header(&h, "authorization") {
+                            Some(a) => a.strip_prefix("Bearer ").map(str::to_owned),
+                            None if header(&h, "anthropic-version").as_deref()
+                                == Some("2023-06-01") =>
+                            {
+                                header(&h, "x-api-key")
+                            }
+                            None => None,
+                        };
+                        answer(key, &s1)
+                    }),
+                )
+                .route(
+                    "/openai/models",
+                    get(
+                        move |h: HeaderMap,
+                              q: axum::extract::Query<
+                            std::collections::HashMap<String, String>,
+                        >| async move {
+                            if !q.contains_key("api-version") {
+                                return (StatusCode::NOT_FOUND, "no api-version").into_response();
+                            }
+                            answer(header(&h, "api-key"), &s2)
+                        },
+                    ),
+                )
+                .route(
+                    "/broken/models",
+                    get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "upstream fell over") }),
+                );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {

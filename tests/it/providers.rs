@@ -21,7 +21,13 @@ fn head(t: &TestApp) -> u64 {
 
 /// Every event of the log, as stored.
 async fn all_events(t: &TestApp) -> Vec<keyward_events::Envelope> {
-    t.running.state.0.store.read_from(0, usize::MAX).await.unwrap()
+    t.running
+        .state
+        .0
+        .store
+        .read_from(0, usize::MAX)
+        .await
+        .unwrap()
 }
 
 async fn stream_types(t: &TestApp, stream: &str) -> Vec<String> {
@@ -113,7 +119,11 @@ async fn an_admin_creates_a_provider_and_a_key_for_a_user_end_to_end() {
     assert_eq!(*mock.seen.lock(), vec![GOOD.to_owned()]);
     assert_eq!(
         stream_types(&t, &format!("provider:{pid}")).await,
-        ["provider.created", "provider.key_updated", "provider.verified"]
+        [
+            "provider.created",
+            "provider.key_updated",
+            "provider.verified"
+        ]
     );
 
     // A user, and keys for them bound to the provider.
@@ -129,7 +139,10 @@ async fn an_admin_creates_a_provider_and_a_key_for_a_user_end_to_end() {
     let alice = u["id"].as_str().unwrap().to_owned();
     let mut alice_keys = Vec::new();
     let mut alice_full = String::new();
-    for (name, scopes) in [("alice console", json!(["full"])), ("alice app", json!(["chat"]))] {
+    for (name, scopes) in [
+        ("alice console", json!(["full"])),
+        ("alice app", json!(["chat"])),
+    ] {
         let (s, k) = rec
             .call(
                 Method::POST,
@@ -197,7 +210,13 @@ async fn an_admin_creates_a_provider_and_a_key_for_a_user_end_to_end() {
     {
         let st = &t.running.state.0;
         let live = st.live.read();
-        let c = live.providers.get(&pid).unwrap().credential.clone().unwrap();
+        let c = live
+            .providers
+            .get(&pid)
+            .unwrap()
+            .credential
+            .clone()
+            .unwrap();
         let opened = st
             .keyring
             .open(&pid, &c.ciphertext, &c.nonce, c.keyring_version)
@@ -262,7 +281,12 @@ async fn an_admin_creates_a_provider_and_a_key_for_a_user_end_to_end() {
         .await;
     assert_eq!(list["providers"], json!([]));
     let (s, _) = rec
-        .call(Method::GET, &format!("/api/v1/providers/{pid}"), &admin, None)
+        .call(
+            Method::GET,
+            &format!("/api/v1/providers/{pid}"),
+            &admin,
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
 
@@ -317,12 +341,19 @@ async fn verify_false_stores_without_a_check_and_each_kind_is_checked_its_own_wa
     // Checking it now records a failed verification; the call itself succeeds.
     let h = head(&t);
     let (s, v) = api
-        .post(&format!("/api/v1/providers/{pid}/verify"), &admin, json!({}))
+        .post(
+            &format!("/api/v1/providers/{pid}/verify"),
+            &admin,
+            json!({}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["ok"], false);
     assert_eq!(v["status"], Value::Null);
-    assert!(v["detail"].as_str().unwrap().contains("cannot connect"), "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("cannot connect"),
+        "{v}"
+    );
     assert_eq!(head(&t), h + 1);
 
     let (s, p) = api
@@ -346,7 +377,10 @@ async fn verify_false_stores_without_a_check_and_each_kind_is_checked_its_own_wa
     assert_eq!(p["base_url"], mock.root());
     assert_eq!(
         *mock.seen.lock(),
-        vec!["sk-good-azure-0001".to_owned(), "sk-good-ant-0002".to_owned()]
+        vec![
+            "sk-good-azure-0001".to_owned(),
+            "sk-good-ant-0002".to_owned()
+        ]
     );
 
     // PATCH changes the settings and keeps azure's config valid.
@@ -510,7 +544,10 @@ async fn provider_refusals_are_exact_and_write_nothing() {
     let detail = got.1["detail"].as_str().unwrap();
     assert!(detail.contains("(401)"), "{detail}");
     assert!(detail.contains("Incorrect API key provided"), "{detail}");
-    assert!(!detail.contains(BAD) && !detail.contains("5555666677778888"), "{detail}");
+    assert!(
+        !detail.contains(BAD) && !detail.contains("5555666677778888"),
+        "{detail}"
+    );
 
     // Unreachable: 502, nothing stored.
     let got = api
@@ -521,7 +558,12 @@ async fn provider_refusals_are_exact_and_write_nothing() {
         )
         .await;
     assert_problem(&got, StatusCode::BAD_GATEWAY, "bad_gateway", None);
-    assert!(got.1["detail"].as_str().unwrap().contains("could not be reached"));
+    assert!(
+        got.1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("could not be reached")
+    );
 
     // Malformed JSON and a wrong content type.
     let req = Request::post("/api/v1/providers")
@@ -529,7 +571,12 @@ async fn provider_refusals_are_exact_and_write_nothing() {
         .header("content-type", "application/json")
         .body(Body::from("{\"name\": "))
         .unwrap();
-    assert_problem(&api.send(req).await, StatusCode::BAD_REQUEST, "bad_request", None);
+    assert_problem(
+        &api.send(req).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        None,
+    );
     let req = Request::post("/api/v1/providers")
         .header("authorization", format!("Bearer {admin}"))
         .header("content-type", "text/plain")
@@ -545,7 +592,11 @@ async fn provider_refusals_are_exact_and_write_nothing() {
     // Unknown ids are 404 on every route.
     for (method, path, body) in [
         (Method::GET, "/api/v1/providers/prv_nope", None),
-        (Method::PATCH, "/api/v1/providers/prv_nope", Some(json!({"name": "x"}))),
+        (
+            Method::PATCH,
+            "/api/v1/providers/prv_nope",
+            Some(json!({"name": "x"})),
+        ),
         (
             Method::PUT,
             "/api/v1/providers/prv_nope/credential",
@@ -595,14 +646,29 @@ async fn provider_refusals_are_exact_and_write_nothing() {
     );
     let cred = format!("{p}/credential");
     let got = api
-        .call(Method::PUT, &cred, Some(&admin), Some(json!({"api_key": BAD})))
+        .call(
+            Method::PUT,
+            &cred,
+            Some(&admin),
+            Some(json!({"api_key": BAD})),
+        )
         .await;
-    assert_problem(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("api_key"));
+    assert_problem(
+        &got,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("api_key"),
+    );
     assert!(!got.1.to_string().contains(BAD));
     let got = api
         .call(Method::PUT, &cred, Some(&admin), Some(json!({})))
         .await;
-    assert_problem(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("api_key"));
+    assert_problem(
+        &got,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("api_key"),
+    );
     assert_eq!(head(&t), h);
     // The rejected credential did not replace the good one.
     let (_, now) = api.get(&p, &admin).await;
@@ -657,19 +723,26 @@ async fn a_non_admin_gets_403_on_every_admin_route_and_writes_nothing() {
                 || json!({"name": "x", "kind": "openai", "base_url": mock.openai_base(), "api_key": GOOD,
                           "username": "x", "role": "admin", "disabled": true}),
             );
-            let got = api
-                .call(method.clone(), &path, Some(&user_key), body)
-                .await;
+            let got = api.call(method.clone(), &path, Some(&user_key), body).await;
             assert_problem(&got, StatusCode::FORBIDDEN, "forbidden", None);
             // A body the schema refuses is still 403: the role is checked first.
             if matches!(method, Method::POST | Method::PUT | Method::PATCH) {
                 let got = api
-                    .call(method.clone(), &path, Some(&user_key), Some(json!({"junk": 1})))
+                    .call(
+                        method.clone(),
+                        &path,
+                        Some(&user_key),
+                        Some(json!({"junk": 1})),
+                    )
                     .await;
                 assert_problem(&got, StatusCode::FORBIDDEN, "forbidden", None);
             }
         }
     }
     assert_eq!(head(&t), h);
-    assert_eq!(mock.seen.lock().len(), 1, "a non-admin made a provider call");
+    assert_eq!(
+        mock.seen.lock().len(),
+        1,
+        "a non-admin made a provider call"
+    );
 }

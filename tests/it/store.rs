@@ -558,7 +558,10 @@ async fn read_newest_pages_backwards(h: Harness) {
     let fallback: Arc<dyn EventStore> = Wrapped::new(h.store.clone(), false);
     let mut units = Vec::new();
     for n in 0..300u64 {
-        units.push(vec![key_used(if n % 3 == 0 { "key_1" } else { "key_2" }, n)]);
+        units.push(vec![key_used(
+            if n % 3 == 0 { "key_1" } else { "key_2" },
+            n,
+        )]);
     }
     ok_units(h.store.append(units).await.unwrap());
     for s in [h.store.clone(), fallback] {

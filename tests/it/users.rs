@@ -12,7 +12,13 @@ fn head(t: &TestApp) -> u64 {
 }
 
 async fn all_events(t: &TestApp) -> Vec<keyward_events::Envelope> {
-    t.running.state.0.store.read_from(0, usize::MAX).await.unwrap()
+    t.running
+        .state
+        .0
+        .store
+        .read_from(0, usize::MAX)
+        .await
+        .unwrap()
 }
 
 /// Creates a key for `owner` as the admin; returns (id, secret).
@@ -107,7 +113,10 @@ async fn users_are_created_listed_and_never_show_a_password() {
         u.to_string(),
         u2.to_string(),
         list.to_string(),
-        api.get(&format!("/api/v1/users/{id}"), &admin).await.1.to_string(),
+        api.get(&format!("/api/v1/users/{id}"), &admin)
+            .await
+            .1
+            .to_string(),
     ] {
         assert!(
             !body.contains("argon2")
@@ -343,7 +352,12 @@ async fn disabling_a_user_expires_their_keys_at_once_and_enabling_does_not_reviv
             json!({"name": "n", "owner_id": alice, "expires_in": "1d"}),
         )
         .await;
-    assert_problem(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some("owner_id"));
+    assert_problem(
+        &got,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        Some("owner_id"),
+    );
 
     // Enabled again: user.enabled, and the expired keys stay expired.
     let (s, e) = api
@@ -355,7 +369,10 @@ async fn disabling_a_user_expires_their_keys_at_once_and_enabling_does_not_reviv
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(e["disabled"], false);
-    assert_eq!(all_events(&t).await.pop().unwrap().event_type, "user.enabled");
+    assert_eq!(
+        all_events(&t).await.pop().unwrap().event_type,
+        "user.enabled"
+    );
     let got = api.get("/api/v1/me", &full).await;
     assert_problem(&got, StatusCode::UNAUTHORIZED, "unauthorized", None);
 }
