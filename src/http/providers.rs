@@ -353,9 +353,12 @@ async fn live_check(
 ) -> Result<CheckResult, ApiError> {
     match provider_check::check(kind, base_url, config, secret).await {
         Ok(r) => Ok(r),
-        Err(CheckError::Unreachable(d)) => Err(ApiError::BadGateway(format!(
-            "the provider could not be reached to check the credential: {d}. Nothing was stored; retry, or send verify: false"
-        ))),
+        Err(CheckError::Unreachable(d)) => {
+            tracing::warn!(%base_url, reason = %d, "a provider could not be reached for a credential check");
+            Err(ApiError::BadGateway(format!(
+                "the provider could not be reached to check the credential: {d}. Nothing was stored; retry, or send verify: false"
+            )))
+        }
         Err(CheckError::Request(d)) => Err(ApiError::Unprocessable {
             detail: d,
             field: None,
