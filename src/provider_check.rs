@@ -88,11 +88,8 @@ pub fn models_request(
         | ProviderKind::Gemini
         | ProviderKind::Groq
         | ProviderKind::OpenaiCompatible => {
-            put(
-                "authorization",
-                &format!("Bearer {}", secret.expose()),
-                true,
-            )?;
+            let bearer = zeroize::Zeroizing::new(format!("Bearer {}", secret.expose()));
+            put("authorization", &bearer, true)?;
             url(&format!("{base}/models"))?
         }
         ProviderKind::AzureOpenai => {
