@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use keyward_events::{ChainVerifier, Head};
+use futures::TryStreamExt;
+use keyward_events::Head;
 use keyward_projections::{AsOf, KeyStatus, State};
 
 use serde_json::json;
@@ -82,8 +83,6 @@ pub enum Format {
     Table,
     Json,
 }
-
-const PAGE: usize = 10_000;
 
 /// Runs a parsed command line. Returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -167,12 +166,12 @@ async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Res
             Ok(0)
         }
         AuditCommand::Export { from_seq, types } => {
-            export(store.as_ref(), from_seq, types).await?;
+            export(store, from_seq, types).await?;
             Ok(0)
         }
         AuditCommand::Checkpoint => {
-            let head = store.head().await?;
-            let cp = json!({ "seq": head.seq, "hash": head.hash, "at": crate::time::format(&chrono::Utc::now()) });
+            let cp = crate::audit::checkpoint(store.as_ref()).await?;
+            let cp = json!({ "seq": cp.head.seq, "hash": cp.head.hash, "at": crate::time::format(&cp.at) });
             println!("{cp}");
             Ok(0)
         }
@@ -191,44 +190,14 @@ async fn verify(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>) -> anyh
         }
         None => None,
     };
-    let mut v = ChainVerifier::new();
-    let mut after = 0;
-    loop {
-        let page = store.read_from(after, PAGE).await?;
-        if page.is_empty() {
-            break;
-        }
-        for env in &page {
-            if let Err(brk) = v.push(env) {
-                println!("FAILED: the chain breaks at seq {}: {brk}", brk.seq());
-                return Ok(1);
-            }
-            if let Some(cp) = cp.filter(|cp| cp.seq == env.seq)
-                && cp.hash != env.hash
-            {
-                println!(
-                    "FAILED: seq {} differs from the checkpoint: the log was rewritten",
-                    env.seq
-                );
-                return Ok(1);
-            }
-        }
-        after = v.head().seq;
-    }
-    if let Some(cp) = cp.filter(|cp| cp.seq > v.head().seq) {
-        println!(
-            "FAILED: the checkpoint is at seq {} but the log ends at seq {}: events were removed",
-            cp.seq,
-            v.head().seq
-        );
+    let report = crate::audit::verify_chain(store.as_ref(), cp).await?;
+    if let Some(f) = &report.failure {
+        println!("FAILED: {}", f.reason);
         return Ok(1);
     }
-    let head = v.head();
     println!(
         "ok: {} events verified; head seq {} hash {}",
-        v.checked(),
-        head.seq,
-        head.hash
+        report.checked, report.head.seq, report.head.hash
     );
     Ok(0)
 }
@@ -293,7 +262,11 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
     Ok(())
 }
 
-async fn export(store: &dyn EventStore, from_seq: u64, types: Vec<String>) -> anyhow::Result<()> {
+async fn export(
+    store: Arc<dyn EventStore>,
+    from_seq: u64,
+    types: Vec<String>,
+) -> anyhow::Result<()> {
     let head = store.head().await?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(head.seq.saturating_sub(from_seq));
@@ -307,17 +280,19 @@ async fn export(store: &dyn EventStore, from_seq: u64, types: Vec<String>) -> an
     } else {
         None
     };
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut filter = EventFilter {
+    let filter = EventFilter {
         after_seq: from_seq.saturating_sub(1),
+        until_seq: Some(head.seq),
         types,
         ..EventFilter::default()
     };
-    loop {
-        let page = store.read(&filter, PAGE).await?;
+    let mut after = filter.after_seq;
+    let mut pages = std::pin::pin!(crate::audit::pages(store, filter, crate::audit::PAGE));
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    while let Some(page) = pages.try_next().await? {
         let Some(last) = page.last() else { break };
-        let advanced = last.seq.saturating_sub(filter.after_seq);
-        filter.after_seq = last.seq;
+        let advanced = last.seq.saturating_sub(after);
+        after = last.seq;
         for env in &page {
             serde_json::to_writer(&mut out, env)?;
             out.write_all(b"\n")?;

@@ -11,11 +11,16 @@ use keyward_events::{
 use serde_json::{Map, Value};
 use ulid::Ulid;
 
-use keyward_events::{ExpireReason, KeyDeleted, KeyExpired, KeyRotated, KeyUpdated};
-use keyward_projections::{KeyRecord, KeyStatus, State};
+use keyward_events::{
+    ExpireReason, KeyDeleted, KeyExpired, KeyRotated, KeyUpdated, ProviderCreated, ProviderDeleted,
+    ProviderKeyUpdated, ProviderKind, ProviderUpdated, ProviderVerified, UserDisabled, UserEnabled,
+    UserUpdated,
+};
+use keyward_projections::{KeyRecord, KeyStatus, ProviderRecord, State, UserRecord};
 
-use crate::crypto::Secret;
+use crate::crypto::{Keyring, ProviderSecret, Secret};
 use crate::live::Live;
+use crate::provider_check::CheckResult;
 use crate::store::AppendError;
 use crate::store::appender::Appender;
 use crate::time::Timestamp;
@@ -59,6 +64,9 @@ pub enum CommandError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A conflict with the objects in the way, e.g. the keys that still use a provider.
+    #[error("{detail}")]
+    ConflictWith { detail: String, extra: Value },
 }
 
 /// A key to create, validated by the caller's layer.
@@ -81,11 +89,19 @@ pub struct NewKey {
 pub struct Commands {
     pub live: Arc<Live>,
     pub appender: Appender,
+    /// Held from the uniqueness check of a provider name or a username to the commit, so
+    /// that two concurrent creates cannot both take a name. Names are not streams, so the
+    /// stream versions cannot do this.
+    names: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Commands {
     pub fn new(live: Arc<Live>, appender: Appender) -> Self {
-        Commands { live, appender }
+        Commands {
+            live,
+            appender,
+            names: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 
     fn event(&self, actor: &Actor, event: &Event, expected: ExpectedVersion) -> NewEvent {
@@ -379,5 +395,419 @@ impl Commands {
             .get(key_id)
             .cloned()
             .ok_or_else(|| CommandError::NotFound(format!("key {key_id}")))
+    }
+}
+
+// ---------- providers ----------
+
+/// A provider to create, validated by the caller's layer.
+#[derive(Clone, Debug)]
+pub struct NewProvider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub config: Map<String, Value>,
+    pub models: Vec<String>,
+}
+
+/// Whether a key still works, and so depends on its provider.
+pub fn key_is_live(k: &KeyRecord, now: Timestamp) -> bool {
+    matches!(k.status(now), KeyStatus::Active | KeyStatus::Grace)
+}
+
+impl Commands {
+    fn verified_event(provider_id: &str, check: &CheckResult) -> Event {
+        Event::ProviderVerified(ProviderVerified {
+            provider_id: provider_id.to_owned(),
+            ok: check.ok,
+            status: check.status,
+            detail: check.detail.clone(),
+        })
+    }
+
+    fn key_updated_event(keyring: &Keyring, provider_id: &str, secret: &ProviderSecret) -> Event {
+        let sealed = keyring.seal(provider_id, secret);
+        Event::ProviderKeyUpdated(ProviderKeyUpdated {
+            provider_id: provider_id.to_owned(),
+            ciphertext: sealed.ciphertext,
+            nonce: sealed.nonce,
+            keyring_version: sealed.keyring_version,
+            fingerprint: sealed.fingerprint,
+            last4: sealed.last4,
+        })
+    }
+
+    /// A provider that exists and is not deleted; NotFound or Conflict otherwise.
+    fn live_provider(&self, provider_id: &str) -> Result<Arc<ProviderRecord>, CommandError> {
+        let p = self
+            .live
+            .read()
+            .providers
+            .get(provider_id)
+            .cloned()
+            .ok_or_else(|| CommandError::NotFound(format!("provider {provider_id}")))?;
+        if p.is_deleted() {
+            return Err(CommandError::Conflict(format!(
+                "provider {provider_id} was deleted and can no longer be changed"
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Refuses a name that another provider that is not deleted already has.
+    pub fn check_provider_name(
+        &self,
+        name: &str,
+        except: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let state = self.live.read();
+        match state.providers.by_name(name) {
+            Some(p) if except != Some(p.provider_id.as_str()) => {
+                Err(CommandError::Conflict(format!(
+                    "a provider named {name:?} already exists: {}",
+                    p.provider_id
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn reread_provider(&self, provider_id: &str) -> Result<Arc<ProviderRecord>, CommandError> {
+        self.live
+            .read()
+            .providers
+            .get(provider_id)
+            .cloned()
+            .ok_or_else(|| CommandError::NotFound(format!("provider {provider_id}")))
+    }
+
+    /// Creates a provider with its sealed credential, and the result of the live check
+    /// that preceded it, in one unit.
+    pub async fn create_provider(
+        &self,
+        actor: &Actor,
+        spec: NewProvider,
+        secret: &ProviderSecret,
+        keyring: &Keyring,
+        check: Option<&CheckResult>,
+    ) -> Result<Arc<ProviderRecord>, CommandError> {
+        let _names = self.names.lock().await;
+        self.check_provider_name(&spec.name, None)?;
+        let provider_id = new_provider_id();
+        let created = Event::ProviderCreated(ProviderCreated {
+            provider_id: provider_id.clone(),
+            name: spec.name,
+            kind: spec.kind,
+            base_url: spec.base_url,
+            config: spec.config,
+            models: spec.models,
+        });
+        let mut unit = vec![
+            self.event(actor, &created, ExpectedVersion::NoStream),
+            self.event(
+                actor,
+                &Self::key_updated_event(keyring, &provider_id, secret),
+                ExpectedVersion::Exact(1),
+            ),
+        ];
+        if let Some(check) = check {
+            unit.push(self.event(
+                actor,
+                &Self::verified_event(&provider_id, check),
+                ExpectedVersion::Exact(2),
+            ));
+        }
+        self.submit(unit).await?;
+        self.reread_provider(&provider_id)
+    }
+
+    /// Changes a provider's name, base URL, config or models.
+    pub async fn update_provider(
+        &self,
+        actor: &Actor,
+        patch: ProviderUpdated,
+    ) -> Result<Arc<ProviderRecord>, CommandError> {
+        let _names = match &patch.name {
+            Some(_) => Some(self.names.lock().await),
+            None => None,
+        };
+        let p = self.live_provider(&patch.provider_id)?;
+        if let Some(name) = &patch.name {
+            self.check_provider_name(name, Some(&p.provider_id))?;
+        }
+        let id = patch.provider_id.clone();
+        let ev = self.event(
+            actor,
+            &Event::ProviderUpdated(patch),
+            ExpectedVersion::Exact(p.version),
+        );
+        self.submit(vec![ev]).await?;
+        self.reread_provider(&id)
+    }
+
+    /// Replaces the credential; keys using the provider use the new one from the commit on.
+    pub async fn replace_provider_credential(
+        &self,
+        actor: &Actor,
+        provider_id: &str,
+        secret: &ProviderSecret,
+        keyring: &Keyring,
+        check: Option<&CheckResult>,
+    ) -> Result<Arc<ProviderRecord>, CommandError> {
+        let p = self.live_provider(provider_id)?;
+        let mut unit = vec![self.event(
+            actor,
+            &Self::key_updated_event(keyring, provider_id, secret),
+            ExpectedVersion::Exact(p.version),
+        )];
+        if let Some(check) = check {
+            unit.push(self.event(
+                actor,
+                &Self::verified_event(provider_id, check),
+                ExpectedVersion::Exact(p.version + 1),
+            ));
+        }
+        self.submit(unit).await?;
+        self.reread_provider(provider_id)
+    }
+
+    /// Records the result of a live check of the provider's current credential.
+    /// `version` is the provider's version when the check started: a credential replaced
+    /// meanwhile makes this a conflict rather than a result recorded against the wrong one.
+    pub async fn record_provider_check(
+        &self,
+        actor: &Actor,
+        provider_id: &str,
+        version: u64,
+        check: &CheckResult,
+    ) -> Result<Arc<ProviderRecord>, CommandError> {
+        self.live_provider(provider_id)?;
+        let ev = self.event(
+            actor,
+            &Self::verified_event(provider_id, check),
+            ExpectedVersion::Exact(version),
+        );
+        self.submit(vec![ev]).await?;
+        self.reread_provider(provider_id)
+    }
+
+    /// Deletes a provider. While keys that still work use it, this is refused with the list
+    /// of those keys, unless `force`. Deleting a deleted provider writes nothing.
+    pub async fn delete_provider(
+        &self,
+        actor: &Actor,
+        provider_id: &str,
+        force: bool,
+    ) -> Result<Arc<ProviderRecord>, CommandError> {
+        let (p, dependents) = {
+            let state = self.live.read();
+            let p = state
+                .providers
+                .get(provider_id)
+                .cloned()
+                .ok_or_else(|| CommandError::NotFound(format!("provider {provider_id}")))?;
+            let now = Utc::now();
+            let mut deps: Vec<Value> = state
+                .keys
+                .using_provider(provider_id)
+                .filter(|k| key_is_live(k, now))
+                .map(|k| {
+                    serde_json::json!({
+                        "id": k.key_id,
+                        "name": k.name,
+                        "owner_id": k.owner_id,
+                        "status": k.status(now),
+                    })
+                })
+                .collect();
+            deps.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+            (p, deps)
+        };
+        if p.is_deleted() {
+            return Ok(p);
+        }
+        if !dependents.is_empty() && !force {
+            return Err(CommandError::ConflictWith {
+                detail: format!(
+                    "{} active key(s) still use provider {provider_id}; expire or delete them, or delete with ?force=true",
+                    dependents.len()
+                ),
+                extra: serde_json::json!({ "keys": dependents }),
+            });
+        }
+        let ev = Event::ProviderDeleted(ProviderDeleted {
+            provider_id: provider_id.to_owned(),
+            forced: !dependents.is_empty(),
+        });
+        self.submit(vec![self.event(
+            actor,
+            &ev,
+            ExpectedVersion::Exact(p.version),
+        )])
+        .await?;
+        self.reread_provider(provider_id)
+    }
+}
+
+// ---------- users ----------
+
+/// A change to a user. `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct UserPatch {
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+    /// An argon2id PHC string.
+    pub password_hash: Option<String>,
+}
+
+/// How often a user change is decided again when a key of theirs changed in between
+/// (the sweeper expiring one, say).
+const USER_UPDATE_ATTEMPTS: usize = 3;
+
+impl Commands {
+    fn reread_user(&self, user_id: &str) -> Result<Arc<UserRecord>, CommandError> {
+        self.live
+            .read()
+            .users
+            .get(user_id)
+            .cloned()
+            .ok_or_else(|| CommandError::NotFound(format!("user {user_id}")))
+    }
+
+    /// Creates a user. Usernames are unique regardless of case, so that `Admin` cannot
+    /// pass for `admin`.
+    pub async fn create_user(
+        &self,
+        actor: &Actor,
+        username: &str,
+        role: Role,
+        password_hash: Option<String>,
+    ) -> Result<Arc<UserRecord>, CommandError> {
+        let _names = self.names.lock().await;
+        let taken = self
+            .live
+            .read()
+            .users
+            .iter()
+            .find(|u| u.username.eq_ignore_ascii_case(username))
+            .map(|u| u.username.clone());
+        if let Some(existing) = taken {
+            return Err(CommandError::Conflict(format!(
+                "the username {existing:?} is taken"
+            )));
+        }
+        let (ev, user_id) = self.user_created(actor, username, role, password_hash);
+        self.submit(vec![ev]).await?;
+        self.reread_user(&user_id)
+    }
+
+    /// Changes a user's role, password or disabled state. Disabling also expires every
+    /// key of theirs that still works, with reason `owner_disabled`, in the same unit.
+    /// Enabling again does not bring expired keys back. An actor may not disable or
+    /// demote themselves: that is how the last admin locks everyone out.
+    /// Returns the user and the keys that were expired.
+    pub async fn update_user(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        patch: UserPatch,
+    ) -> Result<(Arc<UserRecord>, Vec<String>), CommandError> {
+        if actor.id == user_id {
+            if patch.disabled == Some(true) {
+                return Err(CommandError::Conflict(
+                    "you cannot disable yourself; ask another admin".to_owned(),
+                ));
+            }
+            if patch.role == Some(Role::User) && self.reread_user(user_id)?.role == Role::Admin {
+                return Err(CommandError::Conflict(
+                    "you cannot remove your own admin role; ask another admin".to_owned(),
+                ));
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (unit, expired) = self.decide_user_update(actor, user_id, &patch)?;
+            if unit.is_empty() {
+                return Ok((self.reread_user(user_id)?, Vec::new()));
+            }
+            match self.submit(unit).await {
+                Ok(_) => return Ok((self.reread_user(user_id)?, expired)),
+                Err(CommandError::Append(AppendError::Conflict { .. }))
+                    if attempt < USER_UPDATE_ATTEMPTS => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn decide_user_update(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        patch: &UserPatch,
+    ) -> Result<(Vec<NewEvent>, Vec<String>), CommandError> {
+        let state = self.live.read();
+        let user = state
+            .users
+            .get(user_id)
+            .cloned()
+            .ok_or_else(|| CommandError::NotFound(format!("user {user_id}")))?;
+        let mut version = user.version;
+        let mut unit = Vec::new();
+        let mut expired = Vec::new();
+        let role = patch.role.filter(|r| *r != user.role);
+        if role.is_some() || patch.password_hash.is_some() {
+            unit.push(self.event(
+                actor,
+                &Event::UserUpdated(UserUpdated {
+                    user_id: user_id.to_owned(),
+                    username: None,
+                    role,
+                    password_hash: patch.password_hash.clone(),
+                }),
+                ExpectedVersion::Exact(version),
+            ));
+            version += 1;
+        }
+        match patch.disabled {
+            Some(true) if !user.disabled => {
+                unit.push(self.event(
+                    actor,
+                    &Event::UserDisabled(UserDisabled {
+                        user_id: user_id.to_owned(),
+                    }),
+                    ExpectedVersion::Exact(version),
+                ));
+                let now = Utc::now();
+                let mut keys: Vec<&Arc<KeyRecord>> = state
+                    .keys
+                    .by_owner(user_id)
+                    .filter(|k| key_is_live(k, now))
+                    .collect();
+                keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+                for k in keys {
+                    unit.push(self.event(
+                        actor,
+                        &Event::KeyExpired(KeyExpired {
+                            key_id: k.key_id.clone(),
+                            reason: ExpireReason::OwnerDisabled,
+                        }),
+                        ExpectedVersion::Exact(k.version),
+                    ));
+                    expired.push(k.key_id.clone());
+                }
+            }
+            Some(false) if user.disabled => {
+                unit.push(self.event(
+                    actor,
+                    &Event::UserEnabled(UserEnabled {
+                        user_id: user_id.to_owned(),
+                    }),
+                    ExpectedVersion::Exact(version),
+                ));
+            }
+            _ => {}
+        }
+        Ok((unit, expired))
     }
 }

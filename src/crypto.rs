@@ -342,9 +342,44 @@ impl Keyring {
     }
 }
 
-/// Masks a credential for display: its kind prefix, then `…` and the last four.
-pub fn mask(last4: &str) -> String {
-    format!("…{last4}")
+/// Prefixes that name a kind of credential rather than any part of its secret.
+const KNOWN_CREDENTIAL_PREFIXES: &[&str] = &["sk-", "gsk", "xai", "AIz"];
+
+/// Masks a credential for display: its first three characters when they are a known,
+/// non-secret prefix such as `sk-`, then `…` and the last four: `sk-…abcd` or `…abcd`.
+pub fn mask(secret: Option<&ProviderSecret>, last4: &str) -> String {
+    let prefix = secret
+        .map(ProviderSecret::expose)
+        .and_then(|s| {
+            KNOWN_CREDENTIAL_PREFIXES
+                .iter()
+                .find(|p| s.starts_with(**p))
+        })
+        .copied()
+        .unwrap_or("");
+    format!("{prefix}…{last4}")
+}
+
+// ---- passwords ----
+
+/// Hashes a password with argon2id (its default parameters: 19 MiB, 2 passes) and a
+/// random salt, as a PHC string. Slow on purpose: call it off the async runtime.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// Whether `password` matches a PHC string from [`hash_password`].
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(phc).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 #[cfg(test)]
@@ -452,6 +487,25 @@ mod tests {
                 .keyring_version,
             2
         );
+    }
+
+    #[test]
+    fn masks_show_only_a_known_prefix_and_the_last_four() {
+        let openai = ProviderSecret::new("sk-proj-0123456789abcd".into());
+        assert_eq!(mask(Some(&openai), &openai.last4()), "sk-…abcd");
+        let other = ProviderSecret::new("token-0123456789wxyz".into());
+        assert_eq!(mask(Some(&other), &other.last4()), "…wxyz");
+        assert_eq!(mask(None, "wxyz"), "…wxyz");
+    }
+
+    #[test]
+    fn passwords_hash_to_argon2id_phc_strings() {
+        let phc = hash_password("correct horse battery").unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
+        assert!(!phc.contains("correct horse"));
+        assert!(verify_password("correct horse battery", &phc));
+        assert!(!verify_password("wrong horse battery", &phc));
+        assert_ne!(hash_password("correct horse battery").unwrap(), phc);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Layers, each using only the ones below it: `http` → `commands` / `auth` → `live` →
 //! `store` and the pure `keyward_projections` → `keyward_events`, `config`, `crypto`.
 
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod crypto;
 pub mod history;
 pub mod http;
 pub mod live;
+pub mod provider_check;
 pub mod server;
 pub mod store;
 pub mod sweeper;

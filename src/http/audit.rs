@@ -1,9 +1,388 @@
-//! The audit part of the management API.
+//! The audit log: events by cursor with filters, an NDJSON export, the chain verification
+//! and the checkpoint. Admins see every event; a user sees the events of their own keys
+//! (`key:<id>` and `usage:<id>`, deleted keys included) and nothing else.
 
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderValue, Uri, header};
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
+use keyward_events::{EVENT_TYPES, Envelope};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::audit;
+use crate::http::caller::{Admin, Caller};
+use crate::http::error::{ApiError, Json, Problem, query_with_lists};
+use crate::http::keys::EventPage;
+use crate::store::EventFilter;
+use crate::time::{self, Timestamp};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(audit_events))
+        .routes(routes!(audit_export))
+        .routes(routes!(audit_verify))
+        .routes(routes!(audit_checkpoint))
+}
+
+const MAX_LIMIT: usize = 1000;
+const MAX_TYPES: usize = 32;
+/// Events per page of the export: each page is one chunk of the response body.
+const EXPORT_PAGE: usize = 1000;
+
+// ---------- filters and visibility ----------
+
+/// The filters common to the event list and the export.
+struct Filters {
+    cursor: Option<u64>,
+    types: Option<String>,
+    stream: Option<String>,
+    actor: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+pub(crate) fn parse_time(field: &str, s: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
+    s.map(|v| {
+        time::parse(v).ok_or_else(|| ApiError::BadRequest {
+            detail: format!("{field} {v:?} is not an RFC 3339 time such as 2026-01-31T00:00:00Z"),
+            field: Some(field.to_owned()),
+        })
+    })
+    .transpose()
+}
+
+/// The streams a caller may read: `None` for everything (an admin), otherwise the key and
+/// usage streams of the keys they own, deleted ones included.
+pub(crate) fn visible_streams(app: &AppState, caller: &Caller) -> Option<Vec<String>> {
+    if caller.is_admin() {
+        return None;
+    }
+    let state = app.0.live.read();
+    let mut ids: Vec<&str> = state
+        .keys
+        .by_owner(&caller.user_id)
+        .map(|k| k.key_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    Some(
+        ids.into_iter()
+            .flat_map(|id| {
+                [
+                    keyward_events::key_stream(id),
+                    keyward_events::usage_stream(id),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// The store filter for a caller's query, or `None` when nothing can match (a user asking
+/// for a stream that is not theirs, or who has no keys): an empty `streams` list would
+/// mean every stream.
+fn filter_for(
+    app: &AppState,
+    caller: &Caller,
+    f: Filters,
+) -> Result<Option<EventFilter>, ApiError> {
+    let types: Vec<String> = f
+        .types
+        .as_deref()
+        .map(|t| t.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    if types.len() > MAX_TYPES {
+        return Err(ApiError::BadRequest {
+            detail: format!("at most {MAX_TYPES} types"),
+            field: Some("type".into()),
+        });
+    }
+    if let Some(t) = types.iter().find(|t| !EVENT_TYPES.contains(&t.as_str())) {
+        return Err(ApiError::BadRequest {
+            detail: format!(
+                "{t:?} is not an event type; the types are {}",
+                EVENT_TYPES.join(", ")
+            ),
+            field: Some("type".into()),
+        });
+    }
+    let from_time = parse_time("from", f.from.as_deref())?;
+    let to_time = parse_time("to", f.to.as_deref())?;
+    if let (Some(a), Some(b)) = (from_time, to_time)
+        && a > b
+    {
+        return Err(ApiError::BadRequest {
+            detail: "from must not be after to".to_owned(),
+            field: Some("from".into()),
+        });
+    }
+    let streams = match (visible_streams(app, caller), f.stream) {
+        (None, None) => Vec::new(),
+        (None, Some(s)) => vec![s],
+        (Some(own), None) if own.is_empty() => return Ok(None),
+        (Some(own), None) => own,
+        (Some(own), Some(s)) if own.contains(&s) => vec![s],
+        (Some(_), Some(_)) => return Ok(None),
+    };
+    Ok(Some(EventFilter {
+        after_seq: f.cursor.unwrap_or(0),
+        until_seq: None,
+        types,
+        streams,
+        actor: f.actor,
+        from_time,
+        to_time,
+    }))
+}
+
+// ---------- events ----------
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only events after this seq: the `next_cursor` of the previous page.
+    pub cursor: Option<u64>,
+    /// Page size, 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// Only events of these types, e.g. `key.created`; repeat the parameter or separate
+    /// types with commas.
+    #[serde(rename = "type")]
+    #[param(rename = "type", value_type = Option<Vec<String>>, style = Form, explode)]
+    pub types: Option<String>,
+    /// Only events of this stream, e.g. `key:key_…`, `usage:key_…`, `provider:prv_…`.
+    pub stream: Option<String>,
+    /// Only events by this actor: a user id, a key id or `system`.
+    pub actor: Option<String>,
+    /// Only events at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub from: Option<String>,
+    /// Only events at or before this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub to: Option<String>,
+}
+
+/// The event log in seq order, by cursor. Admins see every event; a user sees the events
+/// of their own keys.
+#[utoipa::path(get, path = "/audit/events", tag = "audit", params(AuditQuery),
+    responses(
+        (status = 200, body = EventPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn audit_events(
+    State(app): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Json<EventPage>, ApiError> {
+    let q: AuditQuery = query_with_lists(&uri, &["type"])?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest {
+            detail: format!("limit must be between 1 and {MAX_LIMIT}"),
+            field: Some("limit".into()),
+        });
+    }
+    let filter = filter_for(
+        &app,
+        &caller,
+        Filters {
+            cursor: q.cursor,
+            types: q.types,
+            stream: q.stream,
+            actor: q.actor,
+            from: q.from,
+            to: q.to,
+        },
+    )?;
+    let Some(filter) = filter else {
+        return Ok(Json(EventPage {
+            events: Vec::new(),
+            next_cursor: None,
+        }));
+    };
+    let mut events = app.0.store.read(&filter, limit + 1).await?;
+    let more = events.len() > limit;
+    events.truncate(limit);
+    let next_cursor = if more {
+        events.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(Json(EventPage {
+        events,
+        next_cursor,
+    }))
+}
+
+// ---------- export ----------
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// Only events after this seq.
+    pub cursor: Option<u64>,
+    /// Only events of these types; repeat the parameter or separate types with commas.
+    #[serde(rename = "type")]
+    #[param(rename = "type", value_type = Option<Vec<String>>, style = Form, explode)]
+    pub types: Option<String>,
+    pub stream: Option<String>,
+    pub actor: Option<String>,
+    #[param(format = DateTime)]
+    pub from: Option<String>,
+    #[param(format = DateTime)]
+    pub to: Option<String>,
+}
+
+fn ndjson(page: &[Envelope]) -> Bytes {
+    let mut buf = Vec::with_capacity(page.len() * 512);
+    for env in page {
+        // Serialising an envelope to memory cannot fail: every field is plain data.
+        if serde_json::to_writer(&mut buf, env).is_ok() {
+            buf.push(b'\n');
+        }
+    }
+    Bytes::from(buf)
+}
+
+/// The events as NDJSON, one envelope per line exactly as stored, so that the lines can be
+/// verified as a hash chain offline (an unfiltered export by an admin is the whole chain).
+/// Streamed page by page up to the head at the time of the request; same filters and
+/// visibility as `/audit/events`.
+#[utoipa::path(get, path = "/audit/export", tag = "audit", params(ExportQuery),
+    responses(
+        (status = 200, description = "One event envelope per line", body = String,
+            content_type = "application/x-ndjson"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn audit_export(
+    State(app): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let q: ExportQuery = query_with_lists(&uri, &["type"])?;
+    let filter = filter_for(
+        &app,
+        &caller,
+        Filters {
+            cursor: q.cursor,
+            types: q.types,
+            stream: q.stream,
+            actor: q.actor,
+            from: q.from,
+            to: q.to,
+        },
+    )?;
+    let body = match filter {
+        None => Body::empty(),
+        Some(filter) => {
+            let mut pages = Box::pin(audit::pages(app.0.store.clone(), filter, EXPORT_PAGE));
+            // The first page is read before answering, so that a store that is down is a
+            // 503 rather than a 200 with a cut-off body.
+            let first = pages.try_next().await?;
+            let rest = pages.inspect_err(|e| {
+                tracing::error!(error = %e, "the audit export stopped: the store failed mid-stream");
+            });
+            Body::from_stream(
+                futures::stream::iter(first.map(Ok))
+                    .chain(rest)
+                    .map_ok(|page| ndjson(&page)),
+            )
+        }
+    };
+    let mut res = body.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"keyward-audit.ndjson\""),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+// ---------- verify and checkpoint ----------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChainVerification {
+    /// Every event up to the head verified.
+    pub ok: bool,
+    /// The log's last event when the verification started.
+    pub head_seq: u64,
+    /// Its stored hash, hex.
+    pub head_hash: String,
+    /// How many events verified before the walk ended.
+    pub checked: u64,
+    /// The first seq at which the chain does not hold.
+    pub first_bad_seq: Option<u64>,
+    /// Why it does not hold there.
+    pub reason: Option<String>,
+}
+
+/// Recompute every event's hash in order and check the links between them (admin only).
+#[utoipa::path(get, path = "/audit/verify", tag = "audit",
+    responses(
+        (status = 200, body = ChainVerification),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn audit_verify(
+    State(app): State<AppState>,
+    Admin(_caller): Admin,
+) -> Result<Json<ChainVerification>, ApiError> {
+    let r = audit::verify_chain(app.0.store.as_ref(), None).await?;
+    Ok(Json(ChainVerification {
+        ok: r.ok(),
+        head_seq: r.head.seq,
+        head_hash: r.head.hash.to_hex(),
+        checked: r.checked,
+        first_bad_seq: r.failure.as_ref().map(|f| f.seq),
+        reason: r.failure.map(|f| f.reason),
+    }))
+}
+
+/// The log's head, to keep elsewhere and verify a later log against
+/// (`keyward audit verify --checkpoint`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Checkpoint {
+    pub seq: u64,
+    /// The hash of the event at `seq`, hex.
+    pub hash: String,
+    /// When the checkpoint was taken.
+    #[schema(format = DateTime)]
+    pub at: String,
+}
+
+/// The head seq and hash (admin only).
+#[utoipa::path(get, path = "/audit/checkpoint", tag = "audit",
+    responses(
+        (status = 200, body = Checkpoint),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn audit_checkpoint(
+    State(app): State<AppState>,
+    Admin(_caller): Admin,
+) -> Result<Json<Checkpoint>, ApiError> {
+    let cp = audit::checkpoint(app.0.store.as_ref()).await?;
+    Ok(Json(Checkpoint {
+        seq: cp.head.seq,
+        hash: cp.head.hash.to_hex(),
+        at: time::format(&cp.at),
+    }))
 }

@@ -85,3 +85,21 @@ fn unauthorized(e: AuthError) -> ApiError {
     };
     ApiError::Unauthorized(detail)
 }
+
+/// A caller with the admin role. As an extractor it runs before the body is read, so a
+/// non-admin gets 403 whatever they send, and learns nothing about the body's schema.
+#[derive(Clone, Debug)]
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require_admin()?;
+        Ok(Admin(caller))
+    }
+}

@@ -226,6 +226,10 @@ impl From<CommandError> for ApiError {
                 detail: d,
                 extra: None,
             },
+            CommandError::ConflictWith { detail, extra } => ApiError::Conflict {
+                detail,
+                extra: Some(extra),
+            },
         }
     }
 }
@@ -345,18 +349,63 @@ where
     ) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Query(v)),
-            Err(rej) => {
-                let text = rej.body_text();
-                let text = text
-                    .strip_prefix("Failed to deserialize query string: ")
-                    .unwrap_or(&text)
-                    .to_owned();
-                let field = field_from_serde(&text);
-                Err(ApiError::BadRequest {
-                    detail: format!("invalid query string: {text}"),
-                    field,
-                })
-            }
+            Err(rej) => Err(query_rejection(&rej)),
         }
     }
+}
+
+/// A query string that does not fit: 400, naming the parameter.
+pub fn query_rejection(rej: &axum::extract::rejection::QueryRejection) -> ApiError {
+    let text = rej.body_text();
+    let text = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text)
+        .to_owned();
+    let field = field_from_serde(&text);
+    ApiError::BadRequest {
+        detail: format!("invalid query string: {text}"),
+        field,
+    }
+}
+
+/// Like [`Query`], for a query string in which the parameters named in `lists` may be
+/// repeated (`type=a&type=b`) or comma-separated (`type=a,b`): their values are joined
+/// with commas before `T` sees them.
+pub fn query_with_lists<T: serde::de::DeserializeOwned>(
+    uri: &axum::http::Uri,
+    lists: &[&str],
+) -> Result<T, ApiError> {
+    let bad = |detail: String| ApiError::BadRequest {
+        detail,
+        field: None,
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
+        .map_err(|e| bad(format!("invalid query string: {e}")))?;
+    let mut joined: Vec<(String, Vec<String>)> = Vec::new();
+    let mut rest: Vec<(String, String)> = Vec::new();
+    for (k, v) in pairs {
+        if lists.contains(&k.as_str()) {
+            let values = v.split(',').map(str::trim).filter(|s| !s.is_empty());
+            match joined.iter_mut().find(|(name, _)| *name == k) {
+                Some((_, all)) => all.extend(values.map(str::to_owned)),
+                None => joined.push((k, values.map(str::to_owned).collect())),
+            }
+        } else {
+            rest.push((k, v));
+        }
+    }
+    rest.extend(
+        joined
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k, v.join(","))),
+    );
+    let query = serde_urlencoded::to_string(&rest)
+        .map_err(|e| bad(format!("invalid query string: {e}")))?;
+    let uri: axum::http::Uri = format!("/?{query}")
+        .parse()
+        .map_err(|_| bad("invalid query string".to_owned()))?;
+    axum::extract::Query::<T>::try_from_uri(&uri)
+        .map(|axum::extract::Query(v)| v)
+        .map_err(|rej| query_rejection(&rej))
 }

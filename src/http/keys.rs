@@ -176,7 +176,7 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-fn check_name(name: &str) -> Result<String, ApiError> {
+pub(crate) fn check_name(name: &str) -> Result<String, ApiError> {
     let n = name.trim();
     if n.is_empty() {
         return Err(ApiError::invalid("name", "name must not be empty"));
@@ -259,7 +259,7 @@ fn check_scopes(scopes: Vec<Scope>) -> Result<Vec<Scope>, ApiError> {
     Ok(out)
 }
 
-fn check_models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
+pub(crate) fn check_models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
     if models.len() > MAX_LIST {
         return Err(ApiError::invalid(
             "models",
@@ -361,7 +361,7 @@ fn check_metadata(m: Map<String, Value>) -> Result<Map<String, Value>, ApiError>
     Ok(m)
 }
 
-fn check_id(field: &str, id: &str, prefix: &str) -> Result<(), ApiError> {
+pub(crate) fn check_id(field: &str, id: &str, prefix: &str) -> Result<(), ApiError> {
     if !id.starts_with(prefix) || id.len() > 64 {
         return Err(ApiError::invalid(
             field,

@@ -79,3 +79,106 @@ pub struct QuotaSchema {
     #[schema(minimum = 1)]
     pub tokens_per_month: Option<u64>,
 }
+
+/// Why a known key was refused.
+#[derive(ToSchema)]
+#[schema(as = DenyReason)]
+#[allow(non_camel_case_types)]
+pub enum DenyReasonSchema {
+    expired,
+    deleted,
+    owner_disabled,
+    scope,
+    provider,
+    model,
+    ip,
+    rate_limit,
+    quota,
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_events::{DenyReason, ExpireReason, ProviderKind, Role, Scope};
+    use keyward_projections::KeyStatus;
+    use serde::Serialize;
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    fn schema_names<S: PartialSchema>() -> Vec<String> {
+        let v = serde_json::to_value(S::schema()).unwrap();
+        v["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn serde_names<T: Serialize>(all: &[T]) -> Vec<String> {
+        all.iter()
+            .map(|v| {
+                serde_json::to_value(v)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn schema_matches_serde() {
+        assert_eq!(
+            schema_names::<RoleSchema>(),
+            serde_names(&[Role::Admin, Role::User])
+        );
+        assert_eq!(
+            schema_names::<ScopeSchema>(),
+            serde_names(&[Scope::Read, Scope::Chat, Scope::Full])
+        );
+        assert_eq!(
+            schema_names::<KeyStatusSchema>(),
+            serde_names(&[
+                KeyStatus::Active,
+                KeyStatus::Grace,
+                KeyStatus::Expired,
+                KeyStatus::Deleted
+            ])
+        );
+        assert_eq!(
+            schema_names::<ProviderKindSchema>(),
+            serde_names(&[
+                ProviderKind::Openai,
+                ProviderKind::AzureOpenai,
+                ProviderKind::Anthropic,
+                ProviderKind::Gemini,
+                ProviderKind::Groq,
+                ProviderKind::OpenaiCompatible
+            ])
+        );
+        assert_eq!(
+            schema_names::<ExpireReasonSchema>(),
+            serde_names(&[
+                ExpireReason::Manual,
+                ExpireReason::Scheduled,
+                ExpireReason::Rotated,
+                ExpireReason::OwnerDisabled
+            ])
+        );
+        assert_eq!(
+            schema_names::<DenyReasonSchema>(),
+            serde_names(&[
+                DenyReason::Expired,
+                DenyReason::Deleted,
+                DenyReason::OwnerDisabled,
+                DenyReason::Scope,
+                DenyReason::Provider,
+                DenyReason::Model,
+                DenyReason::Ip,
+                DenyReason::RateLimit,
+                DenyReason::Quota
+            ])
+        );
+    }
+}

@@ -77,6 +77,38 @@ pub trait EventStore: Send + Sync + 'static {
     /// Events in seq order that match the filter, at most `limit`.
     async fn read(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Envelope>, StoreError>;
 
+    /// Events that match the filter, newest first (descending seq), at most `limit`: the
+    /// request log pages backwards from the head.
+    ///
+    /// This default walks back from the head in windows of seqs, each read in ascending
+    /// order; a backend that can sort descending overrides it with one query.
+    async fn read_newest(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        const MAX_WINDOW: u64 = 65_536;
+        let head = self.head().await?.seq;
+        let mut hi = filter.until_seq.map_or(head, |u| u.min(head));
+        let mut width = (limit as u64).clamp(64, MAX_WINDOW);
+        let mut out = Vec::new();
+        while hi > filter.after_seq && out.len() < limit {
+            let lo = hi.saturating_sub(width).max(filter.after_seq);
+            let window = EventFilter {
+                after_seq: lo,
+                until_seq: Some(hi),
+                ..filter.clone()
+            };
+            // Seqs are unique, so a window of `hi - lo` seqs holds at most that many events.
+            let page = self.read(&window, (hi - lo) as usize).await?;
+            let room = limit - out.len();
+            out.extend(page.into_iter().rev().take(room));
+            hi = lo;
+            width = (width * 2).min(MAX_WINDOW);
+        }
+        Ok(out)
+    }
+
     /// Every event after `after_seq`, in seq order, at most `limit`.
     async fn read_from(&self, after_seq: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
         self.read(

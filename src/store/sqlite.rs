@@ -152,6 +152,69 @@ impl SqliteStore {
         self.readers.close().await;
     }
 
+    /// The events matching `filter`, ordered by seq in `order` (`ASC` or `DESC`).
+    async fn select(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+        order: &'static str,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM events"));
+        let mut conditions = 0;
+        let mut and = |qb: &mut QueryBuilder<Sqlite>, sql: &str| {
+            qb.push(if conditions == 0 { " WHERE " } else { " AND " });
+            qb.push(sql);
+            conditions += 1;
+        };
+        // `seq > 0` would hold for every row but steer SQLite to a scan in seq order
+        // instead of the index a time range or an actor could use.
+        if filter.after_seq > 0 {
+            and(&mut qb, "seq > ");
+            qb.push_bind(to_i64(filter.after_seq)?);
+        }
+        if let Some(until) = filter.until_seq {
+            and(&mut qb, "seq <= ");
+            qb.push_bind(to_i64(until)?);
+        }
+        if !filter.types.is_empty() {
+            and(&mut qb, "type IN (");
+            let mut list = qb.separated(", ");
+            for t in &filter.types {
+                list.push_bind(t.as_str());
+            }
+            qb.push(")");
+        }
+        if !filter.streams.is_empty() {
+            and(&mut qb, "stream IN (");
+            let mut list = qb.separated(", ");
+            for s in &filter.streams {
+                list.push_bind(s.as_str());
+            }
+            qb.push(")");
+        }
+        if let Some(actor) = &filter.actor {
+            and(&mut qb, "actor = ");
+            qb.push_bind(actor.as_str());
+        }
+        if let Some(from) = filter.from_time {
+            and(&mut qb, "occurred_at >= ");
+            qb.push_bind(from.timestamp_micros());
+        }
+        if let Some(to) = filter.to_time {
+            and(&mut qb, "occurred_at <= ");
+            qb.push_bind(to.timestamp_micros());
+        }
+        qb.push(" ORDER BY seq ")
+            .push(order)
+            .push(" LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.readers).await?;
+        rows.iter().map(decode_row).collect()
+    }
+
     async fn append_in(
         &self,
         conn: &mut SqliteConnection,
@@ -476,58 +539,15 @@ impl EventStore for SqliteStore {
     }
 
     async fn read(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM events"));
-        let mut conditions = 0;
-        let mut and = |qb: &mut QueryBuilder<Sqlite>, sql: &str| {
-            qb.push(if conditions == 0 { " WHERE " } else { " AND " });
-            qb.push(sql);
-            conditions += 1;
-        };
-        // `seq > 0` would hold for every row but steer SQLite to a scan in seq order
-        // instead of the index a time range or an actor could use.
-        if filter.after_seq > 0 {
-            and(&mut qb, "seq > ");
-            qb.push_bind(to_i64(filter.after_seq)?);
-        }
-        if let Some(until) = filter.until_seq {
-            and(&mut qb, "seq <= ");
-            qb.push_bind(to_i64(until)?);
-        }
-        if !filter.types.is_empty() {
-            and(&mut qb, "type IN (");
-            let mut list = qb.separated(", ");
-            for t in &filter.types {
-                list.push_bind(t.as_str());
-            }
-            qb.push(")");
-        }
-        if !filter.streams.is_empty() {
-            and(&mut qb, "stream IN (");
-            let mut list = qb.separated(", ");
-            for s in &filter.streams {
-                list.push_bind(s.as_str());
-            }
-            qb.push(")");
-        }
-        if let Some(actor) = &filter.actor {
-            and(&mut qb, "actor = ");
-            qb.push_bind(actor.as_str());
-        }
-        if let Some(from) = filter.from_time {
-            and(&mut qb, "occurred_at >= ");
-            qb.push_bind(from.timestamp_micros());
-        }
-        if let Some(to) = filter.to_time {
-            and(&mut qb, "occurred_at <= ");
-            qb.push_bind(to.timestamp_micros());
-        }
-        qb.push(" ORDER BY seq LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows = qb.build().fetch_all(&self.readers).await?;
-        rows.iter().map(decode_row).collect()
+        self.select(filter, limit, "ASC").await
+    }
+
+    async fn read_newest(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        self.select(filter, limit, "DESC").await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

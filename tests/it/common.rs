@@ -114,3 +114,118 @@ pub async fn tamper(path: &Path, seq: i64) {
         .await
         .unwrap();
 }
+
+/// A provider on 127.0.0.1:0 that knows one good credential prefix, `sk-good`.
+///
+/// - `GET /v1/models`: OpenAI style (`Authorization: Bearer`) or Anthropic style
+///   (`x-api-key` with `anthropic-version`); 200 with a model list for a good key, else 401
+///   with an OpenAI-style error that echoes the key, as OpenAI once did.
+/// - `GET /openai/models?api-version=…`: Azure style (`api-key`).
+/// - `GET /broken/models`: 500.
+pub struct MockProvider {
+    pub addr: std::net::SocketAddr,
+    /// Every credential presented, in order.
+    pub seen: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl MockProvider {
+    pub async fn start() -> MockProvider {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        use axum::routing::get;
+        use serde_json::json;
+
+        let seen: std::sync::Arc<parking_lot::Mutex<Vec<String>>> = Default::default();
+        let answer = |key: Option<String>, seen: &parking_lot::Mutex<Vec<String>>| {
+            let key = key.unwrap_or_default();
+            seen.lock().push(key.clone());
+            if key.starts_with("sk-good") {
+                (
+                    StatusCode::OK,
+                    axum::Json(json!({"object": "list", "data": [
+                        {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"},
+                        {"id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system"}
+                    ]})),
+                )
+                    .into_response()
+            } else {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"error": {
+                        "message": format!("Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys."),
+                        "type": "invalid_request_error", "param": null, "code": "invalid_api_key"
+                    }})),
+                )
+                    .into_response()
+            }
+        };
+        let header = |h: &HeaderMap, name: &str| {
+            h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
+        let s1 = seen.clone();
+        let s2 = seen.clone();
+        let app =
+            axum::Router::new()
+                .route(
+                    "/v1/models",
+                    get(move |h: HeaderMap| async move {
+                        let key = match header(&h, "authorization") {
+                            Some(a) => a.strip_prefix("Bearer ").map(str::to_owned),
+                            None if header(&h, "anthropic-version").as_deref()
+                                == Some("2023-06-01") =>
+                            {
+                                header(&h, "x-api-key")
+                            }
+                            None => None,
+                        };
+                        answer(key, &s1)
+                    }),
+                )
+                .route(
+                    "/openai/models",
+                    get(
+                        move |h: HeaderMap,
+                              q: axum::extract::Query<
+                            std::collections::HashMap<String, String>,
+                        >| async move {
+                            if !q.contains_key("api-version") {
+                                return (StatusCode::NOT_FOUND, "no api-version").into_response();
+                            }
+                            answer(header(&h, "api-key"), &s2)
+                        },
+                    ),
+                )
+                .route(
+                    "/broken/models",
+                    get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "upstream fell over") }),
+                );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        MockProvider {
+            addr,
+            seen,
+            _task: task,
+        }
+    }
+
+    /// The base URL for the OpenAI-style kinds.
+    pub fn openai_base(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn root(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A local address where nothing listens.
+pub async fn closed_port_url() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}/v1")
+}

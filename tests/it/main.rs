@@ -4,9 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod audit;
 mod cli;
 mod common;
 mod foundation;
 mod keys;
 mod openapi;
+mod providers;
 mod store;
+mod users;

@@ -92,6 +92,7 @@ store_suite!(
     events_cannot_be_updated_or_deleted,
     reopening_keeps_the_log_and_its_head,
     read_filters_narrow,
+    read_newest_pages_backwards,
     floats_in_data_read_back_exactly,
     an_undecodable_row_is_reported_with_its_seq,
     ping_succeeds_on_a_writable_store,
@@ -550,6 +551,63 @@ async fn read_filters_narrow(h: Harness) {
         .await,
         vec![2]
     );
+}
+
+async fn read_newest_pages_backwards(h: Harness) {
+    // The backend's own descending read, and the trait's default over its ascending read.
+    let fallback: Arc<dyn EventStore> = Wrapped::new(h.store.clone(), false);
+    let mut units = Vec::new();
+    for n in 0..300u64 {
+        units.push(vec![key_used(
+            if n % 3 == 0 { "key_1" } else { "key_2" },
+            n,
+        )]);
+    }
+    ok_units(h.store.append(units).await.unwrap());
+    for s in [h.store.clone(), fallback] {
+        let seqs = |f: EventFilter, limit: usize| {
+            let s = s.clone();
+            async move {
+                s.read_newest(&f, limit)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.seq)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(seqs(EventFilter::default(), 3).await, vec![300, 299, 298]);
+        let key_1 = || EventFilter {
+            streams: vec!["usage:key_1".into()],
+            ..EventFilter::default()
+        };
+        assert_eq!(seqs(key_1(), 3).await, vec![298, 295, 292]);
+        assert_eq!(
+            seqs(
+                EventFilter {
+                    until_seq: Some(10),
+                    ..key_1()
+                },
+                100
+            )
+            .await,
+            vec![10, 7, 4, 1]
+        );
+        assert_eq!(
+            seqs(
+                EventFilter {
+                    after_seq: 4,
+                    until_seq: Some(10),
+                    ..key_1()
+                },
+                100
+            )
+            .await,
+            vec![10, 7]
+        );
+        assert_eq!(seqs(key_1(), 1000).await.len(), 100);
+        assert!(seqs(EventFilter::default(), 0).await.is_empty());
+    }
 }
 
 async fn floats_in_data_read_back_exactly(h: Harness) {

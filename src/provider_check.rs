@@ -1,0 +1,363 @@
+//! The live check of a provider credential: one GET of the provider's models endpoint,
+//! authenticated the way that provider expects.
+//!
+//! Redirects are not followed, so a credential is only ever sent to the URL an admin
+//! entered. What the provider says about a refused credential is passed on, with the
+//! credential scrubbed from it: some providers echo part of the key they were given.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use keyward_events::ProviderKind;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::crypto::ProviderSecret;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const TIMEOUT: Duration = Duration::from_secs(15);
+/// How much of a provider's answer is read: enough for an error message or a model list.
+const MAX_BODY: usize = 256 * 1024;
+const MAX_DETAIL_CHARS: usize = 500;
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// What the provider answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckResult {
+    /// The provider accepted the credential (a 2xx).
+    pub ok: bool,
+    /// The provider's HTTP status; `None` when it could not be reached.
+    pub status: Option<u16>,
+    /// The provider's reason for a refusal, or a summary of a success; never the credential.
+    pub detail: Option<String>,
+}
+
+impl CheckResult {
+    /// The credential itself was refused: 401 or 403.
+    pub fn refused(&self) -> bool {
+        matches!(self.status, Some(401 | 403))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// No answer: the connection failed, timed out, or TLS did not work out.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The request could not even be built (the client, or a header the credential
+    /// cannot be sent in).
+    #[error("{0}")]
+    Request(String),
+}
+
+/// The one HTTP client for provider checks: connection pool, timeouts, no redirects.
+fn client() -> Result<&'static reqwest::Client, CheckError> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let c = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("keyward/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| CheckError::Request(format!("cannot build the HTTP client: {e}")))?;
+    Ok(CLIENT.get_or_init(|| c))
+}
+
+/// The models endpoint of a provider and the headers that carry its credential.
+pub fn models_request(
+    kind: ProviderKind,
+    base_url: &str,
+    config: &Map<String, Value>,
+    secret: &ProviderSecret,
+) -> Result<(reqwest::Url, HeaderMap), CheckError> {
+    let base = base_url.trim_end_matches('/');
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: &str, sensitive: bool| -> Result<(), CheckError> {
+        let mut v = HeaderValue::from_str(value).map_err(|_| {
+            CheckError::Request("the credential cannot be sent in an HTTP header".to_owned())
+        })?;
+        v.set_sensitive(sensitive);
+        headers.insert(HeaderName::from_static(name), v);
+        Ok(())
+    };
+    let url = match kind {
+        ProviderKind::Openai
+        | ProviderKind::Gemini
+        | ProviderKind::Groq
+        | ProviderKind::OpenaiCompatible => {
+            let bearer = zeroize::Zeroizing::new(format!("Bearer {}", secret.expose()));
+            put("authorization", &bearer, true)?;
+            url(&format!("{base}/models"))?
+        }
+        ProviderKind::AzureOpenai => {
+            put("api-key", secret.expose(), true)?;
+            let mut u = url(&format!("{base}/openai/models"))?;
+            let version = config
+                .get("api_version")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            u.query_pairs_mut().append_pair("api-version", version);
+            u
+        }
+        ProviderKind::Anthropic => {
+            put("x-api-key", secret.expose(), true)?;
+            put("anthropic-version", ANTHROPIC_VERSION, false)?;
+            url(&format!("{base}/v1/models"))?
+        }
+    };
+    Ok((url, headers))
+}
+
+fn url(s: &str) -> Result<reqwest::Url, CheckError> {
+    reqwest::Url::parse(s)
+        .map_err(|e| CheckError::Request(format!("the base URL does not make a valid URL: {e}")))
+}
+
+/// Calls the provider's models endpoint with the credential.
+pub async fn check(
+    kind: ProviderKind,
+    base_url: &str,
+    config: &Map<String, Value>,
+    secret: &ProviderSecret,
+) -> Result<CheckResult, CheckError> {
+    let (url, headers) = models_request(kind, base_url, config, secret)?;
+    let mut res = client()?
+        .get(url)
+        .headers(headers)
+        .send()
+        .await
+        .map_err(|e| CheckError::Unreachable(describe(&e)))?;
+    let status = res.status();
+    let mut body = Vec::new();
+    while body.len() < MAX_BODY {
+        match res.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c),
+            Ok(None) => break,
+            Err(e) if status.is_success() => {
+                return Err(CheckError::Unreachable(describe(&e)));
+            }
+            // The status is what matters for a refusal; a cut-off body only loses its reason.
+            Err(_) => break,
+        }
+    }
+    let code = status.as_u16();
+    if status.is_success() {
+        let models = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("data").and_then(Value::as_array).map(Vec::len));
+        return Ok(CheckResult {
+            ok: true,
+            status: Some(code),
+            detail: Some(match models {
+                Some(n) => format!("the credential works; the provider lists {n} models"),
+                None => "the credential works".to_owned(),
+            }),
+        });
+    }
+    let detail = if status.is_redirection() {
+        let to = res
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("elsewhere");
+        format!(
+            "the provider redirects to {}; give that URL as base_url (redirects are not followed)",
+            scrub(to, secret)
+        )
+    } else {
+        match provider_message(&body) {
+            Some(m) => scrub(&m, secret),
+            None => format!(
+                "the provider answered {code} {}",
+                status.canonical_reason().unwrap_or("")
+            )
+            .trim_end()
+            .to_owned(),
+        }
+    };
+    Ok(CheckResult {
+        ok: false,
+        status: Some(code),
+        detail: Some(truncate(&detail, MAX_DETAIL_CHARS)),
+    })
+}
+
+/// Why a provider could not be reached, without the request's headers (reqwest never
+/// prints them) and naming the host.
+fn describe(e: &reqwest::Error) -> String {
+    let host = e
+        .url()
+        .map(|u| match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => "the provider".to_owned(),
+        })
+        .unwrap_or_else(|| "the provider".to_owned());
+    if e.is_timeout() {
+        return format!("{host} did not answer within {} seconds", TIMEOUT.as_secs());
+    }
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if e.is_connect() {
+        format!("cannot connect to {host}: {cause}")
+    } else {
+        format!("no answer from {host}: {cause}")
+    }
+}
+
+/// The message of a provider's JSON error: OpenAI, Azure and Groq use
+/// `{"error": {"message"}}`, Anthropic `{"type": "error", "error": {"message"}}`, Gemini
+/// sometimes wraps it in an array. Otherwise a short plain-text body.
+fn provider_message(body: &[u8]) -> Option<String> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        let v = match &v {
+            Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+            _ => v,
+        };
+        let candidates = [
+            v.pointer("/error/message"),
+            v.get("error").filter(|e| e.is_string()),
+            v.get("message"),
+            v.get("detail"),
+        ];
+        return candidates
+            .into_iter()
+            .flatten()
+            .find_map(Value::as_str)
+            .map(clean);
+    }
+    let text = std::str::from_utf8(body).ok()?.trim();
+    if text.is_empty() || text.starts_with('<') {
+        return None;
+    }
+    Some(clean(text))
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut t: String = s.chars().take(max).collect();
+    t.push('…');
+    t
+}
+
+/// Removes the credential from a provider's text: the whole of it, and any word that
+/// shares eight or more consecutive characters with it (providers echo keys partly masked,
+/// such as `sk-abc1****wxyz`).
+pub fn scrub(text: &str, secret: &ProviderSecret) -> String {
+    const WINDOW: usize = 8;
+    let key = secret.expose();
+    if key.is_empty() {
+        return text.to_owned();
+    }
+    let text = text.replace(key, "[redacted]");
+    let chars: Vec<char> = key.chars().collect();
+    let windows: Vec<String> = if chars.len() <= WINDOW {
+        vec![key.to_owned()]
+    } else {
+        chars.windows(WINDOW).map(|w| w.iter().collect()).collect()
+    };
+    text.split(' ')
+        .map(|word| {
+            if windows.iter().any(|w| word.contains(w.as_str())) {
+                "[redacted]"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_the_key_and_partial_echoes() {
+        let s = ProviderSecret::new("sk-live-1234567890abcdef".into());
+        assert_eq!(
+            scrub("Incorrect API key provided: sk-live-1234567890abcdef.", &s),
+            "Incorrect API key provided: [redacted]."
+        );
+        assert_eq!(
+            scrub("key sk-live-1234****cdef is wrong", &s),
+            "key [redacted] is wrong"
+        );
+        assert_eq!(scrub("invalid x-api-key", &s), "invalid x-api-key");
+    }
+
+    #[test]
+    fn provider_messages_are_found_in_each_shape() {
+        assert_eq!(
+            provider_message(br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error"}}"#),
+            Some("Incorrect API key provided".to_owned())
+        );
+        assert_eq!(
+            provider_message(br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#),
+            Some("invalid x-api-key".to_owned())
+        );
+        assert_eq!(
+            provider_message(br#"[{"error":{"code":400,"message":"API key not valid"}}]"#),
+            Some("API key not valid".to_owned())
+        );
+        assert_eq!(
+            provider_message(b"Unauthorized\n"),
+            Some("Unauthorized".to_owned())
+        );
+        assert_eq!(provider_message(b"<html>nope</html>"), None);
+    }
+
+    #[test]
+    fn each_kind_gets_its_endpoint_and_header() {
+        let s = ProviderSecret::new("k-123".into());
+        let mut cfg = Map::new();
+        cfg.insert("api_version".into(), "2024-10-21".into());
+        let (u, h) = models_request(
+            ProviderKind::AzureOpenai,
+            "https://x.openai.azure.com/",
+            &cfg,
+            &s,
+        )
+        .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://x.openai.azure.com/openai/models?api-version=2024-10-21"
+        );
+        assert_eq!(h["api-key"], "k-123");
+        let (u, h) = models_request(
+            ProviderKind::Anthropic,
+            "https://api.anthropic.com",
+            &cfg,
+            &s,
+        )
+        .unwrap();
+        assert_eq!(u.as_str(), "https://api.anthropic.com/v1/models");
+        assert_eq!(h["x-api-key"], "k-123");
+        assert_eq!(h["anthropic-version"], ANTHROPIC_VERSION);
+        let (u, h) = models_request(
+            ProviderKind::Groq,
+            "https://api.groq.com/openai/v1",
+            &cfg,
+            &s,
+        )
+        .unwrap();
+        assert_eq!(u.as_str(), "https://api.groq.com/openai/v1/models");
+        assert_eq!(h["authorization"], "Bearer k-123");
+        assert!(h["authorization"].is_sensitive());
+    }
+}
