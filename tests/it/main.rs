@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod foundation;
 mod keys;
+mod matrix;
 mod openapi;
 mod providers;
 mod store;
