@@ -24,17 +24,28 @@ use super::{AppendError, EventFilter, EventStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-const COLUMNS: &str = "seq, event_id, stream, stream_version, type, schema, occurred_at, \
-                       actor, request_id, data, prev_hash, hash";
+macro_rules! columns {
+    () => {
+        "seq, event_id, stream, stream_version, type, schema, occurred_at, actor, request_id, \
+         data, prev_hash, hash"
+    };
+}
+const COLUMNS: &str = columns!();
 
 /// Rows per multi-row INSERT. Binding a batch in a few large statements rather than one
 /// statement per event saves a round trip to SQLite's worker thread per row. Smaller
 /// statements (halving down to one row) take the remainder, so only a handful of distinct
 /// statements are ever prepared and all of them stay in the statement cache.
 const INSERT_CHUNK: usize = 64;
-/// Values per `IN (…)` lookup. Shorter lists are padded by repeating their first value so
-/// that every lookup reuses one prepared statement.
-const LOOKUP_CHUNK: usize = 128;
+/// A batch's event ids and streams are looked up with one statement each, passed as one
+/// JSON array, rather than one round trip to SQLite's worker per value or per chunk.
+const LOOKUP_IDS_SQL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE event_id IN (SELECT value FROM json_each(?1))"
+);
+const LOOKUP_STREAMS_SQL: &str = "SELECT j.value, (SELECT MAX(stream_version) FROM events \
+     WHERE stream = j.value) FROM json_each(?1) AS j";
 /// The stream-version cache is cleared when it grows past this many streams; it refills
 /// lazily from the unique (stream, stream_version) index.
 const MAX_CACHED_STREAMS: usize = 200_000;
@@ -49,8 +60,6 @@ pub struct SqliteStore {
     /// writer. `None` until known, and again after a failed append.
     head: parking_lot::Mutex<Option<Head>>,
     insert_sql: Vec<(usize, String)>,
-    lookup_ids_sql: String,
-    lookup_streams_sql: String,
 }
 
 #[derive(Default)]
@@ -119,15 +128,6 @@ impl SqliteStore {
             writer_options,
             head: parking_lot::Mutex::new(None),
             insert_sql,
-            lookup_ids_sql: format!(
-                "SELECT {COLUMNS} FROM events WHERE event_id IN ({})",
-                placeholders(LOOKUP_CHUNK)
-            ),
-            lookup_streams_sql: format!(
-                "SELECT v.column1, (SELECT MAX(stream_version) FROM events \
-                 WHERE stream = v.column1) FROM (VALUES {}) AS v",
-                vec!["(?)"; LOOKUP_CHUNK].join(", ")
-            ),
         })
     }
 
@@ -233,11 +233,11 @@ impl SqliteStore {
             cache.streams.clear();
         }
 
-        let mut ids: Vec<String> = Vec::new();
+        let mut ids: Vec<Ulid> = Vec::new();
         let mut seen_ids = HashSet::new();
         for e in units.iter().flatten() {
             if seen_ids.insert(e.event_id) {
-                ids.push(e.event_id.to_string());
+                ids.push(e.event_id);
             }
         }
         let existing = self.lookup_events(&mut tx, &ids).await?;
@@ -376,46 +376,50 @@ impl SqliteStore {
         Ok(q)
     }
 
+    /// The stored envelopes of those of `ids` that are already in the log.
     async fn lookup_events(
         &self,
         conn: &mut SqliteConnection,
-        ids: &[String],
+        ids: &[Ulid],
     ) -> Result<HashMap<Ulid, Envelope>, StoreError> {
         let mut found = HashMap::new();
-        for chunk in ids.chunks(LOOKUP_CHUNK) {
-            let mut q = sqlx::query(&self.lookup_ids_sql);
-            for i in 0..LOOKUP_CHUNK {
-                q = q.bind(chunk.get(i).unwrap_or(&chunk[0]).as_str());
-            }
-            for row in q.fetch_all(&mut *conn).await? {
-                let env = decode_row(&row)?;
-                found.insert(env.event_id, env);
-            }
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let ids: Vec<String> = ids.iter().map(Ulid::to_string).collect();
+        let rows = sqlx::query(LOOKUP_IDS_SQL)
+            .bind(json_array(&ids))
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in rows {
+            let env = decode_row(&row)?;
+            found.insert(env.event_id, env);
         }
         Ok(found)
     }
 
+    /// The last version of each of `streams`, 0 for a stream with no events.
     async fn lookup_stream_versions(
         &self,
         conn: &mut SqliteConnection,
         streams: &[&str],
     ) -> Result<Vec<(String, u64)>, StoreError> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(LOOKUP_STREAMS_SQL)
+            .bind(json_array(streams))
+            .fetch_all(&mut *conn)
+            .await?;
         let mut found = Vec::with_capacity(streams.len());
-        for chunk in streams.chunks(LOOKUP_CHUNK) {
-            let mut q = sqlx::query(&self.lookup_streams_sql);
-            for i in 0..LOOKUP_CHUNK {
-                q = q.bind(*chunk.get(i).unwrap_or(&chunk[0]));
-            }
-            for row in q.fetch_all(&mut *conn).await? {
-                let stream: String = row.try_get(0)?;
-                let version: Option<i64> = row.try_get(1)?;
-                let version =
-                    u64::try_from(version.unwrap_or(0)).map_err(|_| StoreError::Corrupt {
-                        seq: 0,
-                        reason: format!("stream {stream} has a negative version"),
-                    })?;
-                found.push((stream, version));
-            }
+        for row in rows {
+            let stream: String = row.try_get(0)?;
+            let version: Option<i64> = row.try_get(1)?;
+            let version = u64::try_from(version.unwrap_or(0)).map_err(|_| StoreError::Corrupt {
+                seq: 0,
+                reason: format!("stream {stream} has a negative version"),
+            })?;
+            found.push((stream, version));
         }
         Ok(found)
     }
@@ -644,6 +648,11 @@ fn corrupt(seq: u64, e: sqlx::Error) -> StoreError {
 fn to_i64(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v)
         .map_err(|_| StoreError::Unavailable(format!("{v} does not fit SQLite's INTEGER")))
+}
+
+fn json_array<S: AsRef<str>>(items: &[S]) -> String {
+    let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    serde_json::to_string(&items).unwrap_or_default()
 }
 
 fn placeholders(n: usize) -> String {

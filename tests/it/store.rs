@@ -94,6 +94,7 @@ store_suite!(
     read_filters_narrow,
     read_newest_pages_backwards,
     floats_in_data_read_back_exactly,
+    many_streams_in_one_call_keep_their_versions,
     an_undecodable_row_is_reported_with_its_seq,
     ping_succeeds_on_a_writable_store,
 );
@@ -629,6 +630,37 @@ async fn floats_in_data_read_back_exactly(h: Harness) {
     let log = all(s).await;
     assert_eq!(log, sealed[0]);
     chain::verify(&log).unwrap();
+}
+
+async fn many_streams_in_one_call_keep_their_versions(mut h: Harness) {
+    let users: Vec<String> = (0..300).map(|i| format!("usr_{i:03}")).collect();
+    let created = h
+        .store
+        .append(users.iter().map(|u| vec![user_created(u)]).collect())
+        .await
+        .unwrap();
+    assert!(
+        created
+            .iter()
+            .all(|r| r.as_ref().unwrap()[0].stream_version == 1)
+    );
+
+    // After a restart the versions come from the database, all in one call.
+    h.reopen().await;
+    let mut units: Vec<Vec<NewEvent>> = users
+        .iter()
+        .map(|u| vec![user_disabled(u, ExpectedVersion::Exact(1))])
+        .collect();
+    units.push(vec![user_disabled("usr_007", ExpectedVersion::Exact(1))]);
+    let res = h.store.append(units).await.unwrap();
+    for r in &res[..300] {
+        assert_eq!(r.as_ref().unwrap()[0].stream_version, 2);
+    }
+    assert!(matches!(
+        res[300],
+        Err(AppendError::Conflict { actual: 2, .. })
+    ));
+    assert_eq!(h.store.head().await.unwrap().seq, 600);
 }
 
 async fn an_undecodable_row_is_reported_with_its_seq(h: Harness) {
