@@ -26,6 +26,7 @@ use axum::Router;
 use crate::commands::Commands;
 use crate::config::Config;
 use crate::crypto::Keyring;
+use crate::http::proxy::Proxy;
 use crate::live::Live;
 use crate::store::EventStore;
 
@@ -39,6 +40,7 @@ pub struct App {
     pub live: Arc<Live>,
     pub commands: Commands,
     pub keyring: Keyring,
+    pub proxy: Proxy,
     ready: AtomicBool,
 }
 
@@ -49,6 +51,7 @@ impl App {
         live: Arc<Live>,
         commands: Commands,
         keyring: Keyring,
+        proxy: Proxy,
     ) -> App {
         App {
             config,
@@ -56,6 +59,7 @@ impl App {
             live,
             commands,
             keyring,
+            proxy,
             ready: AtomicBool::new(false),
         }
     }
@@ -71,5 +75,8 @@ impl App {
 
 /// The whole HTTP application. Tests call this directly.
 pub fn app(state: AppState) -> Router {
-    Router::new().merge(http::ops::router()).with_state(state)
+    Router::new()
+        .merge(http::ops::router())
+        .merge(http::proxy::router())
+        .with_state(state)
 }

@@ -12,6 +12,7 @@ use crate::bootstrap;
 use crate::commands::Commands;
 use crate::config::Config;
 use crate::crypto::{Keyring, MasterKey};
+use crate::http::proxy::Proxy;
 use crate::live::{Live, RebuildReport};
 use crate::store::appender::{Appender, AppenderConfig, AppenderHandle};
 use crate::store::{self, EventStore};
@@ -27,6 +28,7 @@ pub struct Running {
     /// Where the first run wrote the initial admin key, if this start created it.
     pub initial_key_file: Option<PathBuf>,
     appender: AppenderHandle,
+    sweeper: tokio::task::JoinHandle<()>,
     _lock: Option<File>,
 }
 
@@ -34,6 +36,10 @@ impl Running {
     /// Stops taking events and commits everything queued.
     pub async fn shutdown(self) {
         self.state.0.set_ready(false);
+        self.sweeper.abort();
+        let _ = self.sweeper.await;
+        let app = &self.state.0;
+        app.proxy.flush_denials(&app.commands.appender, true).await;
         self.appender.shutdown().await;
     }
 }
@@ -47,6 +53,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
     let keyring = load_keyring(&config)?;
+    let proxy = Proxy::new(&config).context("cannot build the HTTP client for providers")?;
     let store: Arc<dyn EventStore> =
         store::open(&config.database_url).await.with_context(|| {
             format!(
@@ -94,10 +101,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         initial_key_file = Some(path);
     }
 
-    let app = App::new(config, store, live, commands, keyring);
+    let app = App::new(config, store, live, commands, keyring, proxy);
     app.set_ready(true);
+    let state = AppState(Arc::new(app));
+    let sweeper = crate::http::proxy::spawn_sweeper(state.clone());
     Ok(Running {
-        state: AppState(Arc::new(app)),
+        state,
+        sweeper,
         report,
         initial_key_file,
         appender: handle,
