@@ -6,4 +6,5 @@
 mod cli;
 mod common;
 mod foundation;
+mod proxy;
 mod store;
