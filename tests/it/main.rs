@@ -7,4 +7,5 @@ mod cli;
 mod common;
 mod foundation;
 mod proxy;
+mod sdk;
 mod store;
