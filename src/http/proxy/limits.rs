@@ -128,9 +128,24 @@ impl AuthFailures {
         now.saturating_duration_since(self.base).as_secs()
     }
 
+    /// IPv6 clients are counted by their /64, which one host can usually fill at will.
+    fn bucket(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let seg = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(
+                    seg[0], seg[1], seg[2], seg[3], 0, 0, 0, 0,
+                ))
+            }
+            v4 => v4,
+        }
+    }
+
     /// Whether this IP already failed `per_second` times in the current second.
     pub fn blocked(&self, ip: Option<IpAddr>, now: Instant) -> bool {
-        let Some(ip) = ip else { return false };
+        let Some(ip) = ip.map(Self::bucket) else {
+            return false;
+        };
         if self.entries.load(Ordering::Relaxed) == 0 {
             return false;
         }
@@ -142,7 +157,9 @@ impl AuthFailures {
     }
 
     pub fn failed(&self, ip: Option<IpAddr>, now: Instant) {
-        let Some(ip) = ip else { return };
+        let Some(ip) = ip.map(Self::bucket) else {
+            return;
+        };
         let sec = self.second(now);
         let mut map = self.by_ip.lock();
         if map.len() >= AUTH_FAILURE_IPS_MAX {
@@ -176,7 +193,7 @@ struct Pending {
 /// counted, and carried by the next event as `suppressed`, so the log's count is exact
 /// once [`DenyThrottle::flush`] has run.
 pub struct DenyThrottle {
-    window: Duration,
+    pub window: Duration,
     pending: Mutex<HashMap<(String, DenyReason), Pending>>,
 }
 
@@ -376,6 +393,14 @@ mod tests {
         assert!(!f.blocked(ip, t0 + Duration::from_secs(2)));
         f.prune(t0 + Duration::from_secs(2));
         assert!(!f.blocked(ip, t0));
+
+        // One IPv6 /64 is one client.
+        let a: Option<IpAddr> = Some("2001:db8:1:2::1".parse().unwrap());
+        let b: Option<IpAddr> = Some("2001:db8:1:2:ffff::9".parse().unwrap());
+        f.failed(a, t0);
+        f.failed(b, t0);
+        assert!(f.blocked(Some("2001:db8:1:2::77".parse().unwrap()), t0));
+        assert!(!f.blocked(Some("2001:db8:1:3::1".parse().unwrap()), t0));
     }
 
     fn denied(reason: DenyReason) -> KeyDenied {

@@ -69,7 +69,6 @@ pub struct Proxy {
     rate: RateLimits,
     auth_failures: AuthFailures,
     denials: DenyThrottle,
-    denied_window: Duration,
 }
 
 impl Proxy {
@@ -89,7 +88,6 @@ impl Proxy {
             rate: RateLimits::default(),
             auth_failures: AuthFailures::new(config.auth_failures_per_second),
             denials: DenyThrottle::new(config.denied_event_window),
-            denied_window: config.denied_event_window,
         })
     }
 
@@ -120,7 +118,8 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
         let app = &state.0;
         let period = app
             .proxy
-            .denied_window
+            .denials
+            .window
             .clamp(Duration::from_millis(100), Duration::from_secs(10));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
