@@ -102,30 +102,30 @@ impl RateLimits {
     }
 }
 
-/// Counts failed authentications per client IP in one-second windows.
+/// Counts failed authentications per client IP. A window opens at an IP's first failure
+/// and lasts one second; past `per_second` failures in it, the IP is refused until it ends.
 pub struct AuthFailures {
     per_second: u32,
-    base: Instant,
-    by_ip: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    by_ip: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     /// Entries in `by_ip`, read without the lock so that traffic with no failures never
     /// takes it.
     entries: AtomicUsize,
 }
 
 const AUTH_FAILURE_IPS_MAX: usize = 100_000;
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(1);
 
 impl AuthFailures {
     pub fn new(per_second: u32) -> AuthFailures {
         AuthFailures {
             per_second: per_second.max(1),
-            base: Instant::now(),
             by_ip: Mutex::new(HashMap::new()),
             entries: AtomicUsize::new(0),
         }
     }
 
-    fn second(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.base).as_secs()
+    fn open(start: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(start) < AUTH_FAILURE_WINDOW
     }
 
     /// IPv6 clients are counted by their /64, which one host can usually fill at will.
@@ -141,7 +141,7 @@ impl AuthFailures {
         }
     }
 
-    /// Whether this IP already failed `per_second` times in the current second.
+    /// Whether this IP already failed `per_second` times in its current window.
     pub fn blocked(&self, ip: Option<IpAddr>, now: Instant) -> bool {
         let Some(ip) = ip.map(Self::bucket) else {
             return false;
@@ -149,35 +149,32 @@ impl AuthFailures {
         if self.entries.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        let sec = self.second(now);
         self.by_ip
             .lock()
             .get(&ip)
-            .is_some_and(|(s, n)| *s == sec && *n >= self.per_second)
+            .is_some_and(|(start, n)| Self::open(*start, now) && *n >= self.per_second)
     }
 
     pub fn failed(&self, ip: Option<IpAddr>, now: Instant) {
         let Some(ip) = ip.map(Self::bucket) else {
             return;
         };
-        let sec = self.second(now);
         let mut map = self.by_ip.lock();
         if map.len() >= AUTH_FAILURE_IPS_MAX {
-            map.retain(|_, (s, _)| *s == sec);
+            map.retain(|_, (start, _)| Self::open(*start, now));
         }
-        let e = map.entry(ip).or_insert((sec, 0));
-        if e.0 != sec {
-            *e = (sec, 0);
+        let e = map.entry(ip).or_insert((now, 0));
+        if !Self::open(e.0, now) {
+            *e = (now, 0);
         }
         e.1 = e.1.saturating_add(1);
         self.entries.store(map.len(), Ordering::Relaxed);
     }
 
-    /// Drops the counts of past seconds.
+    /// Forgets the windows that have ended.
     pub fn prune(&self, now: Instant) {
-        let sec = self.second(now);
         let mut map = self.by_ip.lock();
-        map.retain(|_, (s, _)| *s == sec);
+        map.retain(|_, (start, _)| Self::open(*start, now));
         self.entries.store(map.len(), Ordering::Relaxed);
     }
 }
@@ -380,17 +377,17 @@ mod tests {
     }
 
     #[test]
-    fn auth_failures_block_for_the_rest_of_the_second() {
+    fn auth_failures_block_until_the_window_ends() {
         let f = AuthFailures::new(2);
         let ip: Option<IpAddr> = Some("10.1.2.3".parse().unwrap());
         let t0 = Instant::now();
         assert!(!f.blocked(ip, t0));
         f.failed(ip, t0);
         assert!(!f.blocked(ip, t0));
-        f.failed(ip, t0);
-        assert!(f.blocked(ip, t0));
+        f.failed(ip, t0 + Duration::from_millis(900));
+        assert!(f.blocked(ip, t0 + Duration::from_millis(900)));
         assert!(!f.blocked(Some("10.1.2.4".parse().unwrap()), t0));
-        assert!(!f.blocked(ip, t0 + Duration::from_secs(2)));
+        assert!(!f.blocked(ip, t0 + Duration::from_millis(1000)));
         f.prune(t0 + Duration::from_secs(2));
         assert!(!f.blocked(ip, t0));
 

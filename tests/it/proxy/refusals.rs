@@ -494,7 +494,7 @@ async fn repeated_failed_authentications_from_one_ip_get_429_without_a_lookup() 
         ))
         .await;
     assert_eq!(r.status(), 200);
-    // And the next second the address may try again.
+    // Once its window has ended, the address may try again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = gw
         .call(from(

@@ -68,7 +68,7 @@ async fn chunks_arrive_as_the_provider_sends_them_and_a_client_that_leaves_is_re
 
 #[tokio::test]
 async fn a_provider_that_goes_quiet_is_cut_off_by_the_idle_timeout() {
-    let gw = Gw::start_with(|c| c.upstream_idle_timeout = Duration::from_millis(300)).await;
+    let gw = Gw::start_with(|c| c.upstream_idle_timeout = Duration::from_millis(500)).await;
     let p = gw.openai(&[]).await;
     let (_, secret) = gw.key(KeySpec::on(&p)).await;
     let started = Instant::now();
@@ -129,7 +129,8 @@ async fn a_client_that_leaves_before_the_answer_is_recorded_too() {
             )));
         tower::ServiceExt::oneshot(keyward::app(state), req).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The mock takes 3 s to answer; by now the request is waiting for it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     call.abort();
     let used = gw.last_used(1).await;
     assert_eq!(used.outcome, UsageOutcome::ClientClosed);
