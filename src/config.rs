@@ -59,6 +59,22 @@ pub struct ServeArgs {
     /// How long a graceful shutdown waits for in-flight requests, e.g. `30s`.
     #[arg(long, env = "KEYWARD_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// How long connecting to a provider may take, e.g. `10s`.
+    #[arg(long, env = "KEYWARD_UPSTREAM_CONNECT_TIMEOUT")]
+    pub upstream_connect_timeout: Option<String>,
+    /// How long a provider may take to start answering (its response headers), e.g. `300s`.
+    #[arg(long, env = "KEYWARD_UPSTREAM_FIRST_BYTE_TIMEOUT")]
+    pub upstream_first_byte_timeout: Option<String>,
+    /// How long a provider's response may pause between two chunks, e.g. `60s`.
+    #[arg(long, env = "KEYWARD_UPSTREAM_IDLE_TIMEOUT")]
+    pub upstream_idle_timeout: Option<String>,
+    /// Failed authentications per second from one IP before the proxy answers 429 without
+    /// looking the key up.
+    #[arg(long, env = "KEYWARD_AUTH_FAILURES_PER_SECOND")]
+    pub auth_failures_per_second: Option<String>,
+    /// The window in which a key's refusals for one reason make a single `key.denied`.
+    #[arg(long, env = "KEYWARD_DENIED_EVENT_WINDOW")]
+    pub denied_event_window: Option<String>,
     /// Start even though the audit chain does not verify. Loudly.
     #[arg(long)]
     pub allow_broken_chain: bool,
@@ -79,6 +95,11 @@ struct FileConfig {
     append_batch_max: Option<usize>,
     body_limit_bytes: Option<usize>,
     shutdown_grace: Option<String>,
+    upstream_connect_timeout: Option<String>,
+    upstream_first_byte_timeout: Option<String>,
+    upstream_idle_timeout: Option<String>,
+    auth_failures_per_second: Option<u32>,
+    denied_event_window: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +121,11 @@ pub struct Config {
     pub append_batch_max: usize,
     pub body_limit_bytes: usize,
     pub shutdown_grace: std::time::Duration,
+    pub upstream_connect_timeout: std::time::Duration,
+    pub upstream_first_byte_timeout: std::time::Duration,
+    pub upstream_idle_timeout: std::time::Duration,
+    pub auth_failures_per_second: u32,
+    pub denied_event_window: std::time::Duration,
     pub allow_broken_chain: bool,
 }
 
@@ -128,6 +154,11 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "append-batch-max" => "KEYWARD_APPEND_BATCH_MAX",
         "body-limit-bytes" => "KEYWARD_BODY_LIMIT_BYTES",
         "shutdown-grace" => "KEYWARD_SHUTDOWN_GRACE",
+        "upstream-connect-timeout" => "KEYWARD_UPSTREAM_CONNECT_TIMEOUT",
+        "upstream-first-byte-timeout" => "KEYWARD_UPSTREAM_FIRST_BYTE_TIMEOUT",
+        "upstream-idle-timeout" => "KEYWARD_UPSTREAM_IDLE_TIMEOUT",
+        "auth-failures-per-second" => "KEYWARD_AUTH_FAILURES_PER_SECOND",
+        "denied-event-window" => "KEYWARD_DENIED_EVENT_WINDOW",
         "config" => "KEYWARD_CONFIG",
         _ => "",
     };
@@ -141,6 +172,11 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "append-batch-max" => "append_batch_max",
         "body-limit-bytes" => "body_limit_bytes",
         "shutdown-grace" => "shutdown_grace",
+        "upstream-connect-timeout" => "upstream_connect_timeout",
+        "upstream-first-byte-timeout" => "upstream_first_byte_timeout",
+        "upstream-idle-timeout" => "upstream_idle_timeout",
+        "auth-failures-per-second" => "auth_failures_per_second",
+        "denied-event-window" => "denied_event_window",
         other => other,
     };
     ConfigError {
@@ -253,15 +289,44 @@ impl Config {
             1024,
             1 << 30,
         )?;
-        let grace_s = s
-            .shutdown_grace
-            .clone()
-            .or(file.shutdown_grace)
-            .unwrap_or_else(|| "30s".to_owned());
-        let shutdown_grace = parse_duration(&grace_s)
-            .map_err(|r| bad("shutdown-grace", r))?
-            .to_std()
-            .map_err(|_| bad("shutdown-grace", "must be positive"))?;
+        let shutdown_grace = std_duration(
+            s.shutdown_grace.as_deref(),
+            file.shutdown_grace,
+            "30s",
+            "shutdown-grace",
+        )?;
+        let upstream_connect_timeout = std_duration(
+            s.upstream_connect_timeout.as_deref(),
+            file.upstream_connect_timeout,
+            "10s",
+            "upstream-connect-timeout",
+        )?;
+        let upstream_first_byte_timeout = std_duration(
+            s.upstream_first_byte_timeout.as_deref(),
+            file.upstream_first_byte_timeout,
+            "300s",
+            "upstream-first-byte-timeout",
+        )?;
+        let upstream_idle_timeout = std_duration(
+            s.upstream_idle_timeout.as_deref(),
+            file.upstream_idle_timeout,
+            "60s",
+            "upstream-idle-timeout",
+        )?;
+        let auth_failures_per_second = number(
+            s.auth_failures_per_second.as_deref(),
+            file.auth_failures_per_second.map(|n| n as usize),
+            10,
+            "auth-failures-per-second",
+            1,
+            1_000_000,
+        )? as u32;
+        let denied_event_window = std_duration(
+            s.denied_event_window.as_deref(),
+            file.denied_event_window,
+            "60s",
+            "denied-event-window",
+        )?;
 
         Ok(Config {
             data_dir,
@@ -275,6 +340,11 @@ impl Config {
             append_batch_max,
             body_limit_bytes,
             shutdown_grace,
+            upstream_connect_timeout,
+            upstream_first_byte_timeout,
+            upstream_idle_timeout,
+            auth_failures_per_second,
+            denied_event_window,
             allow_broken_chain: s.allow_broken_chain,
         })
     }
@@ -314,7 +384,24 @@ fn number(
     Ok(v)
 }
 
-/// Parses `90d`, `12h`, `30m`, `45s` or `2w`. A bare number is refused: a unit is required.
+/// A positive duration setting, from the flag or the environment, else the file, else the
+/// default.
+fn std_duration(
+    flag: Option<&str>,
+    file: Option<String>,
+    default: &str,
+    setting: &'static str,
+) -> Result<std::time::Duration, ConfigError> {
+    let text = flag.map(str::to_owned).or(file);
+    let text = text.as_deref().unwrap_or(default);
+    parse_duration(text)
+        .map_err(|r| bad(setting, r))?
+        .to_std()
+        .map_err(|_| bad(setting, "must be positive"))
+}
+
+/// Parses `90d`, `12h`, `30m`, `45s`, `2w` or `250ms`. A bare number is refused: a unit is
+/// required.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -324,12 +411,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{s:?} is not a duration such as 30d, 12h, 15m or 45s"))?;
     let max = 100 * 365;
     let d = match unit {
+        "ms" if n <= max * 24 * 3600 * 1000 => Duration::milliseconds(n),
         "w" if n <= max / 7 => Duration::weeks(n),
         "d" if n <= max => Duration::days(n),
         "h" if n <= max * 24 => Duration::hours(n),
         "m" if n <= max * 24 * 60 => Duration::minutes(n),
         "s" if n <= max * 24 * 3600 => Duration::seconds(n),
-        "w" | "d" | "h" | "m" | "s" => return Err(format!("{s:?} is longer than 100 years")),
+        "w" | "d" | "h" | "m" | "s" | "ms" => {
+            return Err(format!("{s:?} is longer than 100 years"));
+        }
         _ => {
             return Err(format!(
                 "{s:?} is not a duration such as 30d, 12h, 15m or 45s"
@@ -354,6 +444,48 @@ mod tests {
         assert_eq!(c.database_url, "sqlite://./keyward-data/keyward.db");
         assert_eq!(c.max_key_lifetime, Duration::days(180));
         assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(
+            c.upstream_connect_timeout,
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(
+            c.upstream_first_byte_timeout,
+            std::time::Duration::from_secs(300)
+        );
+        assert_eq!(c.upstream_idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.auth_failures_per_second, 10);
+        assert_eq!(c.denied_event_window, std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn proxy_settings_are_read_and_checked() {
+        let s = ServeArgs {
+            upstream_idle_timeout: Some("250ms".into()),
+            auth_failures_per_second: Some("3".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&GlobalArgs::default(), &s).unwrap();
+        assert_eq!(
+            c.upstream_idle_timeout,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(c.auth_failures_per_second, 3);
+        let s = ServeArgs {
+            upstream_first_byte_timeout: Some("soon".into()),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&GlobalArgs::default(), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("KEYWARD_UPSTREAM_FIRST_BYTE_TIMEOUT"), "{e}");
+        let s = ServeArgs {
+            auth_failures_per_second: Some("0".into()),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&GlobalArgs::default(), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("KEYWARD_AUTH_FAILURES_PER_SECOND"), "{e}");
     }
 
     #[test]
@@ -438,6 +570,10 @@ mod tests {
         assert_eq!(parse_duration("30d").unwrap(), Duration::days(30));
         assert_eq!(parse_duration("2w").unwrap(), Duration::days(14));
         assert_eq!(parse_duration("15m").unwrap(), Duration::minutes(15));
+        assert_eq!(
+            parse_duration("250ms").unwrap(),
+            Duration::milliseconds(250)
+        );
         for bad in ["", "d", "10", "-1d", "0d", "1y", "99999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

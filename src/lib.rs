@@ -30,6 +30,7 @@ use axum::Router;
 use crate::commands::Commands;
 use crate::config::Config;
 use crate::crypto::Keyring;
+use crate::http::proxy::Proxy;
 use crate::live::Live;
 use crate::store::EventStore;
 
@@ -43,6 +44,7 @@ pub struct App {
     pub live: Arc<Live>,
     pub commands: Commands,
     pub keyring: Keyring,
+    pub proxy: Proxy,
     ready: AtomicBool,
 }
 
@@ -53,6 +55,7 @@ impl App {
         live: Arc<Live>,
         commands: Commands,
         keyring: Keyring,
+        proxy: Proxy,
     ) -> App {
         App {
             config,
@@ -60,6 +63,7 @@ impl App {
             live,
             commands,
             keyring,
+            proxy,
             ready: AtomicBool::new(false),
         }
     }
@@ -78,6 +82,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(http::ops::router())
         .merge(http::api::router())
+        .merge(http::proxy::router())
         .layer(axum::middleware::from_fn(http::request_id::layer))
         .with_state(state)
 }

@@ -12,6 +12,7 @@ use crate::bootstrap;
 use crate::commands::Commands;
 use crate::config::Config;
 use crate::crypto::{Keyring, MasterKey};
+use crate::http::proxy::Proxy;
 use crate::live::{Live, RebuildReport};
 use crate::store::appender::{Appender, AppenderConfig, AppenderHandle};
 use crate::store::{self, EventStore};
@@ -31,6 +32,8 @@ pub struct Running {
         tokio::sync::watch::Sender<bool>,
         tokio::task::JoinHandle<()>,
     ),
+    /// The proxy's background upkeep: held-back denials and limit tables.
+    proxy_janitor: tokio::task::JoinHandle<()>,
     _lock: Option<File>,
 }
 
@@ -41,6 +44,10 @@ impl Running {
         let (stop, task) = self.sweeper;
         let _ = stop.send(true);
         let _ = task.await;
+        self.proxy_janitor.abort();
+        let _ = self.proxy_janitor.await;
+        let app = &self.state.0;
+        app.proxy.flush_denials(&app.commands.appender, true).await;
         self.appender.shutdown().await;
     }
 }
@@ -54,6 +61,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
     let keyring = load_keyring(&config)?;
+    let proxy = Proxy::new(&config).context("cannot build the HTTP client for providers")?;
     let store: Arc<dyn EventStore> =
         store::open(&config.database_url).await.with_context(|| {
             format!(
@@ -103,10 +111,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = (stop, crate::sweeper::spawn(commands.clone(), stop_rx));
-    let app = App::new(config, store, live, commands, keyring);
+    let app = App::new(config, store, live, commands, keyring, proxy);
     app.set_ready(true);
+    let state = AppState(Arc::new(app));
+    let proxy_janitor = crate::http::proxy::spawn_sweeper(state.clone());
     Ok(Running {
-        state: AppState(Arc::new(app)),
+        state,
+        proxy_janitor,
         report,
         initial_key_file,
         appender: handle,

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod me;
 pub mod ops;
 pub mod providers;
+pub mod proxy;
 pub mod request_id;
 pub mod schema;
 pub mod users;

@@ -1,5 +1,5 @@
 //! A request id on every request: the client's `x-request-id` when it is sane, otherwise a
-//! new ULID. It is returned in the response header and recorded in events.
+//! new `req_<ULID>`. It is returned in the response header and recorded in events.
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
@@ -24,7 +24,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| sane(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| ulid::Ulid::new().to_string());
+        .unwrap_or_else(|| format!("req_{}", ulid::Ulid::new()));
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut res = tracing::Instrument::instrument(next.run(req), span).await;

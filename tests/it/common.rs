@@ -28,8 +28,15 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn start() -> TestApp {
+        TestApp::start_with(|_| {}).await
+    }
+
+    /// Starts with the test config changed by `f` first.
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
-        let running = start(config_in(dir.path())).await.unwrap();
+        let mut config = config_in(dir.path());
+        f(&mut config);
+        let running = start(config).await.unwrap();
         TestApp { running, dir }
     }
 

@@ -12,5 +12,7 @@ mod keys;
 mod matrix;
 mod openapi;
 mod providers;
+mod proxy;
+mod sdk;
 mod store;
 mod users;

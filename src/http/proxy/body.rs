@@ -1,0 +1,353 @@
+//! Reading a client's request body: the few fields the proxy needs (`model`, `stream`,
+//! `stream_options.include_usage`) and a walk over every key at every depth that refuses
+//! the fields a client could use to choose the upstream or its credential. Nothing else
+//! is decoded, and the body is forwarded as it came.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+/// What the proxy reads from a body.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scanned {
+    pub model: Option<String>,
+    /// `model` is present but not a string.
+    pub model_invalid: bool,
+    pub stream: bool,
+    /// The client asked for the final usage chunk itself.
+    pub include_usage: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScanError {
+    /// Not JSON, or JSON nested too deeply.
+    Syntax,
+    /// Valid JSON, but not an object.
+    NotObject,
+    /// A key that chooses the upstream or its credential, at this path.
+    Forbidden(String),
+}
+
+/// Keys a client may not send at any depth, compared without case, `_` or `-`.
+const FORBIDDEN: &[&str] = &["apibase", "baseurl", "apikey"];
+
+fn is_forbidden(key: &str) -> bool {
+    if key.len() > 16 {
+        return false;
+    }
+    let norm: String = key
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    FORBIDDEN.contains(&norm.as_str())
+}
+
+pub fn scan(body: &[u8]) -> Result<Scanned, ScanError> {
+    let mut walk = Walk::default();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let res = Top { walk: &mut walk }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    if let Some(path) = walk.forbidden {
+        return Err(ScanError::Forbidden(path));
+    }
+    if walk.not_object {
+        return Err(ScanError::NotObject);
+    }
+    res.map_err(|_| ScanError::Syntax)?;
+    Ok(walk.out)
+}
+
+/// The body with `stream_options.include_usage` set, so that the provider reports usage in
+/// a final chunk. The only case where an OpenAI-format body is re-serialised.
+pub fn with_include_usage(body: &[u8]) -> Result<Vec<u8>, ScanError> {
+    let mut v: Value = serde_json::from_slice(body).map_err(|_| ScanError::Syntax)?;
+    let obj = v.as_object_mut().ok_or(ScanError::NotObject)?;
+    let opts = obj
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !opts.is_object() {
+        *opts = Value::Object(Default::default());
+    }
+    if let Some(o) = opts.as_object_mut() {
+        o.insert("include_usage".to_owned(), Value::Bool(true));
+    }
+    serde_json::to_vec(&v).map_err(|_| ScanError::Syntax)
+}
+
+#[derive(Default)]
+struct Walk {
+    out: Scanned,
+    path: Vec<Seg>,
+    forbidden: Option<String>,
+    not_object: bool,
+}
+
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+impl Walk {
+    fn path_with(&self, last: &str) -> String {
+        let mut s = String::new();
+        for seg in &self.path {
+            match seg {
+                Seg::Key(k) => {
+                    if !s.is_empty() {
+                        s.push('.');
+                    }
+                    s.push_str(k);
+                }
+                Seg::Index(i) => s.push_str(&format!("[{i}]")),
+            }
+        }
+        if !s.is_empty() {
+            s.push('.');
+        }
+        s.push_str(last);
+        s
+    }
+
+    fn check_key<E: de::Error>(&mut self, key: &str) -> Result<(), E> {
+        if is_forbidden(key) {
+            self.forbidden = Some(self.path_with(key));
+            return Err(E::custom("forbidden field"));
+        }
+        Ok(())
+    }
+}
+
+/// The top-level object: reads the three fields and walks the rest.
+struct Top<'a> {
+    walk: &'a mut Walk,
+}
+
+impl<'de> DeserializeSeed<'de> for Top<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            self.walk.check_key(&key)?;
+            match key.as_str() {
+                "model" => match map.next_value::<Value>()? {
+                    Value::String(m) => self.walk.out.model = Some(m),
+                    Value::Null => {}
+                    _ => self.walk.out.model_invalid = true,
+                },
+                "stream" => {
+                    self.walk.out.stream = matches!(map.next_value::<Value>()?, Value::Bool(true));
+                }
+                "stream_options" => {
+                    let v = map.next_value::<Value>()?;
+                    self.walk.path.push(Seg::Key(key));
+                    check_value(self.walk, &v)?;
+                    self.walk.path.pop();
+                    self.walk.out.include_usage =
+                        v.get("include_usage").and_then(Value::as_bool) == Some(true);
+                }
+                _ => {
+                    self.walk.path.push(Seg::Key(key));
+                    map.next_value_seed(Nested {
+                        walk: &mut *self.walk,
+                    })?;
+                    self.walk.path.pop();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.walk.not_object = true;
+        Err(de::Error::custom("not an object"))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.not_object()
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.not_object()
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.not_object()
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.not_object()
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.not_object()
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.not_object()
+    }
+}
+
+impl Top<'_> {
+    fn not_object<E: de::Error>(self) -> Result<(), E> {
+        self.walk.not_object = true;
+        Err(E::custom("not an object"))
+    }
+}
+
+fn check_value<E: de::Error>(walk: &mut Walk, v: &Value) -> Result<(), E> {
+    match v {
+        Value::Object(m) => {
+            for (k, inner) in m {
+                walk.check_key(k)?;
+                walk.path.push(Seg::Key(k.clone()));
+                check_value(walk, inner)?;
+                walk.path.pop();
+            }
+        }
+        Value::Array(a) => {
+            for (i, inner) in a.iter().enumerate() {
+                walk.path.push(Seg::Index(i));
+                check_value(walk, inner)?;
+                walk.path.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Any value below the top level: only its keys are looked at.
+struct Nested<'a> {
+    walk: &'a mut Walk,
+}
+
+impl<'de> DeserializeSeed<'de> for Nested<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Nested<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            self.walk.check_key(&key)?;
+            self.walk.path.push(Seg::Key(key));
+            map.next_value_seed(Nested {
+                walk: &mut *self.walk,
+            })?;
+            self.walk.path.pop();
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        loop {
+            self.walk.path.push(Seg::Index(i));
+            let more = seq
+                .next_element_seed(Nested {
+                    walk: &mut *self.walk,
+                })?
+                .is_some();
+            self.walk.path.pop();
+            if !more {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_model_stream_and_include_usage() {
+        let s = scan(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert_eq!(s.model.as_deref(), Some("gpt-4o"));
+        assert!(s.stream && s.include_usage && !s.model_invalid);
+        let s = scan(br#"{"model":7}"#).unwrap();
+        assert!(s.model_invalid && s.model.is_none() && !s.stream);
+    }
+
+    #[test]
+    fn forbidden_fields_are_found_at_any_depth() {
+        assert_eq!(
+            scan(br#"{"model":"m","api_base":"http://evil"}"#),
+            Err(ScanError::Forbidden("api_base".into()))
+        );
+        assert_eq!(
+            scan(br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","extra":{"baseURL":"x"}}]}]}"#),
+            Err(ScanError::Forbidden("messages[0].content[0].extra.baseURL".into()))
+        );
+        assert_eq!(
+            scan(br#"{"stream_options":{"api-key":"k"}}"#),
+            Err(ScanError::Forbidden("stream_options.api-key".into()))
+        );
+        assert_eq!(
+            scan(br#"{"a":[[{"Api_Key":1}]]}"#),
+            Err(ScanError::Forbidden("a[0][0].Api_Key".into()))
+        );
+        // A value that merely mentions the name is fine.
+        assert!(scan(br#"{"model":"m","messages":[{"content":"my api_key is"}]}"#).is_ok());
+    }
+
+    #[test]
+    fn malformed_bodies() {
+        assert_eq!(scan(b"{\"model\":"), Err(ScanError::Syntax));
+        assert_eq!(scan(b"[1,2]"), Err(ScanError::NotObject));
+        assert_eq!(scan(b"\"x\""), Err(ScanError::NotObject));
+        assert_eq!(scan(b"{} x"), Err(ScanError::Syntax));
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert_eq!(
+            scan(format!("{{\"a\":{deep}}}").as_bytes()),
+            Err(ScanError::Syntax)
+        );
+    }
+
+    #[test]
+    fn include_usage_is_added_and_kept() {
+        let out =
+            with_include_usage(br#"{"model":"m","stream":true,"stream_options":{"x":1}}"#).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], Value::Bool(true));
+        assert_eq!(v["stream_options"]["x"], 1);
+        assert_eq!(v["model"], "m");
+    }
+}

@@ -1,0 +1,480 @@
+//! The proxy's in-memory limits: the per-key rate limit (GCRA, with governor), the per-IP
+//! throttle on failed authentications, the throttle on `key.denied` events, and the pure
+//! checks of the IP allowlist and the quotas.
+//!
+//! All of it is per node. With several nodes a key gets each node's rate limit; quotas
+//! come from the usage projection, which every node folds from the shared log.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{Datelike, NaiveDate, TimeZone, Utc};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultDirectRateLimiter, Quota as GovQuota};
+use keyward_events::{DenyReason, KeyDenied, Quota, RateLimit};
+use keyward_projections::DayCounters;
+use parking_lot::{Mutex, RwLock};
+
+use crate::time::Timestamp;
+
+type Limiter = DefaultDirectRateLimiter<StateInformationMiddleware>;
+
+struct KeyLimiter {
+    config: RateLimit,
+    /// `None` when the key's rate is zero: every request is refused.
+    limiter: Option<Limiter>,
+}
+
+/// The outcome of a rate-limit check, with what the `x-ratelimit-*` headers report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateDecision {
+    Allowed { limit: u32, remaining: u32 },
+    Refused { limit: u32, retry_after: Duration },
+}
+
+/// One GCRA limiter per key, created on the key's first request and replaced when its
+/// rate limit changes.
+#[derive(Default)]
+pub struct RateLimits {
+    by_key: RwLock<HashMap<String, Arc<KeyLimiter>>>,
+    clock: DefaultClock,
+}
+
+impl RateLimits {
+    pub fn check(&self, key_id: &str, config: RateLimit) -> RateDecision {
+        let found = self
+            .by_key
+            .read()
+            .get(key_id)
+            .filter(|l| l.config == config)
+            .cloned();
+        let lim = match found {
+            Some(l) => l,
+            None => {
+                let fresh = Arc::new(KeyLimiter {
+                    config,
+                    limiter: NonZeroU32::new(config.requests_per_minute).map(|rpm| {
+                        let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
+                        governor::RateLimiter::direct_with_clock(
+                            GovQuota::per_minute(rpm).allow_burst(burst),
+                            self.clock.clone(),
+                        )
+                        .with_middleware::<StateInformationMiddleware>()
+                    }),
+                });
+                let mut map = self.by_key.write();
+                let entry = map
+                    .entry(key_id.to_owned())
+                    .or_insert_with(|| fresh.clone());
+                if entry.config != config {
+                    *entry = fresh;
+                }
+                entry.clone()
+            }
+        };
+        let limit = config.requests_per_minute;
+        match &lim.limiter {
+            None => RateDecision::Refused {
+                limit,
+                retry_after: Duration::from_secs(60),
+            },
+            Some(l) => match l.check() {
+                Ok(snap) => RateDecision::Allowed {
+                    limit,
+                    remaining: snap.remaining_burst_capacity(),
+                },
+                Err(not_until) => RateDecision::Refused {
+                    limit,
+                    retry_after: not_until.wait_time_from(self.clock.now()),
+                },
+            },
+        }
+    }
+
+    /// Forgets the limiters of keys that `keep` says are gone.
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.by_key.write().retain(|k, _| keep(k));
+    }
+}
+
+/// Counts failed authentications per client IP. A window opens at an IP's first failure
+/// and lasts one second; past `per_second` failures in it, the IP is refused until it ends.
+pub struct AuthFailures {
+    per_second: u32,
+    by_ip: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Entries in `by_ip`, read without the lock so that traffic with no failures never
+    /// takes it.
+    entries: AtomicUsize,
+}
+
+const AUTH_FAILURE_IPS_MAX: usize = 100_000;
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(1);
+
+impl AuthFailures {
+    pub fn new(per_second: u32) -> AuthFailures {
+        AuthFailures {
+            per_second: per_second.max(1),
+            by_ip: Mutex::new(HashMap::new()),
+            entries: AtomicUsize::new(0),
+        }
+    }
+
+    fn open(start: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(start) < AUTH_FAILURE_WINDOW
+    }
+
+    /// IPv6 clients are counted by their /64, which one host can usually fill at will.
+    fn bucket(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let seg = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(
+                    seg[0], seg[1], seg[2], seg[3], 0, 0, 0, 0,
+                ))
+            }
+            v4 => v4,
+        }
+    }
+
+    /// Whether this IP already failed `per_second` times in its current window.
+    pub fn blocked(&self, ip: Option<IpAddr>, now: Instant) -> bool {
+        let Some(ip) = ip.map(Self::bucket) else {
+            return false;
+        };
+        if self.entries.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.by_ip
+            .lock()
+            .get(&ip)
+            .is_some_and(|(start, n)| Self::open(*start, now) && *n >= self.per_second)
+    }
+
+    pub fn failed(&self, ip: Option<IpAddr>, now: Instant) {
+        let Some(ip) = ip.map(Self::bucket) else {
+            return;
+        };
+        let mut map = self.by_ip.lock();
+        if map.len() >= AUTH_FAILURE_IPS_MAX {
+            map.retain(|_, (start, _)| Self::open(*start, now));
+        }
+        let e = map.entry(ip).or_insert((now, 0));
+        if !Self::open(e.0, now) {
+            *e = (now, 0);
+        }
+        e.1 = e.1.saturating_add(1);
+        self.entries.store(map.len(), Ordering::Relaxed);
+    }
+
+    /// Forgets the windows that have ended.
+    pub fn prune(&self, now: Instant) {
+        let mut map = self.by_ip.lock();
+        map.retain(|_, (start, _)| Self::open(*start, now));
+        self.entries.store(map.len(), Ordering::Relaxed);
+    }
+}
+
+struct Pending {
+    started: Instant,
+    /// Refusals since the window's event, not yet recorded.
+    suppressed: u64,
+    last: KeyDenied,
+}
+
+/// At most one `key.denied` per key and reason per window. The refusals in between are
+/// counted, and carried by the next event as `suppressed`, so the log's count is exact
+/// once [`DenyThrottle::flush`] has run.
+pub struct DenyThrottle {
+    pub window: Duration,
+    pending: Mutex<HashMap<(String, DenyReason), Pending>>,
+}
+
+impl DenyThrottle {
+    pub fn new(window: Duration) -> DenyThrottle {
+        DenyThrottle {
+            window,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The event to record for this refusal now, if any.
+    pub fn deny(&self, d: KeyDenied, now: Instant) -> Option<KeyDenied> {
+        let mut map = self.pending.lock();
+        let k = (d.key_id.clone(), d.reason);
+        match map.get_mut(&k) {
+            Some(p) if now.saturating_duration_since(p.started) < self.window => {
+                p.suppressed += 1;
+                p.last = d;
+                None
+            }
+            Some(p) => {
+                let carried = std::mem::take(&mut p.suppressed);
+                p.started = now;
+                p.last = d.clone();
+                Some(KeyDenied {
+                    suppressed: carried,
+                    ..d
+                })
+            }
+            None => {
+                map.insert(
+                    k,
+                    Pending {
+                        started: now,
+                        suppressed: 0,
+                        last: d.clone(),
+                    },
+                );
+                Some(d)
+            }
+        }
+    }
+
+    /// Events for the refusals still counted: of windows that have ended, or of every
+    /// window when `all` (at shutdown). Each event stands for `suppressed + 1` refusals.
+    pub fn flush(&self, now: Instant, all: bool) -> Vec<KeyDenied> {
+        let mut out = Vec::new();
+        self.pending.lock().retain(|_, p| {
+            let over = now.saturating_duration_since(p.started) >= self.window;
+            if (over || all) && p.suppressed > 0 {
+                out.push(KeyDenied {
+                    suppressed: p.suppressed - 1,
+                    ..p.last.clone()
+                });
+                p.suppressed = 0;
+            }
+            !(over || all)
+        });
+        out
+    }
+}
+
+/// Whether `ip` is in the key's allowlist of CIDRs or addresses; an empty list allows all.
+/// An entry that does not parse allows nothing.
+pub fn ip_allowed(list: &[String], ip: Option<IpAddr>) -> bool {
+    if list.is_empty() {
+        return true;
+    }
+    let Some(ip) = ip.map(|i| i.to_canonical()) else {
+        return false;
+    };
+    list.iter().any(|entry| {
+        let entry = entry.trim();
+        match entry.parse::<ipnet::IpNet>() {
+            Ok(net) => net.contains(&ip),
+            Err(_) => entry
+                .parse::<IpAddr>()
+                .is_ok_and(|a| a.to_canonical() == ip),
+        }
+    })
+}
+
+/// A quota that is used up: which one, and the seconds until it resets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub what: &'static str,
+    pub retry_after_secs: u64,
+}
+
+/// Checks the day's and the month's counters (UTC) against the key's quota. Requests in
+/// flight are not counted yet, so a burst of concurrent requests can pass the last unit.
+pub fn check_quota(
+    q: &Quota,
+    now: Timestamp,
+    day: DayCounters,
+    month: DayCounters,
+) -> Option<QuotaExceeded> {
+    let to_tomorrow = || secs_until(now, next_day(now.date_naive()));
+    let to_next_month = || secs_until(now, next_month(now.date_naive()));
+    let over = |limit: Option<u64>, used: u64| limit.is_some_and(|l| used >= l);
+    if over(q.requests_per_day, day.requests) {
+        return Some(QuotaExceeded {
+            what: "requests per day",
+            retry_after_secs: to_tomorrow(),
+        });
+    }
+    if over(q.tokens_per_day, day.tokens()) {
+        return Some(QuotaExceeded {
+            what: "tokens per day",
+            retry_after_secs: to_tomorrow(),
+        });
+    }
+    if over(q.requests_per_month, month.requests) {
+        return Some(QuotaExceeded {
+            what: "requests per month",
+            retry_after_secs: to_next_month(),
+        });
+    }
+    if over(q.tokens_per_month, month.tokens()) {
+        return Some(QuotaExceeded {
+            what: "tokens per month",
+            retry_after_secs: to_next_month(),
+        });
+    }
+    None
+}
+
+fn next_day(d: NaiveDate) -> NaiveDate {
+    d.succ_opt().unwrap_or(d)
+}
+
+fn next_month(d: NaiveDate) -> NaiveDate {
+    let (y, m) = if d.month() == 12 {
+        (d.year() + 1, 1)
+    } else {
+        (d.year(), d.month() + 1)
+    };
+    NaiveDate::from_ymd_opt(y, m, 1).unwrap_or(d)
+}
+
+fn secs_until(now: Timestamp, day: NaiveDate) -> u64 {
+    let at = Utc.from_utc_datetime(&day.and_time(chrono::NaiveTime::MIN));
+    (at - now).num_seconds().max(1) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_allows_the_burst_then_refuses_with_a_wait() {
+        let r = RateLimits::default();
+        let cfg = RateLimit {
+            requests_per_minute: 60,
+            burst: 2,
+        };
+        assert_eq!(
+            r.check("k", cfg),
+            RateDecision::Allowed {
+                limit: 60,
+                remaining: 1
+            }
+        );
+        assert!(matches!(r.check("k", cfg), RateDecision::Allowed { .. }));
+        match r.check("k", cfg) {
+            RateDecision::Refused { retry_after, .. } => {
+                assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another key has its own bucket; a changed limit starts a new one.
+        assert!(matches!(r.check("k2", cfg), RateDecision::Allowed { .. }));
+        let more = RateLimit {
+            requests_per_minute: 60,
+            burst: 5,
+        };
+        assert!(matches!(r.check("k", more), RateDecision::Allowed { .. }));
+        let zero = RateLimit {
+            requests_per_minute: 0,
+            burst: 5,
+        };
+        assert!(matches!(r.check("k", zero), RateDecision::Refused { .. }));
+    }
+
+    #[test]
+    fn auth_failures_block_until_the_window_ends() {
+        let f = AuthFailures::new(2);
+        let ip: Option<IpAddr> = Some("10.1.2.3".parse().unwrap());
+        let t0 = Instant::now();
+        assert!(!f.blocked(ip, t0));
+        f.failed(ip, t0);
+        assert!(!f.blocked(ip, t0));
+        f.failed(ip, t0 + Duration::from_millis(900));
+        assert!(f.blocked(ip, t0 + Duration::from_millis(900)));
+        assert!(!f.blocked(Some("10.1.2.4".parse().unwrap()), t0));
+        assert!(!f.blocked(ip, t0 + Duration::from_millis(1000)));
+        f.prune(t0 + Duration::from_secs(2));
+        assert!(!f.blocked(ip, t0));
+
+        // One IPv6 /64 is one client.
+        let a: Option<IpAddr> = Some("2001:db8:1:2::1".parse().unwrap());
+        let b: Option<IpAddr> = Some("2001:db8:1:2:ffff::9".parse().unwrap());
+        f.failed(a, t0);
+        f.failed(b, t0);
+        assert!(f.blocked(Some("2001:db8:1:2::77".parse().unwrap()), t0));
+        assert!(!f.blocked(Some("2001:db8:1:3::1".parse().unwrap()), t0));
+    }
+
+    fn denied(reason: DenyReason) -> KeyDenied {
+        KeyDenied {
+            key_id: "key_1".into(),
+            reason,
+            endpoint: "/v1/chat/completions".into(),
+            model: None,
+            client_ip: None,
+            suppressed: 0,
+        }
+    }
+
+    #[test]
+    fn denials_are_throttled_and_counted_exactly() {
+        let t = DenyThrottle::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(t.deny(denied(DenyReason::Ip), t0).unwrap().suppressed, 0);
+        for _ in 0..4 {
+            assert!(t.deny(denied(DenyReason::Ip), t0).is_none());
+        }
+        // Another reason is its own stream of events.
+        assert!(t.deny(denied(DenyReason::Scope), t0).is_some());
+        // The next window's first refusal carries the four suppressed ones.
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(t.deny(denied(DenyReason::Ip), later).unwrap().suppressed, 4);
+        assert!(t.deny(denied(DenyReason::Ip), later).is_none());
+        assert!(t.deny(denied(DenyReason::Ip), later).is_none());
+        assert!(t.flush(later, false).is_empty());
+        let flushed = t.flush(later, true);
+        assert_eq!(flushed.len(), 1);
+        // Stands for the two refusals: 1 + suppressed.
+        assert_eq!(flushed[0].suppressed, 1);
+        assert!(t.flush(later, true).is_empty());
+    }
+
+    #[test]
+    fn ip_allowlists() {
+        let list = vec!["10.0.0.0/8".to_owned(), "2001:db8::1".to_owned()];
+        assert!(ip_allowed(&list, Some("10.9.8.7".parse().unwrap())));
+        assert!(ip_allowed(&list, Some("::ffff:10.0.0.1".parse().unwrap())));
+        assert!(ip_allowed(&list, Some("2001:db8::1".parse().unwrap())));
+        assert!(!ip_allowed(&list, Some("11.0.0.1".parse().unwrap())));
+        assert!(!ip_allowed(&list, None));
+        assert!(ip_allowed(&[], None));
+        assert!(!ip_allowed(
+            &["garbage".into()],
+            Some("1.2.3.4".parse().unwrap())
+        ));
+    }
+
+    #[test]
+    fn quotas_name_what_ran_out_and_when_it_resets() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 31, 23, 0, 0).unwrap();
+        let q = Quota {
+            requests_per_day: Some(2),
+            tokens_per_month: Some(100),
+            ..Quota::default()
+        };
+        let mut day = DayCounters::default();
+        assert_eq!(check_quota(&q, now, day, day), None);
+        day.requests = 2;
+        assert_eq!(
+            check_quota(&q, now, day, DayCounters::default()),
+            Some(QuotaExceeded {
+                what: "requests per day",
+                retry_after_secs: 3600
+            })
+        );
+        let month = DayCounters {
+            prompt_tokens: 60,
+            completion_tokens: 40,
+            ..DayCounters::default()
+        };
+        assert_eq!(
+            check_quota(&q, now, DayCounters::default(), month).map(|e| e.what),
+            Some("tokens per month")
+        );
+    }
+}

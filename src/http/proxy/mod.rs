@@ -1,0 +1,1029 @@
+//! The proxy: OpenAI-compatible endpoints that authenticate an application's key against
+//! the live projection and forward to the provider the key is bound to.
+//!
+//! One request takes these steps, in this order, and the first that refuses answers:
+//! 1. the per-IP throttle on failed authentications (429, before any lookup);
+//! 2. the secret's format and checksum (401, before any lookup);
+//! 3. the key in the live projection by its hash, no database read (401);
+//! 4. status and owner: expiry against the clock, deletion, rotation grace (401);
+//! 5. scope (403);
+//! 6. the body: size (413), JSON, forbidden fields, model (400);
+//! 7. provider and model allowlist (403), a model no provider of the key serves (404);
+//! 8. the IP allowlist (403);
+//! 9. the per-key rate limit (429 with `Retry-After` and `x-ratelimit-*`);
+//! 10. the quota (429 `quota_exceeded`);
+//! 11. the forward, with the decrypted credential in the provider's own header, and the
+//!     answer streamed back;
+//! 12. one `key.used` into the appender's queue.
+//!
+//! A known key refused at 4, 5, 7, 8, 9 or 10 records a throttled `key.denied`.
+
+pub mod anthropic;
+pub mod body;
+pub mod error;
+pub mod limits;
+pub mod sse;
+pub mod stream;
+pub mod upstream;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::{Bytes, BytesMut};
+use chrono::{Datelike, Utc};
+use futures::StreamExt;
+use keyward_events::{
+    DenyReason, Event, ExpectedVersion, KeyDenied, KeyUsed, NewEvent, ProviderKind, Scope,
+    UsageOutcome,
+};
+use keyward_projections::{DayCounters, KeyRecord, ProviderRecord};
+use serde_json::{Value, json};
+use ulid::Ulid;
+
+use self::body::{ScanError, Scanned};
+use self::error::{ProxyError, RATE_LIMIT};
+use self::limits::{AuthFailures, DenyThrottle, RateDecision, RateLimits};
+use self::stream::{Mode, Pump};
+use self::upstream::{Dialect, Endpoint, Tokens};
+use crate::auth::{AuthError, authenticate, presented_key, scope_allows};
+use crate::config::Config;
+use crate::crypto::ProviderSecret;
+use crate::store::appender::Appender;
+use crate::{App, AppState};
+
+/// The proxy's long-lived parts: one pooled HTTP client for every provider, and the
+/// in-memory limits.
+pub struct Proxy {
+    client: reqwest::Client,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+    body_limit: usize,
+    rate: RateLimits,
+    auth_failures: AuthFailures,
+    denials: DenyThrottle,
+}
+
+impl Proxy {
+    pub fn new(config: &Config) -> Result<Proxy, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.upstream_connect_timeout)
+            // A redirect could carry the credential header to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Proxy {
+            client,
+            first_byte_timeout: config.upstream_first_byte_timeout,
+            idle_timeout: config.upstream_idle_timeout,
+            body_limit: config.body_limit_bytes,
+            rate: RateLimits::default(),
+            auth_failures: AuthFailures::new(config.auth_failures_per_second),
+            denials: DenyThrottle::new(config.denied_event_window),
+        })
+    }
+
+    /// Records the refusals the denial throttle still holds: those of windows that have
+    /// ended, or all of them (at shutdown).
+    pub async fn flush_denials(&self, appender: &Appender, all: bool) {
+        for d in self.denials.flush(Instant::now(), all) {
+            let actor = d.key_id.clone();
+            let ev = NewEvent::new(
+                &Event::KeyDenied(d),
+                ExpectedVersion::Any,
+                Utc::now(),
+                actor,
+                None,
+            );
+            if appender.record(ev).await.is_err() {
+                tracing::warn!("the usage queue is closed; suppressed refusals were not recorded");
+                return;
+            }
+        }
+    }
+}
+
+/// Flushes ended denial windows and forgets stale failure counts and rate limiters, until
+/// aborted.
+pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let app = &state.0;
+        let period = app
+            .proxy
+            .denials
+            .window
+            .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            app.proxy.auth_failures.prune(Instant::now());
+            app.proxy.flush_denials(&app.commands.appender, false).await;
+            let now = Utc::now();
+            let live = app.live.read();
+            app.proxy.rate.retain(|key_id| {
+                live.keys.get(key_id).is_some_and(|k| {
+                    matches!(
+                        k.status(now),
+                        keyward_projections::KeyStatus::Active
+                            | keyward_projections::KeyStatus::Grace
+                    )
+                })
+            });
+        }
+    })
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/work", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(messages))
+        .route("/v1/models", get(models))
+}
+
+async fn chat(State(state): State<AppState>, req: Request) -> Response {
+    run(state, req, Endpoint::Chat).await
+}
+
+async fn embeddings(State(state): State<AppState>, req: Request) -> Response {
+    run(state, req, Endpoint::Embeddings).await
+}
+
+async fn messages(State(state): State<AppState>, req: Request) -> Response {
+    run(state, req, Endpoint::Messages).await
+}
+
+async fn models(State(state): State<AppState>, req: Request) -> Response {
+    run(state, req, Endpoint::Models).await
+}
+
+async fn run(state: AppState, req: Request, ep: Endpoint) -> Response {
+    let (parts, body) = req.into_parts();
+    let ctx = Ctx {
+        app: &state.0,
+        started: Instant::now(),
+        request_id: parts
+            .extensions
+            .get::<crate::http::request_id::RequestId>()
+            .map_or_else(|| format!("req_{}", Ulid::new()), |r| r.0.clone()),
+        endpoint: ep,
+        path: parts.uri.path().to_owned(),
+        ip: client_ip(&parts.extensions),
+    };
+    let result = match ep {
+        Endpoint::Models => ctx.list_models(&parts.headers).await,
+        _ => ctx.forward(&parts.headers, body).await,
+    };
+    // The request-id layer puts the id on the response.
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The peer address; behind a reverse proxy this is the proxy's, as no forwarded-for
+/// header is trusted.
+fn client_ip(ext: &Extensions) -> Option<IpAddr> {
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+}
+
+/// One request on its way through the steps.
+struct Ctx<'a> {
+    app: &'a App,
+    started: Instant,
+    request_id: String,
+    endpoint: Endpoint,
+    path: String,
+    ip: Option<IpAddr>,
+}
+
+/// A key that passed steps 1–5, with what the later steps need, read in the same brief
+/// hold of the live projection.
+struct Admitted {
+    key: Arc<KeyRecord>,
+    /// The key's providers that are not deleted, in the key's order.
+    providers: Vec<Arc<ProviderRecord>>,
+    /// Today's and this month's counters, when the key has a quota.
+    counters: Option<(DayCounters, DayCounters)>,
+}
+
+fn auth_error(e: &AuthError) -> ProxyError {
+    match e {
+        AuthError::Missing => ProxyError::unauthorized(
+            "missing_api_key",
+            "no API key was given; send it as Authorization: Bearer kw_…",
+        ),
+        AuthError::Malformed(why) => ProxyError::unauthorized(
+            "invalid_api_key",
+            format!("the API key is malformed: {why}"),
+        ),
+        AuthError::Unknown => {
+            ProxyError::unauthorized("invalid_api_key", "the API key is not valid")
+        }
+        AuthError::Refused { reason, .. } => match reason {
+            DenyReason::Expired => {
+                ProxyError::unauthorized("key_expired", "the API key has expired")
+            }
+            DenyReason::Deleted => {
+                ProxyError::unauthorized("key_deleted", "the API key has been deleted")
+            }
+            DenyReason::OwnerDisabled => {
+                ProxyError::unauthorized("owner_disabled", "the API key's owner is disabled")
+            }
+            _ => ProxyError::unauthorized("invalid_api_key", "the API key is not valid"),
+        },
+    }
+}
+
+fn too_large() -> ProxyError {
+    ProxyError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        error::INVALID_REQUEST,
+        "body_too_large",
+        "the request body is larger than the configured limit",
+    )
+}
+
+fn scan_error(e: ScanError) -> ProxyError {
+    match e {
+        ScanError::Syntax => ProxyError::bad_request("invalid_json", "the body is not valid JSON"),
+        ScanError::NotObject => {
+            ProxyError::bad_request("invalid_json", "the body must be a JSON object")
+        }
+        ScanError::Forbidden(path) => ProxyError::bad_request(
+            "forbidden_field",
+            "the upstream and its credential are chosen by Keyward; remove this field",
+        )
+        .with_param(path),
+    }
+}
+
+fn rate_headers(limit: u32, remaining: u32) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(HeaderName::from_static("x-ratelimit-limit"), limit.into());
+    h.insert(
+        HeaderName::from_static("x-ratelimit-remaining"),
+        remaining.into(),
+    );
+    h
+}
+
+impl Ctx<'_> {
+    fn proxy(&self) -> &Proxy {
+        &self.app.proxy
+    }
+
+    fn client_ip_text(&self) -> Option<String> {
+        self.ip.map(|i| i.to_canonical().to_string())
+    }
+
+    /// Counts a refusal of a known key and records it if the throttle lets it through.
+    async fn deny(&self, key_id: &str, reason: DenyReason, model: Option<&str>) {
+        let d = KeyDenied {
+            key_id: key_id.to_owned(),
+            reason,
+            endpoint: self.path.clone(),
+            model: model.map(str::to_owned),
+            client_ip: self.client_ip_text(),
+            suppressed: 0,
+        };
+        tracing::debug!(request_id = %self.request_id, %key_id, ?reason, "refused");
+        if let Some(d) = self.proxy().denials.deny(d, Instant::now()) {
+            let ev = NewEvent::new(
+                &Event::KeyDenied(d),
+                ExpectedVersion::Any,
+                Utc::now(),
+                key_id,
+                Some(self.request_id.clone()),
+            );
+            if self.app.commands.appender.record(ev).await.is_err() {
+                tracing::warn!("the usage queue is closed; a refusal was not recorded");
+            }
+        }
+    }
+
+    /// Steps 1 to 5.
+    async fn admit(&self, headers: &HeaderMap, needed: Scope) -> Result<Admitted, ProxyError> {
+        let px = self.proxy();
+        let t = Instant::now();
+        if px.auth_failures.blocked(self.ip, t) {
+            return Err(ProxyError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                RATE_LIMIT,
+                "too_many_auth_failures",
+                "too many failed authentications from this address; wait a second",
+            )
+            .with_header(header::RETRY_AFTER, 1));
+        }
+        let now = Utc::now();
+        let looked_up = presented_key(headers, true).and_then(|presented| {
+            let state = self.app.live.read();
+            let authed = authenticate(&state, presented, now)?;
+            let providers = authed
+                .key
+                .provider_ids
+                .iter()
+                .filter_map(|id| state.providers.get(id))
+                .filter(|p| !p.is_deleted())
+                .cloned()
+                .collect();
+            let counters = authed.key.quota.map(|_| {
+                let d = now.date_naive();
+                let id = &authed.key.key_id;
+                (
+                    state.usage.day(id, d),
+                    state.usage.month(id, d.year(), d.month()),
+                )
+            });
+            Ok(Admitted {
+                key: authed.key,
+                providers,
+                counters,
+            })
+        });
+        let adm = match looked_up {
+            Ok(a) => a,
+            Err(e) => {
+                px.auth_failures.failed(self.ip, t);
+                if let AuthError::Refused { key_id, reason } = &e {
+                    self.deny(key_id, *reason, None).await;
+                }
+                return Err(auth_error(&e));
+            }
+        };
+        if !scope_allows(&adm.key.scopes, needed) {
+            self.deny(&adm.key.key_id, DenyReason::Scope, None).await;
+            return Err(ProxyError::forbidden(
+                "insufficient_scope",
+                format!(
+                    "this key's scopes do not allow this endpoint; it needs `{}`",
+                    needed.as_str()
+                ),
+            ));
+        }
+        Ok(adm)
+    }
+
+    /// Steps 8 to 10. Returns the rate-limit headers for the response.
+    async fn limits(&self, adm: &Admitted, model: Option<&str>) -> Result<HeaderMap, ProxyError> {
+        let key = &adm.key;
+        if !limits::ip_allowed(&key.ip_allowlist, self.ip) {
+            self.deny(&key.key_id, DenyReason::Ip, model).await;
+            return Err(ProxyError::forbidden(
+                "ip_not_allowed",
+                "this key may not be used from this address",
+            ));
+        }
+        let headers = self.rate_limit(adm, model).await?;
+        if let (Some(q), Some((day, month))) = (&key.quota, adm.counters)
+            && let Some(over) = limits::check_quota(q, Utc::now(), day, month)
+        {
+            self.deny(&key.key_id, DenyReason::Quota, model).await;
+            return Err(ProxyError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                "quota_exceeded",
+                format!("this key's quota of {} is used up", over.what),
+            )
+            .with_header(header::RETRY_AFTER, over.retry_after_secs)
+            .with_headers(headers));
+        }
+        Ok(headers)
+    }
+
+    async fn rate_limit(
+        &self,
+        adm: &Admitted,
+        model: Option<&str>,
+    ) -> Result<HeaderMap, ProxyError> {
+        let Some(rl) = adm.key.rate_limit else {
+            return Ok(HeaderMap::new());
+        };
+        match self.proxy().rate.check(&adm.key.key_id, rl) {
+            RateDecision::Allowed { limit, remaining } => Ok(rate_headers(limit, remaining)),
+            RateDecision::Refused { limit, retry_after } => {
+                self.deny(&adm.key.key_id, DenyReason::RateLimit, model)
+                    .await;
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                Err(ProxyError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    RATE_LIMIT,
+                    "rate_limit_exceeded",
+                    format!(
+                        "this key is limited to {limit} requests per minute; retry after {secs}s"
+                    ),
+                )
+                .with_header(header::RETRY_AFTER, secs)
+                .with_header(HeaderName::from_static("x-ratelimit-reset"), secs)
+                .with_headers(rate_headers(limit, 0)))
+            }
+        }
+    }
+
+    fn meter(&self, key_id: &str, provider_id: &str, model: Option<&str>, stream: bool) -> Meter {
+        Meter::new(MeterSpec {
+            appender: self.app.commands.appender.clone(),
+            key_id: key_id.to_owned(),
+            provider_id: provider_id.to_owned(),
+            model: model.map(str::to_owned),
+            endpoint: self.path.clone(),
+            stream,
+            client_ip: self.client_ip_text(),
+            request_id: self.request_id.clone(),
+            started: self.started,
+        })
+    }
+
+    /// A request refused for its body, after the key was admitted: counted against the
+    /// rate limit like any other, and recorded as a use with outcome `invalid_request`.
+    async fn invalid(&self, adm: &Admitted, model: Option<&str>, e: ProxyError) -> ProxyError {
+        if let Err(limited) = self.rate_limit(adm, model).await {
+            return limited;
+        }
+        let provider = adm.key.provider_ids.first().map_or("", String::as_str);
+        let mut m = self.meter(&adm.key.key_id, provider, model, false);
+        m.record(
+            UsageOutcome::InvalidRequest,
+            e.status.as_u16(),
+            Tokens::default(),
+            None,
+        )
+        .await;
+        e
+    }
+
+    async fn forward(&self, headers: &HeaderMap, body: Body) -> Result<Response, ProxyError> {
+        let adm = self.admit(headers, Scope::Chat).await?;
+        let key = &adm.key;
+
+        let bytes = match read_body(body, headers, self.proxy().body_limit).await {
+            Ok(b) => b,
+            Err(e) => return Err(self.invalid(&adm, None, e).await),
+        };
+        let scanned = match body::scan(&bytes) {
+            Ok(s) => s,
+            Err(e) => return Err(self.invalid(&adm, None, scan_error(e)).await),
+        };
+        let model = match (&scanned.model, scanned.model_invalid) {
+            (Some(m), false) if !m.is_empty() => m.clone(),
+            _ => {
+                let e = ProxyError::bad_request("missing_model", "the body must name a model")
+                    .with_param("model");
+                return Err(self.invalid(&adm, None, e).await);
+            }
+        };
+
+        let offering: Vec<Arc<ProviderRecord>> = adm
+            .providers
+            .iter()
+            .filter(|p| upstream::offers(p.kind, self.endpoint))
+            .cloned()
+            .collect();
+        if offering.is_empty() {
+            self.deny(&key.key_id, DenyReason::Provider, Some(&model))
+                .await;
+            return Err(ProxyError::forbidden(
+                "provider_not_allowed",
+                "this key is not bound to a provider that offers this endpoint",
+            ));
+        }
+        if !key.models.is_empty() && !key.models.contains(&model) {
+            self.deny(&key.key_id, DenyReason::Model, Some(&model))
+                .await;
+            return Err(ProxyError::forbidden(
+                "model_not_allowed",
+                "this key may not use this model",
+            )
+            .with_param("model"));
+        }
+        let Some(provider) = upstream::choose(&offering, self.endpoint, &model).cloned() else {
+            self.deny(&key.key_id, DenyReason::Model, Some(&model))
+                .await;
+            return Err(upstream::model_not_found());
+        };
+        let rl_headers = self.limits(&adm, Some(&model)).await?;
+
+        let meter = self.meter(
+            &key.key_id,
+            &provider.provider_id,
+            Some(&model),
+            scanned.stream,
+        );
+        let mut res = self
+            .send(headers, bytes, &scanned, &model, &provider, meter)
+            .await?;
+        res.headers_mut().extend(rl_headers);
+        Ok(res)
+    }
+
+    fn credential(&self, p: &ProviderRecord) -> Result<ProviderSecret, ProxyError> {
+        let unusable = || {
+            ProxyError::bad_gateway(
+                "provider_credential_unavailable",
+                "the provider has no usable credential; an admin must set one",
+            )
+        };
+        let sealed = p.credential.as_ref().ok_or_else(unusable)?;
+        self.app
+            .keyring
+            .open(
+                &p.provider_id,
+                &sealed.ciphertext,
+                &sealed.nonce,
+                sealed.keyring_version,
+            )
+            .map_err(|e| {
+                tracing::error!(provider_id = %p.provider_id, error = %e, "cannot open the provider's credential");
+                unusable()
+            })
+    }
+
+    /// Step 11: the forward, the answer and the use.
+    async fn send(
+        &self,
+        client_headers: &HeaderMap,
+        bytes: Bytes,
+        scanned: &Scanned,
+        model: &str,
+        p: &ProviderRecord,
+        mut meter: Meter,
+    ) -> Result<Response, ProxyError> {
+        let secret = match self.credential(p) {
+            Ok(s) => s,
+            Err(e) => return Err(fail(&mut meter, e, UsageOutcome::UpstreamUnavailable).await),
+        };
+        let (url, dialect) = match upstream::url(p, self.endpoint, model) {
+            Ok(u) => u,
+            Err(e) => return Err(fail(&mut meter, e, UsageOutcome::UpstreamUnavailable).await),
+        };
+        let wants_sse = scanned.stream && self.endpoint != Endpoint::Embeddings;
+        let (out_body, mode) = match dialect {
+            Dialect::OpenAi if wants_sse && !scanned.include_usage => {
+                match body::with_include_usage(&bytes) {
+                    Ok(b) => (Bytes::from(b), Mode::OpenAi { strip_usage: true }),
+                    Err(e) => {
+                        return Err(
+                            fail(&mut meter, scan_error(e), UsageOutcome::InvalidRequest).await,
+                        );
+                    }
+                }
+            }
+            Dialect::OpenAi => (bytes, Mode::OpenAi { strip_usage: false }),
+            Dialect::Anthropic => (bytes, Mode::Anthropic),
+            Dialect::AnthropicFromOpenAi => {
+                match anthropic::request(&bytes, upstream::default_max_tokens(p)) {
+                    Ok(b) => (
+                        Bytes::from(b),
+                        Mode::AnthropicToOpenAi(Box::new(anthropic::StreamTranslator::new(
+                            scanned.include_usage,
+                        ))),
+                    ),
+                    Err(e) => return Err(fail(&mut meter, e, UsageOutcome::InvalidRequest).await),
+                }
+            }
+        };
+        let mut headers = upstream::forwarded_headers(client_headers);
+        if let Err(e) = upstream::set_credential(&mut headers, p, &secret, client_headers, dialect)
+        {
+            return Err(fail(&mut meter, e, UsageOutcome::UpstreamUnavailable).await);
+        }
+        let req = self
+            .proxy()
+            .client
+            .post(url)
+            .headers(headers)
+            .body(out_body);
+
+        let up_started = Instant::now();
+        let resp = match tokio::time::timeout(self.proxy().first_byte_timeout, req.send()).await {
+            Err(_) => {
+                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider did not answer within the first-byte timeout");
+                return Err(fail(
+                    &mut meter,
+                    ProxyError::upstream_timeout(),
+                    UsageOutcome::UpstreamTimeout,
+                )
+                .await);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, error = %e, "the provider could not be reached");
+                let (err, outcome) = if e.is_timeout() {
+                    (
+                        ProxyError::upstream_timeout(),
+                        UsageOutcome::UpstreamTimeout,
+                    )
+                } else {
+                    (
+                        ProxyError::upstream_unavailable(),
+                        UsageOutcome::UpstreamUnavailable,
+                    )
+                };
+                return Err(fail(&mut meter, err, outcome).await);
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        let mut out_headers = HeaderMap::new();
+        upstream::response_headers(resp.headers(), &mut out_headers);
+        let is_sse = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+
+        if status.is_success() && is_sse {
+            let pump = Pump::new(
+                Box::pin(resp.bytes_stream()),
+                self.proxy().idle_timeout,
+                mode,
+                meter,
+                secret,
+                up_started,
+            );
+            let mut res = Response::new(Body::from_stream(pump.into_stream()));
+            *res.status_mut() = status;
+            let h = res.headers_mut();
+            h.extend(out_headers);
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert(
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
+            return Ok(res);
+        }
+
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let body = match read_upstream(resp, self.proxy().idle_timeout).await {
+            Ok(b) => b,
+            Err(outcome) => {
+                let e = if outcome == UsageOutcome::UpstreamTimeout {
+                    ProxyError::upstream_timeout()
+                } else {
+                    ProxyError::upstream_unavailable()
+                };
+                return Err(fail(&mut meter, e, outcome).await);
+            }
+        };
+        let up_latency = up_started.elapsed();
+        let translate = matches!(dialect, Dialect::AnthropicFromOpenAi);
+        let (out, outcome, tokens, json_out) = if !status.is_success() {
+            let scrubbed = upstream::scrub(&body, secret.expose());
+            let out = if translate {
+                anthropic::error(&scrubbed)
+            } else {
+                scrubbed
+            };
+            tracing::info!(request_id = %self.request_id, provider_id = %p.provider_id, status = status.as_u16(), "the provider answered with an error");
+            (
+                out,
+                UsageOutcome::UpstreamError,
+                Tokens::default(),
+                translate,
+            )
+        } else if translate {
+            match anthropic::response(&body) {
+                Some((out, tokens)) => (out, UsageOutcome::Success, tokens, true),
+                None => {
+                    tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider's answer is not a Messages response");
+                    return Err(fail(
+                        &mut meter,
+                        ProxyError::bad_gateway(
+                            "upstream_invalid_response",
+                            "the provider's answer could not be read",
+                        ),
+                        UsageOutcome::UpstreamError,
+                    )
+                    .await);
+                }
+            }
+        } else {
+            let tokens = match dialect {
+                Dialect::Anthropic => anthropic::response_tokens(&body),
+                _ => upstream::openai_tokens(&body),
+            };
+            (body.to_vec(), UsageOutcome::Success, tokens, false)
+        };
+        meter
+            .record(outcome, status.as_u16(), tokens, Some(up_latency))
+            .await;
+        let mut res = Response::new(Body::from(out));
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        h.extend(out_headers);
+        match (json_out, content_type) {
+            (false, Some(ct)) => {
+                h.insert(header::CONTENT_TYPE, ct);
+            }
+            _ => {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+        }
+        Ok(res)
+    }
+
+    /// `GET /v1/models`: the key's allowlist ∩ each provider's enabled models. Only when
+    /// both are empty ("every model") is the provider asked for its list.
+    async fn list_models(&self, headers: &HeaderMap) -> Result<Response, ProxyError> {
+        let adm = self.admit(headers, Scope::Read).await?;
+        let key = &adm.key;
+        if adm.providers.is_empty() {
+            self.deny(&key.key_id, DenyReason::Provider, None).await;
+            return Err(ProxyError::forbidden(
+                "provider_not_allowed",
+                "this key is not bound to any provider",
+            ));
+        }
+        let rl_headers = self.limits(&adm, None).await?;
+        let first = adm.providers[0].provider_id.clone();
+        let mut meter = self.meter(&key.key_id, &first, None, false);
+        let mut ids: Vec<(String, String)> = Vec::new();
+        let mut upstream_latency = None;
+        for p in &adm.providers {
+            let listed: Vec<String> = if !p.models.is_empty() {
+                p.models.clone()
+            } else if !key.models.is_empty() {
+                key.models.clone()
+            } else if p.kind == ProviderKind::AzureOpenai {
+                p.config
+                    .get("deployments")
+                    .and_then(Value::as_object)
+                    .map(|d| d.keys().cloned().collect())
+                    .unwrap_or_default()
+            } else {
+                let t = Instant::now();
+                match self.fetch_models(p).await {
+                    Ok(list) => {
+                        upstream_latency = Some(upstream_latency.unwrap_or_default() + t.elapsed());
+                        list
+                    }
+                    Err((e, outcome)) => {
+                        meter
+                            .record(
+                                outcome,
+                                e.status.as_u16(),
+                                Tokens::default(),
+                                Some(t.elapsed()),
+                            )
+                            .await;
+                        return Err(e);
+                    }
+                }
+            };
+            for m in listed {
+                let allowed = key.models.is_empty() || key.models.contains(&m);
+                if allowed && upstream::serves(p, &m) && !ids.iter().any(|(id, _)| *id == m) {
+                    ids.push((m, p.name.clone()));
+                }
+            }
+        }
+        meter
+            .record(
+                UsageOutcome::Success,
+                200,
+                Tokens::default(),
+                upstream_latency,
+            )
+            .await;
+        let data: Vec<Value> = ids
+            .into_iter()
+            .map(
+                |(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}),
+            )
+            .collect();
+        let mut res = axum::Json(json!({"object": "list", "data": data})).into_response();
+        res.headers_mut().extend(rl_headers);
+        Ok(res)
+    }
+
+    async fn fetch_models(
+        &self,
+        p: &ProviderRecord,
+    ) -> Result<Vec<String>, (ProxyError, UsageOutcome)> {
+        let secret = self
+            .credential(p)
+            .map_err(|e| (e, UsageOutcome::UpstreamUnavailable))?;
+        let (url, dialect) = upstream::url(p, Endpoint::Models, "")
+            .map_err(|e| (e, UsageOutcome::UpstreamUnavailable))?;
+        let mut headers = HeaderMap::new();
+        upstream::set_credential(&mut headers, p, &secret, &HeaderMap::new(), dialect)
+            .map_err(|e| (e, UsageOutcome::UpstreamUnavailable))?;
+        headers.remove(header::CONTENT_TYPE);
+        let req = self.proxy().client.get(url).headers(headers);
+        let resp = match tokio::time::timeout(self.proxy().first_byte_timeout, req.send()).await {
+            Err(_) => {
+                return Err((
+                    ProxyError::upstream_timeout(),
+                    UsageOutcome::UpstreamTimeout,
+                ));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(provider_id = %p.provider_id, error = %e, "the provider's model list could not be fetched");
+                return Err((
+                    ProxyError::upstream_unavailable(),
+                    UsageOutcome::UpstreamUnavailable,
+                ));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        let body = read_upstream(resp, self.proxy().idle_timeout)
+            .await
+            .map_err(|o| (ProxyError::upstream_unavailable(), o))?;
+        let bad = || {
+            (
+                ProxyError::bad_gateway("upstream_error", "the provider did not list its models"),
+                UsageOutcome::UpstreamError,
+            )
+        };
+        if !status.is_success() {
+            tracing::info!(provider_id = %p.provider_id, status = status.as_u16(), "the provider refused to list its models");
+            return Err(bad());
+        }
+        upstream::listed_models(&body).ok_or_else(bad)
+    }
+}
+
+/// Records a use that failed before the provider answered, and hands back its error.
+async fn fail(meter: &mut Meter, e: ProxyError, outcome: UsageOutcome) -> ProxyError {
+    meter
+        .record(outcome, e.status.as_u16(), Tokens::default(), None)
+        .await;
+    e
+}
+
+/// The client's body, at most `limit` bytes.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+    let mut data = body.into_data_stream();
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|_| {
+            ProxyError::bad_request("invalid_body", "the request body could not be read")
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// A provider's whole (non-streamed) body, allowing at most `idle` between two chunks.
+async fn read_upstream(resp: reqwest::Response, idle: Duration) -> Result<Bytes, UsageOutcome> {
+    let mut data = resp.bytes_stream();
+    let mut buf = BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, data.next()).await {
+            Err(_) => return Err(UsageOutcome::UpstreamTimeout),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "the provider's answer broke off");
+                return Err(UsageOutcome::UpstreamUnavailable);
+            }
+            Ok(Some(Ok(b))) => buf.extend_from_slice(&b),
+        }
+    }
+}
+
+struct MeterSpec {
+    appender: Appender,
+    key_id: String,
+    provider_id: String,
+    model: Option<String>,
+    endpoint: String,
+    stream: bool,
+    client_ip: Option<String>,
+    request_id: String,
+    started: Instant,
+}
+
+/// The one `key.used` of a request. Dropped before it was recorded (the client went away
+/// while the answer was on its way), it records `client_closed` with the tokens and
+/// upstream latency seen so far, so that no admitted request goes unrecorded.
+pub struct Meter {
+    spec: Option<MeterSpec>,
+    pub(crate) tokens_so_far: Tokens,
+    pub(crate) upstream_so_far: Option<Duration>,
+}
+
+/// The status recorded for a client that went away: nginx's "client closed request".
+pub const CLIENT_CLOSED_STATUS: u16 = 499;
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Meter {
+    fn new(spec: MeterSpec) -> Meter {
+        Meter {
+            spec: Some(spec),
+            tokens_so_far: Tokens::default(),
+            upstream_so_far: None,
+        }
+    }
+
+    fn event(
+        s: &MeterSpec,
+        outcome: UsageOutcome,
+        status: u16,
+        tokens: Tokens,
+        upstream: Option<Duration>,
+    ) -> NewEvent {
+        let used = KeyUsed {
+            key_id: s.key_id.clone(),
+            provider_id: s.provider_id.clone(),
+            model: s.model.clone(),
+            endpoint: s.endpoint.clone(),
+            outcome,
+            status,
+            latency_us: micros(s.started.elapsed()),
+            upstream_latency_us: upstream.map(micros),
+            prompt_tokens: tokens.prompt,
+            completion_tokens: tokens.completion,
+            stream: s.stream,
+            client_ip: s.client_ip.clone(),
+        };
+        NewEvent::new(
+            &Event::KeyUsed(used),
+            ExpectedVersion::Any,
+            Utc::now(),
+            s.key_id.clone(),
+            Some(s.request_id.clone()),
+        )
+    }
+
+    /// Queues the event (waiting for room, never dropping it). Once only.
+    pub async fn record(
+        &mut self,
+        outcome: UsageOutcome,
+        status: u16,
+        tokens: Tokens,
+        upstream: Option<Duration>,
+    ) {
+        let Some(s) = &self.spec else { return };
+        tracing::debug!(
+            request_id = %s.request_id,
+            key_id = %s.key_id,
+            provider_id = %s.provider_id,
+            ?outcome,
+            status,
+            prompt_tokens = tokens.prompt,
+            completion_tokens = tokens.completion,
+            "proxied"
+        );
+        let ev = Meter::event(s, outcome, status, tokens, upstream);
+        if s.appender.record(ev).await.is_err() {
+            tracing::warn!(request_id = %s.request_id, "the usage queue is closed; a use was not recorded");
+        }
+        // Only now: if the wait above is cut short, the guard still records the use.
+        self.spec = None;
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let Some(s) = self.spec.take() else { return };
+        let ev = Meter::event(
+            &s,
+            UsageOutcome::ClientClosed,
+            CLIENT_CLOSED_STATUS,
+            self.tokens_so_far,
+            self.upstream_so_far,
+        );
+        tracing::debug!(request_id = %s.request_id, key_id = %s.key_id, "the client went away");
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if s.appender.record(ev).await.is_err() {
+                        tracing::warn!(
+                            "the usage queue is closed; a client_closed use was not recorded"
+                        );
+                    }
+                });
+            }
+            Err(_) => tracing::warn!("no runtime; a client_closed use was not recorded"),
+        }
+    }
+}

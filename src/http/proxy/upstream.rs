@@ -1,0 +1,469 @@
+//! Providers as the proxy sees them: which one serves a model, the URL and credential
+//! header of each kind, the headers that may cross, and what a provider's answer may
+//! carry back (scrubbed of credentials).
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use keyward_events::ProviderKind;
+use keyward_projections::ProviderRecord;
+use reqwest::Url;
+use serde_json::Value;
+
+use super::anthropic;
+use super::error::ProxyError;
+use crate::crypto::ProviderSecret;
+
+/// Tokens a request used, as the provider reported them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+/// The proxy's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Embeddings,
+    Messages,
+    Models,
+}
+
+/// What a provider speaks, for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI's format on both sides, forwarded as it came.
+    OpenAi,
+    /// Anthropic's format on both sides, forwarded as it came.
+    Anthropic,
+    /// An OpenAI client against an Anthropic provider: translated both ways.
+    AnthropicFromOpenAi,
+}
+
+const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
+
+/// Whether a provider of this kind offers the endpoint at all.
+pub fn offers(kind: ProviderKind, ep: Endpoint) -> bool {
+    match ep {
+        Endpoint::Messages => kind == ProviderKind::Anthropic,
+        Endpoint::Embeddings => kind != ProviderKind::Anthropic,
+        Endpoint::Chat | Endpoint::Models => true,
+    }
+}
+
+fn azure_deployment<'a>(p: &'a ProviderRecord, model: &str) -> Option<&'a str> {
+    p.config
+        .get("deployments")
+        .and_then(|d| d.get(model))
+        .and_then(Value::as_str)
+}
+
+/// Whether the provider serves this model: its enabled list allows it (an empty list
+/// allows every model) and, on Azure, a deployment is mapped to it.
+pub fn serves(p: &ProviderRecord, model: &str) -> bool {
+    let enabled = p.models.is_empty() || p.models.iter().any(|m| m == model);
+    enabled && (p.kind != ProviderKind::AzureOpenai || azure_deployment(p, model).is_some())
+}
+
+fn misconfigured() -> ProxyError {
+    ProxyError::bad_gateway(
+        "provider_misconfigured",
+        "the provider's configuration is not usable; an admin must correct it",
+    )
+}
+
+fn join(base: &str, segments: &[&str]) -> Result<Url, ProxyError> {
+    let mut url = Url::parse(base.trim_end_matches('/')).map_err(|_| misconfigured())?;
+    url.path_segments_mut()
+        .map_err(|_| misconfigured())?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
+/// The URL of an endpoint at a provider, and the dialect the request travels in.
+pub fn url(p: &ProviderRecord, ep: Endpoint, model: &str) -> Result<(Url, Dialect), ProxyError> {
+    let last: &[&str] = match ep {
+        Endpoint::Chat => &["chat", "completions"],
+        Endpoint::Embeddings => &["embeddings"],
+        Endpoint::Models => &["models"],
+        Endpoint::Messages => &["messages"],
+    };
+    match p.kind {
+        ProviderKind::Anthropic => {
+            let dialect = if ep == Endpoint::Chat {
+                Dialect::AnthropicFromOpenAi
+            } else {
+                Dialect::Anthropic
+            };
+            let path: &[&str] = if ep == Endpoint::Models {
+                &["v1", "models"]
+            } else {
+                &["v1", "messages"]
+            };
+            Ok((join(&p.base_url, path)?, dialect))
+        }
+        ProviderKind::AzureOpenai => {
+            let deployment = azure_deployment(p, model).ok_or_else(model_not_found)?;
+            let mut segs = vec!["openai", "deployments", deployment];
+            segs.extend_from_slice(last);
+            let mut url = join(&p.base_url, &segs)?;
+            let version = p
+                .config
+                .get("api_version")
+                .and_then(Value::as_str)
+                .unwrap_or(AZURE_DEFAULT_API_VERSION);
+            url.query_pairs_mut().append_pair("api-version", version);
+            Ok((url, Dialect::OpenAi))
+        }
+        ProviderKind::Openai
+        | ProviderKind::Groq
+        | ProviderKind::Gemini
+        | ProviderKind::OpenaiCompatible => Ok((join(&p.base_url, last)?, Dialect::OpenAi)),
+    }
+}
+
+pub fn model_not_found() -> ProxyError {
+    ProxyError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        super::error::INVALID_REQUEST,
+        "model_not_found",
+        "the model does not exist or this key cannot use it",
+    )
+    .with_param("model")
+}
+
+/// Request headers never sent upstream: hop-by-hop ones, the client's credentials, and
+/// the ones the proxy sets itself.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "accept-encoding",
+    "openai-organization",
+    "openai-project",
+    "anthropic-version",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// The client's headers that may go upstream. Any header the client's `Connection`
+/// names is hop-by-hop too.
+pub fn forwarded_headers(client: &HeaderMap) -> HeaderMap {
+    let named: Vec<String> = client
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(client.len());
+    for (name, value) in client {
+        let n = name.as_str();
+        if NOT_FORWARDED.contains(&n) || named.iter().any(|c| c == n) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Sets the provider's own credential header, and Anthropic's version header.
+pub fn set_credential(
+    headers: &mut HeaderMap,
+    p: &ProviderRecord,
+    secret: &ProviderSecret,
+    client: &HeaderMap,
+    dialect: Dialect,
+) -> Result<(), ProxyError> {
+    let (name, value) = match p.kind {
+        ProviderKind::Anthropic => (
+            HeaderName::from_static("x-api-key"),
+            secret.expose().to_owned(),
+        ),
+        ProviderKind::AzureOpenai => (
+            HeaderName::from_static("api-key"),
+            secret.expose().to_owned(),
+        ),
+        _ => (header::AUTHORIZATION, format!("Bearer {}", secret.expose())),
+    };
+    let mut value = HeaderValue::from_str(&value).map_err(|_| misconfigured())?;
+    // Keeps it out of any Debug output of the HTTP stack.
+    value.set_sensitive(true);
+    headers.insert(name, value);
+    if p.kind == ProviderKind::Anthropic {
+        let from_client = match dialect {
+            Dialect::Anthropic => client.get("anthropic-version").cloned(),
+            _ => None,
+        };
+        let version = match from_client {
+            Some(v) => v,
+            None => HeaderValue::from_str(
+                p.config
+                    .get("anthropic_version")
+                    .and_then(Value::as_str)
+                    .unwrap_or(anthropic::DEFAULT_VERSION),
+            )
+            .map_err(|_| misconfigured())?,
+        };
+        headers.insert(HeaderName::from_static("anthropic-version"), version);
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(())
+}
+
+pub fn default_max_tokens(p: &ProviderRecord) -> u64 {
+    p.config
+        .get("default_max_tokens")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+        .unwrap_or(anthropic::DEFAULT_MAX_TOKENS)
+}
+
+/// Upstream response headers passed on to the client.
+pub fn response_headers(upstream: &HeaderMap, out: &mut HeaderMap) {
+    for name in ["openai-processing-ms", "openai-version"] {
+        if let Some(v) = upstream.get(name) {
+            out.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    if let Some(v) = upstream
+        .get("x-request-id")
+        .or_else(|| upstream.get("request-id"))
+    {
+        out.insert(HeaderName::from_static("x-upstream-request-id"), v.clone());
+    }
+}
+
+const REDACTED: &[u8] = b"[redacted]";
+
+/// The body with the provider's credential and anything shaped like a Keyward key (`kw_`
+/// and at least 8 letters or digits) replaced by `[redacted]`.
+pub fn scrub(body: &[u8], credential: &str) -> Vec<u8> {
+    let cred = credential.as_bytes();
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        if cred.len() >= 4 && body[i..].starts_with(cred) {
+            out.extend_from_slice(REDACTED);
+            i += cred.len();
+            continue;
+        }
+        if body[i..].starts_with(b"kw_") {
+            let run = body[i + 3..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric())
+                .count();
+            if run >= 8 {
+                out.extend_from_slice(REDACTED);
+                i += 3 + run;
+                continue;
+            }
+        }
+        out.push(body[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The tokens an OpenAI-format response body reports.
+pub fn openai_tokens(body: &[u8]) -> Tokens {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        usage: Option<Usage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(Body { usage: Some(u) }) => Tokens {
+            prompt: u.prompt_tokens,
+            completion: u.completion_tokens,
+        },
+        _ => Tokens::default(),
+    }
+}
+
+/// Model ids a provider lists at its models endpoint, in either dialect.
+pub fn listed_models(body: &[u8]) -> Option<Vec<String>> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    Some(
+        v.get("data")?
+            .as_array()?
+            .iter()
+            .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// The first provider of the key that offers the endpoint and serves the model.
+pub fn choose<'a>(
+    providers: &'a [Arc<ProviderRecord>],
+    ep: Endpoint,
+    model: &str,
+) -> Option<&'a Arc<ProviderRecord>> {
+    providers
+        .iter()
+        .find(|p| offers(p.kind, ep) && serves(p, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use serde_json::json;
+
+    fn provider(kind: ProviderKind, base: &str, config: Value, models: &[&str]) -> ProviderRecord {
+        ProviderRecord {
+            provider_id: "prv_1".into(),
+            name: "p".into(),
+            kind,
+            base_url: base.into(),
+            config: config.as_object().cloned().unwrap_or_default(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            credential: None,
+            verification: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            deleted_at: None,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn urls_per_kind() {
+        let p = provider(
+            ProviderKind::Openai,
+            "https://api.openai.com/v1/",
+            json!({}),
+            &[],
+        );
+        assert_eq!(
+            url(&p, Endpoint::Chat, "gpt-4o").unwrap().0.as_str(),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        let g = provider(
+            ProviderKind::Gemini,
+            "https://generativelanguage.googleapis.com/v1beta/openai",
+            json!({}),
+            &[],
+        );
+        assert_eq!(
+            url(&g, Endpoint::Embeddings, "x").unwrap().0.as_str(),
+            "https://generativelanguage.googleapis.com/v1beta/openai/embeddings"
+        );
+        let a = provider(
+            ProviderKind::AzureOpenai,
+            "https://myres.openai.azure.com",
+            json!({"api_version": "2024-10-21", "deployments": {"gpt-4o": "prod 4o"}}),
+            &[],
+        );
+        assert_eq!(
+            url(&a, Endpoint::Chat, "gpt-4o").unwrap().0.as_str(),
+            "https://myres.openai.azure.com/openai/deployments/prod%204o/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(url(&a, Endpoint::Chat, "gpt-5").unwrap_err().status, 404);
+        assert!(serves(&a, "gpt-4o") && !serves(&a, "gpt-5"));
+        let c = provider(
+            ProviderKind::Anthropic,
+            "https://api.anthropic.com",
+            json!({}),
+            &["claude"],
+        );
+        assert_eq!(
+            url(&c, Endpoint::Chat, "claude").unwrap(),
+            (
+                Url::parse("https://api.anthropic.com/v1/messages").unwrap(),
+                Dialect::AnthropicFromOpenAi
+            )
+        );
+        assert!(serves(&c, "claude") && !serves(&c, "gpt-4o"));
+        assert!(!offers(ProviderKind::Anthropic, Endpoint::Embeddings));
+        assert!(!offers(ProviderKind::Openai, Endpoint::Messages));
+    }
+
+    #[test]
+    fn client_credentials_and_hop_by_hop_headers_stay_behind() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer kw_x"),
+            ("x-api-key", "kw_y"),
+            ("api-key", "kw_z"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("user-agent", "OpenAI/Python"),
+            ("x-stainless-lang", "python"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = forwarded_headers(&h);
+        let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(out.contains_key("user-agent") && out.contains_key("x-stainless-lang"));
+    }
+
+    #[test]
+    fn scrubbing_removes_credentials_and_keys() {
+        let key = crate::crypto::Secret::generate();
+        let body = format!(
+            r#"{{"error":{{"message":"bad key sk-live-abcdef1234 and {} and kw_short"}}}}"#,
+            key.expose()
+        );
+        let out = String::from_utf8(scrub(body.as_bytes(), "sk-live-abcdef1234")).unwrap();
+        assert!(!out.contains("sk-live-abcdef1234") && !out.contains(key.expose()));
+        assert_eq!(
+            out,
+            r#"{"error":{"message":"bad key [redacted] and [redacted] and kw_short"}}"#
+        );
+    }
+
+    #[test]
+    fn tokens_from_the_fixtures() {
+        assert_eq!(
+            openai_tokens(include_bytes!(
+                "../../../tests/fixtures/openai-chat-completion.json"
+            )),
+            Tokens {
+                prompt: 19,
+                completion: 10
+            }
+        );
+        assert_eq!(
+            openai_tokens(include_bytes!(
+                "../../../tests/fixtures/openai-embeddings.json"
+            )),
+            Tokens {
+                prompt: 8,
+                completion: 0
+            }
+        );
+        assert_eq!(
+            listed_models(include_bytes!("../../../tests/fixtures/openai-models.json")).unwrap(),
+            ["gpt-4o-mini", "gpt-4.1", "text-embedding-3-small"]
+        );
+    }
+}
