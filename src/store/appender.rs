@@ -25,6 +25,8 @@ pub trait CommitSink: Send + Sync + 'static {
     /// submitter of that batch gets its reply, so a command's response reflects its own
     /// write. Seqs are increasing across calls but need not be contiguous: another writer
     /// (another node, or a direct `EventStore::append`) may have appended in between.
+    /// It runs while the next batch is appended, and must not wait on the appender
+    /// (submit or record), which would wait on it in turn.
     async fn committed(&self, envs: &[Envelope]);
 }
 
