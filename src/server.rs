@@ -161,7 +161,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tokio::time::sleep(grace).await;
         } => tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace; closing them"),
     }
-    running.shutdown().await;
+    // A store that stays down would hold the drain forever: usage events are never
+    // dropped while the process lives. Give it the shutdown grace, then say what is lost.
+    let queued = running.state.0.commands.appender.queue_depth();
+    if tokio::time::timeout(grace, running.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            queued,
+            "the event store did not take the queued usage events within the shutdown grace; they are lost"
+        );
+        anyhow::bail!("shutdown: the usage queue could not be drained");
+    }
     tracing::info!("usage queue drained; bye");
     Ok(())
 }
