@@ -2,6 +2,7 @@
 //! SQLite (the embedded default) and PostgreSQL (several nodes sharing one log).
 
 pub mod appender;
+mod plan;
 pub mod sqlite;
 
 use async_trait::async_trait;
