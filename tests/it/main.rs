@@ -9,4 +9,5 @@ mod common;
 mod foundation;
 mod keys;
 mod openapi;
+mod pg;
 mod store;
