@@ -89,10 +89,13 @@ impl PostgresStore {
     /// Connects to a `postgres://…` URL and runs the migrations. Several nodes may do so
     /// at once: sqlx's migrator holds an advisory lock of its own while it migrates.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let options = PgConnectOptions::from_str(url)
+        let mut options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?
-            .application_name("keyward")
             .options(SESSION);
+        // `?application_name=…` in the URL tells nodes apart in pg_stat_activity.
+        if options.get_application_name().is_none() {
+            options = options.application_name("keyward");
+        }
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .min_connections(0)
@@ -382,11 +385,10 @@ async fn lookup_stream_versions(
         .map(|row| {
             let stream: String = row.try_get(0)?;
             let version: Option<i64> = row.try_get(1)?;
-            let version =
-                u64::try_from(version.unwrap_or(0)).map_err(|_| StoreError::Corrupt {
-                    seq: 0,
-                    reason: format!("stream {stream} has a negative version"),
-                })?;
+            let version = u64::try_from(version.unwrap_or(0)).map_err(|_| StoreError::Corrupt {
+                seq: 0,
+                reason: format!("stream {stream} has a negative version"),
+            })?;
             Ok((stream, version))
         })
         .collect()
