@@ -15,6 +15,7 @@ pub mod live;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+pub mod tail;
 
 pub mod time {
     pub use keyward_events::time::*;
