@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod foundation;
 mod keys;
+mod nodes;
 mod openapi;
 mod pg;
 mod store;

@@ -15,16 +15,15 @@ pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// `CI=true` instead of skipping.
 pub async fn pg_url_or_skip() -> Option<String> {
     let url = std::env::var("KEYWARD_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-    let reason = match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&url))
-        .await
-    {
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-            return Some(url);
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "no answer within 5 s".to_owned(),
-    };
+    let reason =
+        match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&url)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                return Some(url);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5 s".to_owned(),
+        };
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("PostgreSQL at {url} is unreachable and CI=true, so this fails: {reason}");
     }
