@@ -102,7 +102,9 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn EventStore>, StoreErro
         return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&path).await?));
     }
     if is_postgres(url) {
-        return Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url).await?));
+        return Ok(std::sync::Arc::new(
+            postgres::PostgresStore::connect(url).await?,
+        ));
     }
     Err(StoreError::Unavailable(
         "the database URL must start with sqlite://, postgres:// or postgresql://".to_owned(),

@@ -89,9 +89,14 @@ impl PostgresStore {
     /// Connects to a `postgres://…` URL and runs the migrations. Several nodes may do so
     /// at once: sqlx's migrator holds an advisory lock of its own while it migrates.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let mut options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?
-            .options(SESSION);
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+        Self::connect_with(options).await
+    }
+
+    /// [`connect`](Self::connect) with options built in code.
+    pub async fn connect_with(options: PgConnectOptions) -> Result<PostgresStore, StoreError> {
+        let mut options = options.options(SESSION);
         // `?application_name=…` in the URL tells nodes apart in pg_stat_activity.
         if options.get_application_name().is_none() {
             options = options.application_name("keyward");
