@@ -1005,3 +1005,115 @@ async fn keyward_migrate_works_on_an_empty_postgres_database() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+// ---- measurement ----
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut lags: Vec<Duration>) -> String {
+    lags.sort();
+    format!(
+        "{name}: n={} p50={:.2?} p90={:.2?} p99={:.2?} max={:.2?}",
+        lags.len(),
+        percentile(&lags, 0.50),
+        percentile(&lags, 0.90),
+        percentile(&lags, 0.99),
+        lags[lags.len() - 1]
+    )
+}
+
+/// How long until node B has folded the event of a command acknowledged on node A, for
+/// creates and expires. A thread watches B's live head from before the command, so the
+/// figure is from A's acknowledgement to B's projection (0 when B had it first), and from
+/// the start of A's command (its durable commit included). Also reports the lag B's tail
+/// recorded (now − occurred_at), the figure a metric exports.
+///
+/// `cargo test --release --test it nodes::propagation_lag -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it on purpose, in release"]
+async fn propagation_lag_between_two_nodes() {
+    let Some((_db, a, b)) = two_nodes().await else {
+        return;
+    };
+    let admin = a.admin_id();
+    const N: usize = 200;
+    let (mut create, mut expire, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
+    let mut from_start = Vec::new();
+    let mut seen_first = 0;
+    for i in 0..2 * N {
+        within(STALENESS_BOUND, "B is level with A", || {
+            b.live().head() == a.live().head()
+        })
+        .await;
+        let before = a.live().head().seq;
+        let live_b = b.live().clone();
+        let watcher = std::thread::spawn(move || {
+            loop {
+                if live_b.head().seq > before {
+                    return Instant::now();
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        });
+        let creating = i % 2 == 0;
+        let started = Instant::now();
+        if creating {
+            a.cmds()
+                .create_key(
+                    &Actor::system(),
+                    key_spec(&admin, "lag", Utc::now() + chrono::Duration::days(1)),
+                )
+                .await
+                .unwrap();
+        } else {
+            let key_id = a
+                .live()
+                .read()
+                .keys
+                .iter()
+                .find(|k| k.name == "lag" && k.expired.is_none())
+                .unwrap()
+                .key_id
+                .clone();
+            a.cmds()
+                .expire_key(&Actor::system(), Visibility::All, &key_id)
+                .await
+                .unwrap();
+        }
+        let acked = Instant::now();
+        let seen = tokio::task::spawn_blocking(move || watcher.join().unwrap())
+            .await
+            .unwrap();
+        let lag = seen.saturating_duration_since(acked);
+        from_start.push(seen - started);
+        if seen < acked {
+            seen_first += 1;
+        }
+        if creating {
+            create.push(lag);
+        } else {
+            expire.push(lag);
+        }
+        recorded.push(Duration::from_micros(b.live().tail_stats().lag_us()));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("{}", summary("create, A's ack → B's projection", create));
+    eprintln!("{}", summary("expire, A's ack → B's projection", expire));
+    eprintln!(
+        "{}",
+        summary("either, A's command start → B's projection", from_start)
+    );
+    eprintln!(
+        "{}",
+        summary("B's recorded tail lag (now − occurred_at)", recorded)
+    );
+    eprintln!(
+        "B had the event before A answered in {seen_first} of {}",
+        2 * N
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
