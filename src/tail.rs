@@ -9,6 +9,8 @@
 //! subscribes again, with backoff, and its first catch-up resumes from the live head:
 //! the last seq this node applied.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::live::Live;
+use crate::store::StoreError;
 use crate::store::postgres::{PostgresStore, Wakeups};
 
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -62,40 +65,44 @@ struct Tail {
 impl Tail {
     async fn run(mut self) {
         let mut wakeups: Option<Wakeups> = None;
+        // A subscription under way. It runs alongside the poll rather than before it: with
+        // the database down or out of connections, it can take seconds to fail.
+        let mut subscribing: Option<Subscribing> = None;
         let mut backoff = BACKOFF_START;
         let mut subscribe_at = Instant::now();
         let mut subscribed_before = false;
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            if wakeups.is_none() && Instant::now() >= subscribe_at {
-                let listened = tokio::select! {
-                    () = self.stop.cancelled() => return,
-                    listened = self.store.listen() => listened,
-                };
-                match listened {
-                    Ok(w) => {
-                        wakeups = Some(w);
-                        backoff = BACKOFF_START;
-                        self.live.tail_stats().set_listening(true);
-                        if subscribed_before {
-                            self.live.tail_stats().count_reconnect();
-                            tracing::info!("listening for new events again");
-                        }
-                        subscribed_before = true;
-                        // Whatever committed while nobody listened.
-                        self.catch_up().await;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot listen for new events; polling meanwhile");
-                        subscribe_at = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
+            if wakeups.is_none() && subscribing.is_none() && Instant::now() >= subscribe_at {
+                let store = self.store.clone();
+                subscribing = Some(Box::pin(async move { store.listen().await }));
             }
-            let retry = tokio::time::sleep_until(subscribe_at);
+            let idle = wakeups.is_none() && subscribing.is_none();
             tokio::select! {
                 () = self.stop.cancelled() => return,
+                listened = finish(&mut subscribing) => {
+                    subscribing = None;
+                    match listened {
+                        Ok(w) => {
+                            wakeups = Some(w);
+                            backoff = BACKOFF_START;
+                            self.live.tail_stats().set_listening(true);
+                            if subscribed_before {
+                                self.live.tail_stats().count_reconnect();
+                                tracing::info!("listening for new events again");
+                            }
+                            subscribed_before = true;
+                            // Whatever committed while nobody listened.
+                            self.catch_up().await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot listen for new events; polling meanwhile");
+                            subscribe_at = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                        }
+                    }
+                }
                 woke = next(&mut wakeups) => match woke {
                     Ok(_) => self.catch_up().await,
                     Err(e) => {
@@ -107,7 +114,7 @@ impl Tail {
                     }
                 },
                 _ = poll.tick() => self.catch_up().await,
-                () = retry, if wakeups.is_none() => {}
+                () = tokio::time::sleep_until(subscribe_at), if idle => {}
             }
         }
     }
@@ -136,8 +143,18 @@ impl Tail {
     }
 }
 
+type Subscribing = Pin<Box<dyn Future<Output = Result<Wakeups, StoreError>> + Send>>;
+
+/// The outcome of the subscription under way, or never when there is none.
+async fn finish(subscribing: &mut Option<Subscribing>) -> Result<Wakeups, StoreError> {
+    match subscribing {
+        Some(s) => s.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next wake-up, or never when not subscribed.
-async fn next(wakeups: &mut Option<Wakeups>) -> Result<Option<u64>, crate::store::StoreError> {
+async fn next(wakeups: &mut Option<Wakeups>) -> Result<Option<u64>, StoreError> {
     match wakeups {
         Some(w) => w.recv().await,
         None => std::future::pending().await,
