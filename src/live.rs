@@ -2,8 +2,9 @@
 //! the log at start and kept current after each commit.
 //!
 //! Readers take a shared read lock for the duration of a lookup and clone out an `Arc` of
-//! the record they need; the only writer is the commit path, which holds the write lock
-//! for the few microseconds it takes to fold one batch. No read waits on the database.
+//! the record they need; the writers are the commit path and, on PostgreSQL, the tail
+//! (other nodes' events), one at a time, each holding the write lock for the few
+//! microseconds it takes to fold one batch. No read waits on the database.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

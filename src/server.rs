@@ -1,6 +1,6 @@
 //! Starting and stopping the service: the data dir and its lock, the keyring, the store,
-//! the rebuild of the live projections, the appender, the first-run bootstrap and the
-//! HTTP listener with a graceful shutdown.
+//! the rebuild of the live projections, the appender, the tail (PostgreSQL), the first-run
+//! bootstrap and the HTTP listener with a graceful shutdown.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

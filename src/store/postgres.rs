@@ -19,8 +19,8 @@
 //!   used up no seq. (Under REPEATABLE READ the snapshot would be taken by the lock
 //!   statement, before the lock is granted, and the head could be stale.)
 //! - **Optimistic concurrency across nodes.** Stream versions and idempotency (`event_id`)
-//!   are read inside the lock, so the check in [`plan`](super::plan) is made against the
-//!   log as it is at that moment, whichever node wrote last. There is no in-memory head
+//!   are read inside the lock, so the checks (`src/store/plan.rs`, shared with SQLite) are
+//!   made against the log as it is at that moment, whichever node wrote last. There is no in-memory head
 //!   or version cache: other nodes append too.
 //! - **A reader never skips an event that commits late.** A seq is assigned only under the
 //!   lock, and the lock is held until that seq's transaction has committed (or vanished
@@ -49,7 +49,7 @@ use async_trait::async_trait;
 use keyward_events::{Envelope, Hash32, Head, NewEvent, time};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::{Executor, PgConnection, Postgres, QueryBuilder, Row};
 use ulid::Ulid;
 
 use super::plan::{self, seal_run};
@@ -73,11 +73,9 @@ const INSERT: &str = "INSERT INTO events (seq, event_id, stream, stream_version,
                       $9::text[], $10::text[], $11::bytea[], $12::bytea[])";
 const POOL_SIZE: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Session settings for every connection (see the module docs).
-const SESSION: [(&str, &str); 2] = [
-    ("lock_timeout", "15s"),
-    ("idle_in_transaction_session_timeout", "10s"),
-];
+/// Session settings for every store connection (see the module docs). Set with SET after
+/// connecting rather than as a startup `options` parameter, which PgBouncer refuses.
+const SESSION: &str = "SET lock_timeout = '15s'; SET idle_in_transaction_session_timeout = '10s'";
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -96,7 +94,7 @@ impl PostgresStore {
 
     /// [`connect`](Self::connect) with options built in code.
     pub async fn connect_with(options: PgConnectOptions) -> Result<PostgresStore, StoreError> {
-        let mut options = options.options(SESSION);
+        let mut options = options;
         // `?application_name=…` in the URL tells nodes apart in pg_stat_activity.
         if options.get_application_name().is_none() {
             options = options.application_name("keyward");
@@ -105,6 +103,7 @@ impl PostgresStore {
             .max_connections(POOL_SIZE)
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(|conn, _| Box::pin(async move { conn.execute(SESSION).await.map(drop) }))
             .connect_with(options.clone())
             .await?;
         let store = PostgresStore {
