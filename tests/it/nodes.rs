@@ -520,7 +520,9 @@ async fn a_long_open_append_is_not_skipped_by_a_reader_once_it_commits() {
     let reader = tokio::spawn(async move {
         let mut last = start.seq;
         let mut seen = Vec::new();
-        while !*stop_rx.borrow() {
+        loop {
+            // One more read after the stop, so the reader ends level with the log.
+            let stopping = *stop_rx.borrow();
             let page = store.read_from(last, 100).await.unwrap();
             if let Some(first) = page.first() {
                 assert_eq!(first.seq, last + 1, "the reader skipped seq {}", last + 1);
@@ -530,9 +532,11 @@ async fn a_long_open_append_is_not_skipped_by_a_reader_once_it_commits() {
                 last = page.last().unwrap().seq;
                 seen.extend(page.iter().map(|e| e.seq));
             }
+            if stopping {
+                return seen;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        seen
     });
 
     // Longer than a poll interval: the tails on both nodes have looked more than once.
