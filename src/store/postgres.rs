@@ -12,16 +12,17 @@
 //! - **Gap-free `seq` in commit order, one hash chain.** While one transaction holds the
 //!   lock no other can seal anything, and the next holder starts only after the commit
 //!   has completed. PostgreSQL makes a committed transaction visible before it releases
-//!   its locks, and in READ COMMITTED (the default, which this store relies on) every
-//!   statement takes a fresh snapshot, so the next holder's head read, which runs after
-//!   its lock statement returns, sees the previous commit. Its first event therefore takes
-//!   `head.seq + 1` and `prev_hash = head.hash`. A rolled-back append wrote nothing and
-//!   used up no seq. (Under REPEATABLE READ the snapshot would be taken by the lock
-//!   statement, before the lock is granted, and the head could be stale.)
+//!   its locks, and in READ COMMITTED (which every append asks for, whatever the
+//!   database's default) every statement takes a fresh snapshot, so the next holder's
+//!   head read, which runs after its lock statement returns, sees the previous commit.
+//!   Its first event therefore takes `head.seq + 1` and `prev_hash = head.hash`. A
+//!   rolled-back append wrote nothing and used up no seq. (Under REPEATABLE READ the
+//!   snapshot would be taken by the lock statement, before the lock is granted, and the
+//!   head could be stale.)
 //! - **Optimistic concurrency across nodes.** Stream versions and idempotency (`event_id`)
-//!   are read inside the lock, so the checks (`src/store/plan.rs`, shared with SQLite) are
-//!   made against the log as it is at that moment, whichever node wrote last. There is no in-memory head
-//!   or version cache: other nodes append too.
+//!   are read inside the lock, so the checks (`src/store/plan.rs`, shared with SQLite)
+//!   are made against the log as it is at that moment, whichever node wrote last. There
+//!   is no in-memory head or version cache: other nodes append too.
 //! - **A reader never skips an event that commits late.** A seq is assigned only under the
 //!   lock, and the lock is held until that seq's transaction has committed (or vanished
 //!   with nothing written). So every event with a lower seq was already visible before a
@@ -173,7 +174,8 @@ impl PostgresStore {
         conn: &mut PgConnection,
         units: Vec<Vec<NewEvent>>,
     ) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, StoreError> {
-        let mut tx = sqlx::Connection::begin(conn).await?;
+        let mut tx =
+            sqlx::Connection::begin_with(conn, "BEGIN ISOLATION LEVEL READ COMMITTED").await?;
         if self.serialise {
             // Its own statement: the reads below must take their snapshots after the
             // lock is granted (see the module docs).

@@ -795,6 +795,50 @@ async fn postgres_never_trusts_a_cached_head() {
     chain::verify(&all(s).await).unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writers_on_two_connections_keep_one_chain_whatever_the_default_isolation() {
+    let Some(h) = Harness::postgres().await else {
+        return;
+    };
+    let Backend::Postgres { db } = &h.backend else {
+        unreachable!()
+    };
+    // Under REPEATABLE READ the head would be read from a snapshot taken before the lock
+    // was granted; an append must ask for READ COMMITTED itself.
+    h.raw_execute(&format!(
+        "ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'",
+        db.name
+    ))
+    .await
+    .unwrap();
+    let writers: Vec<Arc<dyn EventStore>> = vec![
+        Arc::new(PostgresStore::connect(&db.url).await.unwrap()),
+        Arc::new(PostgresStore::connect(&db.url).await.unwrap()),
+    ];
+    let tasks: Vec<_> = writers
+        .iter()
+        .enumerate()
+        .map(|(w, s)| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..40u64 {
+                    let units =
+                        (0..5).map(|j| vec![key_used("key_1", w as u64 * 1000 + i * 5 + j)]);
+                    ok_units(s.append(units.collect()).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = all(&*h.store).await;
+    assert_eq!(log.len(), 400);
+    chain::verify(&log).unwrap();
+    let versions: Vec<u64> = log.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, (1..=400).collect::<Vec<_>>());
+}
+
 // ---- the appender ----
 
 /// Records what the appender hands over, and lets a test wait for a count.
