@@ -1,20 +1,37 @@
 //! Durable append throughput through the appender: N `key.used` events recorded by a few
-//! producer tasks into a fresh SQLite file (WAL, synchronous=FULL), until shutdown has
-//! committed the last one. The events are built before the clock starts, so the figure is
-//! the appender's and the store's; with `KEYWARD_BUILD_IN_PRODUCERS=1` the producers build
-//! them as they go, as proxy requests would, sharing the two cores with the appender.
+//! producer tasks until shutdown has committed the last one. The events are built before
+//! the clock starts, so the figure is the appender's and the store's; with
+//! `KEYWARD_BUILD_IN_PRODUCERS=1` the producers build them as they go, as proxy requests
+//! would, sharing the cores with the appender.
 //!
-//! `cargo run --release --example append_throughput -- [events] [producers] [keys] [max_batch]`
+//! ```text
+//! cargo run --release --example append_throughput -- [events] [producers] [keys] [max_batch]
+//!     [--database-url URL] [--nodes N] [--no-lock]
+//! ```
+//!
+//! - Without `--database-url`: a fresh SQLite file (WAL, synchronous=FULL).
+//! - `--database-url postgres://…`: a scratch database `kw_bench_<ulid>` created on that
+//!   server (the URL's user must be allowed to) and dropped afterwards. Commits are as
+//!   durable as the server is configured to make them (`synchronous_commit`, `fsync`).
+//! - `--nodes N` (PostgreSQL): N stores with an appender each, as N nodes would, sharing
+//!   the events between them and contending for the append lock.
+//! - `--no-lock` (PostgreSQL, one node only): appends without the advisory lock, to
+//!   measure what the lock costs.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use anyhow::{Context, bail, ensure};
 use async_trait::async_trait;
 use keyward::store::EventStore;
 use keyward::store::appender::{Appender, AppenderConfig, CommitSink};
+use keyward::store::postgres::PostgresStore;
 use keyward::store::sqlite::SqliteStore;
-use keyward_events::{Envelope, Event, ExpectedVersion, KeyUsed, NewEvent, UsageOutcome};
+use keyward_events::{Envelope, Event, ExpectedVersion, KeyUsed, NewEvent, UsageOutcome, chain};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Executor};
 
 #[derive(Default)]
 struct Counter {
@@ -55,20 +72,115 @@ fn key_used(key: usize, n: usize) -> NewEvent {
     )
 }
 
+struct Args {
+    events: usize,
+    producers: usize,
+    keys: usize,
+    max_batch: Option<usize>,
+    database_url: Option<String>,
+    nodes: usize,
+    lock: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut numbers = Vec::new();
+    let mut database_url = None;
+    let mut nodes = 1;
+    let mut lock = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--database-url" => database_url = Some(args.next().context("--database-url URL")?),
+            "--nodes" => nodes = args.next().context("--nodes N")?.parse()?,
+            "--no-lock" => lock = false,
+            _ => numbers.push(a.parse::<usize>().with_context(|| format!("{a:?}"))?),
+        }
+    }
+    let n = |i: usize| numbers.get(i).copied();
+    let args = Args {
+        events: n(0).unwrap_or(100_000),
+        producers: n(1).unwrap_or(4).max(1),
+        keys: n(2).unwrap_or(100).max(1),
+        max_batch: n(3),
+        database_url,
+        nodes: nodes.max(1),
+        lock,
+    };
+    let postgres = args
+        .database_url
+        .as_deref()
+        .is_some_and(keyward::store::is_postgres);
+    if !postgres && (args.nodes > 1 || !args.lock) {
+        bail!("--nodes and --no-lock are for PostgreSQL");
+    }
+    if !args.lock && args.nodes > 1 {
+        bail!("--no-lock with several nodes would fork the chain");
+    }
+    Ok(args)
+}
+
+/// A database created for the run and dropped after it.
+struct Scratch {
+    server: PgConnectOptions,
+    name: String,
+}
+
+impl Scratch {
+    async fn create(url: &str) -> anyhow::Result<(Scratch, PgConnectOptions)> {
+        let server = PgConnectOptions::from_str(url)?;
+        let name = format!("kw_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let mut conn = server.connect().await?;
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await?;
+        let options = server.clone().database(&name);
+        Ok((Scratch { server, name }, options))
+    }
+
+    async fn drop_it(self) -> anyhow::Result<()> {
+        let mut conn = self.server.connect().await?;
+        conn.execute(format!("DROP DATABASE {} WITH (FORCE)", self.name).as_str())
+            .await?;
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
-    let events = args.next().transpose()?.unwrap_or(100_000);
-    let producers = args.next().transpose()?.unwrap_or(4).max(1);
-    let keys = args.next().transpose()?.unwrap_or(100).max(1);
+    let args = parse_args()?;
     let mut cfg = AppenderConfig::default();
-    cfg.max_batch = args.next().transpose()?.unwrap_or(cfg.max_batch);
+    cfg.max_batch = args.max_batch.unwrap_or(cfg.max_batch);
 
     let dir = tempfile::tempdir()?;
-    let store = Arc::new(SqliteStore::open(&dir.path().join("events.db")).await?);
+    let mut scratch = None;
+    let mut pg_stores: Vec<Arc<PostgresStore>> = Vec::new();
+    let stores: Vec<Arc<dyn EventStore>> = match args.database_url.as_deref() {
+        Some(url) if keyward::store::is_postgres(url) => {
+            let (s, options) = Scratch::create(url).await?;
+            scratch = Some(s);
+            for _ in 0..args.nodes {
+                let mut store = PostgresStore::connect_with(options.clone()).await?;
+                if !args.lock {
+                    store = store.without_append_lock_for_benchmarks();
+                }
+                pg_stores.push(Arc::new(store));
+            }
+            pg_stores
+                .iter()
+                .map(|s| s.clone() as Arc<dyn EventStore>)
+                .collect()
+        }
+        Some(url) => vec![Arc::new(SqliteStore::open_url(url).await?)],
+        None => vec![Arc::new(
+            SqliteStore::open(&dir.path().join("events.db")).await?,
+        )],
+    };
     let sink = Arc::new(Counter::default());
-    let (appender, handle) = Appender::spawn(store.clone(), sink.clone(), cfg);
+    let (appenders, handles): (Vec<Appender>, Vec<_>) = stores
+        .iter()
+        .map(|s| Appender::spawn(s.clone(), sink.clone(), cfg))
+        .unzip();
 
+    let (events, producers, keys) = (args.events, args.producers, args.keys);
     let build_in_producers = std::env::var_os("KEYWARD_BUILD_IN_PRODUCERS").is_some();
     let mut prebuilt: Vec<Vec<NewEvent>> = (0..producers)
         .map(|p| {
@@ -85,7 +197,8 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let tasks: Vec<_> = (0..producers)
         .map(|p| {
-            let a = appender.clone();
+            // Producers are spread over the nodes, as a load balancer would spread requests.
+            let a = appenders[p % appenders.len()].clone();
             let ready = std::mem::take(&mut prebuilt[p]);
             tokio::spawn(async move {
                 if build_in_producers {
@@ -105,19 +218,29 @@ async fn main() -> anyhow::Result<()> {
         t.await??;
     }
     let queued = start.elapsed();
-    handle.shutdown().await;
+    futures::future::join_all(handles.into_iter().map(|h| h.shutdown())).await;
     let elapsed = start.elapsed();
 
-    let head = store.head().await?;
+    let head = stores[0].head().await?;
     let committed = sink.events.load(Ordering::Relaxed);
     let batches = sink.batches.load(Ordering::Relaxed);
-    anyhow::ensure!(
+    ensure!(
         committed == events && head.seq == events as u64,
         "committed {committed}, head {}",
         head.seq
     );
+    let log = stores[0].read_from(0, usize::MAX).await?;
+    chain::verify(&log).context("the chain does not verify")?;
+
+    let backend = match (&args.database_url, args.nodes, args.lock) {
+        (None, ..) => "SQLite (WAL, synchronous=FULL)".to_owned(),
+        (Some(u), ..) if !keyward::store::is_postgres(u) => "SQLite".to_owned(),
+        (Some(_), 1, true) => "PostgreSQL, 1 node, advisory lock".to_owned(),
+        (Some(_), 1, false) => "PostgreSQL, 1 node, NO advisory lock".to_owned(),
+        (Some(_), n, _) => format!("PostgreSQL, {n} nodes contending for the advisory lock"),
+    };
     println!(
-        "{events} key.used events ({}), {producers} producers, {keys} keys, queue {} / batch {}",
+        "{backend}: {events} key.used events ({}), {producers} producers, {keys} keys, queue {} / batch {}",
         if build_in_producers {
             "built by the producers"
         } else {
@@ -127,15 +250,21 @@ async fn main() -> anyhow::Result<()> {
         cfg.max_batch
     );
     println!(
-        "all queued after {:.3} s; all durable after {:.3} s in {batches} batches (mean {:.0} events)",
+        "all queued after {:.3} s; all durable after {:.3} s in {batches} batches (mean {:.0} events, {:.2} ms per batch)",
         queued.as_secs_f64(),
         elapsed.as_secs_f64(),
-        events as f64 / batches.max(1) as f64
+        events as f64 / batches.max(1) as f64,
+        elapsed.as_secs_f64() * 1000.0 / batches.max(1) as f64
     );
     println!(
-        "{:.0} durable events/s",
+        "{:.0} durable events/s; the chain verifies",
         events as f64 / elapsed.as_secs_f64()
     );
-    store.close().await;
+    for s in &pg_stores {
+        s.close().await;
+    }
+    if let Some(s) = scratch {
+        s.drop_it().await?;
+    }
     Ok(())
 }

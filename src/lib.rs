@@ -17,6 +17,7 @@ pub mod provider_check;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+pub mod tail;
 
 pub mod time {
     pub use keyward_events::time::*;

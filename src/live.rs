@@ -2,10 +2,12 @@
 //! the log at start and kept current after each commit.
 //!
 //! Readers take a shared read lock for the duration of a lookup and clone out an `Arc` of
-//! the record they need; the only writer is the commit path, which holds the write lock
-//! for the few microseconds it takes to fold one batch. No read waits on the database.
+//! the record they need; the writers are the commit path and, on PostgreSQL, the tail
+//! (other nodes' events), one at a time, each holding the write lock for the few
+//! microseconds it takes to fold one batch. No read waits on the database.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use keyward_events::{ChainVerifier, Envelope, Head};
@@ -23,6 +25,64 @@ pub struct Live {
     /// folded strictly in seq order.
     apply: tokio::sync::Mutex<()>,
     store: Arc<dyn EventStore>,
+    tail: TailStats,
+}
+
+/// What this node has seen of other writers' events: those it folded from the store
+/// rather than from its own commits. A later metrics endpoint exports these.
+#[derive(Debug, Default)]
+pub struct TailStats {
+    lag_us: AtomicU64,
+    events: AtomicU64,
+    reconnects: AtomicU64,
+    listening: AtomicBool,
+}
+
+impl TailStats {
+    /// Now minus `occurred_at` of the newest event folded from the store, in microseconds,
+    /// measured when it was folded: how stale this node was about it. It includes the time
+    /// the event spent in its own node's append queue, and any clock skew between nodes.
+    pub fn lag_us(&self) -> u64 {
+        self.lag_us.load(Ordering::Relaxed)
+    }
+
+    /// Events folded from the store rather than from this node's own commits.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Times the tail lost its notification connection and set it up again.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Whether the tail is currently subscribed to notifications (otherwise it polls).
+    pub fn listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Relaxed);
+    }
+
+    pub fn count_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record(&self, newest: &Envelope, applied: u64) {
+        let lag = (chrono::Utc::now() - newest.occurred_at)
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
+        let lag = u64::try_from(lag).unwrap_or(0);
+        self.lag_us.store(lag, Ordering::Relaxed);
+        self.events.fetch_add(applied, Ordering::Relaxed);
+        tracing::debug!(
+            applied,
+            head_seq = newest.seq,
+            lag_ms = lag as f64 / 1000.0,
+            "folded events from the store"
+        );
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +155,7 @@ impl Live {
                 state: RwLock::new(state),
                 apply: tokio::sync::Mutex::new(()),
                 store,
+                tail: TailStats::default(),
             },
             report,
         ))
@@ -107,6 +168,10 @@ impl Live {
 
     pub fn head(&self) -> Head {
         self.state.read().head
+    }
+
+    pub fn tail_stats(&self) -> &TailStats {
+        &self.tail
     }
 
     /// Folds whatever the store has beyond the live head (other nodes' events on a
@@ -127,10 +192,18 @@ impl Live {
             if page.is_empty() {
                 return Ok(applied);
             }
-            let mut state = self.state.write();
-            for env in page.iter().take_while(|e| until.is_none_or(|u| e.seq <= u)) {
-                state.apply(env)?;
-                applied += 1;
+            let mut newest = None;
+            {
+                let mut state = self.state.write();
+                for env in page.iter().take_while(|e| until.is_none_or(|u| e.seq <= u)) {
+                    state.apply(env)?;
+                    applied += 1;
+                    newest = Some(env);
+                }
+            }
+            if let Some(env) = newest {
+                let count = env.seq - head;
+                self.tail.record(env, count);
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Starting and stopping the service: the data dir and its lock, the keyring, the store,
-//! the rebuild of the live projections, the appender, the first-run bootstrap and the
-//! HTTP listener with a graceful shutdown.
+//! the rebuild of the live projections, the appender, the tail (PostgreSQL), the first-run
+//! bootstrap and the HTTP listener with a graceful shutdown.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,9 @@ use crate::crypto::{Keyring, MasterKey};
 use crate::http::proxy::Proxy;
 use crate::live::{Live, RebuildReport};
 use crate::store::appender::{Appender, AppenderConfig, AppenderHandle};
+use crate::store::postgres::PostgresStore;
 use crate::store::{self, EventStore};
+use crate::tail::{self, TailHandle};
 use crate::{App, AppState};
 
 pub const LOCK_FILE: &str = "keyward.lock";
@@ -34,6 +36,8 @@ pub struct Running {
     ),
     /// The proxy's background upkeep: held-back denials and limit tables.
     proxy_janitor: tokio::task::JoinHandle<()>,
+    /// On PostgreSQL: folds other nodes' events into this node's live projections.
+    tail: Option<TailHandle>,
     _lock: Option<File>,
 }
 
@@ -49,6 +53,9 @@ impl Running {
         let app = &self.state.0;
         app.proxy.flush_denials(&app.commands.appender, true).await;
         self.appender.shutdown().await;
+        if let Some(tail) = self.tail {
+            tail.shutdown().await;
+        }
     }
 }
 
@@ -62,13 +69,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let keyring = load_keyring(&config)?;
     let proxy = Proxy::new(&config).context("cannot build the HTTP client for providers")?;
-    let store: Arc<dyn EventStore> =
-        store::open(&config.database_url).await.with_context(|| {
-            format!(
-                "cannot open the event store {}",
-                redact_url(&config.database_url)
-            )
-        })?;
+    let cannot_open = || {
+        format!(
+            "cannot open the event store {}",
+            redact_url(&config.database_url)
+        )
+    };
+    // On PostgreSQL the concrete store is kept too: the tail and the first-run lock need it.
+    let (store, postgres): (Arc<dyn EventStore>, Option<Arc<PostgresStore>>) =
+        if store::is_postgres(&config.database_url) {
+            let pg = Arc::new(
+                PostgresStore::connect(&config.database_url)
+                    .await
+                    .with_context(cannot_open)?,
+            );
+            (pg.clone(), Some(pg))
+        } else {
+            let store = store::open(&config.database_url)
+                .await
+                .with_context(cannot_open)?;
+            (store, None)
+        };
     store.ping().await.with_context(|| {
         format!(
             "the event store {} cannot be written",
@@ -101,12 +122,36 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let commands = Commands::new(live.clone(), appender);
 
+    let tail = postgres
+        .as_ref()
+        .map(|pg| tail::spawn(pg.clone(), live.clone()));
+
     let mut initial_key_file = None;
     if report.head.seq == 0 {
-        let b = bootstrap::bootstrap(&commands, "admin").await?;
-        let path = bootstrap::write_secret_file(&config.data_dir, &b.secret)?;
-        tracing::info!(user_id = %b.user_id, key_id = %b.key_id, path = %path.display(), "first run: created user `admin` and an admin key");
-        initial_key_file = Some(path);
+        // Of several nodes starting on one empty log, only the first to take the lock
+        // bootstraps it; the others find its events when they catch up under the lock.
+        let first_run = match &postgres {
+            Some(pg) => Some(pg.first_run_lock().await?),
+            None => None,
+        };
+        if first_run.is_some() {
+            live.catch_up().await?;
+        }
+        let bootstrapped = if live.head().seq == 0 {
+            Some(bootstrap::bootstrap(&commands, "admin").await)
+        } else {
+            None
+        };
+        if let Some(lock) = first_run {
+            lock.release().await;
+        }
+        if let Some(b) = bootstrapped {
+            let b = b?;
+            create_private_dir(&config.data_dir)?;
+            let path = bootstrap::write_secret_file(&config.data_dir, &b.secret)?;
+            tracing::info!(user_id = %b.user_id, key_id = %b.key_id, path = %path.display(), "first run: created user `admin` and an admin key");
+            initial_key_file = Some(path);
+        }
     }
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -122,6 +167,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         initial_key_file,
         appender: handle,
         sweeper,
+        tail,
         _lock: lock,
     })
 }

@@ -2,6 +2,8 @@
 //! SQLite (the embedded default) and PostgreSQL (several nodes sharing one log).
 
 pub mod appender;
+mod plan;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -125,13 +127,23 @@ pub trait EventStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Opens the store a database URL names: `sqlite://PATH` or `postgres://…`.
+/// Opens the store a database URL names: `sqlite://PATH` or `postgres://…`
+/// (`postgresql://…`), running its migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn EventStore>, StoreError> {
     if let Some(path) = crate::config::sqlite_path(url) {
         return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&path).await?));
     }
+    if is_postgres(url) {
+        return Ok(std::sync::Arc::new(
+            postgres::PostgresStore::connect(url).await?,
+        ));
+    }
     Err(StoreError::Unavailable(
-        "this build stores events in SQLite only; the PostgreSQL store is not part of it yet"
-            .to_owned(),
+        "the database URL must start with sqlite://, postgres:// or postgresql://".to_owned(),
     ))
+}
+
+/// Whether a database URL names PostgreSQL.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }

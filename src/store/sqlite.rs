@@ -6,7 +6,7 @@
 //! them again for every batch. Any failed append throws that cache and the connection
 //! away, and the next append reads both afresh.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteExecutor};
 use ulid::Ulid;
 
+use super::plan::{self, seal_run};
 use super::{AppendError, EventFilter, EventStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -234,70 +235,22 @@ impl SqliteStore {
         }
 
         let mut ids: Vec<Ulid> = Vec::new();
-        let mut seen_ids = HashSet::new();
+        let mut seen_ids = std::collections::HashSet::new();
         for e in units.iter().flatten() {
             if seen_ids.insert(e.event_id) {
                 ids.push(e.event_id);
             }
         }
         let existing = self.lookup_events(&mut tx, &ids).await?;
-
-        let mut missing: Vec<&str> = Vec::new();
-        let mut seen_streams = HashSet::new();
-        for e in units.iter().flatten() {
-            if !existing.contains_key(&e.event_id)
-                && !cache.streams.contains_key(&e.stream)
-                && seen_streams.insert(e.stream.as_str())
-            {
-                missing.push(&e.stream);
-            }
-        }
+        let missing = plan::streams_to_look_up(&units, &existing, &cache.streams);
         for (stream, version) in self.lookup_stream_versions(&mut tx, &missing).await? {
             cache.streams.insert(stream, version);
         }
 
         // Decide every unit first (cheap), then hash and insert (dear) in a pipeline.
         let base = cache.head;
-        let mut planned: Vec<Planned> = Vec::new();
-        // Events planned in this call, so that a repeat later in the call is answered with
-        // the same envelope; and which of them are answered more than once.
-        let mut planned_ids: HashMap<Ulid, usize> = HashMap::new();
-        let mut repeated: HashSet<usize> = HashSet::new();
-        let mut results: Vec<Result<Vec<Slot>, AppendError>> = Vec::with_capacity(units.len());
-        for unit in units {
-            let known = |id: &Ulid| existing.contains_key(id) || planned_ids.contains_key(id);
-            if let Err(conflict) = check_unit(&unit, known, &cache.streams) {
-                results.push(Err(conflict));
-                continue;
-            }
-            let mut slots = Vec::with_capacity(unit.len());
-            for e in unit {
-                if let Some(env) = existing.get(&e.event_id) {
-                    slots.push(Slot::Stored(Box::new(env.clone())));
-                    continue;
-                }
-                if let Some(&i) = planned_ids.get(&e.event_id) {
-                    repeated.insert(i);
-                    slots.push(Slot::New(i));
-                    continue;
-                }
-                let version = match cache.streams.get_mut(&e.stream) {
-                    Some(v) => {
-                        *v += 1;
-                        *v
-                    }
-                    None => {
-                        cache.streams.insert(e.stream.clone(), 1);
-                        1
-                    }
-                };
-                planned_ids.insert(e.event_id, planned.len());
-                slots.push(Slot::New(planned.len()));
-                planned.push(Planned { event: e, version });
-            }
-            results.push(Ok(slots));
-        }
-
+        let mut decided = plan::plan(units, &existing, &mut cache.streams);
+        let planned = decided.take_planned();
         let count = planned.len();
         let mut planned = planned.into_iter();
         let mut head = base;
@@ -319,16 +272,7 @@ impl SqliteStore {
         tx.commit().await?;
         cache.head = head;
 
-        let mut sealed: Vec<Option<Envelope>> = sealed.into_iter().map(Some).collect();
-        let mut resolve = |slot: Slot| match slot {
-            Slot::Stored(env) => Some(*env),
-            Slot::New(i) if repeated.contains(&i) => sealed.get(i).cloned().flatten(),
-            Slot::New(i) => sealed.get_mut(i).and_then(Option::take),
-        };
-        let results = results
-            .into_iter()
-            .map(|r| r.map(|slots| slots.into_iter().filter_map(&mut resolve).collect()))
-            .collect();
+        let results = decided.answer(sealed);
         Ok((results, cache))
     }
 
@@ -440,65 +384,6 @@ impl Drop for Unpublish<'_> {
             *head.lock() = None;
         }
     }
-}
-
-/// An event admitted by its unit's checks, with the stream version it will take.
-struct Planned {
-    event: NewEvent,
-    version: u64,
-}
-
-/// Seals the next `n` planned events, continuing the chain from `head`.
-fn seal_run(
-    planned: &mut impl Iterator<Item = Planned>,
-    n: usize,
-    head: &mut Head,
-) -> Vec<(Envelope, String)> {
-    let mut run = Vec::with_capacity(n);
-    for p in planned.take(n) {
-        let (env, data) = p.event.seal_with_data(head.seq + 1, p.version, head.hash);
-        *head = Head {
-            seq: env.seq,
-            hash: env.hash,
-        };
-        run.push((env, data));
-    }
-    run
-}
-
-/// Where an envelope of an appended unit comes from: sealed in this call, or already stored.
-enum Slot {
-    New(usize),
-    Stored(Box<Envelope>),
-}
-
-/// Checks every event of a unit that is not already stored against the stream versions,
-/// counting earlier events of the same unit on the same stream.
-fn check_unit(
-    unit: &[NewEvent],
-    known: impl Fn(&Ulid) -> bool,
-    streams: &HashMap<String, u64>,
-) -> Result<(), AppendError> {
-    let mut ahead: HashMap<&str, u64> = HashMap::new();
-    let mut seen = HashSet::new();
-    for e in unit {
-        if known(&e.event_id) || !seen.insert(e.event_id) {
-            continue;
-        }
-        let current = match ahead.get(e.stream.as_str()) {
-            Some(v) => *v,
-            None => streams.get(&e.stream).copied().unwrap_or(0),
-        };
-        if !e.expected.admits(current) {
-            return Err(AppendError::Conflict {
-                stream: e.stream.clone(),
-                expected: e.expected,
-                actual: current,
-            });
-        }
-        ahead.insert(&e.stream, current + 1);
-    }
-    Ok(())
 }
 
 #[async_trait]

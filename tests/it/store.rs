@@ -1,5 +1,6 @@
 //! The event store suite, written once against `Arc<dyn EventStore>` and run for each
-//! backend by `store_suite!`, then the appender, which runs over SQLite.
+//! backend (SQLite, and PostgreSQL in a fresh database per test) by `store_suite!`, then
+//! the appender, which runs over SQLite.
 
 // Clippy's allow-unwrap-in-tests covers #[test] functions only, not their helpers.
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -12,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use keyward::store::appender::{Appender, AppenderConfig, CommitSink};
+use keyward::store::postgres::PostgresStore;
 use keyward::store::sqlite::SqliteStore;
 use keyward::store::{AppendError, EventFilter, EventStore, StoreError};
 use keyward_events::chain;
@@ -20,6 +22,8 @@ use serde_json::json;
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use tokio::sync::{Semaphore, watch};
+
+use crate::pg::TestDb;
 
 // ---- harness ----
 
@@ -34,8 +38,9 @@ enum Backend {
         _dir: tempfile::TempDir,
         path: PathBuf,
     },
-    // Postgres { url: String, schema: String }: add with the PostgreSQL store, plus a
-    // `mod postgres` in `store_suite!` that skips when KEYWARD_TEST_DATABASE_URL is unset.
+    Postgres {
+        db: TestDb,
+    },
 }
 
 impl Harness {
@@ -49,12 +54,43 @@ impl Harness {
         }
     }
 
+    /// `None` (after saying why) when PostgreSQL is unreachable outside CI.
+    async fn postgres() -> Option<Harness> {
+        let db = TestDb::create().await?;
+        let store = PostgresStore::connect(&db.url).await.unwrap();
+        Some(Harness {
+            store: Arc::new(store),
+            backend: Backend::Postgres { db },
+        })
+    }
+
     /// Closes the store and opens the same database again, as a restart would.
     async fn reopen(&mut self) {
         match &self.backend {
             Backend::Sqlite { path, .. } => {
                 self.store = Arc::new(SqliteStore::open(path).await.unwrap());
             }
+            Backend::Postgres { db } => {
+                self.store = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+            }
+        }
+    }
+
+    /// Runs the migrations again on the open database.
+    async fn migrate(&self) {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => SqliteStore::open(path)
+                .await
+                .unwrap()
+                .migrate()
+                .await
+                .unwrap(),
+            Backend::Postgres { db } => PostgresStore::connect(&db.url)
+                .await
+                .unwrap()
+                .migrate()
+                .await
+                .unwrap(),
         }
     }
 
@@ -65,6 +101,23 @@ impl Harness {
                 let mut conn = SqliteConnectOptions::new().filename(path).connect().await?;
                 let done = sqlx::query(sql).execute(&mut conn).await?;
                 Ok(done.rows_affected())
+            }
+            Backend::Postgres { db } => {
+                let mut conn = db.connect().await;
+                let done = sqlx::query(sql).execute(&mut conn).await?;
+                Ok(done.rows_affected())
+            }
+        }
+    }
+
+    /// An SQL expression for 32 bytes, zero or random, in this backend's dialect.
+    fn blob32(&self, random: bool) -> &'static str {
+        match (&self.backend, random) {
+            (Backend::Sqlite { .. }, false) => "zeroblob(32)",
+            (Backend::Sqlite { .. }, true) => "randomblob(32)",
+            (Backend::Postgres { .. }, false) => "decode(repeat('00', 32), 'hex')",
+            (Backend::Postgres { .. }, true) => {
+                "decode(md5(random()::text) || md5(random()::text), 'hex')"
             }
         }
     }
@@ -78,6 +131,15 @@ macro_rules! store_suite {
                 #[tokio::test]
                 async fn $test() {
                     super::$test(super::Harness::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let Some(h) = super::Harness::postgres().await else { return };
+                    super::$test(h).await;
                 }
             )*
         }
@@ -97,6 +159,7 @@ store_suite!(
     many_streams_in_one_call_keep_their_versions,
     an_undecodable_row_is_reported_with_its_seq,
     ping_succeeds_on_a_writable_store,
+    migrating_again_is_a_no_op,
 );
 
 // ---- fixtures ----
@@ -667,12 +730,12 @@ async fn an_undecodable_row_is_reported_with_its_seq(h: Harness) {
     let s = &*h.store;
     ok_units(s.append(vec![vec![user_created("usr_a")]]).await.unwrap());
     // Inserting is allowed (that is how the log grows), so a damaged row can be planted.
-    h.raw_execute(
+    let zero = h.blob32(false);
+    h.raw_execute(&format!(
         "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, occurred_at, \
          actor, request_id, data, prev_hash, hash) VALUES (2, '01HF7YAT010000000000000002', \
-         'user:usr_x', 1, 'user.created', 1, 0, 'system', NULL, 'not json', zeroblob(32), \
-         zeroblob(32))",
-    )
+         'user:usr_x', 1, 'user.created', 1, 0, 'system', NULL, 'not json', {zero}, {zero})"
+    ))
     .await
     .unwrap();
     match s.read_from(0, 10).await {
@@ -698,8 +761,22 @@ async fn ping_succeeds_on_a_writable_store(h: Harness) {
     assert_eq!(h.store.head().await.unwrap().seq, 1);
 }
 
+async fn migrating_again_is_a_no_op(mut h: Harness) {
+    ok_units(
+        h.store
+            .append(vec![vec![user_created("usr_a")]])
+            .await
+            .unwrap(),
+    );
+    let log = all(&*h.store).await;
+    h.migrate().await;
+    h.reopen().await;
+    assert_eq!(all(&*h.store).await, log);
+    assert_eq!(h.store.head().await.unwrap().seq, 1);
+}
+
 #[tokio::test]
-async fn migrate_again_is_a_no_op() {
+async fn sqlite_opens_by_url_and_migrating_again_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("events.db"))
         .await
@@ -753,6 +830,103 @@ async fn a_failed_append_writes_nothing_and_the_next_one_rereads_the_head() {
 
     let res = ok_units(s.append(vec![vec![user_created("usr_b")]]).await.unwrap());
     assert_eq!((res[0][0].seq, res[0][0].prev_hash), (3, planted.hash));
+}
+
+#[tokio::test]
+async fn postgres_never_trusts_a_cached_head() {
+    let Some(h) = Harness::postgres().await else {
+        return;
+    };
+    let s = &*h.store;
+    let first = ok_units(s.append(vec![vec![user_created("usr_a")]]).await.unwrap());
+    // Another node appends seq 2 (properly sealed, as it would): this store must chain
+    // onto it and see its stream version, not reuse what it knew.
+    let theirs = user_disabled("usr_a", ExpectedVersion::Exact(1)).seal(2, 2, first[0][0].hash);
+    h.raw_execute(&format!(
+        "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, occurred_at, \
+         actor, request_id, data, prev_hash, hash) VALUES (2, '{}', '{}', 2, '{}', {}, {}, '{}', \
+         '{}', '{}', decode('{}', 'hex'), decode('{}', 'hex'))",
+        theirs.event_id,
+        theirs.stream,
+        theirs.event_type,
+        theirs.schema,
+        theirs.occurred_at.timestamp_micros(),
+        theirs.actor,
+        theirs.request_id.as_deref().unwrap(),
+        keyward_events::canonical::to_string(&theirs.data),
+        theirs.prev_hash.to_hex(),
+        theirs.hash.to_hex(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        s.head().await.unwrap(),
+        Head {
+            seq: 2,
+            hash: theirs.hash
+        }
+    );
+    let res = s
+        .append(vec![
+            vec![user_disabled("usr_a", ExpectedVersion::Exact(1))],
+            vec![user_disabled("usr_a", ExpectedVersion::Exact(2))],
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(
+        res[0],
+        Err(AppendError::Conflict { actual: 2, .. })
+    ));
+    let ours = &res[1].as_ref().unwrap()[0];
+    assert_eq!(
+        (ours.seq, ours.stream_version, ours.prev_hash),
+        (3, 3, theirs.hash)
+    );
+    chain::verify(&all(s).await).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writers_on_two_connections_keep_one_chain_whatever_the_default_isolation() {
+    let Some(h) = Harness::postgres().await else {
+        return;
+    };
+    let Backend::Postgres { db } = &h.backend else {
+        unreachable!()
+    };
+    // Under REPEATABLE READ the head would be read from a snapshot taken before the lock
+    // was granted; an append must ask for READ COMMITTED itself.
+    h.raw_execute(&format!(
+        "ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'",
+        db.name
+    ))
+    .await
+    .unwrap();
+    let writers: Vec<Arc<dyn EventStore>> = vec![
+        Arc::new(PostgresStore::connect(&db.url).await.unwrap()),
+        Arc::new(PostgresStore::connect(&db.url).await.unwrap()),
+    ];
+    let tasks: Vec<_> = writers
+        .iter()
+        .enumerate()
+        .map(|(w, s)| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..40u64 {
+                    let units =
+                        (0..5).map(|j| vec![key_used("key_1", w as u64 * 1000 + i * 5 + j)]);
+                    ok_units(s.append(units.collect()).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = all(&*h.store).await;
+    assert_eq!(log.len(), 400);
+    chain::verify(&log).unwrap();
+    let versions: Vec<u64> = log.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, (1..=400).collect::<Vec<_>>());
 }
 
 // ---- the appender ----

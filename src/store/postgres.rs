@@ -1,0 +1,509 @@
+//! The PostgreSQL event store: one log shared by several Keyward nodes.
+//!
+//! # How appends stay one gap-free chain across nodes
+//!
+//! Every append is one transaction, and its first statement takes
+//! `pg_advisory_xact_lock(APPEND_LOCK)`. Only then, in later statements, does it read the
+//! head of the log (seq and hash), the stored copies of the event ids it carries and the
+//! current version of every stream it writes; it decides and seals the events from
+//! those, inserts them, and commits. The lock is released by the commit (or the
+//! rollback) itself and never earlier, so:
+//!
+//! - **Gap-free `seq` in commit order, one hash chain.** While one transaction holds the
+//!   lock no other can seal anything, and the next holder starts only after the commit
+//!   has completed. PostgreSQL makes a committed transaction visible before it releases
+//!   its locks, and in READ COMMITTED (which every append asks for, whatever the
+//!   database's default) every statement takes a fresh snapshot, so the next holder's
+//!   head read, which runs after its lock statement returns, sees the previous commit.
+//!   Its first event therefore takes `head.seq + 1` and `prev_hash = head.hash`. A
+//!   rolled-back append wrote nothing and used up no seq. (Under REPEATABLE READ the
+//!   snapshot would be taken by the lock statement, before the lock is granted, and the
+//!   head could be stale.)
+//! - **Optimistic concurrency across nodes.** Stream versions and idempotency (`event_id`)
+//!   are read inside the lock, so the checks (`src/store/plan.rs`, shared with SQLite)
+//!   are made against the log as it is at that moment, whichever node wrote last. There
+//!   is no in-memory head or version cache: other nodes append too.
+//! - **A reader never skips an event that commits late.** A seq is assigned only under the
+//!   lock, and the lock is held until that seq's transaction has committed (or vanished
+//!   with nothing written). So every event with a lower seq was already visible before a
+//!   higher seq was even assigned: a snapshot that shows seq `n` shows every seq below
+//!   `n`. A reader that has applied everything up to `last_applied` and then reads
+//!   `seq > last_applied` in seq order (what [`Live::catch_up`](crate::live::Live::catch_up)
+//!   does) can see the log grow only at its end, however long a writer keeps its
+//!   transaction open. A sequence or identity column would not give this: its numbers are
+//!   handed out before commit, so seq 8 can become visible while seq 7 is still open.
+//!
+//! Every insert fires a statement trigger that `pg_notify`s `keyward_events` with the new
+//! head seq; PostgreSQL delivers it at commit. Other nodes listen for it (see
+//! [`crate::tail`]) and poll as a fallback.
+//!
+//! A node that dies mid-append loses its connection, and PostgreSQL rolls the transaction
+//! back and releases the lock. A node that stalls mid-transaction is cut off by
+//! `idle_in_transaction_session_timeout`, and a waiter gives up after `lock_timeout`
+//! rather than hang a command forever.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyward_events::{Envelope, Hash32, Head, NewEvent, time};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor, PgConnection, Postgres, QueryBuilder, Row};
+use ulid::Ulid;
+
+use super::plan::{self, seal_run};
+use super::{AppendError, EventFilter, EventStore, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The channel the insert trigger notifies (see `migrations/postgres/0001_events.sql`).
+pub const NOTIFY_CHANNEL: &str = "keyward_events";
+/// The advisory lock key every append takes: "keyward" in ASCII, then 1.
+pub const APPEND_LOCK: i64 = 0x6b65_7977_6172_6401;
+/// The advisory lock key that makes the first-run bootstrap happen on one node only.
+pub const FIRST_RUN_LOCK: i64 = 0x6b65_7977_6172_6402;
+
+const COLUMNS: &str = "seq, event_id, stream, stream_version, type, schema, occurred_at, \
+                       actor, request_id, data, prev_hash, hash";
+const INSERT: &str = "INSERT INTO events (seq, event_id, stream, stream_version, type, \
+                      schema, occurred_at, actor, request_id, data, prev_hash, hash) \
+                      SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], \
+                      $4::bigint[], $5::text[], $6::int[], $7::bigint[], $8::text[], \
+                      $9::text[], $10::text[], $11::bytea[], $12::bytea[])";
+const POOL_SIZE: u32 = 8;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Session settings for every store connection (see the module docs). Set with SET after
+/// connecting rather than as a startup `options` parameter, which PgBouncer refuses.
+const SESSION: &str = "SET lock_timeout = '15s'; SET idle_in_transaction_session_timeout = '10s'";
+
+pub struct PostgresStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+    serialise: bool,
+}
+
+impl PostgresStore {
+    /// Connects to a `postgres://…` URL and runs the migrations. Several nodes may do so
+    /// at once: sqlx's migrator holds an advisory lock of its own while it migrates.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+        Self::connect_with(options).await
+    }
+
+    /// [`connect`](Self::connect) with options built in code.
+    pub async fn connect_with(options: PgConnectOptions) -> Result<PostgresStore, StoreError> {
+        let mut options = options;
+        // `?application_name=…` in the URL tells nodes apart in pg_stat_activity.
+        if options.get_application_name().is_none() {
+            options = options.application_name("keyward");
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(|conn, _| Box::pin(async move { conn.execute(SESSION).await.map(drop) }))
+            .connect_with(options.clone())
+            .await?;
+        let store = PostgresStore {
+            pool,
+            options,
+            serialise: true,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Appends without the advisory lock. **Only for measuring the lock's cost** with a
+    /// single appender: two nodes appending without it would fork the chain.
+    #[doc(hidden)]
+    pub fn without_append_lock_for_benchmarks(mut self) -> Self {
+        self.serialise = false;
+        self
+    }
+
+    /// Applies any migration not yet applied. `connect` already does this; `keyward
+    /// migrate` says so explicitly.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await.map_err(|e| {
+            StoreError::Unavailable(format!("migrating the PostgreSQL event store: {e}"))
+        })
+    }
+
+    /// Closes the pool. Calls after this fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Subscribes to the notification every append sends, on a connection of its own.
+    pub async fn listen(&self) -> Result<Wakeups, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(self.options.clone());
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.ignore_pool_close_event(true);
+        // A lost connection is reported, not silently replaced: the tail reads the log
+        // after every reconnect, since notifications sent meanwhile are gone.
+        listener.eager_reconnect(false);
+        listener.listen(NOTIFY_CHANNEL).await?;
+        Ok(Wakeups { listener })
+    }
+
+    /// Waits until no other node holds the first-run lock, and holds it until released,
+    /// so that of several nodes starting on an empty log only one bootstraps it.
+    pub async fn first_run_lock(&self) -> Result<SessionLock, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(FIRST_RUN_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        Ok(SessionLock {
+            conn: Some(conn),
+            key: FIRST_RUN_LOCK,
+        })
+    }
+
+    async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        units: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, StoreError> {
+        let mut tx =
+            sqlx::Connection::begin_with(conn, "BEGIN ISOLATION LEVEL READ COMMITTED").await?;
+        if self.serialise {
+            // Its own statement: the reads below must take their snapshots after the
+            // lock is granted (see the module docs).
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(APPEND_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let head = read_head(&mut tx).await?;
+        let ids = plan::event_ids(&units);
+        let existing = lookup_events(&mut tx, &ids).await?;
+        let mut streams = HashMap::new();
+        let missing = plan::streams_to_look_up(&units, &existing, &streams);
+        for (stream, version) in lookup_stream_versions(&mut tx, &missing).await? {
+            streams.insert(stream, version);
+        }
+
+        let mut decided = plan::plan(units, &existing, &mut streams);
+        let planned = decided.take_planned();
+        let count = planned.len();
+        let mut end = head;
+        let sealed = seal_run(&mut planned.into_iter(), count, &mut end);
+        if !sealed.is_empty() {
+            insert(&mut tx, &sealed).await?;
+        }
+        tx.commit().await?;
+        Ok(decided.answer(sealed.into_iter().map(|(env, _)| env).collect()))
+    }
+}
+
+/// Wakes the tail when another append commits.
+pub struct Wakeups {
+    listener: PgListener,
+}
+
+impl Wakeups {
+    /// Waits for the next notification and returns the head seq it names. An error means
+    /// the connection is gone and notifications may have been missed.
+    pub async fn recv(&mut self) -> Result<Option<u64>, StoreError> {
+        match self.listener.try_recv().await? {
+            Some(n) => Ok(n.payload().parse().ok()),
+            None => Err(StoreError::Unavailable(
+                "lost the connection listening for new events".to_owned(),
+            )),
+        }
+    }
+}
+
+/// A session-level advisory lock, held on a pooled connection until released. Dropped
+/// without `release`, the connection is closed, which releases it too.
+pub struct SessionLock {
+    conn: Option<PoolConnection<Postgres>>,
+    key: i64,
+}
+
+impl SessionLock {
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                conn.close_on_drop();
+            }
+        }
+    }
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.conn {
+            conn.close_on_drop();
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        units: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, StoreError> {
+        if units.iter().all(Vec::is_empty) {
+            return Ok(units.iter().map(|_| Ok(Vec::new())).collect());
+        }
+        let mut conn = self.pool.acquire().await?;
+        match self.append_in(&mut conn, units).await {
+            Ok(results) => Ok(results),
+            Err(e) => {
+                // Whether the failure was ours or the server's, this connection is not
+                // reused: a cancelled COMMIT leaves it in a state not worth reasoning about.
+                conn.close_on_drop();
+                tracing::warn!(error = %e, "append failed; the batch was rolled back");
+                Err(e)
+            }
+        }
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        read_head(&mut conn).await
+    }
+
+    async fn read(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM events"));
+        let mut conditions = 0;
+        let mut and = |qb: &mut QueryBuilder<Postgres>, sql: &str| {
+            qb.push(if conditions == 0 { " WHERE " } else { " AND " });
+            qb.push(sql);
+            conditions += 1;
+        };
+        if filter.after_seq > 0 {
+            and(&mut qb, "seq > ");
+            qb.push_bind(to_i64(filter.after_seq)?);
+        }
+        if let Some(until) = filter.until_seq {
+            and(&mut qb, "seq <= ");
+            qb.push_bind(to_i64(until)?);
+        }
+        if !filter.types.is_empty() {
+            and(&mut qb, "type = ANY(");
+            qb.push_bind(filter.types.clone()).push(")");
+        }
+        if !filter.streams.is_empty() {
+            and(&mut qb, "stream = ANY(");
+            qb.push_bind(filter.streams.clone()).push(")");
+        }
+        if let Some(actor) = &filter.actor {
+            and(&mut qb, "actor = ");
+            qb.push_bind(actor.clone());
+        }
+        if let Some(from) = filter.from_time {
+            and(&mut qb, "occurred_at >= ");
+            qb.push_bind(from.timestamp_micros());
+        }
+        if let Some(to) = filter.to_time {
+            and(&mut qb, "occurred_at <= ");
+            qb.push_bind(to.timestamp_micros());
+        }
+        qb.push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&self.pool)
+            .await?;
+        if standby {
+            return Err(StoreError::Unavailable(
+                "the database is a read-only standby".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn read_head(conn: &mut PgConnection) -> Result<Head, StoreError> {
+    let row = sqlx::query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Head::default());
+    };
+    let seq = decode_seq(&row)?;
+    let hash: &[u8] = row.try_get(1).map_err(|e| corrupt(seq, e))?;
+    let hash = Hash32::from_slice(hash).ok_or_else(|| StoreError::Corrupt {
+        seq,
+        reason: format!("hash has {} bytes, not 32", hash.len()),
+    })?;
+    Ok(Head { seq, hash })
+}
+
+async fn lookup_events(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<HashMap<Ulid, Envelope>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1::text[])"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let env = decode_row(row)?;
+        found.insert(env.event_id, env);
+    }
+    Ok(found)
+}
+
+async fn lookup_stream_versions(
+    conn: &mut PgConnection,
+    streams: &[&str],
+) -> Result<Vec<(String, u64)>, StoreError> {
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One index probe per stream on UNIQUE (stream, stream_version).
+    let rows = sqlx::query(
+        "SELECT s.stream, (SELECT max(e.stream_version) FROM events e WHERE e.stream = s.stream) \
+         FROM UNNEST($1::text[]) AS s(stream)",
+    )
+    .bind(streams)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let stream: String = row.try_get(0)?;
+            let version: Option<i64> = row.try_get(1)?;
+            let version = u64::try_from(version.unwrap_or(0)).map_err(|_| StoreError::Corrupt {
+                seq: 0,
+                reason: format!("stream {stream} has a negative version"),
+            })?;
+            Ok((stream, version))
+        })
+        .collect()
+}
+
+/// Inserts a sealed run in one statement: one array per column, whatever the run's length.
+async fn insert(conn: &mut PgConnection, run: &[(Envelope, String)]) -> Result<(), StoreError> {
+    let n = run.len();
+    let mut seq = Vec::with_capacity(n);
+    let mut event_id = Vec::with_capacity(n);
+    let mut stream = Vec::with_capacity(n);
+    let mut stream_version = Vec::with_capacity(n);
+    let mut event_type = Vec::with_capacity(n);
+    let mut schema = Vec::with_capacity(n);
+    let mut occurred_at = Vec::with_capacity(n);
+    let mut actor = Vec::with_capacity(n);
+    let mut request_id = Vec::with_capacity(n);
+    let mut data = Vec::with_capacity(n);
+    let mut prev_hash = Vec::with_capacity(n);
+    let mut hash = Vec::with_capacity(n);
+    for (e, d) in run {
+        seq.push(to_i64(e.seq)?);
+        event_id.push(e.event_id.to_string());
+        stream.push(e.stream.as_str());
+        stream_version.push(to_i64(e.stream_version)?);
+        event_type.push(e.event_type.as_str());
+        schema.push(i32::from(e.schema));
+        occurred_at.push(e.occurred_at.timestamp_micros());
+        actor.push(e.actor.as_str());
+        request_id.push(e.request_id.as_deref());
+        data.push(d.as_str());
+        prev_hash.push(&e.prev_hash.0[..]);
+        hash.push(&e.hash.0[..]);
+    }
+    sqlx::query(INSERT)
+        .bind(seq)
+        .bind(event_id)
+        .bind(stream)
+        .bind(stream_version)
+        .bind(event_type)
+        .bind(schema)
+        .bind(occurred_at)
+        .bind(actor)
+        .bind(request_id)
+        .bind(data)
+        .bind(prev_hash)
+        .bind(hash)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn decode_seq(row: &PgRow) -> Result<u64, StoreError> {
+    let seq: i64 = row.try_get(0).map_err(|e| corrupt(0, e))?;
+    u64::try_from(seq).map_err(|_| StoreError::Corrupt {
+        seq: 0,
+        reason: format!("negative seq {seq}"),
+    })
+}
+
+/// Decodes a row selected with [`COLUMNS`].
+fn decode_row(row: &PgRow) -> Result<Envelope, StoreError> {
+    let seq = decode_seq(row)?;
+    let bad = |reason: String| StoreError::Corrupt { seq, reason };
+    let event_id: &str = row.try_get(1).map_err(|e| corrupt(seq, e))?;
+    let event_id =
+        Ulid::from_string(event_id).map_err(|e| bad(format!("event_id {event_id:?}: {e}")))?;
+    let stream: String = row.try_get(2).map_err(|e| corrupt(seq, e))?;
+    let stream_version: i64 = row.try_get(3).map_err(|e| corrupt(seq, e))?;
+    let stream_version = u64::try_from(stream_version)
+        .map_err(|_| bad(format!("negative stream_version {stream_version}")))?;
+    let event_type: String = row.try_get(4).map_err(|e| corrupt(seq, e))?;
+    let schema: i32 = row.try_get(5).map_err(|e| corrupt(seq, e))?;
+    let schema = u16::try_from(schema).map_err(|_| bad(format!("schema {schema} out of range")))?;
+    let occurred_at: i64 = row.try_get(6).map_err(|e| corrupt(seq, e))?;
+    let occurred_at = time::from_micros(occurred_at)
+        .ok_or_else(|| bad(format!("occurred_at {occurred_at} out of range")))?;
+    let actor: String = row.try_get(7).map_err(|e| corrupt(seq, e))?;
+    let request_id: Option<String> = row.try_get(8).map_err(|e| corrupt(seq, e))?;
+    let data: &str = row.try_get(9).map_err(|e| corrupt(seq, e))?;
+    let data = serde_json::from_str(data).map_err(|e| bad(format!("data is not JSON: {e}")))?;
+    let hash_at = |i: usize, name: &str| -> Result<Hash32, StoreError> {
+        let b: &[u8] = row.try_get(i).map_err(|e| corrupt(seq, e))?;
+        Hash32::from_slice(b).ok_or_else(|| bad(format!("{name} has {} bytes, not 32", b.len())))
+    };
+    Ok(Envelope {
+        seq,
+        event_id,
+        stream,
+        stream_version,
+        event_type,
+        schema,
+        occurred_at,
+        actor,
+        request_id,
+        data,
+        prev_hash: hash_at(10, "prev_hash")?,
+        hash: hash_at(11, "hash")?,
+    })
+}
+
+fn corrupt(seq: u64, e: sqlx::Error) -> StoreError {
+    StoreError::Corrupt {
+        seq,
+        reason: e.to_string(),
+    }
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v)
+        .map_err(|_| StoreError::Unavailable(format!("{v} does not fit PostgreSQL's BIGINT")))
+}
