@@ -345,12 +345,6 @@ async fn concurrent_appends_from_both_nodes_keep_one_gap_free_chain() {
     assert_eq!(log.len() as u64, total);
     assert_one_chain(&log);
     assert_eq!(a.live().head(), b.live().head());
-    // Writes from the two nodes interleave in the log: the lock serialised them, not luck.
-    let switches = log
-        .windows(2)
-        .filter(|w| w[0].actor != w[1].actor && w[0].actor.len() == 1 && w[1].actor.len() == 1)
-        .count();
-    assert!(switches > 0);
     assert_eq!(
         a.live().read().keys.len(),
         b.live().read().keys.len(),
