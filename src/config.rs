@@ -9,6 +9,8 @@ use std::str::FromStr;
 use chrono::Duration;
 use serde::Deserialize;
 
+use crate::metrics::KeyLabels;
+
 /// Settings every subcommand shares. Flags win over the environment, which clap folds
 /// into the same fields, and both win over the TOML file.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -75,6 +77,9 @@ pub struct ServeArgs {
     /// The window in which a key's refusals for one reason make a single `key.denied`.
     #[arg(long, env = "KEYWARD_DENIED_EVENT_WINDOW")]
     pub denied_event_window: Option<String>,
+    /// `none` (default) or `key_id`: whether proxy metrics carry a per-key label.
+    #[arg(long, env = "KEYWARD_METRICS_KEY_LABELS")]
+    pub metrics_key_labels: Option<String>,
     /// Start even though the audit chain does not verify. Loudly.
     #[arg(long)]
     pub allow_broken_chain: bool,
@@ -100,6 +105,7 @@ struct FileConfig {
     upstream_idle_timeout: Option<String>,
     auth_failures_per_second: Option<u32>,
     denied_event_window: Option<String>,
+    metrics_key_labels: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +132,7 @@ pub struct Config {
     pub upstream_idle_timeout: std::time::Duration,
     pub auth_failures_per_second: u32,
     pub denied_event_window: std::time::Duration,
+    pub metrics_key_labels: KeyLabels,
     pub allow_broken_chain: bool,
 }
 
@@ -159,6 +166,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "upstream-idle-timeout" => "KEYWARD_UPSTREAM_IDLE_TIMEOUT",
         "auth-failures-per-second" => "KEYWARD_AUTH_FAILURES_PER_SECOND",
         "denied-event-window" => "KEYWARD_DENIED_EVENT_WINDOW",
+        "metrics-key-labels" => "KEYWARD_METRICS_KEY_LABELS",
         "config" => "KEYWARD_CONFIG",
         _ => "",
     };
@@ -177,6 +185,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "upstream-idle-timeout" => "upstream_idle_timeout",
         "auth-failures-per-second" => "auth_failures_per_second",
         "denied-event-window" => "denied_event_window",
+        "metrics-key-labels" => "metrics_key_labels",
         other => other,
     };
     ConfigError {
@@ -327,6 +336,21 @@ impl Config {
             "60s",
             "denied-event-window",
         )?;
+        let metrics_key_labels = match s
+            .metrics_key_labels
+            .clone()
+            .or(file.metrics_key_labels)
+            .as_deref()
+        {
+            None | Some("none") => KeyLabels::None,
+            Some("key_id") => KeyLabels::KeyId,
+            Some(other) => {
+                return Err(bad(
+                    "metrics-key-labels",
+                    format!("{other:?} is neither `none` nor `key_id`"),
+                ));
+            }
+        };
 
         Ok(Config {
             data_dir,
@@ -345,6 +369,7 @@ impl Config {
             upstream_idle_timeout,
             auth_failures_per_second,
             denied_event_window,
+            metrics_key_labels,
             allow_broken_chain: s.allow_broken_chain,
         })
     }
@@ -486,6 +511,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("KEYWARD_AUTH_FAILURES_PER_SECOND"), "{e}");
+        let s = ServeArgs {
+            metrics_key_labels: Some("secret".into()),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&GlobalArgs::default(), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("KEYWARD_METRICS_KEY_LABELS"), "{e}");
     }
 
     #[test]
