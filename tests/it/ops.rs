@@ -1,0 +1,273 @@
+//! Operations, against the real binary where the process matters: JSON logs that carry
+//! the request id, and a SIGTERM that lets a stream finish and loses no usage event.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use crate::common::{keyward, stdout};
+use crate::proxy::mock::Mock;
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `keyward serve` on a port of its own, with JSON logs collected from stderr.
+struct Served {
+    child: Child,
+    base: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+impl Served {
+    async fn start(dir: &Path, extra: &[&str]) -> Served {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("KEYWARD_LOG_FORMAT", "json")
+            .env("KEYWARD_LOG", "info")
+            .env_remove("KEYWARD_DATABASE_URL")
+            .env_remove("KEYWARD_MASTER_KEYS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().push(line);
+            }
+        });
+        let served = Served {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            lines,
+            http: reqwest::Client::new(),
+        };
+        for _ in 0..200 {
+            if let Ok(r) = served.http.get(served.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return served;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("keyward did not become ready: {:?}", served.lines.lock());
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, path: &str, secret: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(secret)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "keyward did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn admin_secret(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("initial-admin-key"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_on_the_requests_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &[]).await;
+    let r = served
+        .http
+        .get(served.url("/api/v1/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let id = r
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let mut mine = Vec::new();
+    for _ in 0..100 {
+        mine = served
+            .lines
+            .lock()
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+            .filter(|v| v["span"]["request_id"] == id.as_str())
+            .collect();
+        if !mine.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let finished = mine
+        .iter()
+        .find(|v| v["fields"]["message"] == "request finished")
+        .unwrap_or_else(|| panic!("no access line for {id}: {:?}", served.lines.lock()));
+    assert_eq!(finished["fields"]["status"], 401);
+    assert_eq!(finished["span"]["path"], "/api/v1/me");
+    assert_eq!(finished["level"], "INFO");
+    // Every line is JSON, the start-up ones included, and none shows the admin secret.
+    let secret = admin_secret(dir.path());
+    for l in served.lines.lock().iter() {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}"));
+        assert!(!l.contains(&secret));
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_stream_finish_and_loses_no_usage() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(dir.path(), &["--shutdown-grace", "30s"]).await;
+    let admin = admin_secret(dir.path());
+    let (s, p) = served
+        .post(
+            "/api/v1/providers",
+            &admin,
+            json!({"name": "mock", "kind": "openai", "base_url": mock.openai_base(),
+                   "api_key": crate::proxy::OPENAI_CREDENTIAL, "models": []}),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+    let pid = p["id"].as_str().unwrap();
+    let (s, k) = served
+        .post(
+            "/api/v1/keys",
+            &admin,
+            json!({"name": "app", "expires_in": "1d", "provider_id": pid, "scopes": ["chat"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{k}");
+    let secret = k["secret"].as_str().unwrap().to_owned();
+    let key_id = k["key"]["id"].as_str().unwrap().to_owned();
+
+    // "drip" streams 100 chunks, 50 ms apart.
+    let mut res = served
+        .http
+        .post(served.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "drip", "stream": true,
+                      "messages": [{"role": "user", "content": "Hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let mut body = Vec::new();
+    body.extend_from_slice(&res.chunk().await.unwrap().unwrap());
+
+    served.sigterm();
+    // New connections are refused once the drain begins.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        reqwest::Client::new()
+            .get(served.url("/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("t99 "), "the stream was cut: {text}");
+    assert_eq!(served.exit_code(Duration::from_secs(20)).await, Some(0));
+    let lines = served.lines.lock().clone();
+    assert!(
+        lines.iter().any(|l| l.contains("usage queue drained")),
+        "{lines:?}"
+    );
+
+    let out = keyward(dir.path(), &["audit", "export", "--type", "key.used"]);
+    assert!(out.status.success());
+    let used: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ours: Vec<&Value> = used
+        .iter()
+        .filter(|e| e["request_id"] == request_id.as_str())
+        .collect();
+    assert_eq!(ours.len(), 1, "{used:?}");
+    assert_eq!(ours[0]["data"]["key_id"], key_id.as_str());
+    assert_eq!(ours[0]["data"]["outcome"], "success");
+    assert_eq!(ours[0]["data"]["stream"], true);
+}
+
+#[tokio::test]
+async fn readyz_is_false_until_ready_and_while_draining() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    let t = crate::common::TestApp::start().await;
+    let state = t.running.state.clone();
+    let readyz = || async {
+        keyward::app(state.clone())
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(readyz().await, 200);
+    // What serve does on SIGTERM before it stops accepting.
+    state.0.set_ready(false);
+    assert_eq!(readyz().await, 503);
+}
