@@ -271,3 +271,61 @@ async fn readyz_is_false_until_ready_and_while_draining() {
     state.0.set_ready(false);
     assert_eq!(readyz().await, 503);
 }
+
+#[tokio::test]
+async fn keys_expiring_lists_the_keys_that_stop_within_the_window() {
+    use crate::proxy::{Gw, KeySpec};
+
+    let gw = Gw::start().await;
+    let p = gw.openai(&[]).await;
+    let mut soon = KeySpec::on(&p);
+    soon.expires_in = chrono::Duration::days(2);
+    let (soon_id, soon_secret) = gw.key(soon).await;
+    let mut later = KeySpec::on(&p);
+    later.expires_in = chrono::Duration::days(20);
+    let (later_id, _) = gw.key(later).await;
+    let mut gone = KeySpec::on(&p);
+    gone.expires_in = chrono::Duration::days(1);
+    let (gone_id, _) = gw.key(gone).await;
+    gw.append(keyward_events::Event::KeyDeleted(
+        keyward_events::KeyDeleted {
+            key_id: gone_id.clone(),
+        },
+    ))
+    .await;
+    let Gw { t, state, .. } = gw;
+    drop(state);
+    let crate::common::TestApp { running, dir } = t;
+    running.shutdown().await;
+
+    let o = keyward(
+        dir.path(),
+        &["keys", "expiring", "--within", "7d", "--format", "json"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<&str> = report["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [soon_id.as_str()], "{report}");
+    assert_eq!(report["keys"][0]["owner"], "admin");
+    assert_eq!(report["keys"][0]["status"], "active");
+
+    // 30 days takes in the admin key too, soonest first.
+    let o = keyward(dir.path(), &["keys", "expiring", "--within", "30d"]);
+    assert_eq!(o.status.code(), Some(0));
+    let table = stdout(&o);
+    assert!(table.starts_with("3 key(s) stop working before"), "{table}");
+    let soon_at = table.find(&soon_id).unwrap();
+    let later_at = table.find(&later_id).unwrap();
+    assert!(soon_at < later_at, "{table}");
+    assert!(!table.contains(&gone_id));
+    assert!(!table.contains(&soon_secret));
+
+    let o = keyward(dir.path(), &["keys", "expiring", "--within", "soon"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(crate::common::stderr(&o).contains("--within"));
+}
