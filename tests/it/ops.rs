@@ -28,14 +28,19 @@ struct Served {
 
 impl Served {
     async fn start(dir: &Path, extra: &[&str]) -> Served {
+        Served::start_with(dir, extra, &[("KEYWARD_LOG_FORMAT", "json")]).await
+    }
+
+    async fn start_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
             .arg("--data-dir")
             .arg(dir)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
-            .env("KEYWARD_LOG_FORMAT", "json")
-            .env("KEYWARD_LOG", "info")
+            .env_remove("KEYWARD_LOG_FORMAT")
+            .env_remove("KEYWARD_LOG")
+            .envs(env.iter().copied())
             .env_remove("KEYWARD_DATABASE_URL")
             .env_remove("KEYWARD_MASTER_KEYS")
             .stdout(Stdio::null())
@@ -168,6 +173,34 @@ async fn json_logs_carry_the_request_id_on_the_requests_lines() {
         serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}"));
         assert!(!l.contains(&secret));
     }
+}
+
+#[tokio::test]
+async fn the_log_format_may_come_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyward.toml");
+    std::fs::write(&file, "log_format = \"json\"\nlog = \"debug\"\n").unwrap();
+    let served = Served::start_with(
+        dir.path(),
+        &[],
+        &[("KEYWARD_CONFIG", file.to_str().unwrap())],
+    )
+    .await;
+    let probed = |lines: &[String]| lines.iter().any(|l| l.contains("\"path\":\"/readyz\""));
+    for _ in 0..100 {
+        if probed(&served.lines.lock()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = served.lines.lock().clone();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"));
+        assert!(v["level"].is_string(), "{l}");
+    }
+    // `debug` from the file: the readiness probes' access lines are written.
+    assert!(probed(&lines), "{lines:?}");
 }
 
 #[tokio::test]
