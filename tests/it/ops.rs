@@ -362,3 +362,185 @@ async fn keys_expiring_lists_the_keys_that_stop_within_the_window() {
     assert_eq!(o.status.code(), Some(2));
     assert!(crate::common::stderr(&o).contains("--within"));
 }
+
+/// A webhook receiver on 127.0.0.1 that refuses its first delivery with a 500.
+async fn receiver() -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+
+    type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    async fn hook(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> StatusCode {
+        let sig = headers
+            .get("x-keyward-signature")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut seen = seen.lock();
+        seen.push((sig, body.to_vec()));
+        if seen.len() == 1 {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::NO_CONTENT
+        }
+    }
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(seen.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn the_expiry_webhook_fires_once_signed_and_is_recorded() {
+    use crate::proxy::{Gw, KeySpec, stored};
+    use hmac::{Hmac, Mac};
+
+    const SECRET: &str = "webhook-secret-0123456789";
+    let (url, seen) = receiver().await;
+    let gw = Gw::start_with(|c| {
+        c.notify = Some(keyward::config::NoticeWebhook {
+            url,
+            secret: keyward::config::WebhookSecret::new(SECRET.to_owned()),
+            within: chrono::Duration::days(7),
+            interval: Duration::from_millis(50),
+        });
+    })
+    .await;
+    let p = gw.openai(&[]).await;
+    let mut soon = KeySpec::on(&p);
+    soon.expires_in = chrono::Duration::days(2);
+    let (key_id, secret) = gw.key(soon).await;
+    let mut later = KeySpec::on(&p);
+    later.expires_in = chrono::Duration::days(20);
+    let (later_id, _) = gw.key(later).await;
+
+    // The first delivery is refused; the retry, 0.5 s later, goes through.
+    for _ in 0..100 {
+        if seen.lock().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Many more notifier passes: nothing new is sent.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 2, "one notice, delivered on its second attempt");
+    assert_eq!(seen[0], seen[1], "the retry is the same notice");
+    let (sig, body) = &seen[1];
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(sig, &want);
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["type"], "expiring");
+    assert_eq!(v["key_id"], key_id.as_str());
+    assert_eq!(v["owner"], "admin");
+    assert!(v["notice_id"].as_str().is_some_and(|s| !s.is_empty()));
+    let text = String::from_utf8_lossy(body);
+    assert!(!text.contains(&secret) && !text.contains(SECRET));
+    assert!(!text.contains(&later_id));
+
+    let notices = stored(&gw.state, "key.notice_sent").await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    match &notices[0] {
+        keyward_events::Event::KeyNoticeSent(n) => {
+            assert_eq!(n.key_id, key_id);
+            assert_eq!(n.kind, keyward_events::NoticeKind::Expiring);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn notices_go_on_expiry_and_for_a_rotated_key_still_in_use_and_survive_a_restart() {
+    use crate::proxy::{Gw, KeySpec, chat};
+
+    let (url, seen) = receiver().await;
+    let hook = keyward::config::NoticeWebhook {
+        url,
+        secret: keyward::config::WebhookSecret::new("webhook-secret-0123456789".to_owned()),
+        within: chrono::Duration::days(7),
+        interval: Duration::from_millis(50),
+    };
+    let h = hook.clone();
+    let gw = Gw::start_with(move |c| c.notify = Some(h)).await;
+    let p = gw.openai(&[]).await;
+    let mut short = KeySpec::on(&p);
+    short.expires_in = chrono::Duration::seconds(2);
+    let (short_id, _) = gw.key(short).await;
+    let (old_id, old_secret) = gw.key(KeySpec::on(&p)).await;
+    let (new_id, _) = gw.key(KeySpec::on(&p)).await;
+    let version = gw.state.0.live.read().keys.get(&old_id).unwrap().version;
+    let rotated = keyward_events::Event::KeyRotated(keyward_events::KeyRotated {
+        key_id: old_id.clone(),
+        new_key_id: new_id.clone(),
+        grace_until: chrono::Utc::now() + chrono::Duration::hours(1),
+    });
+    gw.state
+        .0
+        .commands
+        .submit(vec![keyward_events::NewEvent::new(
+            &rotated,
+            keyward_events::ExpectedVersion::Exact(version),
+            chrono::Utc::now(),
+            "system",
+            None,
+        )])
+        .await
+        .unwrap();
+    let r = gw
+        .post("/v1/chat/completions", &old_secret, chat("m"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let delivered = |seen: &[(String, Vec<u8>)]| {
+        let mut d: Vec<(String, String)> = seen
+            .iter()
+            .map(|(_, b)| serde_json::from_slice::<Value>(b).unwrap())
+            .map(|v| {
+                (
+                    v["key_id"].as_str().unwrap().to_owned(),
+                    v["type"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        d.sort();
+        d.dedup();
+        d
+    };
+    let mut want = vec![
+        (short_id.clone(), "expiring".to_owned()),
+        (short_id.clone(), "expired".to_owned()),
+        (old_id.clone(), "grace_in_use".to_owned()),
+        (old_id.clone(), "expiring".to_owned()),
+        (new_id.clone(), "expiring".to_owned()),
+    ];
+    want.sort();
+    for _ in 0..200 {
+        if delivered(&seen.lock()) == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(delivered(&seen.lock()), want);
+    // Five notices, the first of them delivered twice.
+    assert_eq!(seen.lock().len(), 6);
+
+    // Restarted on the same log, the notifier finds every notice recorded.
+    let crate::proxy::Gw { t, state, mock, .. } = gw;
+    drop(state);
+    let crate::common::TestApp { running, dir } = t;
+    running.shutdown().await;
+    let mut config = crate::common::config_in(dir.path());
+    config.notify = Some(hook);
+    let again = keyward::server::start(config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(seen.lock().len(), 6);
+    again.shutdown().await;
+    drop(mock);
+}
