@@ -13,6 +13,7 @@ use keyward_projections::{AsOf, KeyStatus, State};
 use serde_json::json;
 
 use crate::config::{Config, GlobalArgs, ServeArgs};
+use crate::notify::ends_at;
 use crate::store::{self, EventFilter, EventStore};
 
 #[derive(Debug, Parser)]
@@ -151,14 +152,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             print_expiring(&state, chrono::Utc::now(), window, format)?;
             Ok(0)
         }
-    }
-}
-
-/// When a key stops working: its expiry, or the end of its rotation grace if sooner.
-fn ends_at(k: &keyward_projections::KeyRecord) -> crate::time::Timestamp {
-    match k.grace_until {
-        Some(g) if k.rotated_to.is_some() && g < k.expires_at => g,
-        _ => k.expires_at,
     }
 }
 

@@ -632,6 +632,54 @@ mod tests {
     }
 
     #[test]
+    fn the_notice_webhook_needs_a_url_and_a_secret() {
+        let resolve = |s: ServeArgs| Config::resolve(&GlobalArgs::default(), &s);
+        assert!(resolve(ServeArgs::default()).unwrap().notify.is_none());
+        let e = resolve(ServeArgs {
+            notify_webhook_url: Some("https://hooks.example/keyward".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("KEYWARD_NOTIFY_WEBHOOK_SECRET"), "{e}");
+        let e = resolve(ServeArgs {
+            notify_webhook_secret: Some("0123456789abcdef".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("KEYWARD_NOTIFY_WEBHOOK_URL"), "{e}");
+        let e = resolve(ServeArgs {
+            notify_webhook_url: Some("ftp://x".into()),
+            notify_webhook_secret: Some("0123456789abcdef".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("KEYWARD_NOTIFY_WEBHOOK_URL"), "{e}");
+        let e = resolve(ServeArgs {
+            notify_webhook_url: Some("https://hooks.example/keyward".into()),
+            notify_webhook_secret: Some("short".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        let c = resolve(ServeArgs {
+            notify_webhook_url: Some("https://hooks.example/keyward".into()),
+            notify_webhook_secret: Some("0123456789abcdef".into()),
+            notify_within: Some("3d".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let hook = c.notify.unwrap();
+        assert_eq!(hook.within, Duration::days(3));
+        assert_eq!(hook.interval, std::time::Duration::from_secs(60));
+        // The secret stays out of Debug output.
+        assert!(!format!("{hook:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
     fn a_wrong_value_names_its_setting() {
         let s = ServeArgs {
             listen: Some("nowhere".into()),

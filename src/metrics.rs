@@ -224,7 +224,9 @@ pub fn render(app: &App) -> Result<String, std::fmt::Error> {
             by_status
                 .get_or_create(&vec![("status", status_name(status))])
                 .inc();
-            if matches!(status, KeyStatus::Active | KeyStatus::Grace) && k.expires_at <= soon {
+            if matches!(status, KeyStatus::Active | KeyStatus::Grace)
+                && crate::notify::ends_at(k) <= soon
+            {
                 n_expiring += 1;
             }
         }
@@ -238,7 +240,7 @@ pub fn render(app: &App) -> Result<String, std::fmt::Error> {
     );
     r.register(
         "keyward_keys_expiring_7d",
-        "Active or grace keys whose expiry falls within the next 7 days",
+        "Active or grace keys that stop working (expiry, or end of rotation grace) within 7 days",
         expiring,
     );
     let head_seq: Gauge<i64, AtomicI64> = Gauge::default();
