@@ -1,4 +1,4 @@
-//! The command line: `serve`, `bootstrap`, `migrate` and `audit`.
+//! The command line: `serve`, `bootstrap`, `migrate`, `audit` and `keys`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use keyward_projections::{AsOf, KeyStatus, State};
 use serde_json::json;
 
 use crate::config::{Config, GlobalArgs, ServeArgs};
+use crate::notify::ends_at;
 use crate::store::{self, EventFilter, EventStore};
 
 #[derive(Debug, Parser)]
@@ -47,6 +48,23 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Reports on keys, read from the log.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Active keys, and rotated keys in their grace, that stop working within a window.
+    Expiring {
+        /// How far ahead to look, e.g. `7d`, `36h`.
+        #[arg(long, default_value = "7d")]
+        within: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 }
 
@@ -123,7 +141,99 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let store = open(&config).await?;
             audit(store, command).await
         }
+        Command::Keys {
+            command: KeysCommand::Expiring { within, format },
+        } => {
+            let window = crate::config::parse_duration(&within)
+                .map_err(|e| anyhow::anyhow!("--within {within:?}: {e}"))?;
+            let config = Config::resolve(&cli.global, &ServeArgs::default())?;
+            let store = open(&config).await?;
+            let state = crate::history::replay(store.as_ref(), AsOf::Seq(u64::MAX)).await?;
+            print_expiring(&state, chrono::Utc::now(), window, format)?;
+            Ok(0)
+        }
     }
+}
+
+fn print_expiring(
+    state: &State,
+    now: crate::time::Timestamp,
+    window: chrono::Duration,
+    format: Format,
+) -> anyhow::Result<()> {
+    let until = now + window;
+    let mut keys: Vec<_> = state
+        .keys
+        .iter()
+        .filter(|k| matches!(k.status(now), KeyStatus::Active | KeyStatus::Grace))
+        .filter(|k| ends_at(k) <= until)
+        .collect();
+    keys.sort_by(|a, b| ends_at(a).cmp(&ends_at(b)).then(a.key_id.cmp(&b.key_id)));
+    let owner = |id: &str| {
+        state
+            .users
+            .get(id)
+            .map_or_else(|| id.to_owned(), |u| u.username.clone())
+    };
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            let rows: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    json!({
+                        "key_id": k.key_id, "name": k.name, "owner_id": k.owner_id,
+                        "owner": owner(&k.owner_id), "prefix": k.prefix, "status": k.status(now),
+                        "ends_at": crate::time::format(&ends_at(k)),
+                        "expires_at": crate::time::format(&k.expires_at),
+                        "grace_until": k.grace_until.as_ref().map(crate::time::format),
+                        "rotated_to": k.rotated_to,
+                    })
+                })
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "now": crate::time::format(&now), "until": crate::time::format(&until),
+                    "head_seq": state.head.seq, "keys": rows,
+                }))?
+            )?;
+        }
+        Format::Table => {
+            writeln!(
+                out,
+                "{} key(s) stop working before {}",
+                keys.len(),
+                crate::time::format(&until)
+            )?;
+            writeln!(
+                out,
+                "{:<31} {:<24} {:<16} {:<7} {:<27} PREFIX",
+                "KEY", "NAME", "OWNER", "STATUS", "ENDS"
+            )?;
+            for k in keys {
+                let status = if k.status(now) == KeyStatus::Grace {
+                    "grace"
+                } else {
+                    "active"
+                };
+                let name: String = k.name.chars().take(24).collect();
+                let who: String = owner(&k.owner_id).chars().take(16).collect();
+                writeln!(
+                    out,
+                    "{:<31} {:<24} {:<16} {:<7} {:<27} {}",
+                    k.key_id,
+                    name,
+                    who,
+                    status,
+                    crate::time::format(&ends_at(k)),
+                    k.prefix
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn open(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {

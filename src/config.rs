@@ -9,6 +9,8 @@ use std::str::FromStr;
 use chrono::Duration;
 use serde::Deserialize;
 
+use crate::metrics::KeyLabels;
+
 /// Settings every subcommand shares. Flags win over the environment, which clap folds
 /// into the same fields, and both win over the TOML file.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -75,6 +77,21 @@ pub struct ServeArgs {
     /// The window in which a key's refusals for one reason make a single `key.denied`.
     #[arg(long, env = "KEYWARD_DENIED_EVENT_WINDOW")]
     pub denied_event_window: Option<String>,
+    /// `none` (default) or `key_id`: whether proxy metrics carry a per-key label.
+    #[arg(long, env = "KEYWARD_METRICS_KEY_LABELS")]
+    pub metrics_key_labels: Option<String>,
+    /// Where expiry notices are POSTed; none are sent without it.
+    #[arg(long, env = "KEYWARD_NOTIFY_WEBHOOK_URL")]
+    pub notify_webhook_url: Option<String>,
+    /// The HMAC-SHA256 key that signs each notice (`x-keyward-signature`).
+    #[arg(long, env = "KEYWARD_NOTIFY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub notify_webhook_secret: Option<String>,
+    /// How long before a key stops working its `expiring` notice goes, e.g. `7d`.
+    #[arg(long, env = "KEYWARD_NOTIFY_WITHIN")]
+    pub notify_within: Option<String>,
+    /// How often the notifier looks for due notices, e.g. `60s`.
+    #[arg(long, env = "KEYWARD_NOTIFY_INTERVAL")]
+    pub notify_interval: Option<String>,
     /// Start even though the audit chain does not verify. Loudly.
     #[arg(long)]
     pub allow_broken_chain: bool,
@@ -100,6 +117,11 @@ struct FileConfig {
     upstream_idle_timeout: Option<String>,
     auth_failures_per_second: Option<u32>,
     denied_event_window: Option<String>,
+    metrics_key_labels: Option<String>,
+    notify_webhook_url: Option<String>,
+    notify_webhook_secret: Option<String>,
+    notify_within: Option<String>,
+    notify_interval: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,7 +148,40 @@ pub struct Config {
     pub upstream_idle_timeout: std::time::Duration,
     pub auth_failures_per_second: u32,
     pub denied_event_window: std::time::Duration,
+    pub metrics_key_labels: KeyLabels,
+    /// The expiry notice webhook, when one is configured.
+    pub notify: Option<NoticeWebhook>,
     pub allow_broken_chain: bool,
+}
+
+/// The key that signs expiry notices. Its `Debug` prints nothing.
+#[derive(Clone)]
+pub struct WebhookSecret(zeroize::Zeroizing<String>);
+
+impl WebhookSecret {
+    pub fn new(s: String) -> Self {
+        WebhookSecret(zeroize::Zeroizing::new(s))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(<redacted>)")
+    }
+}
+
+/// Where expiry notices go, and when.
+#[derive(Clone, Debug)]
+pub struct NoticeWebhook {
+    pub url: String,
+    pub secret: WebhookSecret,
+    /// How long before a key stops working its `expiring` notice goes.
+    pub within: Duration,
+    /// How often the notifier looks for due notices.
+    pub interval: std::time::Duration,
 }
 
 /// A setting with a wrong value: names the flag, the variable and the file key.
@@ -159,6 +214,11 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "upstream-idle-timeout" => "KEYWARD_UPSTREAM_IDLE_TIMEOUT",
         "auth-failures-per-second" => "KEYWARD_AUTH_FAILURES_PER_SECOND",
         "denied-event-window" => "KEYWARD_DENIED_EVENT_WINDOW",
+        "metrics-key-labels" => "KEYWARD_METRICS_KEY_LABELS",
+        "notify-webhook-url" => "KEYWARD_NOTIFY_WEBHOOK_URL",
+        "notify-webhook-secret" => "KEYWARD_NOTIFY_WEBHOOK_SECRET",
+        "notify-within" => "KEYWARD_NOTIFY_WITHIN",
+        "notify-interval" => "KEYWARD_NOTIFY_INTERVAL",
         "config" => "KEYWARD_CONFIG",
         _ => "",
     };
@@ -177,6 +237,11 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "upstream-idle-timeout" => "upstream_idle_timeout",
         "auth-failures-per-second" => "auth_failures_per_second",
         "denied-event-window" => "denied_event_window",
+        "metrics-key-labels" => "metrics_key_labels",
+        "notify-webhook-url" => "notify_webhook_url",
+        "notify-webhook-secret" => "notify_webhook_secret",
+        "notify-within" => "notify_within",
+        "notify-interval" => "notify_interval",
         other => other,
     };
     ConfigError {
@@ -327,6 +392,74 @@ impl Config {
             "60s",
             "denied-event-window",
         )?;
+        let metrics_key_labels = match s
+            .metrics_key_labels
+            .clone()
+            .or(file.metrics_key_labels)
+            .as_deref()
+        {
+            None | Some("none") => KeyLabels::None,
+            Some("key_id") => KeyLabels::KeyId,
+            Some(other) => {
+                return Err(bad(
+                    "metrics-key-labels",
+                    format!("{other:?} is neither `none` nor `key_id`"),
+                ));
+            }
+        };
+        let notify_url = s.notify_webhook_url.clone().or(file.notify_webhook_url);
+        let notify_secret = s
+            .notify_webhook_secret
+            .clone()
+            .or(file.notify_webhook_secret);
+        let notify_within_s = s
+            .notify_within
+            .clone()
+            .or(file.notify_within)
+            .unwrap_or_else(|| "7d".to_owned());
+        let notify_within =
+            parse_duration(&notify_within_s).map_err(|r| bad("notify-within", r))?;
+        let notify_interval = std_duration(
+            s.notify_interval.as_deref(),
+            file.notify_interval,
+            "60s",
+            "notify-interval",
+        )?;
+        let notify = match (notify_url, notify_secret) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(bad(
+                    "notify-webhook-url",
+                    "a webhook secret is set but no webhook URL",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "notify-webhook-secret",
+                    "the webhook needs a secret to sign its notices",
+                ));
+            }
+            (Some(url), Some(secret)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(bad(
+                        "notify-webhook-url",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+                if secret.len() < 16 {
+                    return Err(bad(
+                        "notify-webhook-secret",
+                        "must be at least 16 characters",
+                    ));
+                }
+                Some(NoticeWebhook {
+                    url,
+                    secret: WebhookSecret::new(secret),
+                    within: notify_within,
+                    interval: notify_interval,
+                })
+            }
+        };
 
         Ok(Config {
             data_dir,
@@ -345,6 +478,8 @@ impl Config {
             upstream_idle_timeout,
             auth_failures_per_second,
             denied_event_window,
+            metrics_key_labels,
+            notify,
             allow_broken_chain: s.allow_broken_chain,
         })
     }
@@ -486,6 +621,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("KEYWARD_AUTH_FAILURES_PER_SECOND"), "{e}");
+        let s = ServeArgs {
+            metrics_key_labels: Some("secret".into()),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&GlobalArgs::default(), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("KEYWARD_METRICS_KEY_LABELS"), "{e}");
+    }
+
+    #[test]
+    fn the_notice_webhook_needs_a_url_and_a_secret() {
+        let resolve = |s: ServeArgs| Config::resolve(&GlobalArgs::default(), &s);
+        assert!(resolve(ServeArgs::default()).unwrap().notify.is_none());
+        let e = resolve(ServeArgs {
+            notify_webhook_url: Some("https://hooks.example/keyward".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("KEYWARD_NOTIFY_WEBHOOK_SECRET"), "{e}");
+        let e = resolve(ServeArgs {
+            notify_webhook_secret: Some("0123456789abcdef".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("KEYWARD_NOTIFY_WEBHOOK_URL"), "{e}");
+        let e = resolve(ServeArgs {
+            notify_webhook_url: Some("ftp://x".into()),
+            notify_webhook_secret: Some("0123456789abcdef".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("KEYWARD_NOTIFY_WEBHOOK_URL"), "{e}");
+        let e = resolve(ServeArgs {
+            notify_webhook_url: Some("https://hooks.example/keyward".into()),
+            notify_webhook_secret: Some("short".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        let c = resolve(ServeArgs {
+            notify_webhook_url: Some("https://hooks.example/keyward".into()),
+            notify_webhook_secret: Some("0123456789abcdef".into()),
+            notify_within: Some("3d".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let hook = c.notify.unwrap();
+        assert_eq!(hook.within, Duration::days(3));
+        assert_eq!(hook.interval, std::time::Duration::from_secs(60));
+        // The secret stays out of Debug output.
+        assert!(!format!("{hook:?}").contains("0123456789abcdef"));
     }
 
     #[test]

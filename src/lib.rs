@@ -13,6 +13,8 @@ pub mod crypto;
 pub mod history;
 pub mod http;
 pub mod live;
+pub mod metrics;
+pub mod notify;
 pub mod provider_check;
 pub mod server;
 pub mod store;

@@ -34,6 +34,8 @@ pub struct Running {
         tokio::sync::watch::Sender<bool>,
         tokio::task::JoinHandle<()>,
     ),
+    /// Sends expiry notices, when a webhook is configured.
+    notifier: Option<tokio::task::JoinHandle<()>>,
     /// The proxy's background upkeep: held-back denials and limit tables.
     proxy_janitor: tokio::task::JoinHandle<()>,
     /// On PostgreSQL: folds other nodes' events into this node's live projections.
@@ -48,6 +50,9 @@ impl Running {
         let (stop, task) = self.sweeper;
         let _ = stop.send(true);
         let _ = task.await;
+        if let Some(n) = self.notifier {
+            let _ = n.await;
+        }
         self.proxy_janitor.abort();
         let _ = self.proxy_janitor.await;
         let app = &self.state.0;
@@ -155,6 +160,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let notifier = config
+        .notify
+        .clone()
+        .map(|hook| crate::notify::spawn(commands.clone(), hook, stop_rx.clone()));
     let sweeper = (stop, crate::sweeper::spawn(commands.clone(), stop_rx));
     let app = App::new(config, store, live, commands, keyring, proxy);
     app.set_ready(true);
@@ -167,6 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         initial_key_file,
         appender: handle,
         sweeper,
+        notifier,
         tail,
         _lock: lock,
     })

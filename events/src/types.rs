@@ -35,6 +35,8 @@ pub enum Event {
     KeyRotated(KeyRotated),
     #[serde(rename = "key.deleted")]
     KeyDeleted(KeyDeleted),
+    #[serde(rename = "key.notice_sent")]
+    KeyNoticeSent(KeyNoticeSent),
     #[serde(rename = "provider.created")]
     ProviderCreated(ProviderCreated),
     #[serde(rename = "provider.updated")]
@@ -60,6 +62,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "key.expired",
     "key.rotated",
     "key.deleted",
+    "key.notice_sent",
     "provider.created",
     "provider.updated",
     "provider.deleted",
@@ -81,6 +84,7 @@ impl Event {
             Event::KeyExpired(_) => "key.expired",
             Event::KeyRotated(_) => "key.rotated",
             Event::KeyDeleted(_) => "key.deleted",
+            Event::KeyNoticeSent(_) => "key.notice_sent",
             Event::ProviderCreated(_) => "provider.created",
             Event::ProviderUpdated(_) => "provider.updated",
             Event::ProviderDeleted(_) => "provider.deleted",
@@ -110,6 +114,7 @@ impl Event {
             Event::KeyExpired(e) => key_stream(&e.key_id),
             Event::KeyRotated(e) => key_stream(&e.key_id),
             Event::KeyDeleted(e) => key_stream(&e.key_id),
+            Event::KeyNoticeSent(e) => key_stream(&e.key_id),
             Event::ProviderCreated(e) => provider_stream(&e.provider_id),
             Event::ProviderUpdated(e) => provider_stream(&e.provider_id),
             Event::ProviderDeleted(e) => provider_stream(&e.provider_id),
@@ -136,6 +141,7 @@ impl Event {
             Event::KeyExpired(e) => Some(&e.key_id),
             Event::KeyRotated(e) => Some(&e.key_id),
             Event::KeyDeleted(e) => Some(&e.key_id),
+            Event::KeyNoticeSent(e) => Some(&e.key_id),
             _ => None,
         }
     }
@@ -439,6 +445,30 @@ pub struct KeyRotated {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeyDeleted {
     pub key_id: String,
+}
+
+/// What an expiry notice was about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// The key stops working within the notice window.
+    Expiring,
+    /// The key has stopped working: its expiry passed or its rotation grace ended.
+    Expired,
+    /// A rotated key was still used during its grace, and the grace ends soon.
+    GraceInUse,
+}
+
+/// An expiry notice for the key was sent to the webhook. Appended to the key's stream with
+/// the version the notifier saw, before it is delivered, so that of several nodes one
+/// sends it, once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyNoticeSent {
+    pub key_id: String,
+    pub kind: NoticeKind,
+    /// When the key stops (or stopped) working, as the notice said.
+    #[serde(with = "time")]
+    pub ends_at: Timestamp,
 }
 
 // ---- providers ----

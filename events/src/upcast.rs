@@ -57,6 +57,7 @@ fn decode_current(event_type: &str, data: &Value) -> Result<Event, serde_json::E
         "key.expired" => Event::KeyExpired(KeyExpired::deserialize(data)?),
         "key.rotated" => Event::KeyRotated(KeyRotated::deserialize(data)?),
         "key.deleted" => Event::KeyDeleted(KeyDeleted::deserialize(data)?),
+        "key.notice_sent" => Event::KeyNoticeSent(KeyNoticeSent::deserialize(data)?),
         "provider.created" => Event::ProviderCreated(ProviderCreated::deserialize(data)?),
         "provider.updated" => Event::ProviderUpdated(ProviderUpdated::deserialize(data)?),
         "provider.deleted" => Event::ProviderDeleted(ProviderDeleted::deserialize(data)?),

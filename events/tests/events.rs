@@ -201,6 +201,11 @@ fn every_type_has_a_schema_and_round_trips_through_its_envelope() {
         Event::KeyDeleted(KeyDeleted {
             key_id: "key_1".into(),
         }),
+        Event::KeyNoticeSent(KeyNoticeSent {
+            key_id: "key_1".into(),
+            kind: NoticeKind::GraceInUse,
+            ends_at: exp,
+        }),
         Event::ProviderCreated(ProviderCreated {
             provider_id: "prv_1".into(),
             name: "openai".into(),

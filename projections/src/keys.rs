@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use keyward_events::time::Timestamp;
 use keyward_events::{
-    Envelope, Event, ExpireReason, Hash32, KeyCreated, KeyUpdated, Quota, RateLimit, Scope,
+    Envelope, Event, ExpireReason, Hash32, KeyCreated, KeyUpdated, NoticeKind, Quota, RateLimit,
+    Scope,
 };
 use serde_json::{Map, Value};
 
@@ -40,6 +41,8 @@ pub struct KeyRecord {
     /// From the first `key.expired`.
     pub expired: Option<(ExpireReason, Timestamp)>,
     pub deleted_at: Option<Timestamp>,
+    /// The expiry notices recorded for the key, each with the end it was about.
+    pub notices: Vec<(NoticeKind, Timestamp)>,
     /// The stream version of the last event on `key:<id>`. Usage is on `usage:<id>` and
     /// does not move it, so it is what a management command expects.
     pub version: u64,
@@ -78,6 +81,7 @@ impl KeyRecord {
             grace_until: None,
             expired: None,
             deleted_at: None,
+            notices: Vec::new(),
             version: env.stream_version,
         }
     }
@@ -200,6 +204,16 @@ impl KeyTable {
             Event::KeyDeleted(e) => self.modify(&e.key_id, env, |k| {
                 k.deleted_at.get_or_insert(env.occurred_at);
             }),
+            // A notice is not a change to the key: its `updated_at` stays.
+            Event::KeyNoticeSent(e) => {
+                let updated_at = self.get(&e.key_id).map(|k| k.updated_at);
+                self.modify(&e.key_id, env, |k| {
+                    k.notices.push((e.kind, e.ends_at));
+                    if let Some(t) = updated_at {
+                        k.updated_at = t;
+                    }
+                });
+            }
             _ => {}
         }
     }
@@ -218,8 +232,8 @@ impl KeyTable {
         };
         let indexed = self.unindex_hash(&rec);
         let k = Arc::make_mut(&mut rec);
-        f(k);
         k.updated_at = env.occurred_at;
+        f(k);
         k.version = env.stream_version;
         if indexed {
             self.index_hash(&rec);

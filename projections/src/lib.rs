@@ -95,7 +95,8 @@ impl State {
             | Event::KeyUpdated(_)
             | Event::KeyExpired(_)
             | Event::KeyRotated(_)
-            | Event::KeyDeleted(_) => self.keys.apply(env, event),
+            | Event::KeyDeleted(_)
+            | Event::KeyNoticeSent(_) => self.keys.apply(env, event),
             Event::ProviderCreated(_)
             | Event::ProviderUpdated(_)
             | Event::ProviderDeleted(_)

@@ -1,4 +1,4 @@
-//! Operations endpoints: liveness and readiness.
+//! Operations endpoints: liveness, readiness and the Prometheus metrics.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,6 +13,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 /// The process is up and serving HTTP.
@@ -39,5 +40,23 @@ async fn readyz(State(state): State<AppState>) -> Response {
             Json(json!({ "status": "not_ready", "reason": r })),
         )
             .into_response(),
+    }
+}
+
+/// Prometheus metrics, in the OpenMetrics text format that Prometheus negotiates.
+async fn metrics(State(state): State<AppState>) -> Response {
+    match crate::metrics::render(&state.0) {
+        Ok(body) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }

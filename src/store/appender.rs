@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{AppendError, EventStore, StoreError};
+use crate::metrics::AppenderStats;
 
 /// Receives every batch the appender commits.
 #[async_trait]
@@ -68,6 +69,7 @@ impl Item {
 pub struct Appender {
     tx: mpsc::Sender<Item>,
     depth: Arc<AtomicUsize>,
+    stats: AppenderStats,
 }
 
 pub struct AppenderHandle {
@@ -84,7 +86,9 @@ impl Appender {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
+        let stats = AppenderStats::default();
         let task = Task {
+            stats: stats.clone(),
             store,
             sink,
             max_batch: cfg.max_batch.max(1),
@@ -96,7 +100,7 @@ impl Appender {
             undelivered: None,
         };
         let task = tokio::spawn(task.run());
-        (Appender { tx, depth }, AppenderHandle { stop, task })
+        (Appender { tx, depth, stats }, AppenderHandle { stop, task })
     }
 
     /// A management command: an atomic unit; waits for its own commit; returns its
@@ -126,6 +130,11 @@ impl Appender {
         self.depth.load(Ordering::Relaxed)
     }
 
+    /// Batch sizes, commit latency and committed events, for `/metrics`.
+    pub fn stats(&self) -> &AppenderStats {
+        &self.stats
+    }
+
     async fn send(&self, item: Item) -> Result<(), AppendError> {
         // Counted before the send so that the task, which decrements on receipt, never
         // sees the count go below zero.
@@ -151,6 +160,7 @@ impl AppenderHandle {
 }
 
 struct Task {
+    stats: AppenderStats,
     store: Arc<dyn EventStore>,
     sink: Arc<dyn CommitSink>,
     max_batch: usize,
@@ -304,6 +314,7 @@ impl Task {
             }
         }
 
+        let batch_events: usize = units.iter().map(Vec::len).sum();
         let delivered_through = match self.delivered_through {
             Some(seq) => Ok(seq),
             None => self.store.head().await.map(|h| h.seq),
@@ -320,16 +331,20 @@ impl Task {
         let previous = self.undelivered.take();
         let outcome = match delivered_through {
             Ok(seq) => {
-                let (appended, ()) =
-                    futures::join!(self.store.append(units), deliver(&*self.sink, previous));
-                appended.map(|r| (seq, r))
+                let append = async {
+                    let t = std::time::Instant::now();
+                    let r = self.store.append(units).await;
+                    (r, t.elapsed())
+                };
+                let ((appended, took), ()) = futures::join!(append, deliver(&*self.sink, previous));
+                appended.map(|r| (seq, r, took))
             }
             Err(e) => {
                 deliver(&*self.sink, previous).await;
                 Err(e)
             }
         };
-        let (delivered_through, results) = match outcome {
+        let (delivered_through, results, took) = match outcome {
             Ok(ok) => ok,
             Err(e) => {
                 let answers = replies
@@ -364,6 +379,7 @@ impl Task {
         fresh.retain(|env| env.seq > delivered_through);
         fresh.sort_unstable_by_key(|env| env.seq);
         fresh.dedup_by_key(|env| env.seq);
+        self.stats.batch(batch_events, took, fresh.len());
         self.delivered_through = Some(fresh.last().map_or(delivered_through, |env| env.seq));
         self.undelivered = Some(Done { fresh, answers });
         Ok(())

@@ -12,6 +12,7 @@ mod keys;
 mod matrix;
 mod nodes;
 mod openapi;
+mod ops;
 mod pg;
 mod providers;
 mod proxy;

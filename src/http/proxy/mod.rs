@@ -56,6 +56,7 @@ use self::upstream::{Dialect, Endpoint, Tokens};
 use crate::auth::{AuthError, authenticate, presented_key, scope_allows};
 use crate::config::Config;
 use crate::crypto::ProviderSecret;
+use crate::metrics::ProxyMetrics;
 use crate::store::appender::Appender;
 use crate::{App, AppState};
 
@@ -69,6 +70,7 @@ pub struct Proxy {
     rate: RateLimits,
     auth_failures: AuthFailures,
     denials: DenyThrottle,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl Proxy {
@@ -88,7 +90,12 @@ impl Proxy {
             rate: RateLimits::default(),
             auth_failures: AuthFailures::new(config.auth_failures_per_second),
             denials: DenyThrottle::new(config.denied_event_window),
+            metrics: Arc::new(ProxyMetrics::new(config.metrics_key_labels)),
         })
+    }
+
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
     }
 
     /// Records the refusals the denial throttle still holds: those of windows that have
@@ -297,6 +304,7 @@ impl Ctx<'_> {
             suppressed: 0,
         };
         tracing::debug!(request_id = %self.request_id, %key_id, ?reason, "refused");
+        self.proxy().metrics.refused(key_id, reason);
         if let Some(d) = self.proxy().denials.deny(d, Instant::now()) {
             let ev = NewEvent::new(
                 &Event::KeyDenied(d),
@@ -316,6 +324,7 @@ impl Ctx<'_> {
         let px = self.proxy();
         let t = Instant::now();
         if px.auth_failures.blocked(self.ip, t) {
+            px.metrics.auth_throttled();
             return Err(ProxyError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 RATE_LIMIT,
@@ -440,6 +449,7 @@ impl Ctx<'_> {
             client_ip: self.client_ip_text(),
             request_id: self.request_id.clone(),
             started: self.started,
+            metrics: self.proxy().metrics.clone(),
         })
     }
 
@@ -917,6 +927,7 @@ struct MeterSpec {
     client_ip: Option<String>,
     request_id: String,
     started: Instant,
+    metrics: Arc<ProxyMetrics>,
 }
 
 /// The one `key.used` of a request. Dropped before it was recorded (the client went away
@@ -944,6 +955,7 @@ impl Meter {
         }
     }
 
+    /// The request's `key.used`, counted in the metrics as it is built: it is built once.
     fn event(
         s: &MeterSpec,
         outcome: UsageOutcome,
@@ -965,6 +977,7 @@ impl Meter {
             stream: s.stream,
             client_ip: s.client_ip.clone(),
         };
+        s.metrics.used(&used);
         NewEvent::new(
             &Event::KeyUsed(used),
             ExpectedVersion::Any,

@@ -3,6 +3,7 @@
 mod anthropic;
 mod events;
 mod logs;
+mod metrics;
 pub mod mock;
 mod openai;
 mod refusals;
