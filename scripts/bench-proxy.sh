@@ -112,7 +112,7 @@ H="Authorization: Bearer $ADMIN"
 J="Content-Type: application/json"
 PROVIDER=$(curl -fsS "$API/providers" -H "$H" -H "$J" -d "{\"name\":\"mock\",\"kind\":\"openai\",
   \"base_url\":\"http://127.0.0.1:$MOCK_PORT/v1\",\"api_key\":\"sk-bench\",\"verify\":false}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["provider_id"])')
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 SECRET=$(curl -fsS "$API/keys" -H "$H" -H "$J" -d "{\"name\":\"bench\",\"provider_id\":\"$PROVIDER\",
   \"expires_in\":\"1d\",\"scopes\":[\"chat\"]}" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
@@ -131,7 +131,7 @@ run() {
     local auth=()
     [[ $target == keyward ]] && auth=(-H "Authorization: Bearer $SECRET")
     oha --no-tui --output-format json --wait-ongoing-requests-after-deadline \
-        -z "${SECONDS_PER}s" -m POST -T application/json -d "$BODY" "${auth[@]}" "$@" \
+        -z "${DUR:-${SECONDS_PER}s}" -m POST -T application/json -d "$BODY" "${auth[@]}" "$@" \
         "${URL[$target]}" >"$WORK/$target-$name.json"
     python3 - "$WORK/$target-$name.json" <<'PY'
 import json, sys
@@ -150,7 +150,7 @@ declare -A RPS P50 P99 P50_1
 printf '\n%-8s %12s %14s %14s %14s\n' target "req/s @${CONNS}c" "p50 @${RATE}/s" "p99 @${RATE}/s" "p50 @1c" 
 for t in direct nginx keyward; do
     # Warm-up: connections, caches, the key's first lookup.
-    read -r _ _ _ n < <(run "$t" warm -z 1s -c "$CONNS")
+    read -r _ _ _ n < <(DUR=1s run "$t" warm -c "$CONNS")
     [[ $t == keyward ]] && KW_ANSWERED=$((KW_ANSWERED + n))
     read -r RPS[$t] _ _ n < <(run "$t" sat -c "$CONNS")
     [[ $t == keyward ]] && KW_ANSWERED=$((KW_ANSWERED + n))
