@@ -31,8 +31,11 @@ impl CommitSink for Nothing {
 
 async fn run(events: Vec<Vec<NewEvent>>) -> Duration {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn EventStore> =
-        Arc::new(SqliteStore::open(&dir.path().join("events.db")).await.unwrap());
+    let store: Arc<dyn EventStore> = Arc::new(
+        SqliteStore::open(&dir.path().join("events.db"))
+            .await
+            .unwrap(),
+    );
     let (appender, handle) =
         Appender::spawn(store.clone(), Arc::new(Nothing), AppenderConfig::default());
     let start = Instant::now();
