@@ -10,7 +10,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use keyward_events::Hash32;
 use rand::RngCore;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 pub const SECRET_PREFIX: &str = "kw_";
 const BODY_LEN: usize = 43; // base62 of 32 bytes
@@ -115,8 +115,13 @@ fn base62_fixed(bytes: &[u8], len: usize) -> String {
 }
 
 /// Big-endian base62, left-padded with '0' to exactly `out.len()` digits.
+///
+/// Works on a copy of the bytes on the stack (at most 32, the longest input), so checking a
+/// presented key's CRC does not allocate.
 fn base62_fixed_into(bytes: &[u8], out: &mut [u8]) {
-    let mut num: Vec<u8> = bytes.to_vec();
+    let mut buf = Zeroizing::new([0u8; 32]);
+    let num = &mut buf[..bytes.len()];
+    num.copy_from_slice(bytes);
     for slot in out.iter_mut().rev() {
         let mut rem: u32 = 0;
         for byte in num.iter_mut() {
@@ -126,7 +131,6 @@ fn base62_fixed_into(bytes: &[u8], out: &mut [u8]) {
         }
         *slot = BASE62[rem as usize];
     }
-    num.zeroize();
 }
 
 // ---- provider credentials ----

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Load benchmark: the mock upstream directly, nginx proxy_pass (upstream keepalive) to it,
+# and Keyward to it, one after another in one run, all on 127.0.0.1. For each target:
+# saturation req/s at 32 connections, p50/p99 at a fixed 5,000 req/s with oha's latency
+# correction, and p50 at one connection. Then the ratios, and a check that Keyward
+# recorded one key.used event per request it answered.
+#
+#   scripts/bench-proxy.sh            # 10 s per measurement
+#   scripts/bench-proxy.sh --smoke    # 2 s per measurement (CI: checks that it works)
+#   BENCH_SECONDS=20 scripts/bench-proxy.sh
+#
+# Needs: cargo, curl, python3; installs nginx (apt-get) and oha (cargo install) if missing.
+set -euo pipefail
+
+SECONDS_PER=${BENCH_SECONDS:-10}
+SMOKE=0
+if [[ ${1:-} == --smoke ]]; then SMOKE=1; SECONDS_PER=2; fi
+RATE=${BENCH_RATE:-5000}
+CONNS=${BENCH_CONNECTIONS:-32}
+MOCK_PORT=${BENCH_MOCK_PORT:-18080}
+NGINX_PORT=${BENCH_NGINX_PORT:-18081}
+KW_PORT=${BENCH_KEYWARD_PORT:-18082}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+log() { printf '== %s\n' "$*" >&2; }
+
+# ---- tools ----
+if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
+    log "installing nginx"
+    SUDO=; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+    $SUDO apt-get install -y nginx >/dev/null || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y nginx >/dev/null; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v oha >/dev/null; then
+    log "installing oha (cargo install oha --locked)"
+    cargo install oha --locked
+fi
+
+log "building Keyward and the mock upstream (release)"
+cargo build --release --bin keyward --example mock_upstream
+BIN=$CARGO_TARGET_DIR/release
+
+WORK=$(mktemp -d /tmp/keyward-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [[ -f $WORK/nginx.pid ]] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_http() { # url: at most 30 s
+    for _ in $(seq 1 300); do
+        curl -fs -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    echo "$1 did not come up" >&2
+    return 1
+}
+
+# ---- the mock upstream ----
+"$BIN/examples/mock_upstream" "$MOCK_PORT" 2>"$WORK/mock.log" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
+
+# ---- nginx ----
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+daemon on;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    upstream mock {
+        server 127.0.0.1:$MOCK_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+"$NGINX" -c "$WORK/nginx.conf" -p "$WORK/nginx" -e "$WORK/nginx/error.log"
+wait_http "http://127.0.0.1:$NGINX_PORT/v1/models"
+
+# ---- Keyward ----
+DATA=$WORK/keyward-data
+export KEYWARD_DATA_DIR=$DATA KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=${KEYWARD_LOG:-warn}
+"$BIN/keyward" serve >"$WORK/keyward.log" 2>&1 &
+KW_PID=$!
+PIDS+=($KW_PID)
+wait_http "http://127.0.0.1:$KW_PORT/readyz"
+ADMIN=$(cat "$DATA/initial-admin-key")
+API=http://127.0.0.1:$KW_PORT/api/v1
+H="Authorization: Bearer $ADMIN"
+J="Content-Type: application/json"
+PROVIDER=$(curl -fsS "$API/providers" -H "$H" -H "$J" -d "{\"name\":\"mock\",\"kind\":\"openai\",
+  \"base_url\":\"http://127.0.0.1:$MOCK_PORT/v1\",\"api_key\":\"sk-bench\",\"verify\":false}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+SECRET=$(curl -fsS "$API/keys" -H "$H" -H "$J" -d "{\"name\":\"bench\",\"provider_id\":\"$PROVIDER\",
+  \"expires_in\":\"1d\",\"scopes\":[\"chat\"]}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+
+BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+declare -A URL=(
+    [direct]=http://127.0.0.1:$MOCK_PORT/v1/chat/completions
+    [nginx]=http://127.0.0.1:$NGINX_PORT/v1/chat/completions
+    [keyward]=http://127.0.0.1:$KW_PORT/v1/chat/completions
+)
+KW_ANSWERED=0
+
+# oha TARGET NAME ARGS...: one run; prints "rps p50_ms p99_ms answered" and keeps the JSON.
+run() {
+    local target=$1 name=$2; shift 2
+    local auth=()
+    [[ $target == keyward ]] && auth=(-H "Authorization: Bearer $SECRET")
+    oha --no-tui --output-format json --wait-ongoing-requests-after-deadline \
+        -z "${DUR:-${SECONDS_PER}s}" -m POST -T application/json -d "$BODY" "${auth[@]}" "$@" \
+        "${URL[$target]}" >"$WORK/$target-$name.json"
+    python3 - "$WORK/$target-$name.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = r["summary"]; p = r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+ok = codes.get("200", 0)
+answered = sum(codes.values())
+if ok != answered or s.get("successRate", 1) < 1:
+    print(f"non-200 answers or errors: {codes} {r.get('errorDistribution')}", file=sys.stderr)
+print(f'{s["requestsPerSec"]:.0f} {p["p50"]*1000:.3f} {p["p99"]*1000:.3f} {answered}')
+PY
+}
+
+declare -A RPS P50 P99 P50_1
+printf '\n%-8s %12s %14s %14s %14s\n' target "req/s @${CONNS}c" "p50 @${RATE}/s" "p99 @${RATE}/s" "p50 @1c" 
+for t in direct nginx keyward; do
+    # Warm-up: connections, caches, the key's first lookup.
+    read -r _ _ _ n < <(DUR=1s run "$t" warm -c "$CONNS")
+    [[ $t == keyward ]] && KW_ANSWERED=$((KW_ANSWERED + n))
+    read -r RPS[$t] _ _ n < <(run "$t" sat -c "$CONNS")
+    [[ $t == keyward ]] && KW_ANSWERED=$((KW_ANSWERED + n))
+    read -r _ P50[$t] P99[$t] n < <(run "$t" rate -c "$CONNS" -q "$RATE" --latency-correction)
+    [[ $t == keyward ]] && KW_ANSWERED=$((KW_ANSWERED + n))
+    read -r _ P50_1[$t] _ n < <(run "$t" one -c 1)
+    [[ $t == keyward ]] && KW_ANSWERED=$((KW_ANSWERED + n))
+    printf '%-8s %12s %11s ms %11s ms %11s ms\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${P50_1[$t]}"
+done
+
+python3 - "${RPS[keyward]}" "${RPS[nginx]}" "${P99[keyward]}" "${P99[direct]}" \
+    "${P50_1[keyward]}" "${P50_1[direct]}" "${P50[keyward]}" "${P50[direct]}" <<'PY'
+import sys
+kr, nr, k99, d99, k1, d1, k50, d50 = map(float, sys.argv[1:])
+print()
+print(f"Keyward/nginx throughput: {kr/nr:.2f}x  (target >= 0.5x)")
+print(f"added p50 at the fixed rate: {(k50-d50)*1000:+.0f} us")
+print(f"added p99 at the fixed rate: {(k99-d99)*1000:+.0f} us  (target <= +500 us)")
+print(f"added p50 at 1 connection:   {(k1-d1)*1000:+.0f} us  (target <= +50 us)")
+PY
+
+# ---- nothing dropped: one key.used per answered request ----
+kill -TERM "$KW_PID"
+for _ in $(seq 1 600); do kill -0 "$KW_PID" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$KW_PID" 2>/dev/null; then echo "Keyward did not stop within 60 s" >&2; exit 1; fi
+USED=$("$BIN/keyward" audit export --type key.used 2>/dev/null | wc -l)
+echo "key.used events: $USED; requests Keyward answered: $KW_ANSWERED"
+if [[ $USED -ne $KW_ANSWERED ]]; then
+    echo "MISMATCH: key.used events do not match the requests answered" >&2
+    exit 1
+fi
+echo "ok: every answered request is in the log"
