@@ -147,3 +147,55 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn EventStore>, StoreErro
 pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
+
+/// A stored row's columns as the database returned them, before any checking. Both
+/// backends fill one in and share the checks that turn it into an [`Envelope`].
+pub(crate) struct RawEvent<'r> {
+    pub seq: u64,
+    pub event_id: &'r str,
+    pub stream: String,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub schema: i64,
+    pub occurred_at: i64,
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub data: &'r str,
+    pub prev_hash: &'r [u8],
+    pub hash: &'r [u8],
+}
+
+impl RawEvent<'_> {
+    pub(crate) fn into_envelope(self) -> Result<Envelope, StoreError> {
+        let seq = self.seq;
+        let bad = |reason: String| StoreError::Corrupt { seq, reason };
+        let event_id = ulid::Ulid::from_string(self.event_id)
+            .map_err(|e| bad(format!("event_id {:?}: {e}", self.event_id)))?;
+        let stream_version = u64::try_from(self.stream_version)
+            .map_err(|_| bad(format!("negative stream_version {}", self.stream_version)))?;
+        let schema = u16::try_from(self.schema)
+            .map_err(|_| bad(format!("schema {} out of range", self.schema)))?;
+        let occurred_at = crate::time::from_micros(self.occurred_at)
+            .ok_or_else(|| bad(format!("occurred_at {} out of range", self.occurred_at)))?;
+        let data =
+            serde_json::from_str(self.data).map_err(|e| bad(format!("data is not JSON: {e}")))?;
+        let hash = |b: &[u8], name: &str| {
+            keyward_events::Hash32::from_slice(b)
+                .ok_or_else(|| bad(format!("{name} has {} bytes, not 32", b.len())))
+        };
+        Ok(Envelope {
+            seq,
+            event_id,
+            stream: self.stream,
+            stream_version,
+            event_type: self.event_type,
+            schema,
+            occurred_at,
+            actor: self.actor,
+            request_id: self.request_id,
+            data,
+            prev_hash: hash(self.prev_hash, "prev_hash")?,
+            hash: hash(self.hash, "hash")?,
+        })
+    }
+}

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyward_events::{Envelope, Hash32, Head, NewEvent, time};
+use keyward_events::{Envelope, Hash32, Head, NewEvent};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -21,7 +21,7 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteExecutor
 use ulid::Ulid;
 
 use super::plan::{self, seal_run};
-use super::{AppendError, EventFilter, EventStore, StoreError};
+use super::{AppendError, EventFilter, EventStore, RawEvent, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -485,42 +485,22 @@ fn decode_seq(row: &SqliteRow) -> Result<u64, StoreError> {
 /// Decodes a row selected with [`COLUMNS`].
 fn decode_row(row: &SqliteRow) -> Result<Envelope, StoreError> {
     let seq = decode_seq(row)?;
-    let bad = |reason: String| StoreError::Corrupt { seq, reason };
-    let event_id: &str = row.try_get(1).map_err(|e| corrupt(seq, e))?;
-    let event_id =
-        Ulid::from_string(event_id).map_err(|e| bad(format!("event_id {event_id:?}: {e}")))?;
-    let stream: String = row.try_get(2).map_err(|e| corrupt(seq, e))?;
-    let stream_version: i64 = row.try_get(3).map_err(|e| corrupt(seq, e))?;
-    let stream_version = u64::try_from(stream_version)
-        .map_err(|_| bad(format!("negative stream_version {stream_version}")))?;
-    let event_type: String = row.try_get(4).map_err(|e| corrupt(seq, e))?;
-    let schema: i64 = row.try_get(5).map_err(|e| corrupt(seq, e))?;
-    let schema = u16::try_from(schema).map_err(|_| bad(format!("schema {schema} out of range")))?;
-    let occurred_at: i64 = row.try_get(6).map_err(|e| corrupt(seq, e))?;
-    let occurred_at = time::from_micros(occurred_at)
-        .ok_or_else(|| bad(format!("occurred_at {occurred_at} out of range")))?;
-    let actor: String = row.try_get(7).map_err(|e| corrupt(seq, e))?;
-    let request_id: Option<String> = row.try_get(8).map_err(|e| corrupt(seq, e))?;
-    let data: &str = row.try_get(9).map_err(|e| corrupt(seq, e))?;
-    let data = serde_json::from_str(data).map_err(|e| bad(format!("data is not JSON: {e}")))?;
-    let hash_at = |i: usize, name: &str| -> Result<Hash32, StoreError> {
-        let b: &[u8] = row.try_get(i).map_err(|e| corrupt(seq, e))?;
-        Hash32::from_slice(b).ok_or_else(|| bad(format!("{name} has {} bytes, not 32", b.len())))
-    };
-    Ok(Envelope {
+    let c = |e| corrupt(seq, e);
+    RawEvent {
         seq,
-        event_id,
-        stream,
-        stream_version,
-        event_type,
-        schema,
-        occurred_at,
-        actor,
-        request_id,
-        data,
-        prev_hash: hash_at(10, "prev_hash")?,
-        hash: hash_at(11, "hash")?,
-    })
+        event_id: row.try_get(1).map_err(c)?,
+        stream: row.try_get(2).map_err(c)?,
+        stream_version: row.try_get(3).map_err(c)?,
+        event_type: row.try_get(4).map_err(c)?,
+        schema: row.try_get(5).map_err(c)?,
+        occurred_at: row.try_get(6).map_err(c)?,
+        actor: row.try_get(7).map_err(c)?,
+        request_id: row.try_get(8).map_err(c)?,
+        data: row.try_get(9).map_err(c)?,
+        prev_hash: row.try_get(10).map_err(c)?,
+        hash: row.try_get(11).map_err(c)?,
+    }
+    .into_envelope()
 }
 
 fn corrupt(seq: u64, e: sqlx::Error) -> StoreError {
