@@ -199,3 +199,74 @@ impl RawEvent<'_> {
         })
     }
 }
+
+/// Seq order for [`select_events`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Order {
+    Oldest,
+    Newest,
+}
+
+/// `SELECT <columns> FROM events` narrowed by `filter`, in seq `order`, at most `limit`:
+/// the one query both backends build. `any` writes "column matches one of these strings"
+/// in the backend's own form (an IN list, or `= ANY($n)`).
+pub(crate) fn select_events<'a, DB>(
+    columns: &str,
+    filter: &'a EventFilter,
+    limit: usize,
+    order: Order,
+    any: impl Fn(&mut sqlx::QueryBuilder<'a, DB>, &'static str, &'a [String]),
+) -> Result<sqlx::QueryBuilder<'a, DB>, StoreError>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let int = |v: u64| {
+        i64::try_from(v)
+            .map_err(|_| StoreError::Unavailable(format!("{v} does not fit a 64-bit integer")))
+    };
+    let mut qb = sqlx::QueryBuilder::<DB>::new(format!("SELECT {columns} FROM events"));
+    let mut conditions = 0;
+    let mut and = |qb: &mut sqlx::QueryBuilder<'a, DB>, sql: &str| {
+        qb.push(if conditions == 0 { " WHERE " } else { " AND " });
+        qb.push(sql);
+        conditions += 1;
+    };
+    // `seq > 0` would hold for every row but steer the planner to a scan in seq order
+    // instead of the index a time range or an actor could use.
+    if filter.after_seq > 0 {
+        and(&mut qb, "seq > ");
+        qb.push_bind(int(filter.after_seq)?);
+    }
+    if let Some(until) = filter.until_seq {
+        and(&mut qb, "seq <= ");
+        qb.push_bind(int(until)?);
+    }
+    if !filter.types.is_empty() {
+        and(&mut qb, "");
+        any(&mut qb, "type", &filter.types);
+    }
+    if !filter.streams.is_empty() {
+        and(&mut qb, "");
+        any(&mut qb, "stream", &filter.streams);
+    }
+    if let Some(actor) = &filter.actor {
+        and(&mut qb, "actor = ");
+        qb.push_bind(actor.as_str());
+    }
+    if let Some(from) = filter.from_time {
+        and(&mut qb, "occurred_at >= ");
+        qb.push_bind(from.timestamp_micros());
+    }
+    if let Some(to) = filter.to_time {
+        and(&mut qb, "occurred_at <= ");
+        qb.push_bind(to.timestamp_micros());
+    }
+    qb.push(match order {
+        Order::Oldest => " ORDER BY seq ASC LIMIT ",
+        Order::Newest => " ORDER BY seq DESC LIMIT ",
+    })
+    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    Ok(qb)
+}

@@ -50,11 +50,11 @@ use async_trait::async_trait;
 use keyward_events::{Envelope, Hash32, Head, NewEvent};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Executor, PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::{Executor, PgConnection, Postgres, Row};
 use ulid::Ulid;
 
 use super::plan::{self, seal_run};
-use super::{AppendError, EventFilter, EventStore, RawEvent, StoreError};
+use super::{AppendError, EventFilter, EventStore, Order, RawEvent, StoreError, select_events};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -253,6 +253,26 @@ impl Drop for SessionLock {
     }
 }
 
+impl PostgresStore {
+    /// The events matching `filter`, in seq `order`.
+    async fn select(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut qb =
+            select_events::<Postgres>(COLUMNS, filter, limit, order, |qb, column, values| {
+                qb.push(column).push(" = ANY(").push_bind(values).push(")");
+            })?;
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(decode_row).collect()
+    }
+}
+
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn append(
@@ -281,48 +301,15 @@ impl EventStore for PostgresStore {
     }
 
     async fn read(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM events"));
-        let mut conditions = 0;
-        let mut and = |qb: &mut QueryBuilder<Postgres>, sql: &str| {
-            qb.push(if conditions == 0 { " WHERE " } else { " AND " });
-            qb.push(sql);
-            conditions += 1;
-        };
-        if filter.after_seq > 0 {
-            and(&mut qb, "seq > ");
-            qb.push_bind(to_i64(filter.after_seq)?);
-        }
-        if let Some(until) = filter.until_seq {
-            and(&mut qb, "seq <= ");
-            qb.push_bind(to_i64(until)?);
-        }
-        if !filter.types.is_empty() {
-            and(&mut qb, "type = ANY(");
-            qb.push_bind(filter.types.clone()).push(")");
-        }
-        if !filter.streams.is_empty() {
-            and(&mut qb, "stream = ANY(");
-            qb.push_bind(filter.streams.clone()).push(")");
-        }
-        if let Some(actor) = &filter.actor {
-            and(&mut qb, "actor = ");
-            qb.push_bind(actor.clone());
-        }
-        if let Some(from) = filter.from_time {
-            and(&mut qb, "occurred_at >= ");
-            qb.push_bind(from.timestamp_micros());
-        }
-        if let Some(to) = filter.to_time {
-            and(&mut qb, "occurred_at <= ");
-            qb.push_bind(to.timestamp_micros());
-        }
-        qb.push(" ORDER BY seq LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter().map(decode_row).collect()
+        self.select(filter, limit, Order::Oldest).await
+    }
+
+    async fn read_newest(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        self.select(filter, limit, Order::Newest).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

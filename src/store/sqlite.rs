@@ -17,11 +17,11 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteExecutor};
+use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteExecutor};
 use ulid::Ulid;
 
 use super::plan::{self, seal_run};
-use super::{AppendError, EventFilter, EventStore, RawEvent, StoreError};
+use super::{AppendError, EventFilter, EventStore, Order, RawEvent, StoreError, select_events};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -153,65 +153,25 @@ impl SqliteStore {
         self.readers.close().await;
     }
 
-    /// The events matching `filter`, ordered by seq in `order` (`ASC` or `DESC`).
+    /// The events matching `filter`, in seq `order`.
     async fn select(
         &self,
         filter: &EventFilter,
         limit: usize,
-        order: &'static str,
+        order: Order,
     ) -> Result<Vec<Envelope>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM events"));
-        let mut conditions = 0;
-        let mut and = |qb: &mut QueryBuilder<Sqlite>, sql: &str| {
-            qb.push(if conditions == 0 { " WHERE " } else { " AND " });
-            qb.push(sql);
-            conditions += 1;
-        };
-        // `seq > 0` would hold for every row but steer SQLite to a scan in seq order
-        // instead of the index a time range or an actor could use.
-        if filter.after_seq > 0 {
-            and(&mut qb, "seq > ");
-            qb.push_bind(to_i64(filter.after_seq)?);
-        }
-        if let Some(until) = filter.until_seq {
-            and(&mut qb, "seq <= ");
-            qb.push_bind(to_i64(until)?);
-        }
-        if !filter.types.is_empty() {
-            and(&mut qb, "type IN (");
-            let mut list = qb.separated(", ");
-            for t in &filter.types {
-                list.push_bind(t.as_str());
-            }
-            qb.push(")");
-        }
-        if !filter.streams.is_empty() {
-            and(&mut qb, "stream IN (");
-            let mut list = qb.separated(", ");
-            for s in &filter.streams {
-                list.push_bind(s.as_str());
-            }
-            qb.push(")");
-        }
-        if let Some(actor) = &filter.actor {
-            and(&mut qb, "actor = ");
-            qb.push_bind(actor.as_str());
-        }
-        if let Some(from) = filter.from_time {
-            and(&mut qb, "occurred_at >= ");
-            qb.push_bind(from.timestamp_micros());
-        }
-        if let Some(to) = filter.to_time {
-            and(&mut qb, "occurred_at <= ");
-            qb.push_bind(to.timestamp_micros());
-        }
-        qb.push(" ORDER BY seq ")
-            .push(order)
-            .push(" LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let mut qb =
+            select_events::<Sqlite>(COLUMNS, filter, limit, order, |qb, column, values| {
+                qb.push(column).push(" IN (");
+                let mut list = qb.separated(", ");
+                for v in values {
+                    list.push_bind(v.as_str());
+                }
+                qb.push(")");
+            })?;
         let rows = qb.build().fetch_all(&self.readers).await?;
         rows.iter().map(decode_row).collect()
     }
@@ -428,7 +388,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn read(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Envelope>, StoreError> {
-        self.select(filter, limit, "ASC").await
+        self.select(filter, limit, Order::Oldest).await
     }
 
     async fn read_newest(
@@ -436,7 +396,7 @@ impl EventStore for SqliteStore {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<Vec<Envelope>, StoreError> {
-        self.select(filter, limit, "DESC").await
+        self.select(filter, limit, Order::Newest).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
