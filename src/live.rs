@@ -18,6 +18,8 @@ use crate::store::appender::CommitSink;
 use crate::store::{EventStore, StoreError};
 
 const PAGE: usize = 10_000;
+/// Events folded per write-lock hold on the commit path.
+const APPLY_SLICE: usize = 64;
 
 pub struct Live {
     state: RwLock<State>,
@@ -208,11 +210,17 @@ impl Live {
         }
     }
 
+    /// Folds a committed batch a slice at a time, taking the write lock once per slice:
+    /// a batch of a thousand usage events would otherwise stall every proxy lookup for the
+    /// whole fold. Each slice leaves the state at a seq-ordered prefix of the log, so a
+    /// reader between slices sees a consistent (slightly older) state.
     fn apply_batch(&self, envs: &[Envelope]) -> Result<(), ApplyError> {
-        let mut state = self.state.write();
-        for env in envs {
-            if env.seq > state.head.seq {
-                state.apply(env)?;
+        for slice in envs.chunks(APPLY_SLICE) {
+            let mut state = self.state.write();
+            for env in slice {
+                if env.seq > state.head.seq {
+                    state.apply(env)?;
+                }
             }
         }
         Ok(())
