@@ -170,6 +170,8 @@ async fn main() -> anyhow::Result<()> {
         },
         &ServeArgs {
             listen: Some("127.0.0.1:0".into()),
+            // The mock upstream is on loopback.
+            upstream_allow: Some("127.0.0.0/8".into()),
             ..ServeArgs::default()
         },
     )?;

@@ -102,6 +102,8 @@ wait_http "http://127.0.0.1:$NGINX_PORT/v1/models"
 # ---- Keyward ----
 DATA=$WORK/keyward-data
 export KEYWARD_DATA_DIR=$DATA KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=${KEYWARD_LOG:-warn}
+# The mock upstream is on loopback, which Keyward only reaches when allowed.
+export KEYWARD_UPSTREAM_ALLOW=127.0.0.0/8
 "$BIN/keyward" serve >"$WORK/keyward.log" 2>&1 &
 KW_PID=$!
 PIDS+=($KW_PID)

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `bootstrap`, `migrate`, `audit` and `keys`.
+//! The command line: `serve`, `bootstrap`, `migrate`, `audit`, `keys` and `providers`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -54,6 +54,19 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Maintenance of provider credentials.
+    Providers {
+        #[command(subcommand)]
+        command: ProvidersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// Re-encrypt every current provider credential under the first (newest) master key of
+    /// KEYWARD_MASTER_KEYS, one `provider.key_updated` each; afterwards the older master keys
+    /// can be removed from the keyring. Takes the data dir's lock: stop `serve` first.
+    Reseal,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +154,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let store = open(&config).await?;
             audit(store, command).await
         }
+        Command::Providers {
+            command: ProvidersCommand::Reseal,
+        } => {
+            let config = Config::resolve(&cli.global, &ServeArgs::default())?;
+            if let Some(path) = config.sqlite_path()
+                && !path.exists()
+            {
+                bail!(
+                    "no database at {} (KEYWARD_DATABASE_URL / KEYWARD_DATA_DIR)",
+                    path.display()
+                );
+            }
+            // `start` takes the data dir's lock (a running `serve` makes this fail) and
+            // checks that every credential opens with the keyring before anything changes.
+            let running = crate::server::start(config).await?;
+            let outcome = reseal(&running.state).await;
+            running.shutdown().await;
+            let (resealed, current) = outcome?;
+            println!(
+                "resealed {resealed} provider credential(s) under master key version {current}; \
+                 every current credential now uses it, and older master keys can be removed"
+            );
+            Ok(0)
+        }
         Command::Keys {
             command: KeysCommand::Expiring { within, format },
         } => {
@@ -153,6 +190,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Re-encrypts every live credential not sealed under the current master key. Returns how
+/// many were resealed and the current version.
+async fn reseal(state: &crate::AppState) -> anyhow::Result<(usize, u32)> {
+    let app = &state.0;
+    let current = app.keyring.current().version;
+    let stale: Vec<_> = {
+        let live = app.live.read();
+        let mut v: Vec<_> = live
+            .providers
+            .iter()
+            .filter(|p| !p.is_deleted())
+            .filter(|p| {
+                p.credential
+                    .as_ref()
+                    .is_some_and(|c| c.keyring_version != current)
+            })
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.provider_id.cmp(&b.provider_id));
+        v
+    };
+    let actor = crate::commands::Actor::system();
+    for p in &stale {
+        let Some(c) = &p.credential else { continue };
+        let secret = app
+            .keyring
+            .open(&p.provider_id, &c.ciphertext, &c.nonce, c.keyring_version)
+            .with_context(|| {
+                format!(
+                    "cannot decrypt the credential of provider {} (master key version {})",
+                    p.provider_id, c.keyring_version
+                )
+            })?;
+        app.commands
+            .replace_provider_credential(&actor, &p.provider_id, &secret, &app.keyring, None)
+            .await
+            .with_context(|| format!("cannot reseal provider {}", p.provider_id))?;
+        eprintln!(
+            "provider {} ({}): master key version {} -> {current}",
+            p.provider_id, p.name, c.keyring_version
+        );
+    }
+    Ok((stale.len(), current))
 }
 
 fn print_expiring(

@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// How often the notifier looks for due notices, e.g. `60s`.
     #[arg(long, env = "KEYWARD_NOTIFY_INTERVAL")]
     pub notify_interval: Option<String>,
+    /// Loopback and private addresses providers may be reached at: CIDRs or addresses,
+    /// comma-separated, e.g. `127.0.0.1/32,10.0.0.0/8`. Empty by default.
+    #[arg(long, env = "KEYWARD_UPSTREAM_ALLOW")]
+    pub upstream_allow: Option<String>,
     /// Start even though the audit chain does not verify. Loudly.
     #[arg(long)]
     pub allow_broken_chain: bool,
@@ -122,6 +126,7 @@ struct FileConfig {
     notify_webhook_secret: Option<String>,
     notify_within: Option<String>,
     notify_interval: Option<String>,
+    upstream_allow: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +156,8 @@ pub struct Config {
     pub metrics_key_labels: KeyLabels,
     /// The expiry notice webhook, when one is configured.
     pub notify: Option<NoticeWebhook>,
+    /// Loopback and private ranges a provider may be reached at.
+    pub upstream_allow: crate::egress::EgressPolicy,
     pub allow_broken_chain: bool,
 }
 
@@ -219,6 +226,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "notify-webhook-secret" => "KEYWARD_NOTIFY_WEBHOOK_SECRET",
         "notify-within" => "KEYWARD_NOTIFY_WITHIN",
         "notify-interval" => "KEYWARD_NOTIFY_INTERVAL",
+        "upstream-allow" => "KEYWARD_UPSTREAM_ALLOW",
         "config" => "KEYWARD_CONFIG",
         _ => "",
     };
@@ -242,6 +250,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "notify-webhook-secret" => "notify_webhook_secret",
         "notify-within" => "notify_within",
         "notify-interval" => "notify_interval",
+        "upstream-allow" => "upstream_allow",
         other => other,
     };
     ConfigError {
@@ -425,6 +434,13 @@ impl Config {
             "60s",
             "notify-interval",
         )?;
+        let upstream_allow = crate::egress::EgressPolicy::parse(
+            s.upstream_allow
+                .as_deref()
+                .or(file.upstream_allow.as_deref())
+                .unwrap_or(""),
+        )
+        .map_err(|r| bad("upstream-allow", r))?;
         let notify = match (notify_url, notify_secret) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -480,6 +496,7 @@ impl Config {
             denied_event_window,
             metrics_key_labels,
             notify,
+            upstream_allow,
             allow_broken_chain: s.allow_broken_chain,
         })
     }
@@ -632,6 +649,30 @@ mod tests {
     }
 
     #[test]
+    fn the_upstream_allowlist_is_empty_by_default_and_checked() {
+        let c = Config::resolve(&GlobalArgs::default(), &ServeArgs::default()).unwrap();
+        assert!(c.upstream_allow.allowlist().is_empty());
+        let s = ServeArgs {
+            upstream_allow: Some("127.0.0.1/32, 10.0.0.0/8".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&GlobalArgs::default(), &s).unwrap();
+        assert_eq!(
+            format!("{:?}", c.upstream_allow),
+            r#"["127.0.0.1/32", "10.0.0.0/8"]"#
+        );
+        let s = ServeArgs {
+            upstream_allow: Some("10.0.0.0/8,intranet".into()),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&GlobalArgs::default(), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("KEYWARD_UPSTREAM_ALLOW"), "{e}");
+        assert!(e.contains("\"intranet\""), "{e}");
+    }
+
+    #[test]
     fn the_notice_webhook_needs_a_url_and_a_secret() {
         let resolve = |s: ServeArgs| Config::resolve(&GlobalArgs::default(), &s);
         assert!(resolve(ServeArgs::default()).unwrap().notify.is_none());
@@ -732,7 +773,7 @@ mod tests {
         let p = dir.path().join("k.toml");
         std::fs::write(
             &p,
-            "listen = \"127.0.0.1:7000\"\nmax_key_lifetime = \"30d\"\n",
+            "listen = \"127.0.0.1:7000\"\nmax_key_lifetime = \"30d\"\nupstream_allow = \"192.168.0.0/16\"\n",
         )
         .unwrap();
         let g = GlobalArgs {
@@ -741,6 +782,7 @@ mod tests {
         };
         let c = Config::resolve(&g, &ServeArgs::default()).unwrap();
         assert_eq!(c.listen.port(), 7000);
+        assert_eq!(format!("{:?}", c.upstream_allow), r#"["192.168.0.0/16"]"#);
         assert_eq!(c.max_key_lifetime, Duration::days(30));
         // A flag wins over the file.
         let s = ServeArgs {

@@ -5,7 +5,6 @@
 //! entered. What the provider says about a refused credential is passed on, with the
 //! credential scrubbed from it: some providers echo part of the key they were given.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use keyward_events::ProviderKind;
@@ -13,6 +12,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::crypto::ProviderSecret;
+use crate::egress::EgressPolicy;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const TIMEOUT: Duration = Duration::from_secs(15);
@@ -50,20 +50,17 @@ pub enum CheckError {
     Request(String),
 }
 
-/// The one HTTP client for provider checks: connection pool, timeouts, no redirects.
-fn client() -> Result<&'static reqwest::Client, CheckError> {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(c) = CLIENT.get() {
-        return Ok(c);
-    }
-    let c = reqwest::Client::builder()
+/// The HTTP client for provider checks: connection pool, timeouts, no redirects, and a
+/// resolver that refuses the addresses the egress policy does not permit.
+pub fn client(policy: &EgressPolicy) -> Result<reqwest::Client, CheckError> {
+    reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(policy.resolver())
         .user_agent(concat!("keyward/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| CheckError::Request(format!("cannot build the HTTP client: {e}")))?;
-    Ok(CLIENT.get_or_init(|| c))
+        .map_err(|e| CheckError::Request(format!("cannot build the HTTP client: {e}")))
 }
 
 /// The models endpoint of a provider and the headers that carry its credential.
@@ -118,13 +115,19 @@ fn url(s: &str) -> Result<reqwest::Url, CheckError> {
 
 /// Calls the provider's models endpoint with the credential.
 pub async fn check(
+    client: &reqwest::Client,
+    policy: &EgressPolicy,
     kind: ProviderKind,
     base_url: &str,
     config: &Map<String, Value>,
     secret: &ProviderSecret,
 ) -> Result<CheckResult, CheckError> {
     let (url, headers) = models_request(kind, base_url, config, secret)?;
-    let mut res = client()?
+    // An address literal never reaches the resolver: it is checked here.
+    policy
+        .check_literal(&url)
+        .map_err(|e| CheckError::Unreachable(e.to_string()))?;
+    let mut res = client
         .get(url)
         .headers(headers)
         .send()

@@ -116,6 +116,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         elapsed_ms = report.elapsed.as_millis() as u64,
         "live projections rebuilt"
     );
+    check_credentials(&live.read().providers, &keyring)?;
     let live = Arc::new(live);
     let (appender, handle) = Appender::spawn(
         store.clone(),
@@ -334,6 +335,34 @@ pub fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     tracing::warn!(path = %path.display(), "generated a development master key; this is for development only: set KEYWARD_MASTER_KEYS in production");
     Keyring::new(vec![key]).context("keyring")
+}
+
+/// Every live provider credential must open with this keyring before anything is served:
+/// a wrong or missing master key stops the start here, naming the provider and the key
+/// version, instead of every proxied request failing later.
+pub fn check_credentials(
+    providers: &keyward_projections::Providers,
+    keyring: &Keyring,
+) -> anyhow::Result<()> {
+    let mut sorted: Vec<_> = providers
+        .iter()
+        .filter(|p| !p.is_deleted())
+        .filter_map(|p| p.credential.as_ref().map(|c| (p, c)))
+        .collect();
+    sorted.sort_by(|a, b| a.0.provider_id.cmp(&b.0.provider_id));
+    for (p, c) in sorted {
+        if let Err(e) = keyring.open(&p.provider_id, &c.ciphertext, &c.nonce, c.keyring_version) {
+            bail!(
+                "cannot decrypt the credential of provider {} ({}) sealed with master key version {}: {e}. \
+                 Check KEYWARD_MASTER_KEYS (--master-keys): it holds versions {:?}",
+                p.provider_id,
+                p.name,
+                c.keyring_version,
+                keyring.versions()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A database URL with any password removed, for messages.

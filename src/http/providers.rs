@@ -291,6 +291,20 @@ fn check_base_url(s: &str) -> Result<String, ApiError> {
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
+/// A base URL whose host is, or resolves to, an address Keyward may not connect to is
+/// refused before anything is stored: link-local and metadata addresses always, loopback
+/// and private ones unless the upstream allowlist names them.
+async fn check_egress(app: &AppState, base_url: &str) -> Result<(), ApiError> {
+    let url = reqwest::Url::parse(base_url)
+        .map_err(|e| ApiError::invalid("base_url", format!("not an absolute URL: {e}")))?;
+    app.0
+        .proxy
+        .egress()
+        .check_url(&url)
+        .await
+        .map_err(|e| ApiError::invalid("base_url", format!("base_url refused: {e}")))
+}
+
 fn check_config(kind: ProviderKind, config: Option<Value>) -> Result<Map<String, Value>, ApiError> {
     let config = match config {
         None | Some(Value::Null) => Map::new(),
@@ -346,12 +360,23 @@ fn check_config(kind: ProviderKind, config: Option<Value>) -> Result<Map<String,
 
 /// Runs the live check; a provider that cannot be reached is 502, and nothing is stored.
 async fn live_check(
+    app: &AppState,
     kind: ProviderKind,
     base_url: &str,
     config: &Map<String, Value>,
     secret: &ProviderSecret,
 ) -> Result<CheckResult, ApiError> {
-    match provider_check::check(kind, base_url, config, secret).await {
+    let proxy = &app.0.proxy;
+    match provider_check::check(
+        proxy.check_client(),
+        proxy.egress(),
+        kind,
+        base_url,
+        config,
+        secret,
+    )
+    .await
+    {
         Ok(r) => Ok(r),
         Err(CheckError::Unreachable(d)) => {
             tracing::warn!(%base_url, reason = %d, "a provider could not be reached for a credential check");
@@ -442,13 +467,14 @@ async fn create_provider(
 ) -> Result<(StatusCode, Json<ProviderView>), ApiError> {
     let name = check_name(&req.name)?;
     let base_url = check_base_url(&req.base_url)?;
+    check_egress(&app, &base_url).await?;
     let secret = check_api_key(req.api_key)?;
     let config = check_config(req.kind, req.config)?;
     let models = check_models(req.models.unwrap_or_default())?;
     // Fail fast, before calling the provider; the command checks again under its lock.
     app.0.commands.check_provider_name(&name, None)?;
     let check = if req.verify.unwrap_or(true) {
-        let r = live_check(req.kind, &base_url, &config, &secret).await?;
+        let r = live_check(&app, req.kind, &base_url, &config, &secret).await?;
         if let Some(e) = refusal(&r) {
             return Err(e);
         }
@@ -591,6 +617,9 @@ async fn update_provider(
             .transpose()?,
         models: req.models.map(check_models).transpose()?,
     };
+    if let Some(base_url) = &patch.base_url {
+        check_egress(&app, base_url).await?;
+    }
     if patch
         == (ProviderUpdated {
             provider_id: id.clone(),
@@ -653,7 +682,7 @@ async fn replace_credential(
         });
     }
     let check = if req.verify.unwrap_or(true) {
-        let r = live_check(p.kind, &p.base_url, &p.config, &secret).await?;
+        let r = live_check(&app, p.kind, &p.base_url, &p.config, &secret).await?;
         if let Some(e) = refusal(&r) {
             return Err(e);
         }
@@ -715,7 +744,16 @@ async fn verify_provider(
             status: None,
             detail: Some(format!("the stored credential cannot be opened: {e}")),
         },
-        Ok(secret) => match provider_check::check(p.kind, &p.base_url, &p.config, &secret).await {
+        Ok(secret) => match provider_check::check(
+            app.0.proxy.check_client(),
+            app.0.proxy.egress(),
+            p.kind,
+            &p.base_url,
+            &p.config,
+            &secret,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(e) => CheckResult {
                 ok: false,

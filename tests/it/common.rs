@@ -15,6 +15,8 @@ pub fn config_in(dir: &Path) -> Config {
         &g,
         &ServeArgs {
             listen: Some("127.0.0.1:0".into()),
+            // The mock providers listen on loopback, which needs an explicit allowlist.
+            upstream_allow: Some("127.0.0.0/8".into()),
             ..ServeArgs::default()
         },
     )

@@ -17,5 +17,6 @@ mod pg;
 mod providers;
 mod proxy;
 mod sdk;
+mod security;
 mod store;
 mod users;

@@ -49,6 +49,7 @@ pub fn node_config(dir: &Path, url: &str) -> Config {
         &g,
         &ServeArgs {
             listen: Some("127.0.0.1:0".into()),
+            upstream_allow: Some("127.0.0.0/8".into()),
             ..ServeArgs::default()
         },
     )
@@ -806,6 +807,7 @@ async fn killing_a_node_mid_append_loses_nothing_acknowledged_and_the_other_carr
         .env("KEYWARD_DATA_DIR", a_dir.path())
         .env("KEYWARD_LISTEN", format!("127.0.0.1:{port}"))
         .env("KEYWARD_LOG", "warn")
+        .env("KEYWARD_UPSTREAM_ALLOW", "127.0.0.0/8")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

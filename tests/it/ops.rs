@@ -43,6 +43,7 @@ impl Served {
             .envs(env.iter().copied())
             .env_remove("KEYWARD_DATABASE_URL")
             .env_remove("KEYWARD_MASTER_KEYS")
+            .env("KEYWARD_UPSTREAM_ALLOW", "127.0.0.0/8")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

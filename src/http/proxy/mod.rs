@@ -64,6 +64,9 @@ use crate::{App, AppState};
 /// in-memory limits.
 pub struct Proxy {
     client: reqwest::Client,
+    /// The client for live credential checks of providers (management API).
+    check_client: reqwest::Client,
+    egress: crate::egress::EgressPolicy,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     body_limit: usize,
@@ -74,16 +77,21 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: &Config) -> Result<Proxy, reqwest::Error> {
+    pub fn new(config: &Config) -> anyhow::Result<Proxy> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.upstream_connect_timeout)
             // A redirect could carry the credential header to another host.
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
+            .dns_resolver(config.upstream_allow.resolver())
             .build()?;
+        let check_client = crate::provider_check::client(&config.upstream_allow)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Proxy {
             client,
+            check_client,
+            egress: config.upstream_allow.clone(),
             first_byte_timeout: config.upstream_first_byte_timeout,
             idle_timeout: config.upstream_idle_timeout,
             body_limit: config.body_limit_bytes,
@@ -96,6 +104,16 @@ impl Proxy {
 
     pub fn metrics(&self) -> &ProxyMetrics {
         &self.metrics
+    }
+
+    /// The client for live checks of provider credentials, under the same egress policy.
+    pub fn check_client(&self) -> &reqwest::Client {
+        &self.check_client
+    }
+
+    /// Where providers may be reached.
+    pub fn egress(&self) -> &crate::egress::EgressPolicy {
+        &self.egress
     }
 
     /// Records the refusals the denial throttle still holds: those of windows that have
@@ -575,6 +593,17 @@ impl Ctx<'_> {
             Ok(u) => u,
             Err(e) => return Err(fail(&mut meter, e, UsageOutcome::UpstreamUnavailable).await),
         };
+        // A name is checked by the client's resolver at connect time; an address literal
+        // never reaches a resolver, so it is checked here, on every request.
+        if let Err(e) = self.proxy().egress.check_literal(&url) {
+            tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, reason = %e, "refused to connect to the provider's address");
+            return Err(fail(
+                &mut meter,
+                address_refused(),
+                UsageOutcome::UpstreamUnavailable,
+            )
+            .await);
+        }
         let wants_sse = scanned.stream && self.endpoint != Endpoint::Embeddings;
         let (out_body, mode) = match dialect {
             Dialect::OpenAi if wants_sse && !scanned.include_usage => {
@@ -642,6 +671,19 @@ impl Ctx<'_> {
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
+        if status.is_redirection() {
+            // Never followed: it could lead the credential, or the client, anywhere.
+            tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, status = status.as_u16(), "the provider answered with a redirect; not followed");
+            return Err(fail(
+                &mut meter,
+                ProxyError::bad_gateway(
+                    "upstream_redirect",
+                    "the provider answered with a redirect, which Keyward does not follow",
+                ),
+                UsageOutcome::UpstreamError,
+            )
+            .await);
+        }
         let mut out_headers = HeaderMap::new();
         upstream::response_headers(resp.headers(), &mut out_headers);
         let is_sse = resp
@@ -834,6 +876,10 @@ impl Ctx<'_> {
         upstream::set_credential(&mut headers, p, &secret, &HeaderMap::new(), dialect)
             .map_err(|e| (e, UsageOutcome::UpstreamUnavailable))?;
         headers.remove(header::CONTENT_TYPE);
+        if let Err(e) = self.proxy().egress.check_literal(&url) {
+            tracing::warn!(provider_id = %p.provider_id, reason = %e, "refused to connect to the provider's address");
+            return Err((address_refused(), UsageOutcome::UpstreamUnavailable));
+        }
         let req = self.proxy().client.get(url).headers(headers);
         let resp = match tokio::time::timeout(self.proxy().first_byte_timeout, req.send()).await {
             Err(_) => {
@@ -870,6 +916,13 @@ impl Ctx<'_> {
 }
 
 /// Records a use that failed before the provider answered, and hands back its error.
+fn address_refused() -> ProxyError {
+    ProxyError::bad_gateway(
+        "upstream_address_refused",
+        "the provider's address is not one Keyward may connect to; an admin must fix its base_url or the upstream allowlist",
+    )
+}
+
 async fn fail(meter: &mut Meter, e: ProxyError, outcome: UsageOutcome) -> ProxyError {
     meter
         .record(outcome, e.status.as_u16(), Tokens::default(), None)

@@ -157,6 +157,17 @@ const NOT_FORWARDED: &[&str] = &[
     "openai-project",
     "anthropic-version",
     "forwarded",
+    // Path and method overrides some servers and proxies in front of a provider honour:
+    // a client must not pick the provider endpoint that Keyward's credential is sent to.
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-host",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",

@@ -1,0 +1,4 @@
+//! The security suite: master-key handling, and the attacks a security team would try.
+
+mod crypto;
+mod ssrf;
