@@ -180,12 +180,38 @@ async fn clients_cannot_steer_the_upstream_with_body_fields_or_headers() {
     let p = gw.openai(&["gpt-4o-mini"]).await;
     let (_, secret) = gw.key(KeySpec::on(&p)).await;
     let evil = "http://169.254.169.254/latest/meta-data";
+
+    // Fields that choose an upstream or a credential are refused at any depth.
+    for (body, param) in [
+        (json!({"base_url": evil}), "base_url"),
+        (json!({"api_base": evil}), "api_base"),
+        (json!({"baseURL": evil}), "baseURL"),
+        (json!({"API-KEY": "sk-x"}), "API-KEY"),
+        (
+            json!({"extra_body": {"nested": [{"Base_Url": evil}]}}),
+            "extra_body.nested[0].Base_Url",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi", "api_base": evil}]}),
+            "messages[0].api_base",
+        ),
+    ] {
+        let mut b = chat("gpt-4o-mini");
+        for (k, v) in body.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let r = gw.post("/v1/chat/completions", &secret, b).await;
+        r.assert_error(400, "forbidden_field");
+        assert_eq!(r.json()["error"]["param"], param, "{}", r.text());
+    }
+    assert!(gw.mock.seen().is_empty());
+
+    // Other fields are the provider's business: they go along, and change nothing about
+    // where the request goes. Nor do headers.
     let mut body = chat("gpt-4o-mini");
-    for field in ["base_url", "url", "api_base", "baseURL", "endpoint", "host"] {
+    for field in ["url", "endpoint", "host", "upstream"] {
         body[field] = json!(evil);
     }
-    body["extra_body"] = json!({"base_url": evil, "nested": {"api_base": evil, "url": [evil]}});
-    body["metadata"] = json!({"upstream": evil});
     let req = Request::post("/v1/chat/completions")
         .header("authorization", format!("Bearer {secret}"))
         .header("content-type", "application/json")
@@ -205,11 +231,12 @@ async fn clients_cannot_steer_the_upstream_with_body_fields_or_headers() {
     let seen = gw.mock.seen();
     assert_eq!(seen.len(), 1);
     let s = &seen[0];
-    assert_eq!(s.uri.path(), "/v1/chat/completions");
     assert_eq!(s.method, axum::http::Method::POST);
+    assert_eq!(s.uri.path(), "/v1/chat/completions");
     assert_eq!(s.header("host"), Some(gw.mock.addr.to_string().as_str()));
     for h in [
         "x-forwarded-host",
+        "x-forwarded-proto",
         "x-original-url",
         "x-rewrite-url",
         "forwarded",
