@@ -83,10 +83,19 @@ impl App {
 
 /// The whole HTTP application. Tests call this directly.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .merge(http::ops::router())
-        .merge(http::api::router())
-        .merge(http::proxy::router())
+    layered(
+        Router::new()
+            .merge(http::ops::router())
+            .merge(http::api::router())
+            .merge(http::proxy::router()),
+    )
+    .with_state(state)
+}
+
+/// The layers every route runs in: the request id and its span (outermost), then the
+/// catch for a handler's panic.
+pub fn layered(routes: Router<AppState>) -> Router<AppState> {
+    routes
+        .layer(axum::middleware::from_fn(http::panic::layer))
         .layer(axum::middleware::from_fn(http::request_id::layer))
-        .with_state(state)
 }

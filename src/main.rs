@@ -37,6 +37,7 @@ fn init_tracing(cli: &Cli) {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    keyward::http::panic::install_hook();
     // A CLI report should not be buried in service logs.
     if matches!(cli.command, Command::Serve(_)) || cli.global.log.is_some() {
         init_tracing(&cli);

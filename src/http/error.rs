@@ -141,9 +141,14 @@ impl IntoResponse for ApiError {
                 retry_after = Some(retry_after_secs);
                 (detail, None, None)
             }
+            // The id in "key X was not found" is whatever the client put in the path.
+            ApiError::NotFound(d) => (
+                crate::http::request_id::redact_words(&d, ' ').into_owned(),
+                None,
+                None,
+            ),
             ApiError::Unauthorized(d)
             | ApiError::Forbidden(d)
-            | ApiError::NotFound(d)
             | ApiError::PayloadTooLarge(d)
             | ApiError::UnsupportedMediaType(d)
             | ApiError::BadGateway(d) => (d, None, None),
@@ -161,13 +166,15 @@ impl IntoResponse for ApiError {
                 )
             }
         };
+        // A client can send a key anywhere (a path, a field, a value of the wrong type),
+        // and a message may quote what it got: no Keyward key leaves in a problem.
         let body = Problem {
             kind: format!("https://keyward.dev/problems/{code}"),
             title: title.to_owned(),
             status: status.as_u16(),
-            detail,
+            detail: redact_keys(detail),
             code: code.to_owned(),
-            field,
+            field: field.map(redact_keys),
             extra,
         };
         let mut res = (status, axum::Json(body)).into_response();
@@ -271,7 +278,7 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
             field: None,
         },
         JsonRejection::JsonDataError(e) => {
-            let text = source_text(&e);
+            let text = without_values(&source_text(&e));
             let field = field_from_serde(&text);
             ApiError::Unprocessable {
                 detail: format!("the body does not fit the schema: {text}"),
@@ -292,6 +299,53 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
             detail: other.body_text(),
             field: None,
         },
+    }
+}
+
+/// Any `kw_…` key shape replaced by `[redacted]`.
+pub fn redact_keys(text: String) -> String {
+    if !text.contains("kw_") {
+        return text;
+    }
+    String::from_utf8_lossy(&crate::http::proxy::upstream::scrub(text.as_bytes(), "")).into_owned()
+}
+
+/// A serde message without the client's values in it: `invalid type: string "…"`,
+/// `invalid value: string "…"` and `unknown variant `…`` quote what was sent, which may
+/// be a credential pasted into the wrong field. What was expected stays.
+pub fn without_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let quoted = rest.find("string \"").map(|i| (i, 7, '"'));
+        let ticked = rest.find("variant `").map(|i| (i, 8, '`'));
+        let next = match (quoted, ticked) {
+            (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let Some((at, skip, close)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..at + skip - 1]);
+        let value = &rest[at + skip..];
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in value.char_indices().skip(1) {
+            if close == '"' && c == '\\' && !escaped {
+                escaped = true;
+                continue;
+            }
+            if c == close && !escaped {
+                end = Some(i + c.len_utf8());
+                break;
+            }
+            escaped = false;
+        }
+        match end {
+            Some(e) => rest = &value[e..],
+            None => return out,
+        }
     }
 }
 
@@ -357,10 +411,10 @@ where
 /// A query string that does not fit: 400, naming the parameter.
 pub fn query_rejection(rej: &axum::extract::rejection::QueryRejection) -> ApiError {
     let text = rej.body_text();
-    let text = text
-        .strip_prefix("Failed to deserialize query string: ")
-        .unwrap_or(&text)
-        .to_owned();
+    let text = without_values(
+        text.strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&text),
+    );
     let field = field_from_serde(&text);
     ApiError::BadRequest {
         detail: format!("invalid query string: {text}"),
@@ -408,4 +462,62 @@ pub fn query_with_lists<T: serde::de::DeserializeOwned>(
     axum::extract::Query::<T>::try_from_uri(&uri)
         .map(|axum::extract::Query(v)| v)
         .map_err(|rej| query_rejection(&rej))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_lose_the_values_and_keep_what_was_expected() {
+        assert_eq!(
+            without_values(
+                r#"kind: unknown variant `sk-live-123`, expected one of `openai`, `anthropic`"#
+            ),
+            "kind: unknown variant, expected one of `openai`, `anthropic`"
+        );
+        assert_eq!(
+            without_values(
+                r#"invalid type: string "sk-\"quoted\" x", expected a sequence at line 1 column 9"#
+            ),
+            "invalid type: string, expected a sequence at line 1 column 9"
+        );
+        assert_eq!(
+            without_values(
+                r#"a: invalid value: string "x", expected y; b: unknown variant `z`, expected `w`"#
+            ),
+            "a: invalid value: string, expected y; b: unknown variant, expected `w`"
+        );
+        assert_eq!(
+            without_values("missing field `name`"),
+            "missing field `name`"
+        );
+    }
+
+    #[test]
+    fn a_missing_object_is_named_only_by_an_id_keyward_issued() {
+        assert_eq!(
+            crate::http::request_id::redact_words(
+                "key sk-live-AbCdEf0123456789xyz was not found",
+                ' '
+            ),
+            "key [redacted] was not found"
+        );
+        assert_eq!(
+            crate::http::request_id::redact_words(
+                "key key_01J00000000000000000000000 was not found",
+                ' '
+            ),
+            "key key_01J00000000000000000000000 was not found"
+        );
+    }
+
+    #[test]
+    fn no_key_leaves_in_a_problem() {
+        let key = crate::crypto::Secret::generate();
+        assert_eq!(
+            redact_keys(format!("key {} not found", key.expose())),
+            "key [redacted] not found"
+        );
+    }
 }

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod logs;
 pub mod me;
 pub mod ops;
+pub mod panic;
 pub mod providers;
 pub mod proxy;
 pub mod request_id;

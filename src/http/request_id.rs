@@ -18,6 +18,50 @@ fn sane(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// The path as it may be logged. A client can put anything in a path, a key included
+/// (`/api/v1/keys/kw_…` by mistake): only short plain segments and the ids Keyward issues
+/// are kept; any other segment becomes `[redacted]`.
+pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    redact_words(path, '/')
+}
+
+/// An id Keyward issues: `key_`, `prv_` or `usr_` and a ULID.
+fn issued_id(seg: &str) -> bool {
+    ["key_", "prv_", "usr_"].iter().any(|p| {
+        seg.strip_prefix(p).is_some_and(|u| {
+            u.len() == 26
+                && u.bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        })
+    })
+}
+
+fn plain(seg: &str) -> bool {
+    seg.len() <= 24
+        && seg.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
+/// `text` with each `sep`-separated part kept if it is short and plain or an issued id,
+/// and `[redacted]` otherwise.
+pub fn redact_words(text: &str, sep: char) -> std::borrow::Cow<'_, str> {
+    if text.split(sep).all(|seg| plain(seg) || issued_id(seg)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let out: Vec<&str> = text
+        .split(sep)
+        .map(|seg| {
+            if plain(seg) || issued_id(seg) {
+                seg
+            } else {
+                "[redacted]"
+            }
+        })
+        .collect();
+    std::borrow::Cow::Owned(out.join(&sep.to_string()))
+}
+
 pub async fn layer(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -30,8 +74,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     // Probes and scrapes come every few seconds; an access line each would drown the rest.
     let quiet = matches!(path, "/healthz" | "/readyz" | "/metrics");
-    let span =
-        tracing::info_span!("request", request_id = %id, method = %req.method(), path = %path);
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %loggable_path(path));
     let started = std::time::Instant::now();
     let mut res = tracing::Instrument::instrument(
         async move {
@@ -52,4 +95,34 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         res.headers_mut().insert(HEADER, v);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_paths_keep_routes_and_ids_and_drop_anything_else() {
+        for p in [
+            "/api/v1/keys/key_01J00000000000000000000000/rotate",
+            "/v1/chat/completions",
+            "/api/v1/providers/prv_01J00000000000000000000000",
+            "/healthz",
+        ] {
+            assert_eq!(loggable_path(p), p);
+        }
+        let key = crate::crypto::Secret::generate();
+        assert_eq!(
+            loggable_path(&format!("/api/v1/keys/{}/events", key.expose())),
+            "/api/v1/keys/[redacted]/events"
+        );
+        assert_eq!(
+            loggable_path("/api/v1/providers/sk-proj-AbCdEf0123456789"),
+            "/api/v1/providers/[redacted]"
+        );
+        assert_eq!(
+            loggable_path("/x/0123456789abcdef0123456789abcdef"),
+            "/x/[redacted]"
+        );
+    }
 }

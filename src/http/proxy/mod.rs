@@ -317,7 +317,7 @@ impl Ctx<'_> {
             key_id: key_id.to_owned(),
             reason,
             endpoint: self.path.clone(),
-            model: model.map(str::to_owned),
+            model: model.map(upstream::recorded_model),
             client_ip: self.client_ip_text(),
             suppressed: 0,
         };
@@ -461,7 +461,7 @@ impl Ctx<'_> {
             appender: self.app.commands.appender.clone(),
             key_id: key_id.to_owned(),
             provider_id: provider_id.to_owned(),
-            model: model.map(str::to_owned),
+            model: model.map(upstream::recorded_model),
             endpoint: self.path.clone(),
             stream,
             client_ip: self.client_ip_text(),
@@ -685,7 +685,7 @@ impl Ctx<'_> {
             .await);
         }
         let mut out_headers = HeaderMap::new();
-        upstream::response_headers(resp.headers(), &mut out_headers);
+        upstream::response_headers(resp.headers(), &mut out_headers, secret.expose());
         let is_sse = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -747,7 +747,10 @@ impl Ctx<'_> {
             )
         } else if translate {
             match anthropic::response(&body) {
-                Some((out, tokens)) => (out, UsageOutcome::Success, tokens, true),
+                Some((out, tokens)) => {
+                    let out = upstream::scrub_credential(&out, secret.expose()).unwrap_or(out);
+                    (out, UsageOutcome::Success, tokens, true)
+                }
                 None => {
                     tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider's answer is not a Messages response");
                     return Err(fail(
@@ -766,7 +769,9 @@ impl Ctx<'_> {
                 Dialect::Anthropic => anthropic::response_tokens(&body),
                 _ => upstream::openai_tokens(&body),
             };
-            (body.to_vec(), UsageOutcome::Success, tokens, false)
+            let out =
+                upstream::scrub_credential(&body, secret.expose()).unwrap_or_else(|| body.to_vec());
+            (out, UsageOutcome::Success, tokens, false)
         };
         meter
             .record(outcome, status.as_u16(), tokens, Some(up_latency))

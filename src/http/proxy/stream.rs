@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::Meter;
 use super::anthropic::{self, StreamMeter, StreamTranslator};
 use super::sse::{SseEvent, SseParser, data_event, named_event};
-use super::upstream::{Tokens, scrub};
+use super::upstream::{Tokens, scrub, scrub_credential};
 use crate::crypto::ProviderSecret;
 
 pub type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
@@ -177,6 +177,12 @@ impl Pump {
         self.out.push_back(ev);
     }
 
+    /// A successful event, with the provider's credential replaced if it was echoed.
+    fn push_clean(&mut self, raw: Bytes) {
+        let clean = scrub_credential(&raw, self.credential.expose()).map_or(raw, Into::into);
+        self.out.push_back(clean);
+    }
+
     fn handle(&mut self, ev: SseEvent) {
         match &mut self.mode {
             Mode::OpenAi { strip_usage } => {
@@ -206,7 +212,7 @@ impl Pump {
                 if choices.is_some_and(|c| !c.is_empty()) {
                     self.openai.deltas += 1;
                 }
-                self.out.push_back(ev.raw);
+                self.push_clean(ev.raw);
             }
             Mode::Anthropic => {
                 if let Some((kind, v)) = anthropic::parse_event(&ev) {
@@ -218,7 +224,7 @@ impl Pump {
                         return;
                     }
                 }
-                self.out.push_back(ev.raw);
+                self.push_clean(ev.raw);
             }
             Mode::AnthropicToOpenAi(t) => {
                 if ev.event.as_deref() == Some("error") {
@@ -228,7 +234,7 @@ impl Pump {
                     let b = if self.upstream_error {
                         scrub(&b, self.credential.expose()).into()
                     } else {
-                        b
+                        scrub_credential(&b, self.credential.expose()).map_or(b, Into::into)
                     };
                     self.out.push_back(b);
                 }

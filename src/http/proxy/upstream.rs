@@ -250,22 +250,62 @@ pub fn default_max_tokens(p: &ProviderRecord) -> u64 {
         .unwrap_or(anthropic::DEFAULT_MAX_TOKENS)
 }
 
-/// Upstream response headers passed on to the client.
-pub fn response_headers(upstream: &HeaderMap, out: &mut HeaderMap) {
+/// Upstream response headers passed on to the client: a few informational ones, and
+/// none that carries the credential or a key, whatever the provider put in it.
+pub fn response_headers(upstream: &HeaderMap, out: &mut HeaderMap, credential: &str) {
+    let clean = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        let cred = credential.as_bytes();
+        !(b.windows(3).any(|w| w == b"kw_")
+            || (cred.len() >= 4 && b.windows(cred.len()).any(|w| w == cred)))
+    };
     for name in ["openai-processing-ms", "openai-version"] {
-        if let Some(v) = upstream.get(name) {
+        if let Some(v) = upstream.get(name).filter(|v| clean(v)) {
             out.insert(HeaderName::from_static(name), v.clone());
         }
     }
     if let Some(v) = upstream
         .get("x-request-id")
         .or_else(|| upstream.get("request-id"))
+        .filter(|v| clean(v))
     {
         out.insert(HeaderName::from_static("x-upstream-request-id"), v.clone());
     }
 }
 
 const REDACTED: &[u8] = b"[redacted]";
+
+/// The client's model name as it may be recorded in an event, a log or a metric: it is
+/// free text, and a client that pastes its key into it must not have the key kept in the
+/// log forever.
+pub fn recorded_model(model: &str) -> String {
+    if !model.contains("kw_") {
+        return model.to_owned();
+    }
+    String::from_utf8_lossy(&scrub(model.as_bytes(), "")).into_owned()
+}
+
+/// A successful answer with the provider's credential replaced, when a provider echoed it;
+/// `None` (no copy) when it did not. Anything else in a success is the model's output and
+/// the client's business, so a `kw_` shape is left alone there.
+pub fn scrub_credential(body: &[u8], credential: &str) -> Option<Vec<u8>> {
+    let cred = credential.as_bytes();
+    if cred.len() < 4 || !body.windows(cred.len()).any(|w| w == cred) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        if body[i..].starts_with(cred) {
+            out.extend_from_slice(REDACTED);
+            i += cred.len();
+        } else {
+            out.push(body[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
 
 /// The body with the provider's credential and anything shaped like a Keyward key (`kw_`
 /// and at least 8 letters or digits) replaced by `[redacted]`.
@@ -435,6 +475,17 @@ mod tests {
         let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(out.contains_key("user-agent") && out.contains_key("x-stainless-lang"));
+    }
+
+    #[test]
+    fn recorded_models_never_hold_a_key() {
+        let key = crate::crypto::Secret::generate();
+        assert_eq!(recorded_model("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(recorded_model("kw_short"), "kw_short");
+        assert_eq!(
+            recorded_model(&format!("x {} y", key.expose())),
+            "x [redacted] y"
+        );
     }
 
     #[test]

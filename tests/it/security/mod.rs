@@ -1,4 +1,5 @@
 //! The security suite: master-key handling, and the attacks a security team would try.
 
+mod canary;
 mod crypto;
 mod ssrf;

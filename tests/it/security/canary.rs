@@ -1,0 +1,494 @@
+//! Secret canaries. A known gateway key, admin key and provider credentials are planted;
+//! every failure path is driven (bad input on every management route, in the path, the
+//! query and the body; refused and malformed proxy calls; a provider that answers 4xx and
+//! 5xx echoing the credential and the client's body in its body and headers; a provider
+//! that refuses a credential at registration; a panicking handler). Then no canary may
+//! appear in any log line (at TRACE, every crate), any response body or header after the
+//! one that created it, any stored event, `/metrics`, or the audit export.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::response::IntoResponse;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::proxy::{CLIENT, Gw, Reply, chat};
+
+const PROVIDER_CANARY: &str = "sk-canary-PROVIDERqZ7xW2vK9mT4nR8bL3";
+/// The echo provider refuses a credential containing `refused`.
+const REFUSED_CANARY: &str = "sk-canary-refusedHj5Yt8Wq2Zx6Lp9Mn4";
+const MODELS: &[&str] = &[
+    "echo-400", "echo-401", "echo-403", "echo-404", "echo-429", "echo-500", "echo-503", "echo-sse",
+    "echo-ok",
+];
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A provider that echoes whatever credential it was sent, and the client's body, in its
+/// error bodies and in response headers. The model picks the status.
+async fn echo_provider() -> std::net::SocketAddr {
+    let app = Router::new().fallback(|method: Method, headers: HeaderMap, body: Bytes| async move {
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let cred = [h("authorization"), h("x-api-key"), h("api-key")]
+            .into_iter()
+            .find(|v| !v.is_empty())
+            .unwrap_or("")
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let echo = [
+            ("x-echo-credential", cred.clone()),
+            ("x-request-id", cred.clone()),
+            ("www-authenticate", format!("Bearer realm=\"{cred}\"")),
+            ("set-cookie", format!("session={cred}")),
+        ];
+        let msg = format!(
+            "Incorrect API key provided: {cred}. You sent: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let error = json!({"error": {"message": msg, "type": "invalid_request_error", "code": "invalid_api_key", "param": cred}});
+        if method == Method::GET {
+            if cred.contains("refused") {
+                return (StatusCode::UNAUTHORIZED, echo, axum::Json(error)).into_response();
+            }
+            return (
+                echo,
+                axum::Json(json!({"object": "list", "data": [{"id": "echo-ok", "object": "model"}]})),
+            )
+                .into_response();
+        }
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let model = v["model"].as_str().unwrap_or("").to_owned();
+        // A success carries the model's output, which may repeat the client's own prompt;
+        // the credential is what it must never carry back.
+        let said = format!("the key I was called with is {cred}");
+        if model == "echo-sse" {
+            let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "model": "echo-sse",
+                "choices": [{"index": 0, "delta": {"content": said}, "finish_reason": null}]});
+            let sse = format!("data: {chunk}\n\ndata: {error}\n\ndata: [DONE]\n\n");
+            return (
+                [("content-type", "text/event-stream")],
+                echo,
+                sse,
+            )
+                .into_response();
+        }
+        let status = model
+            .strip_prefix("echo-")
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok());
+        match status {
+            Some(s) => (s, echo, axum::Json(error)).into_response(),
+            None => (
+                echo,
+                axum::Json(json!({"id": "c1", "object": "chat.completion", "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": said}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})),
+            )
+                .into_response(),
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    addr
+}
+
+/// Everything a client saw, by the request that got it: status, headers and body.
+#[derive(Default)]
+struct Seen(Vec<(String, String)>);
+
+impl Seen {
+    fn add(&mut self, what: &str, r: &Reply) {
+        let headers: Vec<String> = r
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        self.0.push((
+            what.to_owned(),
+            format!("{}\n{}\n{}", r.status, headers.join("\n"), r.text()),
+        ));
+    }
+}
+
+async fn send(app: &Router, mut req: Request<Body>) -> Reply {
+    req.extensions_mut()
+        .insert(ConnectInfo(std::net::SocketAddr::from(CLIENT)));
+    Reply::read(app.clone().oneshot(req).await.unwrap()).await
+}
+
+fn request(method: Method, path: &str, key: &str, body: Option<String>) -> Request<Body> {
+    let b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {key}"));
+    match body {
+        Some(s) => b
+            .header("content-type", "application/json")
+            .body(Body::from(s))
+            .unwrap(),
+        None => b.body(Body::empty()).unwrap(),
+    }
+}
+
+/// The canary and a piece from its middle, so a truncated echo is caught too.
+fn needles(secret: &str) -> [String; 2] {
+    let mid = secret.len() / 2;
+    [secret.to_owned(), secret[mid - 6..mid + 6].to_owned()]
+}
+
+#[tokio::test]
+async fn no_secret_reaches_logs_responses_events_metrics_or_the_export() {
+    let logs = Buf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let gw = Gw::start().await;
+    let app = keyward::app(gw.state.clone());
+    let admin = gw.t.admin_secret();
+    let echo = echo_provider().await;
+    let mut seen = Seen::default();
+
+    // A provider through the API, with a live check against the echo provider.
+    let body = json!({"name": "echo", "kind": "openai", "base_url": format!("http://{echo}/v1"),
+        "api_key": PROVIDER_CANARY, "models": MODELS});
+    let r = send(
+        &app,
+        request(
+            Method::POST,
+            "/api/v1/providers",
+            &admin,
+            Some(body.to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    seen.add("create provider", &r);
+    let provider_id = r.json()["id"].as_str().unwrap().to_owned();
+    // A credential the provider refuses, echoing it: on create and on replace.
+    let mut refused = body.clone();
+    refused["name"] = json!("refused");
+    refused["api_key"] = json!(REFUSED_CANARY);
+    let r = send(
+        &app,
+        request(
+            Method::POST,
+            "/api/v1/providers",
+            &admin,
+            Some(refused.to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    seen.add("refused provider", &r);
+    let r = send(
+        &app,
+        request(
+            Method::PUT,
+            &format!("/api/v1/providers/{provider_id}/credential"),
+            &admin,
+            Some(json!({"api_key": REFUSED_CANARY}).to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    seen.add("refused credential", &r);
+
+    // The gateway key: its creating response is the one place it may appear.
+    let r = send(
+        &app,
+        request(
+            Method::POST,
+            "/api/v1/keys",
+            &admin,
+            Some(json!({"name": "canary", "provider_id": provider_id, "expires_in": "1d", "scopes": ["chat"]}).to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let gateway = r.json()["secret"].as_str().unwrap().to_owned();
+    let key_id = r.json()["key"]["id"].as_str().unwrap().to_owned();
+
+    // Every provider failure, with the client's own key in its prompt to be echoed back.
+    for model in MODELS {
+        let mut body = chat(model);
+        body["messages"][0]["content"] = json!(format!("my key is {gateway} and {admin}"));
+        let r = send(
+            &app,
+            request(
+                Method::POST,
+                "/v1/chat/completions",
+                &gateway,
+                Some(body.to_string()),
+            ),
+        )
+        .await;
+        seen.add(&format!("chat {model}"), &r);
+        let expect = model
+            .strip_prefix("echo-")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(200);
+        assert_eq!(r.status.as_u16(), expect, "{model}: {}", r.text());
+    }
+    let r = send(
+        &app,
+        request(
+            Method::POST,
+            "/v1/embeddings",
+            &gateway,
+            Some(json!({"model": "echo-500", "input": gateway}).to_string()),
+        ),
+    )
+    .await;
+    seen.add("embeddings", &r);
+    assert_eq!(r.status, 500);
+    let r = send(&app, request(Method::GET, "/v1/models", &gateway, None)).await;
+    seen.add("models", &r);
+
+    // Refused and malformed proxy calls.
+    let mut flipped = gateway.clone().into_bytes();
+    let last = flipped.len() - 1;
+    flipped[last] = if flipped[last] == b'a' { b'b' } else { b'a' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    let proxy_cases: Vec<(&str, String, Option<String>)> = vec![
+        (
+            "bad checksum",
+            flipped.clone(),
+            Some(chat("echo-ok").to_string()),
+        ),
+        (
+            "longer",
+            format!("{gateway}x"),
+            Some(chat("echo-ok").to_string()),
+        ),
+        (
+            "two keys",
+            format!("{gateway} {gateway}"),
+            Some(chat("echo-ok").to_string()),
+        ),
+        (
+            "admin key, chat",
+            admin.clone(),
+            Some(chat("echo-ok").to_string()),
+        ),
+        (
+            "bad json",
+            gateway.clone(),
+            Some(format!("{{\"model\": \"{gateway}")),
+        ),
+        (
+            "not an object",
+            gateway.clone(),
+            Some(json!(gateway).to_string()),
+        ),
+        (
+            "unknown model",
+            gateway.clone(),
+            Some(chat(&gateway).to_string()),
+        ),
+        (
+            "model type",
+            gateway.clone(),
+            Some(json!({"model": [gateway], "messages": []}).to_string()),
+        ),
+        (
+            "forbidden field",
+            gateway.clone(),
+            Some(
+                json!({"model": "echo-ok", "api_key": PROVIDER_CANARY, "messages": []}).to_string(),
+            ),
+        ),
+        (
+            "base_url",
+            gateway.clone(),
+            Some(json!({"model": "echo-ok", "base_url": gateway, "messages": []}).to_string()),
+        ),
+    ];
+    for (what, key, body) in proxy_cases {
+        let r = send(
+            &app,
+            request(Method::POST, "/v1/chat/completions", &key, body),
+        )
+        .await;
+        assert!(r.status.is_client_error(), "{what}: {}", r.text());
+        seen.add(what, &r);
+    }
+    for header in ["x-api-key", "api-key"] {
+        let req = Request::post("/v1/messages")
+            .header(header, &flipped)
+            .header("content-type", "application/json")
+            .body(Body::from(chat("echo-ok").to_string()))
+            .unwrap();
+        let r = send(&app, req).await;
+        assert_eq!(r.status, 401, "{}", r.text());
+        seen.add(header, &r);
+    }
+    // The gateway key on the management API, where its scope does not reach.
+    let r = send(&app, request(Method::GET, "/api/v1/keys", &gateway, None)).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    seen.add("chat key on the API", &r);
+
+    // Bad input on every management route, in the path, the query and the body.
+    let spec: Value = serde_json::from_str(&keyward::http::api::openapi_json()).unwrap();
+    let canaries = [gateway.as_str(), admin.as_str(), PROVIDER_CANARY];
+    for (template, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let params: Vec<&str> = op["parameters"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter(|p| p["in"] == "query")
+                        .filter_map(|p| p["name"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for canary in canaries {
+                let path = template.replace("{id}", canary);
+                let query: Vec<String> = params.iter().map(|p| format!("{p}={canary}")).collect();
+                let real = template.replace(
+                    "{id}",
+                    if template.contains("/keys/") {
+                        &key_id
+                    } else {
+                        &provider_id
+                    },
+                );
+                let mut targets = vec![(path.clone(), None)];
+                if !query.is_empty() {
+                    targets.push((format!("{real}?{}", query.join("&")), None));
+                }
+                if op.get("requestBody").is_some() {
+                    for body in [
+                        json!(canary).to_string(),
+                        json!({"name": {"x": canary}, "kind": canary, "role": canary, "scopes": [canary],
+                            "status": canary, "expires_in": canary, "owner_id": canary, "provider_id": canary,
+                            "base_url": canary, "api_key": 5, "password": [canary], "ip_allowlist": [canary],
+                            "models": canary, "grace_period": canary, "config": canary}).to_string(),
+                        json!({"unknown": canary}).to_string(),
+                        format!("{{\"name\": \"{canary}"),
+                    ] {
+                        targets.push((real.clone(), Some(body)));
+                    }
+                }
+                for (target, body) in targets {
+                    let what = format!("{method} {target}");
+                    let r = send(&app, request(m.clone(), &target, &admin, body)).await;
+                    assert!(!r.status.is_server_error(), "{what}: {}", r.text());
+                    seen.add(&what, &r);
+                }
+            }
+        }
+    }
+
+    // A handler that panics with the secrets in its message, in each surface.
+    let boom = keyward::layered(
+        Router::new()
+            .route(
+                "/v1/boom",
+                axum::routing::get({
+                    let s = gateway.clone();
+                    move || async move {
+                        if !s.is_empty() {
+                            panic!("boom {s} {PROVIDER_CANARY}");
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/api/v1/boom",
+                axum::routing::get({
+                    let s = gateway.clone();
+                    move || async move {
+                        if !s.is_empty() {
+                            panic!("boom {s} {PROVIDER_CANARY}");
+                        }
+                    }
+                }),
+            ),
+    )
+    .with_state(gw.state.clone());
+    let r = send(&boom, request(Method::GET, "/v1/boom", &gateway, None)).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"]["code"], "internal_error", "{}", r.text());
+    assert!(r.header("x-request-id").is_some());
+    seen.add("proxy panic", &r);
+    let r = send(&boom, request(Method::GET, "/api/v1/boom", &admin, None)).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(r.json()["code"], "internal", "{}", r.text());
+    seen.add("api panic", &r);
+
+    // Where else a secret could end up.
+    let r = send(&app, request(Method::GET, "/metrics", &admin, None)).await;
+    assert_eq!(r.status, 200);
+    seen.add("metrics", &r);
+    let r = send(
+        &app,
+        request(Method::GET, "/api/v1/audit/export", &admin, None),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    seen.add("export", &r);
+    let r = send(&app, request(Method::GET, "/api/v1/logs", &admin, None)).await;
+    seen.add("logs", &r);
+    let events = gw.state.0.store.read_from(0, usize::MAX).await.unwrap();
+    assert!(events.iter().any(|e| e.event_type == "key.used"));
+    let store: String = events
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect();
+
+    let logs = String::from_utf8_lossy(&logs.0.lock()).into_owned();
+    assert!(
+        logs.contains("a handler panicked"),
+        "the log capture saw nothing"
+    );
+    assert!(logs.contains("TRACE"), "no trace-level line was captured");
+    for canary in [
+        gateway.as_str(),
+        admin.as_str(),
+        PROVIDER_CANARY,
+        REFUSED_CANARY,
+    ] {
+        for needle in needles(canary) {
+            for (place, text) in [("logs", &logs), ("events", &store)] {
+                if let Some(at) = text.find(&needle) {
+                    let line = text[..at].rfind('\n').map_or(0, |i| i + 1);
+                    let to = text[at..].find('\n').map_or(text.len(), |i| at + i);
+                    panic!("a secret is in the {place}:\n{}", &text[line..to]);
+                }
+            }
+            for (what, response) in &seen.0 {
+                assert!(
+                    !response.contains(&needle),
+                    "a secret is in the response to {what}:\n{response}"
+                );
+            }
+        }
+    }
+}
