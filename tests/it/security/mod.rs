@@ -2,4 +2,5 @@
 
 mod canary;
 mod crypto;
+mod smuggling;
 mod ssrf;
