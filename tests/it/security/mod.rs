@@ -4,3 +4,4 @@ mod canary;
 mod crypto;
 mod smuggling;
 mod ssrf;
+mod brute;
