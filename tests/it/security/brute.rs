@@ -11,7 +11,10 @@ use keyward::crypto::Secret;
 
 use crate::proxy::{Gw, Reply, chat, post};
 
-fn from(ip: [u8; 4], mut req: axum::http::Request<axum::body::Body>) -> axum::http::Request<axum::body::Body> {
+fn from(
+    ip: [u8; 4],
+    mut req: axum::http::Request<axum::body::Body>,
+) -> axum::http::Request<axum::body::Body> {
     req.extensions_mut()
         .insert(ConnectInfo(SocketAddr::from((ip, 5555))));
     req
@@ -26,8 +29,11 @@ async fn guesses_spread_over_many_addresses_are_each_refused_and_write_nothing()
         let ip = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
         let guess = Secret::generate();
         let r = Reply::read(
-            gw.call(from(ip, post("/v1/chat/completions", guess.expose(), chat("m"))))
-                .await,
+            gw.call(from(
+                ip,
+                post("/v1/chat/completions", guess.expose(), chat("m")),
+            ))
+            .await,
         )
         .await;
         r.assert_error(401, "invalid_api_key");
@@ -39,7 +45,11 @@ async fn guesses_spread_over_many_addresses_are_each_refused_and_write_nothing()
         let r = Reply::read(
             gw.call(from(
                 [172, 16, 1, i],
-                post("/v1/chat/completions", &format!("kw_{}", "A".repeat(49)), chat("m")),
+                post(
+                    "/v1/chat/completions",
+                    &format!("kw_{}", "A".repeat(49)),
+                    chat("m"),
+                ),
             ))
             .await,
         )
@@ -59,10 +69,19 @@ async fn forwarded_headers_do_not_give_a_guesser_new_addresses() {
     for i in 0..6u8 {
         let mut req = from(
             attacker,
-            post("/v1/chat/completions", Secret::generate().expose(), chat("m")),
+            post(
+                "/v1/chat/completions",
+                Secret::generate().expose(),
+                chat("m"),
+            ),
         );
         let fake = format!("198.51.100.{i}");
-        for h in ["x-forwarded-for", "x-real-ip", "true-client-ip", "cf-connecting-ip"] {
+        for h in [
+            "x-forwarded-for",
+            "x-real-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+        ] {
             req.headers_mut().insert(h, fake.parse().unwrap());
         }
         req.headers_mut()
