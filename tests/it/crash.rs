@@ -9,7 +9,8 @@
 //!   counted and printed with the request rate, never asserted away.
 //!
 //! `KEYWARD_CRASH_CYCLES` sets the cycles (20 by default), `KEYWARD_CRASH_SEED` replays a
-//! run; `scripts/crash-loop.sh N` runs N cycles on a release build.
+//! run (the kill moments and the workers' choices; the exact interleaving is the
+//! scheduler's); `scripts/crash-loop.sh N` runs N cycles on a release build.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -51,8 +52,14 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `KEYWARD_CRASH_BIN` runs another build of the binary (a copy, for a long run that must
+/// not see a rebuild halfway through).
 fn bin(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    let exe = std::env::var_os("KEYWARD_CRASH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_keyward")),
+        PathBuf::from,
+    );
+    let mut c = Command::new(exe);
     c.arg("--data-dir")
         .arg(dir)
         .env_remove("KEYWARD_DATABASE_URL")
