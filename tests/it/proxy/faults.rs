@@ -283,8 +283,7 @@ async fn no_leak(
     secret: &str,
     body: serde_json::Value,
     rounds: usize,
-    outcome: UsageOutcome,
-    status: u16,
+    (outcome, status): (UsageOutcome, u16),
     check: impl Fn(&Reply),
 ) {
     let what = format!("{outcome:?}");
@@ -330,8 +329,7 @@ async fn connection_refused_leaks_nothing() {
         &secret,
         chat("m"),
         8,
-        UsageOutcome::UpstreamUnavailable,
-        502,
+        (UsageOutcome::UpstreamUnavailable, 502),
         |r| r.assert_error(502, "upstream_unavailable"),
     )
     .await;
@@ -348,8 +346,7 @@ async fn reset_mid_body_gets_502() {
         &secret,
         chat("m"),
         8,
-        UsageOutcome::UpstreamUnavailable,
-        502,
+        (UsageOutcome::UpstreamUnavailable, 502),
         |r| r.assert_error(502, "upstream_unavailable"),
     )
     .await;
@@ -367,8 +364,7 @@ async fn reset_mid_stream_ends_the_stream_with_an_error_event() {
         &secret,
         stream_chat(),
         8,
-        UsageOutcome::UpstreamUnavailable,
-        200,
+        (UsageOutcome::UpstreamUnavailable, 200),
         |r| {
             assert_eq!(r.status.as_u16(), 200);
             let data = r.sse_data();
@@ -393,8 +389,7 @@ async fn slow_first_byte_gets_504_and_the_connection_is_closed() {
         &secret,
         chat("m"),
         8,
-        UsageOutcome::UpstreamTimeout,
-        504,
+        (UsageOutcome::UpstreamTimeout, 504),
         |r| r.assert_error(504, "upstream_timeout"),
     )
     .await;
@@ -412,8 +407,7 @@ async fn a_5xx_storm_is_passed_through_and_reuses_connections() {
         &secret,
         chat("m"),
         50,
-        UsageOutcome::UpstreamError,
-        500,
+        (UsageOutcome::UpstreamError, 500),
         |r| {
             assert_eq!(r.status.as_u16(), 500, "{}", r.text());
             assert_eq!(r.json()["error"]["type"], "server_error");
@@ -438,8 +432,7 @@ async fn malformed_json_from_the_provider_gets_502() {
         &secret,
         chat("m"),
         8,
-        UsageOutcome::UpstreamError,
-        502,
+        (UsageOutcome::UpstreamError, 502),
         |r| r.assert_error(502, "upstream_invalid_response"),
     )
     .await;
@@ -456,8 +449,7 @@ async fn an_endless_stream_is_cut_off_at_the_maximum_duration() {
         &secret,
         stream_chat(),
         4,
-        UsageOutcome::UpstreamTimeout,
-        200,
+        (UsageOutcome::UpstreamTimeout, 200),
         |r| {
             assert_eq!(r.status.as_u16(), 200);
             let data = r.sse_data();
@@ -485,8 +477,7 @@ async fn an_endless_body_is_cut_off_with_504() {
         &secret,
         chat("m"),
         4,
-        UsageOutcome::UpstreamTimeout,
-        504,
+        (UsageOutcome::UpstreamTimeout, 504),
         |r| r.assert_error(504, "upstream_timeout"),
     )
     .await;
