@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// How long a provider's response may pause between two chunks, e.g. `60s`.
     #[arg(long, env = "KEYWARD_UPSTREAM_IDLE_TIMEOUT")]
     pub upstream_idle_timeout: Option<String>,
+    /// The longest a provider's whole answer may take, streamed or not, e.g. `10m`.
+    #[arg(long, env = "KEYWARD_UPSTREAM_MAX_DURATION")]
+    pub upstream_max_duration: Option<String>,
     /// Failed authentications per second from one IP before the proxy answers 429 without
     /// looking the key up.
     #[arg(long, env = "KEYWARD_AUTH_FAILURES_PER_SECOND")]
@@ -119,6 +122,7 @@ struct FileConfig {
     upstream_connect_timeout: Option<String>,
     upstream_first_byte_timeout: Option<String>,
     upstream_idle_timeout: Option<String>,
+    upstream_max_duration: Option<String>,
     auth_failures_per_second: Option<u32>,
     denied_event_window: Option<String>,
     metrics_key_labels: Option<String>,
@@ -151,6 +155,8 @@ pub struct Config {
     pub upstream_connect_timeout: std::time::Duration,
     pub upstream_first_byte_timeout: std::time::Duration,
     pub upstream_idle_timeout: std::time::Duration,
+    /// A provider's answer that keeps coming past this is cut off (504 or a stream error).
+    pub upstream_max_duration: std::time::Duration,
     pub auth_failures_per_second: u32,
     pub denied_event_window: std::time::Duration,
     pub metrics_key_labels: KeyLabels,
@@ -219,6 +225,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "upstream-connect-timeout" => "KEYWARD_UPSTREAM_CONNECT_TIMEOUT",
         "upstream-first-byte-timeout" => "KEYWARD_UPSTREAM_FIRST_BYTE_TIMEOUT",
         "upstream-idle-timeout" => "KEYWARD_UPSTREAM_IDLE_TIMEOUT",
+        "upstream-max-duration" => "KEYWARD_UPSTREAM_MAX_DURATION",
         "auth-failures-per-second" => "KEYWARD_AUTH_FAILURES_PER_SECOND",
         "denied-event-window" => "KEYWARD_DENIED_EVENT_WINDOW",
         "metrics-key-labels" => "KEYWARD_METRICS_KEY_LABELS",
@@ -243,6 +250,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "upstream-connect-timeout" => "upstream_connect_timeout",
         "upstream-first-byte-timeout" => "upstream_first_byte_timeout",
         "upstream-idle-timeout" => "upstream_idle_timeout",
+        "upstream-max-duration" => "upstream_max_duration",
         "auth-failures-per-second" => "auth_failures_per_second",
         "denied-event-window" => "denied_event_window",
         "metrics-key-labels" => "metrics_key_labels",
@@ -387,6 +395,12 @@ impl Config {
             "60s",
             "upstream-idle-timeout",
         )?;
+        let upstream_max_duration = std_duration(
+            s.upstream_max_duration.as_deref(),
+            file.upstream_max_duration,
+            "600s",
+            "upstream-max-duration",
+        )?;
         let auth_failures_per_second = number(
             s.auth_failures_per_second.as_deref(),
             file.auth_failures_per_second.map(|n| n as usize),
@@ -492,6 +506,7 @@ impl Config {
             upstream_connect_timeout,
             upstream_first_byte_timeout,
             upstream_idle_timeout,
+            upstream_max_duration,
             auth_failures_per_second,
             denied_event_window,
             metrics_key_labels,
@@ -605,6 +620,7 @@ mod tests {
             std::time::Duration::from_secs(300)
         );
         assert_eq!(c.upstream_idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.upstream_max_duration, std::time::Duration::from_secs(600));
         assert_eq!(c.auth_failures_per_second, 10);
         assert_eq!(c.denied_event_window, std::time::Duration::from_secs(60));
     }

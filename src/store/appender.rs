@@ -49,6 +49,10 @@ impl Default for AppenderConfig {
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
+/// How long a management command waits for room in a full queue before it gets 503. A
+/// full queue means the store has stopped taking writes (or cannot keep up): the command
+/// is refused with nothing written rather than held until the store comes back.
+const SUBMIT_ROOM_WAIT: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 enum Item {
@@ -110,11 +114,18 @@ impl Appender {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        self.send(Item::Unit {
+        let item = Item::Unit {
             events: unit,
             reply,
-        })
-        .await?;
+        };
+        match tokio::time::timeout(SUBMIT_ROOM_WAIT, self.send(item)).await {
+            Ok(sent) => sent?,
+            Err(_) => {
+                return Err(AppendError::Store(StoreError::Unavailable(
+                    "the append queue stayed full; the store is not taking writes".into(),
+                )));
+            }
+        }
         answer.await.unwrap_or(Err(AppendError::Closed))
     }
 
@@ -122,6 +133,11 @@ impl Appender {
     /// the caller waits, the event is never dropped). `Err(Closed)` after shutdown.
     pub async fn record(&self, event: NewEvent) -> Result<(), AppendError> {
         self.send(Item::Usage(event)).await
+    }
+
+    /// No room left in the queue: a usage event recorded now would wait for the store.
+    pub fn is_full(&self) -> bool {
+        !self.tx.is_closed() && self.tx.capacity() == 0
     }
 
     /// Items queued and not yet taken into a batch, counting callers still waiting for
@@ -139,10 +155,18 @@ impl Appender {
         // Counted before the send so that the task, which decrements on receipt, never
         // sees the count go below zero.
         self.depth.fetch_add(1, Ordering::Relaxed);
+        // Undoes the count if the send fails or its caller stops waiting for room.
+        struct Pending<'a>(&'a AtomicUsize);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let pending = Pending(&self.depth);
         if self.tx.send(item).await.is_err() {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
             return Err(AppendError::Closed);
         }
+        std::mem::forget(pending);
         Ok(())
     }
 }

@@ -7,6 +7,8 @@ mod api;
 mod audit;
 mod cli;
 mod common;
+mod crash;
+mod faults;
 mod foundation;
 mod keys;
 mod matrix;

@@ -69,6 +69,7 @@ pub struct Proxy {
     egress: crate::egress::EgressPolicy,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+    max_duration: Duration,
     body_limit: usize,
     rate: RateLimits,
     auth_failures: AuthFailures,
@@ -94,6 +95,7 @@ impl Proxy {
             egress: config.upstream_allow.clone(),
             first_byte_timeout: config.upstream_first_byte_timeout,
             idle_timeout: config.upstream_idle_timeout,
+            max_duration: config.upstream_max_duration,
             body_limit: config.body_limit_bytes,
             rate: RateLimits::default(),
             auth_failures: AuthFailures::new(config.auth_failures_per_second),
@@ -539,6 +541,18 @@ impl Ctx<'_> {
             return Err(upstream::model_not_found());
         };
         let rl_headers = self.limits(&adm, Some(&model)).await?;
+        // Every use is recorded; with the queue full (the store has stopped taking writes)
+        // this one could not be, so it is refused before it reaches the provider.
+        if self.app.commands.appender.is_full() {
+            tracing::warn!(request_id = %self.request_id, "usage queue full: request refused");
+            return Err(ProxyError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                error::UPSTREAM,
+                "usage_queue_full",
+                "Keyward cannot record usage right now; try again shortly",
+            )
+            .with_header(axum::http::header::RETRY_AFTER, 1));
+        }
 
         let meter = self.meter(
             &key.key_id,
@@ -696,6 +710,7 @@ impl Ctx<'_> {
             let pump = Pump::new(
                 Box::pin(resp.bytes_stream()),
                 self.proxy().idle_timeout,
+                up_started + self.proxy().max_duration,
                 mode,
                 meter,
                 secret,
@@ -718,7 +733,8 @@ impl Ctx<'_> {
         }
 
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-        let body = match read_upstream(resp, self.proxy().idle_timeout).await {
+        let deadline = up_started + self.proxy().max_duration;
+        let body = match read_upstream(resp, self.proxy().idle_timeout, deadline).await {
             Ok(b) => b,
             Err(outcome) => {
                 let e = if outcome == UsageOutcome::UpstreamTimeout {
@@ -764,6 +780,18 @@ impl Ctx<'_> {
                     .await);
                 }
             }
+        } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            // A 2xx the client's SDK could not parse is the provider's failure, not a success.
+            tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider's answer is not JSON");
+            return Err(fail(
+                &mut meter,
+                ProxyError::bad_gateway(
+                    "upstream_invalid_response",
+                    "the provider's answer could not be read",
+                ),
+                UsageOutcome::UpstreamError,
+            )
+            .await);
         } else {
             let tokens = match dialect {
                 Dialect::Anthropic => anthropic::response_tokens(&body),
@@ -903,7 +931,8 @@ impl Ctx<'_> {
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
-        let body = read_upstream(resp, self.proxy().idle_timeout)
+        let deadline = Instant::now() + self.proxy().max_duration;
+        let body = read_upstream(resp, self.proxy().idle_timeout, deadline)
             .await
             .map_err(|o| (ProxyError::upstream_unavailable(), o))?;
         let bad = || {
@@ -958,19 +987,37 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     Ok(buf.freeze())
 }
 
-/// A provider's whole (non-streamed) body, allowing at most `idle` between two chunks.
-async fn read_upstream(resp: reqwest::Response, idle: Duration) -> Result<Bytes, UsageOutcome> {
+/// A non-streamed answer larger than this is refused rather than held in memory.
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+/// A provider's whole (non-streamed) body, allowing at most `idle` between two chunks,
+/// until `deadline` in all, and at most [`MAX_UPSTREAM_BODY`] bytes: an answer that never
+/// ends is cut off.
+async fn read_upstream(
+    resp: reqwest::Response,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<Bytes, UsageOutcome> {
     let mut data = resp.bytes_stream();
     let mut buf = BytesMut::new();
     loop {
-        match tokio::time::timeout(idle, data.next()).await {
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, data.next()).await {
             Err(_) => return Err(UsageOutcome::UpstreamTimeout),
             Ok(None) => return Ok(buf.freeze()),
             Ok(Some(Err(e))) => {
                 tracing::warn!(error = %e, "the provider's answer broke off");
                 return Err(UsageOutcome::UpstreamUnavailable);
             }
-            Ok(Some(Ok(b))) => buf.extend_from_slice(&b),
+            Ok(Some(Ok(b))) => {
+                if buf.len() + b.len() > MAX_UPSTREAM_BODY {
+                    tracing::warn!(
+                        "the provider's answer is larger than {MAX_UPSTREAM_BODY} bytes"
+                    );
+                    return Err(UsageOutcome::UpstreamUnavailable);
+                }
+                buf.extend_from_slice(&b);
+            }
         }
     }
 }

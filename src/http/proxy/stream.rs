@@ -44,6 +44,8 @@ struct OpenAiMeter {
 pub struct Pump {
     upstream: Upstream,
     idle: Duration,
+    /// The answer is cut off here even if chunks keep coming.
+    deadline: Instant,
     parser: SseParser,
     mode: Mode,
     openai: OpenAiMeter,
@@ -52,6 +54,8 @@ pub struct Pump {
     outcome: Option<UsageOutcome>,
     /// The provider sent an error event inside the stream.
     upstream_error: bool,
+    /// The stream was cut off at the deadline, not for a pause.
+    overran: bool,
     credential: ProviderSecret,
     upstream_started: Instant,
     upstream_latency: Option<Duration>,
@@ -62,6 +66,7 @@ impl Pump {
     pub fn new(
         upstream: Upstream,
         idle: Duration,
+        deadline: Instant,
         mode: Mode,
         meter: Meter,
         credential: ProviderSecret,
@@ -70,6 +75,7 @@ impl Pump {
         Pump {
             upstream,
             idle,
+            deadline,
             parser: SseParser::new(),
             mode,
             openai: OpenAiMeter::default(),
@@ -77,6 +83,7 @@ impl Pump {
             out: VecDeque::new(),
             outcome: None,
             upstream_error: false,
+            overran: false,
             credential,
             upstream_started,
             upstream_latency: None,
@@ -114,7 +121,13 @@ impl Pump {
                     .await;
                 return None;
             }
-            match tokio::time::timeout(self.idle, self.upstream.next()).await {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(self.idle.min(left), self.upstream.next()).await {
+                Err(_) if left <= self.idle => {
+                    tracing::warn!("the provider's stream ran past the maximum duration");
+                    self.overran = true;
+                    self.fail(UsageOutcome::UpstreamTimeout);
+                }
                 Err(_) => self.fail(UsageOutcome::UpstreamTimeout),
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "the provider's stream broke off");
@@ -154,6 +167,10 @@ impl Pump {
         self.upstream_latency = Some(self.upstream_started.elapsed());
         self.outcome = Some(outcome);
         let (code, message) = match outcome {
+            UsageOutcome::UpstreamTimeout if self.overran => (
+                "upstream_timeout",
+                "the provider's answer ran past the maximum duration",
+            ),
             UsageOutcome::UpstreamTimeout => (
                 "upstream_timeout",
                 "the provider stopped sending for longer than the idle timeout",

@@ -2,6 +2,7 @@
 
 mod anthropic;
 mod events;
+mod faults;
 mod logs;
 mod metrics;
 pub mod mock;
