@@ -64,7 +64,9 @@ fn bin(dir: &Path) -> Command {
         .arg(dir)
         .env_remove("KEYWARD_DATABASE_URL")
         .env_remove("KEYWARD_MASTER_KEYS")
-        .env_remove("KEYWARD_CONFIG");
+        .env_remove("KEYWARD_CONFIG")
+        // The mock provider listens on loopback, which needs an explicit allowlist.
+        .env("KEYWARD_UPSTREAM_ALLOW", "127.0.0.0/8");
     c
 }
 
