@@ -98,14 +98,16 @@ fn classify(ip: IpAddr) -> Class {
                 return classify_v4(v4);
             }
             let s = v6.segments();
-            if v6.is_unspecified()
+            let documentation = s[0] == 0x2001 && s[1] == 0xdb8;
+            let discard_only = s[0] == 0x100 && s[1..4] == [0, 0, 0];
+            if documentation
+                || discard_only
+                || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
                 || (s[0] & 0xffc0) == 0xfec0 // site-local, deprecated
+                // AWS's metadata service over IPv6
                 || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
-                || (s[0] == 0x2001 && s[1] == 0xdb8) // documentation
-                || s[0] == 0x100 && s[1..4] == [0, 0, 0]
-            // discard-only
             {
                 return Class::Never;
             }
