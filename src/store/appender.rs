@@ -7,7 +7,7 @@
 //! again, and while it does the queue fills and the proxy path waits (fail closed).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,15 +49,38 @@ impl Default for AppenderConfig {
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
-/// How long a management command waits for room in a full queue before it gets 503. A
-/// full queue means the store has stopped taking writes (or cannot keep up): the command
-/// is refused with nothing written rather than held until the store comes back.
-const SUBMIT_ROOM_WAIT: Duration = Duration::from_secs(5);
+/// How long a management command waits to be taken into a batch (for room in a full
+/// queue, then for the appender, which holds failed usage events while the store is
+/// down) before it gets 503. It is then withdrawn: refused with nothing written rather
+/// than held until the store comes back. Once in a batch it waits for that batch.
+const SUBMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// A management unit's progress, so that a submitter that gave up and the appender agree
+/// on whether it will be written.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 enum Item {
-    Unit { events: Vec<NewEvent>, reply: Reply },
+    Unit {
+        events: Vec<NewEvent>,
+        reply: Reply,
+        progress: Arc<AtomicU8>,
+    },
     Usage(NewEvent),
+}
+
+impl Item {
+    /// False for a unit its submitter withdrew: it is dropped unwritten.
+    fn take(&self) -> bool {
+        match self {
+            Item::Unit { progress, .. } => progress
+                .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok(),
+            Item::Usage(_) => true,
+        }
+    }
 }
 
 impl Item {
@@ -113,20 +136,37 @@ impl Appender {
         if unit.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let progress = Arc::new(AtomicU8::new(QUEUED));
         let item = Item::Unit {
             events: unit,
             reply,
+            progress: progress.clone(),
         };
-        match tokio::time::timeout(SUBMIT_ROOM_WAIT, self.send(item)).await {
+        let stalled = || {
+            AppendError::Store(StoreError::Unavailable(
+                "the appender did not take the command in time; the store is not taking writes"
+                    .into(),
+            ))
+        };
+        let deadline = tokio::time::Instant::now() + SUBMIT_WAIT;
+        match tokio::time::timeout_at(deadline, self.send(item)).await {
             Ok(sent) => sent?,
+            Err(_) => return Err(stalled()),
+        }
+        match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(answered) => answered.unwrap_or(Err(AppendError::Closed)),
             Err(_) => {
-                return Err(AppendError::Store(StoreError::Unavailable(
-                    "the append queue stayed full; the store is not taking writes".into(),
-                )));
+                let withdrawn = progress
+                    .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if withdrawn {
+                    return Err(stalled());
+                }
+                // Already in a batch: its outcome is on its way.
+                answer.await.unwrap_or(Err(AppendError::Closed))
             }
         }
-        answer.await.unwrap_or(Err(AppendError::Closed))
     }
 
     /// A usage event: waits only for queue space (back-pressure: when the queue is full
@@ -258,9 +298,13 @@ impl Task {
     }
 
     fn try_next(&mut self) -> Option<Item> {
-        let item = self.rx.try_recv().ok()?;
-        self.depth.fetch_sub(1, Ordering::Relaxed);
-        Some(item)
+        loop {
+            let item = self.rx.try_recv().ok()?;
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            if item.take() {
+                return Some(item);
+            }
+        }
     }
 
     /// Hands the last batch's envelopes to the sink, then answers its submitters.
@@ -271,21 +315,21 @@ impl Task {
     /// The next queued item; `None` once the queue is closed and empty.
     async fn next(&mut self) -> Option<Item> {
         loop {
-            if self.stopping {
-                let item = self.rx.recv().await;
-                if item.is_some() {
-                    self.depth.fetch_sub(1, Ordering::Relaxed);
-                }
-                return item;
-            }
-            tokio::select! {
-                item = self.rx.recv() => {
-                    if item.is_some() {
-                        self.depth.fetch_sub(1, Ordering::Relaxed);
+            let item = if self.stopping {
+                self.rx.recv().await
+            } else {
+                tokio::select! {
+                    item = self.rx.recv() => item,
+                    () = self.stop.cancelled() => {
+                        self.close();
+                        continue;
                     }
-                    return item;
                 }
-                () = self.stop.cancelled() => self.close(),
+            };
+            let Some(item) = item else { return None };
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            if item.take() {
+                return Some(item);
             }
         }
     }
@@ -327,7 +371,7 @@ impl Task {
         }
         for item in items {
             match item {
-                Item::Unit { events, reply } => {
+                Item::Unit { events, reply, .. } => {
                     units.push(events);
                     replies.push(Some(reply));
                 }
