@@ -20,6 +20,7 @@ pub mod server;
 pub mod store;
 pub mod sweeper;
 pub mod tail;
+pub mod ui;
 
 pub mod time {
     pub use keyward_events::time::*;
@@ -48,6 +49,8 @@ pub struct App {
     pub commands: Commands,
     pub keyring: Keyring,
     pub proxy: Proxy,
+    /// The web console's sessions and sign-in throttles.
+    pub console: ui::Console,
     ready: AtomicBool,
 }
 
@@ -61,6 +64,7 @@ impl App {
         proxy: Proxy,
     ) -> App {
         App {
+            console: ui::Console::new(&config),
             config,
             store,
             live,
@@ -86,6 +90,7 @@ pub fn app(state: AppState) -> Router {
         .merge(http::ops::router())
         .merge(http::api::router())
         .merge(http::proxy::router())
+        .nest("/ui", ui::router())
         .layer(axum::middleware::from_fn(http::request_id::layer))
         .with_state(state)
 }

@@ -345,7 +345,7 @@ fn check_config(kind: ProviderKind, config: Option<Value>) -> Result<Map<String,
 }
 
 /// Runs the live check; a provider that cannot be reached is 502, and nothing is stored.
-async fn live_check(
+pub(crate) async fn live_check(
     kind: ProviderKind,
     base_url: &str,
     config: &Map<String, Value>,
@@ -435,7 +435,7 @@ pub struct CreateProvider {
         (status = 502, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn create_provider(
+pub(crate) async fn create_provider(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Json(req): Json<CreateProvider>,
@@ -500,7 +500,7 @@ pub struct ProviderList {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn list_providers(
+pub(crate) async fn list_providers(
     State(app): State<AppState>,
     Admin(_caller): Admin,
     Query(q): Query<ListProviders>,
@@ -537,7 +537,7 @@ async fn list_providers(
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn get_provider(
+pub(crate) async fn get_provider(
     State(app): State<AppState>,
     Admin(_caller): Admin,
     Path(id): Path<String>,
@@ -574,7 +574,7 @@ pub struct UpdateProvider {
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn update_provider(
+pub(crate) async fn update_provider(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<String>,
@@ -638,7 +638,7 @@ pub struct ReplaceCredential {
         (status = 502, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn replace_credential(
+pub(crate) async fn replace_credential(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<String>,
@@ -687,7 +687,7 @@ async fn replace_credential(
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn verify_provider(
+pub(crate) async fn verify_provider(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<String>,
@@ -764,7 +764,7 @@ pub struct DeleteProvider {
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn delete_provider(
+pub(crate) async fn delete_provider(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<String>,

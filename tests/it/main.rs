@@ -18,4 +18,5 @@ mod providers;
 mod proxy;
 mod sdk;
 mod store;
+mod ui;
 mod users;
