@@ -26,6 +26,7 @@ use crate::AppState;
 
 pub const CSS_PATH: &str = "/ui/assets/console-v1.css";
 pub const JS_PATH: &str = "/ui/assets/console-v1.js";
+pub const ICON_PATH: &str = "/ui/assets/favicon-v1.svg";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -58,6 +59,7 @@ pub fn router() -> Router<AppState> {
         .route("/audit/export", get(admin::export))
         .route("/assets/console-v1.css", get(css))
         .route("/assets/console-v1.js", get(js))
+        .route("/assets/favicon-v1.svg", get(icon))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -110,6 +112,16 @@ async fn css() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
         ],
         include_str!("../../assets/ui/console.css"),
+    )
+}
+
+async fn icon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        include_str!("../../assets/ui/favicon.svg"),
     )
 }
 

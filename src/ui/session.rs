@@ -75,9 +75,9 @@ pub struct Console {
     by_ip: DefaultKeyedRateLimiter<IpAddr>,
 }
 
-/// Sign-in attempts allowed per username: 5 at once, then one every 12 s.
+/// Sign-in attempts allowed per username: 5 at once, then one a minute.
 const USER_BURST: u32 = 5;
-const USER_PERIOD: Duration = Duration::from_secs(12);
+const USER_PERIOD: Duration = Duration::from_secs(60);
 /// Per client IP (an office behind one NAT signs in together): 20, then one every 3 s.
 const IP_BURST: u32 = 20;
 const IP_PERIOD: Duration = Duration::from_secs(3);

@@ -31,7 +31,12 @@ const context = await chromium.launchPersistentContext(profile, {
 context.setDefaultTimeout(30_000);
 const page = context.pages()[0] ?? (await context.newPage());
 const problems = [];
-page.on("console", (m) => { if (m.type() === "error") problems.push(m.text()); });
+// Refusals the flows ask for (401, 403, 404 pages) are expected; anything else is not.
+const expectedFailures = new Set();
+page.on("response", (r) => {
+  if (r.status() >= 400 && !expectedFailures.has(new URL(r.url()).pathname)) problems.push(`${r.status()} ${r.url()}`);
+});
+page.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) problems.push(m.text()); });
 page.on("pageerror", (e) => problems.push(String(e)));
 // Nothing may be fetched from outside this origin.
 page.on("request", (r) => { if (!r.url().startsWith(BASE) && !r.url().startsWith("data:")) problems.push(`external request ${r.url()}`); });
@@ -111,14 +116,16 @@ await flow("01-sign-in", async () => {
   await page.goto(`${BASE}/ui/keys`);
   assert.equal(new URL(page.url()).pathname, "/ui/login", "signed out, the console asks to sign in");
   await page.getByLabel("Username").fill("admin");
+  expectedFailures.add("/ui/login");
   await page.getByLabel("Password").fill("not the password");
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("alert").filter({ hasText: "The username or password is not correct." }).waitFor();
+  expectedFailures.delete("/ui/login");
   await page.getByLabel("Password").fill(PASSWORD);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL(`${BASE}/ui/admin/keys`);
   await page.getByRole("heading", { name: "API Keys", level: 1 }).waitFor();
-  const cookies = await context.cookies(BASE);
+  const cookies = await context.cookies(`${BASE}/ui/keys`);
   const session = cookies.find((c) => c.name === "kw_session");
   assert.ok(session, "a session cookie");
   assert.equal(session.httpOnly, true);
@@ -135,12 +142,14 @@ await flow("02-create-key", async () => {
   await page.locator("#create-dialog").waitFor({ state: "hidden" });
 
   // An error comes back next to its field, with the values kept.
+  expectedFailures.add("/ui/keys");
   await page.getByRole("button", { name: "Create API Key" }).click();
   await page.locator("#create-dialog").getByLabel("Name").fill("billing-service");
   await page.locator("#create-dialog").getByLabel("IP allowlist").fill("not-an-address");
   await page.locator("#create-dialog").getByRole("button", { name: "Create key" }).click();
   await page.locator("#err-ip_allowlist").waitFor({ state: "visible" });
   assert.equal(await page.locator("#c-ips").getAttribute("aria-invalid"), "true");
+  expectedFailures.delete("/ui/keys");
   await page.keyboard.press("Escape");
 
   first = await createKey("billing-service", { owner: "admin", models: "gpt-4o-mini", rate: 600, ips: "127.0.0.1" });
@@ -241,11 +250,14 @@ await flow("07-user-my-keys", async () => {
   const ids = await page.locator("tr[data-key-id]").evaluateAll((rows) => rows.map((r) => r.dataset.keyId));
   assert.deepEqual(ids, [mine.id], "only alice's key");
   assert.equal(await page.getByRole("link", { name: "Providers" }).count(), 0, "no admin navigation");
+  expectedFailures.add("/ui/admin/keys");
+  expectedFailures.add(`/ui/keys/${second.id}`);
   const res = await page.goto(`${BASE}/ui/admin/keys`);
   assert.equal(res.status(), 403);
   await page.getByText("this page needs the admin role").waitFor();
   const other = await page.goto(`${BASE}/ui/keys/${second.id}`);
   assert.equal(other.status(), 404, "another user's key does not exist for her");
+  expectedFailures.clear();
   await page.goto(`${BASE}/ui/keys`);
 });
 
