@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::keys::{event_table, key_table, provider_names};
+use super::keys::{Actors, event_table, key_table, provider_names};
 use super::pages::{
     Nav, api_error_page, badge, csrf, empty, explain, notice, page, render, status_badge, when,
 };
@@ -837,7 +837,7 @@ async fn audit_page(
         }
         section.card aria-labelledby="events-h" {
             h2 #events-h { "Latest events" }
-            (event_table(&newest))
+            (event_table(&newest, &Actors::of(state)))
         }
     };
     render(StatusCode::OK, page(user, Nav::Audit, "Audit", body))

@@ -308,7 +308,7 @@ pub fn key_table(
                             td { (scopes_text(&k.scopes)) }
                             td.num { (k.usage.requests) }
                             td { (when(k.last_used_at.as_deref())) }
-                            td { (when(Some(&k.expires_at))) }
+                            td { (day(&k.expires_at)) }
                             td { (status_badge(k.status)) }
                             td { @if k.deleted { (badge("bad", "Deleted")) } @else { span.muted { "No" } } }
                             @if actions.is_some() {
@@ -320,6 +320,10 @@ pub fn key_table(
             }
         }
     }
+}
+
+fn day(ts: &str) -> Markup {
+    html! { time datetime=(ts) title=(ts) { (ts.get(..10).unwrap_or(ts)) } }
 }
 
 fn provider_label(k: &KeyView, names: &HashMap<String, String>) -> Markup {
@@ -876,6 +880,7 @@ pub async fn detail(
             .collect()
     };
     let names = provider_names(&state);
+    let actors = Actors::of(&state);
     let back = format!("/ui/keys/{}", key.id);
     let lifecycle: Vec<&Envelope> = events
         .iter()
@@ -897,7 +902,7 @@ pub async fn detail(
                     dt { "Models" } dd { @if key.models.is_empty() { "every model of the provider" } @else { (key.models.join(", ")) } }
                     dt { "Rate limit" } dd { @match key.rate_limit { Some(r) => { (r.requests_per_minute) " / min, burst " (r.burst) } None => { "none" } } }
                     dt { "IP allowlist" } dd { @if key.ip_allowlist.is_empty() { "any address" } @else { (key.ip_allowlist.join(", ")) } }
-                    dt { "Created" } dd { (when(Some(&key.created_at))) " by " (key.created_by) }
+                    dt { "Created" } dd { (when(Some(&key.created_at))) " by " (actors.label(&key.created_by)) }
                     dt { "Expires" } dd { (when(Some(&key.expires_at))) }
                     dt { "Last used" } dd { (when(key.last_used_at.as_deref())) }
                     dt { "Requests" } dd { (key.usage.requests) " (" (key.usage.errors) " errors, " (key.usage.denied) " refused)" }
@@ -926,14 +931,39 @@ pub async fn detail(
         section.card aria-labelledby="history-h" {
             h2 #history-h { "History" }
             p.muted { (uses) " uses are in " a href={"/ui/logs?key_id=" (key.id)} { "Logs" } "." }
-            (event_table(&lifecycle))
+            (event_table(&lifecycle, &actors))
         }
         (action_dialogs(&user))
     };
     render(StatusCode::OK, page(&user, Nav::None, &key.name, body))
 }
 
-pub fn event_table(events: &[&Envelope]) -> Markup {
+/// Who an actor id stands for: a username, a key's name, or `system`.
+pub struct Actors(HashMap<String, String>);
+
+impl Actors {
+    pub fn of(state: &AppState) -> Actors {
+        let live = state.0.live.read();
+        let mut m: HashMap<String, String> = live
+            .users
+            .iter()
+            .map(|u| (u.user_id.clone(), u.username.clone()))
+            .collect();
+        for k in live.keys.iter() {
+            m.insert(k.key_id.clone(), format!("key {}", k.name));
+        }
+        Actors(m)
+    }
+
+    fn label(&self, id: &str) -> Markup {
+        match self.0.get(id) {
+            Some(name) => html! { span title=(id) { (name) } },
+            None => html! { (id) },
+        }
+    }
+}
+
+pub fn event_table(events: &[&Envelope], actors: &Actors) -> Markup {
     if events.is_empty() {
         return empty("No events", html! { "Nothing matches." });
     }
@@ -947,7 +977,7 @@ pub fn event_table(events: &[&Envelope]) -> Markup {
                             td.num { (e.seq) }
                             td { (when(Some(&crate::time::format(&e.occurred_at)))) }
                             td { code { (e.event_type) } }
-                            td { (e.actor) }
+                            td { (actors.label(&e.actor)) }
                             td.details { (summary(e)) }
                         }
                     }
@@ -955,6 +985,17 @@ pub fn event_table(events: &[&Envelope]) -> Markup {
             }
         }
     }
+}
+
+fn short(t: &crate::time::Timestamp) -> String {
+    t.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+fn word<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+        .unwrap_or_default()
 }
 
 /// One line about what an event says; never a secret (events hold none).
@@ -967,28 +1008,73 @@ fn summary(e: &Envelope) -> String {
             "{} ({}…), expires {}",
             k.name,
             k.prefix,
-            crate::time::format(&k.expires_at)
+            short(&k.expires_at)
         ),
-        Event::KeyUpdated(_) => "settings changed".to_owned(),
-        Event::KeyExpired(k) => format!(
-            "reason: {}",
-            serde_json::to_value(k.reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
+        Event::KeyUpdated(u) => {
+            let mut changed = Vec::new();
+            if u.name.is_some() {
+                changed.push("name");
+            }
+            if u.expires_at.is_some() {
+                changed.push("expiry");
+            }
+            if u.scopes.is_some() {
+                changed.push("scopes");
+            }
+            if u.models.is_some() {
+                changed.push("models");
+            }
+            if u.rate_limit.is_some() {
+                changed.push("rate limit");
+            }
+            if u.quota.is_some() {
+                changed.push("quota");
+            }
+            if u.ip_allowlist.is_some() {
+                changed.push("IP allowlist");
+            }
+            if u.metadata.is_some() {
+                changed.push("metadata");
+            }
+            format!("changed {}", changed.join(", "))
+        }
+        Event::KeyExpired(k) => format!("reason: {}", word(&k.reason)),
+        Event::KeyRotated(k) => {
+            format!("to {}, grace until {}", k.new_key_id, short(&k.grace_until))
+        }
+        Event::KeyDeleted(_) => "soft-deleted; the record stays".to_owned(),
+        Event::KeyUsed(u) => format!(
+            "{} → {} ({})",
+            u.model.unwrap_or_default(),
+            u.status,
+            word(&u.outcome)
         ),
-        Event::KeyRotated(k) => format!(
-            "to {}, grace until {}",
-            k.new_key_id,
-            crate::time::format(&k.grace_until)
+        Event::KeyDenied(d) => format!("refused: {}", word(&d.reason)),
+        Event::UserCreated(u) => format!(
+            "{} ({}){}",
+            u.username,
+            word(&u.role),
+            if u.password_hash.is_some() {
+                ", password set"
+            } else {
+                ""
+            }
         ),
-        Event::KeyDeleted(_) => "soft-deleted".to_owned(),
-        Event::KeyUsed(u) => format!("{} {}", u.model.unwrap_or_default(), u.status),
-        Event::KeyDenied(d) => format!("{:?}", d.reason).to_lowercase(),
-        Event::UserCreated(u) => format!("{} ({:?})", u.username, u.role).to_lowercase(),
+        Event::UserUpdated(u) => {
+            let mut parts = Vec::new();
+            if let Some(r) = u.role {
+                parts.push(format!("role {}", word(&r)));
+            }
+            if u.password_hash.is_some() {
+                parts.push("password changed".to_owned());
+            }
+            parts.join(", ")
+        }
+        Event::UserDisabled(_) => "disabled".to_owned(),
+        Event::UserEnabled(_) => "enabled".to_owned(),
         Event::ProviderCreated(p) => format!("{} ({})", p.name, p.kind.as_str()),
         Event::ProviderKeyUpdated(p) => format!(
-            "credential …{} fingerprint {}",
+            "credential …{}, fingerprint {}",
             p.last4,
             p.fingerprint.get(..12).unwrap_or_default()
         ),
@@ -996,7 +1082,14 @@ fn summary(e: &Envelope) -> String {
             if v.ok {
                 "check passed".to_owned()
             } else {
-                "check failed".to_owned()
+                format!("check failed: {}", v.detail.unwrap_or_default())
+            }
+        }
+        Event::ProviderDeleted(p) => {
+            if p.forced {
+                "deleted while keys used it".to_owned()
+            } else {
+                "deleted".to_owned()
             }
         }
         _ => String::new(),
@@ -1037,7 +1130,7 @@ pub fn chart(series: &[(NaiveDate, u64, u64)]) -> Markup {
                         rect x=(x) y=(y(*req)) width=(bar) height=((y(0) - y(*req)).max(0.0)) fill="#93c5fd" {}
                         rect x=(x) y=(y(*err)) width=(bar) height=((y(0) - y(*err)).max(0.0)) fill="#b91c1c" {}
                     }
-                    @if i % 7 == 0 || i + 1 == series.len() {
+                    @if (series.len() - 1 - i) % 7 == 0 {
                         text x=(x + bar / 2.0) y=(h - 10.0) text-anchor="middle" font-size="11" fill="#475569" { (d.format("%b %d")) }
                     }
                 }

@@ -1044,3 +1044,263 @@ async fn browser_flows() {
         );
     }
 }
+
+#[tokio::test]
+async fn admins_manage_providers_users_logs_and_the_audit_from_the_console() {
+    let c = Console::start().await;
+    let upstream = crate::common::MockProvider::start().await;
+    let mut b = signed_in_admin(&c).await;
+    let base_url = format!("http://{}/v1", upstream.addr);
+
+    // A credential the provider refuses is not stored; the error sits by the field.
+    b.get("/ui/providers").await;
+    let p = b
+        .post(
+            "/ui/providers",
+            &[
+                ("name", "acme"),
+                ("kind", "openai"),
+                ("base_url", &base_url),
+                ("api_key", "sk-bad-0123456789"),
+                ("models", "gpt-4o-mini"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", p.body);
+    assert!(p.body.contains("id=\"err-api_key\""));
+    assert!(p.body.contains("the provider refused the credential (401)"));
+    assert!(
+        !p.body.contains("sk-bad-0123456789"),
+        "the refused credential is not echoed"
+    );
+
+    let p = b
+        .post(
+            "/ui/providers",
+            &[
+                ("name", "acme"),
+                ("kind", "openai"),
+                ("base_url", &base_url),
+                ("api_key", "sk-good-0123456789wxyz"),
+                ("models", "gpt-4o-mini"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(location(&p), "/ui/providers?notice=created");
+    let page = b.get("/ui/providers?notice=created").await;
+    assert!(
+        page.body
+            .contains("The provider was created and its credential checked.")
+    );
+    assert!(
+        page.body.contains("sk-g…wxyz") || page.body.contains("sk-…wxyz"),
+        "masked: {}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("sk-good-0123456789wxyz"),
+        "never the credential itself"
+    );
+    let acme = c
+        .state()
+        .0
+        .live
+        .read()
+        .providers
+        .by_name("acme")
+        .unwrap()
+        .provider_id
+        .clone();
+    assert!(
+        page.body.contains(
+            &c.state()
+                .0
+                .live
+                .read()
+                .providers
+                .get(&acme)
+                .unwrap()
+                .credential
+                .as_ref()
+                .unwrap()
+                .fingerprint[..16]
+        )
+    );
+
+    let p = b.post(&format!("/ui/providers/{acme}/verify"), &[]).await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(
+        p.body
+            .contains("The credential works: the provider answered the check.")
+    );
+
+    let p = b
+        .post(
+            &format!("/ui/providers/{acme}/credential"),
+            &[("api_key", "sk-wrong-0000000000")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(p.body.contains("the provider refused the credential (401)"));
+    assert!(!p.body.contains("sk-wrong-0000000000"));
+    let p = b
+        .post(
+            &format!("/ui/providers/{acme}/credential"),
+            &[("api_key", "sk-good-replacement-1234")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+
+    let p = b
+        .post("/ui/providers/prv_01J00000000000000000000000/verify", &[])
+        .await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+
+    // Users: create, a duplicate name, change role, disable.
+    let p = b
+        .post(
+            "/ui/users",
+            &[("username", "carol"), ("role", "user"), ("password", "")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let p = b
+        .post(
+            "/ui/users",
+            &[("username", "Carol"), ("role", "user"), ("password", "")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::CONFLICT);
+    assert!(
+        p.body.contains("the username &quot;carol&quot; is taken")
+            || p.body.contains("the username \"carol\" is taken"),
+        "{}",
+        p.body
+    );
+    let p = b
+        .post(
+            "/ui/users",
+            &[
+                ("username", "dave"),
+                ("role", "user"),
+                ("password", "short"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(p.body.contains("id=\"err-password\""));
+    let carol = c
+        .state()
+        .0
+        .live
+        .read()
+        .users
+        .by_username("carol")
+        .unwrap()
+        .user_id
+        .clone();
+    let p = b
+        .post(&format!("/ui/users/{carol}"), &[("role", "admin")])
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        c.state().0.live.read().users.get(&carol).unwrap().role,
+        Role::Admin
+    );
+    let p = b
+        .post(
+            &format!("/ui/users/{}", c.gw.admin_id),
+            &[("disabled", "true")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::CONFLICT);
+    assert!(
+        p.body
+            .contains("you cannot disable yourself; ask another admin")
+    );
+
+    // The provider's delete: refused without force while keys use it, listed in the page.
+    let mut spec = KeySpec::on(&acme);
+    spec.owner = Some(carol.clone());
+    let (key_id, secret) = c.gw.key(spec).await;
+    let page = b.get("/ui/providers").await;
+    assert!(page.body.contains("1 working key(s) use this provider"));
+    assert!(page.body.contains(&key_id));
+    let p = b
+        .post(
+            &format!("/ui/providers/{acme}/delete"),
+            &[("force", "false")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::CONFLICT);
+    assert!(p.body.contains("1 active key(s) still use provider"));
+
+    // Logs, filtered by user and outcome.
+    let mut spec = KeySpec::on(&c.provider);
+    spec.owner = Some(carol.clone());
+    let (key_id, secret) = c.gw.key(spec).await;
+    let r =
+        c.gw.post(
+            "/v1/chat/completions",
+            &secret,
+            crate::proxy::chat("gpt-4o-mini"),
+        )
+        .await;
+    assert_eq!(r.status, axum::http::StatusCode::OK);
+    c.gw.last_used(1).await;
+    let p = b
+        .get(&format!("/ui/logs?user={carol}&outcome=success"))
+        .await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(
+        p.body.contains(&format!("href=\"/ui/keys/{key_id}\"")),
+        "{}",
+        p.body
+    );
+    let p = b.get("/ui/logs?outcome=denied").await;
+    assert!(p.body.contains("No requests match"));
+    let p = b.get("/ui/logs?from=yesterday").await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(p.body.contains("class=\"notice error\""), "{}", p.body);
+
+    // Audit: verify, export, and a broken chain named by its seq.
+    let p = b.post("/ui/audit/verify", &[]).await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(p.body.contains("Chain intact"));
+    let res = client()
+        .get(format!("{}/ui/audit/export", c.base))
+        .header(
+            "cookie",
+            format!("kw_session={}", b.session.clone().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+    assert!(
+        res.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    let ndjson = res.text().await.unwrap();
+    assert!(ndjson.lines().count() > 5);
+    assert!(
+        !ndjson.contains("sk-good"),
+        "no provider credential in the export"
+    );
+    let p = b.get("/ui/audit?as_of=not-a-time").await;
+    assert!(
+        p.body
+            .contains("as_of &quot;not-a-time&quot; is not an RFC 3339 time")
+            || p.body.contains("is not an RFC 3339 time"),
+        "{}",
+        p.body
+    );
+    crate::common::tamper(&c.gw.t.db_path(), 3).await;
+    let p = b.post("/ui/audit/verify", &[]).await;
+    assert!(p.body.contains("Chain broken"), "{}", p.body);
+    assert!(p.body.contains("The first bad event is seq 3"));
+}
