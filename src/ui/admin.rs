@@ -23,11 +23,11 @@ use crate::http::logs::{self as logs_api, LogsQuery};
 use crate::http::providers::{self as providers_api, DeleteProvider, ListProviders, ProviderView};
 use crate::http::users::{self as users_api, ListUsers};
 
-fn admin(user: &ConsoleUser) -> Result<Admin, Response> {
+fn admin(user: &ConsoleUser) -> Result<Admin, Box<Response>> {
     user.caller
         .require_admin()
         .map(|()| Admin(user.caller.clone()))
-        .map_err(|e| api_error_page(user, &e))
+        .map_err(|e| Box::new(api_error_page(user, &e)))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
@@ -77,7 +77,7 @@ async fn providers_page(
 ) -> Response {
     let a = match admin(user) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list = match providers_api::list_providers(
         State(state.clone()),
@@ -244,7 +244,7 @@ pub async fn create_provider(State(state): State<AppState>, p: Posted<ProviderFo
     let user = p.user;
     let a = match admin(&user) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = p.form;
     let req = from_json(json!({
@@ -283,7 +283,7 @@ pub async fn verify_provider(
 ) -> Response {
     let a = match admin(&p.user) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match providers_api::verify_provider(State(state.clone()), a, Path(id)).await {
         Ok(Json(v)) => {
@@ -320,7 +320,7 @@ pub async fn replace_credential(
 ) -> Response {
     let a = match admin(&p.user) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let res = match from_json(json!({ "api_key": p.form.api_key.0.as_str() })) {
         Ok(req) => providers_api::replace_credential(State(state.clone()), a, Path(id), Json(req))
@@ -349,7 +349,7 @@ pub async fn delete_provider(
 ) -> Response {
     let a = match admin(&p.user) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let force = p.form.force.as_deref() == Some("true");
     match providers_api::delete_provider(
@@ -392,7 +392,7 @@ async fn users_page(
 ) -> Response {
     let a = match admin(user) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list = match users_api::list_users(
         State(state.clone()),
@@ -499,7 +499,7 @@ pub struct UserForm {
 pub async fn create_user(State(state): State<AppState>, p: Posted<UserForm>) -> Response {
     let a = match admin(&p.user) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = p.form;
     let mut body = json!({ "username": f.username.trim(), "role": f.role });
@@ -541,7 +541,7 @@ pub async fn update_user(
 ) -> Response {
     let a = match admin(&p.user) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut body = serde_json::Map::new();
     if let Some(r) = &p.form.role {
@@ -846,7 +846,7 @@ async fn audit_page(
 pub async fn verify_chain(State(state): State<AppState>, p: Posted<Nothing>) -> Response {
     let a = match admin(&p.user) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let v = match audit_api::audit_verify(State(state.clone()), a).await {
         Ok(Json(v)) => v,

@@ -1130,7 +1130,7 @@ pub fn chart(series: &[(NaiveDate, u64, u64)]) -> Markup {
                         rect x=(x) y=(y(*req)) width=(bar) height=((y(0) - y(*req)).max(0.0)) fill="#93c5fd" {}
                         rect x=(x) y=(y(*err)) width=(bar) height=((y(0) - y(*err)).max(0.0)) fill="#b91c1c" {}
                     }
-                    @if (series.len() - 1 - i) % 7 == 0 {
+                    @if (series.len() - 1 - i).is_multiple_of(7) {
                         text x=(x + bar / 2.0) y=(h - 10.0) text-anchor="middle" font-size="11" fill="#475569" { (d.format("%b %d")) }
                     }
                 }

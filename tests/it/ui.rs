@@ -993,6 +993,7 @@ async fn browser_flows() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo().join("target"))
         .join("ui-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let provider_name = c
         .state()
@@ -1223,7 +1224,7 @@ async fn admins_manage_providers_users_logs_and_the_audit_from_the_console() {
     // The provider's delete: refused without force while keys use it, listed in the page.
     let mut spec = KeySpec::on(&acme);
     spec.owner = Some(carol.clone());
-    let (key_id, secret) = c.gw.key(spec).await;
+    let (key_id, _) = c.gw.key(spec).await;
     let page = b.get("/ui/providers").await;
     assert!(page.body.contains("1 working key(s) use this provider"));
     assert!(page.body.contains(&key_id));
