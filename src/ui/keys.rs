@@ -307,7 +307,7 @@ pub fn key_table(
                             td { code { (k.prefix) "…" } }
                             td { (scopes_text(&k.scopes)) }
                             td.num { (k.usage.requests) }
-                            td { (when(k.last_used_at.as_deref())) }
+                            td { @match &k.last_used_at { Some(t) => (day(t)), None => span.muted { "—" } } }
                             td { (day(&k.expires_at)) }
                             td { (status_badge(k.status)) }
                             td { @if k.deleted { (badge("bad", "Deleted")) } @else { span.muted { "No" } } }

@@ -24,9 +24,48 @@ pub use session::Console;
 
 use crate::AppState;
 
-pub const CSS_PATH: &str = "/ui/assets/console-v1.css";
-pub const JS_PATH: &str = "/ui/assets/console-v1.js";
-pub const ICON_PATH: &str = "/ui/assets/favicon-v1.svg";
+const CSS: &str = include_str!("../../assets/ui/console.css");
+const JS: &str = include_str!("../../assets/ui/console.js");
+const ICON: &str = include_str!("../../assets/ui/favicon.svg");
+
+struct Asset {
+    path: String,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+/// The assets under names that carry a hash of their content, so that they can be cached
+/// for good and a new build is fetched at once.
+fn assets() -> &'static [Asset; 3] {
+    static ASSETS: std::sync::OnceLock<[Asset; 3]> = std::sync::OnceLock::new();
+    ASSETS.get_or_init(|| {
+        let named = |stem: &str, ext: &str, content_type, body: &'static str| {
+            let hash = blake3::hash(body.as_bytes()).to_hex();
+            Asset {
+                path: format!("/ui/assets/{stem}-{}.{ext}", &hash[..12]),
+                content_type,
+                body,
+            }
+        };
+        [
+            named("console", "css", "text/css; charset=utf-8", CSS),
+            named("console", "js", "text/javascript; charset=utf-8", JS),
+            named("favicon", "svg", "image/svg+xml", ICON),
+        ]
+    })
+}
+
+pub fn css_path() -> &'static str {
+    &assets()[0].path
+}
+
+pub fn js_path() -> &'static str {
+    &assets()[1].path
+}
+
+pub fn icon_path() -> &'static str {
+    &assets()[2].path
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -57,9 +96,7 @@ pub fn router() -> Router<AppState> {
         .route("/audit", get(admin::audit))
         .route("/audit/verify", post(admin::verify_chain))
         .route("/audit/export", get(admin::export))
-        .route("/assets/console-v1.css", get(css))
-        .route("/assets/console-v1.js", get(js))
-        .route("/assets/favicon-v1.svg", get(icon))
+        .route("/assets/{name}", get(asset))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -115,22 +152,17 @@ async fn css() -> impl IntoResponse {
     )
 }
 
-async fn icon() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "image/svg+xml"),
-            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
-        ],
-        include_str!("../../assets/ui/favicon.svg"),
-    )
-}
-
-async fn js() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
-        ],
-        include_str!("../../assets/ui/console.js"),
-    )
+async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    let wanted = format!("/ui/assets/{name}");
+    match assets().iter().find(|a| a.path == wanted) {
+        Some(a) => (
+            [
+                (header::CONTENT_TYPE, a.content_type),
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            ],
+            a.body,
+        )
+            .into_response(),
+        None => not_found().await,
+    }
 }

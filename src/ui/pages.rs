@@ -29,9 +29,9 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · Keyward" }
-            link rel="icon" href=(super::ICON_PATH) type="image/svg+xml";
-            link rel="stylesheet" href=(super::CSS_PATH);
-            script src=(super::JS_PATH) defer {}
+            link rel="icon" href=(super::icon_path()) type="image/svg+xml";
+            link rel="stylesheet" href=(super::css_path());
+            script src=(super::js_path()) defer {}
         }
     }
 }
