@@ -120,6 +120,7 @@ async fn not_found() -> Response {
 async fn security_headers(req: Request, next: Next) -> Response {
     let is_asset = req.uri().path().starts_with("/ui/assets/");
     let mut res = next.run(req).await;
+    let is_asset = is_asset && res.status().is_success();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -140,16 +141,6 @@ async fn security_headers(req: Request, next: Next) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     res
-}
-
-async fn css() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
-        ],
-        include_str!("../../assets/ui/console.css"),
-    )
 }
 
 async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
