@@ -1142,15 +1142,17 @@ pub fn chart(series: &[(NaiveDate, u64, u64)]) -> Markup {
     }
 }
 
+/// The top of the axis: four gridline steps of 1, 2, 2.5 or 5 times a power of ten.
 fn nice_max(v: u64) -> u64 {
-    let mut step = 1;
+    let mut base = 1u64;
     loop {
-        for m in [1, 2, 5] {
-            if v <= 4 * step * m {
-                return 4 * step * m;
+        for m in [10, 20, 25, 50] {
+            let top = (base.saturating_mul(m) / 10).max(1).saturating_mul(4);
+            if v <= top {
+                return top;
             }
         }
-        step *= 10;
+        base = base.saturating_mul(10);
     }
 }
 
@@ -1168,7 +1170,7 @@ mod tests {
         assert!(svg.contains("<title id=\"chart-title\">Requests and errors per day</title>"));
         assert!(svg.contains("30 requests and 3 errors from 2026-11-01 to 2026-11-03"));
         assert_eq!(svg.matches("<rect").count(), 6);
-        assert!(svg.contains("Nov 01"));
+        assert!(svg.contains("Nov 03"), "the newest day is labelled");
     }
 
     #[test]
@@ -1177,6 +1179,7 @@ mod tests {
         assert_eq!(nice_max(7), 8);
         assert_eq!(nice_max(33), 40);
         assert_eq!(nice_max(950), 1000);
+        assert_eq!(nice_max(u64::MAX), u64::MAX);
     }
 
     #[test]

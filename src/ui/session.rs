@@ -195,11 +195,21 @@ pub fn client_ip(parts: &Parts) -> Option<IpAddr> {
 }
 
 /// The signed-in console user: a session cookie, never an API key.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConsoleUser {
     pub caller: Caller,
     pub csrf: String,
     pub token: String,
+}
+
+/// The session token and the CSRF token are secrets: `Debug` shows the user only.
+impl std::fmt::Debug for ConsoleUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleUser")
+            .field("user_id", &self.caller.user_id)
+            .field("role", &self.caller.role)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConsoleUser {
@@ -425,6 +435,24 @@ mod tests {
             ]))
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_console_user_prints_no_token() {
+        let u = ConsoleUser {
+            caller: Caller {
+                user_id: "usr_1".into(),
+                username: "alice".into(),
+                role: Role::User,
+                key_id: String::new(),
+                request_id: None,
+            },
+            csrf: "c".repeat(64),
+            token: "t".repeat(64),
+        };
+        let s = format!("{u:?}");
+        assert!(s.contains("usr_1"), "{s}");
+        assert!(!s.contains("cccc") && !s.contains("tttt"), "{s}");
     }
 
     #[test]

@@ -1301,3 +1301,68 @@ async fn admins_manage_providers_users_logs_and_the_audit_from_the_console() {
     assert!(p.body.contains("Chain broken"), "{}", p.body);
     assert!(p.body.contains("The first bad event is seq 3"));
 }
+
+#[tokio::test]
+async fn edit_changes_name_expiry_and_limit_and_refuses_what_cannot_change() {
+    let c = Console::start().await;
+    let (id, _) = c.gw.key(KeySpec::on(&c.provider)).await;
+    let mut b = signed_in_admin(&c).await;
+    let day = (chrono::Utc::now() + chrono::Duration::days(10))
+        .format("%Y-%m-%d")
+        .to_string();
+    let p = b
+        .post(
+            &format!("/ui/keys/{id}/edit"),
+            &[
+                ("name", "renamed"),
+                ("expires_on", &day),
+                ("rate_limit", "120"),
+                ("return_to", "/ui/admin/keys"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(location(&p), "/ui/admin/keys?notice=updated");
+    let k = c.state().0.live.read().keys.get(&id).cloned().unwrap();
+    assert_eq!(k.name, "renamed");
+    assert_eq!(k.expires_at.format("%Y-%m-%d").to_string(), day);
+    assert_eq!(k.rate_limit.unwrap().requests_per_minute, 120);
+    let evs = crate::proxy::stored(c.state(), "key.updated").await;
+    assert_eq!(evs.len(), 1, "one event for the three changes");
+
+    let p = b
+        .post(
+            &format!("/ui/keys/{id}/edit"),
+            &[("expires_on", "31/12/2026")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(p.body.contains("a date such as 2026-12-31"));
+    let p = b
+        .post(&format!("/ui/keys/{id}/edit"), &[("name", "renamed")])
+        .await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(p.body.contains("the request changes nothing"));
+    let p = b
+        .post(&format!("/ui/keys/{id}/edit"), &[("rate_limit", "lots")])
+        .await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(p.body.contains("a whole number of requests per minute"));
+
+    let p = b.post(&format!("/ui/keys/{id}/delete"), &[]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let p = b
+        .post(&format!("/ui/keys/{id}/edit"), &[("name", "again")])
+        .await;
+    assert_eq!(p.status, StatusCode::CONFLICT);
+    assert!(p.body.contains("is deleted and can no longer be changed"));
+    let p = b.post(&format!("/ui/keys/{id}/expire"), &[]).await;
+    assert_eq!(p.status, StatusCode::CONFLICT);
+    let p = b
+        .post(
+            "/ui/keys/key_01J00000000000000000000000/edit",
+            &[("name", "x")],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+}
