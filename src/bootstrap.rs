@@ -34,19 +34,34 @@ pub enum BootstrapError {
 /// Creates the admin user `username` if missing, and a new `full` admin key for them,
 /// in one atomic unit.
 pub async fn bootstrap(cmds: &Commands, username: &str) -> Result<Bootstrapped, BootstrapError> {
+    bootstrap_with_password(cmds, username, None).await
+}
+
+/// As [`bootstrap`], and sets the admin's console password (an argon2id PHC string) in the
+/// same unit: on the new user's `user.created`, or a `user.updated` of an existing admin.
+pub async fn bootstrap_with_password(
+    cmds: &Commands,
+    username: &str,
+    password_hash: Option<String>,
+) -> Result<Bootstrapped, BootstrapError> {
     let actor = Actor::system();
     let existing = cmds
         .live
         .read()
         .users
         .by_username(username)
-        .map(|u| (u.user_id.clone(), u.role));
+        .map(|u| (u.user_id.clone(), u.role, u.version));
     let mut unit = Vec::new();
     let user_id = match existing {
-        Some((id, Role::Admin)) => id,
+        Some((id, Role::Admin, version)) => {
+            if let Some(phc) = password_hash {
+                unit.push(cmds.password_set(&actor, &id, version, phc));
+            }
+            id
+        }
         Some(_) => return Err(BootstrapError::NotAdmin(username.to_owned())),
         None => {
-            let (ev, id) = cmds.user_created(&actor, username, Role::Admin, None);
+            let (ev, id) = cmds.user_created(&actor, username, Role::Admin, password_hash);
             unit.push(ev);
             id
         }

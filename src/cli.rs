@@ -39,6 +39,10 @@ pub enum Command {
     Bootstrap {
         #[arg(long, default_value = "admin")]
         username: String,
+        /// Also set the admin's web console password, read as one line from stdin
+        /// (12 to 1024 characters).
+        #[arg(long)]
+        password_stdin: bool,
     },
     /// Apply the database migrations and exit.
     Migrate,
@@ -118,6 +122,21 @@ pub enum Format {
 }
 
 /// Runs a parsed command line. Returns the process exit code.
+/// One line from stdin, checked and hashed with argon2id; the plaintext is zeroed.
+fn read_password_stdin() -> anyhow::Result<String> {
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| anyhow::anyhow!("--password-stdin: cannot read stdin: {e}"))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    let n = password.chars().count();
+    if !(12..=1024).contains(&n) {
+        anyhow::bail!("--password-stdin: the password must be 12 to 1024 characters, not {n}");
+    }
+    crate::crypto::hash_password(password)
+        .map_err(|e| anyhow::anyhow!("--password-stdin: cannot hash the password: {e}"))
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve(s) => {
@@ -125,10 +144,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::server::serve(config).await?;
             Ok(0)
         }
-        Command::Bootstrap { username } => {
+        Command::Bootstrap {
+            username,
+            password_stdin,
+        } => {
+            let password_hash = if password_stdin {
+                Some(read_password_stdin()?)
+            } else {
+                None
+            };
             let config = Config::resolve(&cli.global, &ServeArgs::default())?;
             let running = crate::server::start(config).await?;
-            let b = crate::bootstrap::bootstrap(&running.state.0.commands, &username).await;
+            let b = crate::bootstrap::bootstrap_with_password(
+                &running.state.0.commands,
+                &username,
+                password_hash,
+            )
+            .await;
             running.shutdown().await;
             let b = b?;
             println!("{}", b.secret.expose());

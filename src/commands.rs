@@ -158,6 +158,23 @@ impl Commands {
         (self.event(actor, &ev, ExpectedVersion::NoStream), user_id)
     }
 
+    /// The `user.updated` that sets a user's password hash, not yet appended.
+    pub fn password_set(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        version: u64,
+        password_hash: String,
+    ) -> NewEvent {
+        let ev = Event::UserUpdated(UserUpdated {
+            user_id: user_id.to_owned(),
+            username: None,
+            role: None,
+            password_hash: Some(password_hash),
+        });
+        self.event(actor, &ev, ExpectedVersion::Exact(version))
+    }
+
     pub async fn submit(&self, unit: Vec<NewEvent>) -> Result<Vec<Envelope>, CommandError> {
         Ok(self.appender.submit(unit).await?)
     }

@@ -80,6 +80,13 @@ pub struct ServeArgs {
     /// The window in which a key's refusals for one reason make a single `key.denied`.
     #[arg(long, env = "KEYWARD_DENIED_EVENT_WINDOW")]
     pub denied_event_window: Option<String>,
+    /// How long a web console session lasts after sign-in, e.g. `8h`.
+    #[arg(long, env = "KEYWARD_SESSION_TTL")]
+    pub session_ttl: Option<String>,
+    /// Trust `X-Forwarded-Proto: https` from the peer (a TLS-terminating proxy in front of
+    /// Keyward) to mark console cookies `Secure`. Off: only the listener's own scheme counts.
+    #[arg(long, env = "KEYWARD_TRUST_FORWARDED_PROTO")]
+    pub trust_forwarded_proto: Option<String>,
     /// `none` (default) or `key_id`: whether proxy metrics carry a per-key label.
     #[arg(long, env = "KEYWARD_METRICS_KEY_LABELS")]
     pub metrics_key_labels: Option<String>,
@@ -125,6 +132,8 @@ struct FileConfig {
     upstream_max_duration: Option<String>,
     auth_failures_per_second: Option<u32>,
     denied_event_window: Option<String>,
+    session_ttl: Option<String>,
+    trust_forwarded_proto: Option<bool>,
     metrics_key_labels: Option<String>,
     notify_webhook_url: Option<String>,
     notify_webhook_secret: Option<String>,
@@ -159,6 +168,10 @@ pub struct Config {
     pub upstream_max_duration: std::time::Duration,
     pub auth_failures_per_second: u32,
     pub denied_event_window: std::time::Duration,
+    /// How long a console session lasts after sign-in.
+    pub session_ttl: std::time::Duration,
+    /// Whether `X-Forwarded-Proto: https` marks console cookies `Secure`.
+    pub trust_forwarded_proto: bool,
     pub metrics_key_labels: KeyLabels,
     /// The expiry notice webhook, when one is configured.
     pub notify: Option<NoticeWebhook>,
@@ -228,6 +241,8 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "upstream-max-duration" => "KEYWARD_UPSTREAM_MAX_DURATION",
         "auth-failures-per-second" => "KEYWARD_AUTH_FAILURES_PER_SECOND",
         "denied-event-window" => "KEYWARD_DENIED_EVENT_WINDOW",
+        "session-ttl" => "KEYWARD_SESSION_TTL",
+        "trust-forwarded-proto" => "KEYWARD_TRUST_FORWARDED_PROTO",
         "metrics-key-labels" => "KEYWARD_METRICS_KEY_LABELS",
         "notify-webhook-url" => "KEYWARD_NOTIFY_WEBHOOK_URL",
         "notify-webhook-secret" => "KEYWARD_NOTIFY_WEBHOOK_SECRET",
@@ -253,6 +268,8 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "upstream-max-duration" => "upstream_max_duration",
         "auth-failures-per-second" => "auth_failures_per_second",
         "denied-event-window" => "denied_event_window",
+        "session-ttl" => "session_ttl",
+        "trust-forwarded-proto" => "trust_forwarded_proto",
         "metrics-key-labels" => "metrics_key_labels",
         "notify-webhook-url" => "notify_webhook_url",
         "notify-webhook-secret" => "notify_webhook_secret",
@@ -415,6 +432,31 @@ impl Config {
             "60s",
             "denied-event-window",
         )?;
+        let session_ttl = std_duration(
+            s.session_ttl.as_deref(),
+            file.session_ttl,
+            "8h",
+            "session-ttl",
+        )?;
+        if session_ttl < std::time::Duration::from_secs(60)
+            || session_ttl > std::time::Duration::from_secs(7 * 86_400)
+        {
+            return Err(bad(
+                "session-ttl",
+                format!("{session_ttl:?} is outside 1m to 7d"),
+            ));
+        }
+        let trust_forwarded_proto = match s.trust_forwarded_proto.as_deref() {
+            None => file.trust_forwarded_proto.unwrap_or(false),
+            Some("true" | "1" | "yes") => true,
+            Some("false" | "0" | "no") => false,
+            Some(other) => {
+                return Err(bad(
+                    "trust-forwarded-proto",
+                    format!("{other:?} is not true or false"),
+                ));
+            }
+        };
         let metrics_key_labels = match s
             .metrics_key_labels
             .clone()
@@ -509,6 +551,8 @@ impl Config {
             upstream_max_duration,
             auth_failures_per_second,
             denied_event_window,
+            session_ttl,
+            trust_forwarded_proto,
             metrics_key_labels,
             notify,
             upstream_allow,
@@ -623,6 +667,50 @@ mod tests {
         assert_eq!(c.upstream_max_duration, std::time::Duration::from_secs(600));
         assert_eq!(c.auth_failures_per_second, 10);
         assert_eq!(c.denied_event_window, std::time::Duration::from_secs(60));
+        assert_eq!(c.session_ttl, std::time::Duration::from_secs(8 * 3600));
+        assert!(!c.trust_forwarded_proto);
+    }
+
+    #[test]
+    fn console_session_settings_are_read_and_checked() {
+        let s = ServeArgs {
+            session_ttl: Some("30m".into()),
+            trust_forwarded_proto: Some("true".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&GlobalArgs::default(), &s).unwrap();
+        assert_eq!(c.session_ttl, std::time::Duration::from_secs(1800));
+        assert!(c.trust_forwarded_proto);
+        for (ttl, needle) in [
+            ("10s", "outside 1m to 7d"),
+            ("8d", "outside 1m to 7d"),
+            ("soon", ""),
+        ] {
+            let e = Config::resolve(
+                &GlobalArgs::default(),
+                &ServeArgs {
+                    session_ttl: Some(ttl.into()),
+                    ..ServeArgs::default()
+                },
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("--session-ttl") && e.contains("KEYWARD_SESSION_TTL"),
+                "{e}"
+            );
+            assert!(e.contains(needle), "{e}");
+        }
+        let e = Config::resolve(
+            &GlobalArgs::default(),
+            &ServeArgs {
+                trust_forwarded_proto: Some("maybe".into()),
+                ..ServeArgs::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--trust-forwarded-proto"), "{e}");
     }
 
     #[test]

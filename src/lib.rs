@@ -21,6 +21,7 @@ pub mod server;
 pub mod store;
 pub mod sweeper;
 pub mod tail;
+pub mod ui;
 
 pub mod time {
     pub use keyward_events::time::*;
@@ -49,6 +50,8 @@ pub struct App {
     pub commands: Commands,
     pub keyring: Keyring,
     pub proxy: Proxy,
+    /// The web console's sessions and sign-in throttles.
+    pub console: ui::Console,
     ready: AtomicBool,
 }
 
@@ -62,6 +65,7 @@ impl App {
         proxy: Proxy,
     ) -> App {
         App {
+            console: ui::Console::new(&config),
             config,
             store,
             live,
@@ -87,7 +91,8 @@ pub fn app(state: AppState) -> Router {
         Router::new()
             .merge(http::ops::router())
             .merge(http::api::router())
-            .merge(http::proxy::router()),
+            .merge(http::proxy::router())
+            .nest("/ui", ui::router()),
     )
     .with_state(state)
 }

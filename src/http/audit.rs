@@ -176,7 +176,7 @@ pub struct AuditQuery {
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn audit_events(
+pub(crate) async fn audit_events(
     State(app): State<AppState>,
     caller: Caller,
     uri: Uri,
@@ -265,7 +265,7 @@ fn ndjson(page: &[Envelope]) -> Bytes {
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn audit_export(
+pub(crate) async fn audit_export(
     State(app): State<AppState>,
     caller: Caller,
     uri: Uri,
@@ -340,7 +340,7 @@ pub struct ChainVerification {
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn audit_verify(
+pub(crate) async fn audit_verify(
     State(app): State<AppState>,
     Admin(_caller): Admin,
 ) -> Result<Json<ChainVerification>, ApiError> {
@@ -375,7 +375,7 @@ pub struct Checkpoint {
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn audit_checkpoint(
+pub(crate) async fn audit_checkpoint(
     State(app): State<AppState>,
     Admin(_caller): Admin,
 ) -> Result<Json<Checkpoint>, ApiError> {

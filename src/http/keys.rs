@@ -423,7 +423,7 @@ pub struct CreatedKey {
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn create_key(
+pub(crate) async fn create_key(
     State(app): State<AppState>,
     caller: Caller,
     Json(req): Json<CreateKey>,
@@ -525,7 +525,7 @@ pub struct KeyList {
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn list_keys(
+pub(crate) async fn list_keys(
     State(app): State<AppState>,
     caller: Caller,
     Query(q): Query<ListKeys>,
@@ -629,7 +629,7 @@ fn find(app: &AppState, caller: &Caller, id: &str) -> Result<Arc<KeyRecord>, Api
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn get_key(
+pub(crate) async fn get_key(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -675,7 +675,7 @@ pub struct UpdateKey {
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn update_key(
+pub(crate) async fn update_key(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -735,7 +735,7 @@ async fn update_key(
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn expire_key(
+pub(crate) async fn expire_key(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -759,7 +759,7 @@ async fn expire_key(
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn delete_key(
+pub(crate) async fn delete_key(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -810,7 +810,7 @@ pub struct RotatedKey {
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn rotate_key(
+pub(crate) async fn rotate_key(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -900,7 +900,7 @@ pub struct EventPage {
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn key_events(
+pub(crate) async fn key_events(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -1002,7 +1002,7 @@ const MAX_METRIC_EVENTS: usize = 1_000_000;
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn key_metrics(
+pub(crate) async fn key_metrics(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -216,7 +216,7 @@ fn row(env: &Envelope, event: Event, state: &Projections) -> Option<LogRow> {
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn list_logs(
+pub(crate) async fn list_logs(
     State(app): State<AppState>,
     caller: Caller,
     Query(q): Query<LogsQuery>,

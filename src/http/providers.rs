@@ -359,7 +359,7 @@ fn check_config(kind: ProviderKind, config: Option<Value>) -> Result<Map<String,
 }
 
 /// Runs the live check; a provider that cannot be reached is 502, and nothing is stored.
-async fn live_check(
+pub(crate) async fn live_check(
     app: &AppState,
     kind: ProviderKind,
     base_url: &str,
@@ -460,7 +460,7 @@ pub struct CreateProvider {
         (status = 502, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn create_provider(
+pub(crate) async fn create_provider(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Json(req): Json<CreateProvider>,
@@ -526,7 +526,7 @@ pub struct ProviderList {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn list_providers(
+pub(crate) async fn list_providers(
     State(app): State<AppState>,
     Admin(_caller): Admin,
     Query(q): Query<ListProviders>,
@@ -563,7 +563,7 @@ async fn list_providers(
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn get_provider(
+pub(crate) async fn get_provider(
     State(app): State<AppState>,
     Admin(_caller): Admin,
     Path(id): Path<String>,
@@ -600,7 +600,7 @@ pub struct UpdateProvider {
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn update_provider(
+pub(crate) async fn update_provider(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<String>,
@@ -667,7 +667,7 @@ pub struct ReplaceCredential {
         (status = 502, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn replace_credential(
+pub(crate) async fn replace_credential(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<String>,
@@ -716,7 +716,7 @@ async fn replace_credential(
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn verify_provider(
+pub(crate) async fn verify_provider(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<String>,
@@ -802,7 +802,7 @@ pub struct DeleteProvider {
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn delete_provider(
+pub(crate) async fn delete_provider(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<String>,

@@ -126,7 +126,7 @@ fn check_username(s: &str) -> Result<String, ApiError> {
 }
 
 /// Checks the length and hashes with argon2id off the async runtime.
-async fn hash_password(p: Password) -> Result<String, ApiError> {
+pub(crate) async fn hash_password(p: Password) -> Result<String, ApiError> {
     let n = p.0.chars().count();
     if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
         return Err(ApiError::invalid(
@@ -167,7 +167,7 @@ pub struct CreateUser {
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn create_user(
+pub(crate) async fn create_user(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Json(req): Json<CreateUser>,
@@ -212,7 +212,7 @@ pub struct UserList {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn list_users(
+pub(crate) async fn list_users(
     State(app): State<AppState>,
     Admin(_caller): Admin,
     Query(q): Query<ListUsers>,
@@ -259,7 +259,7 @@ async fn list_users(
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn get_user(
+pub(crate) async fn get_user(
     State(app): State<AppState>,
     Admin(_caller): Admin,
     Path(id): Path<String>,
@@ -297,7 +297,7 @@ pub struct UpdateUser {
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-async fn update_user(
+pub(crate) async fn update_user(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<String>,

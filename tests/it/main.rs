@@ -21,4 +21,5 @@ mod proxy;
 mod sdk;
 mod security;
 mod store;
+mod ui;
 mod users;

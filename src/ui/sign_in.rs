@@ -1,0 +1,334 @@
+//! Sign-in, sign-out, and the one-time set-up of the initial admin's password.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use keyward_events::{Role, Scope};
+use keyward_projections::UserRecord;
+use maud::{Markup, html};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::pages::{bare, notice, render};
+use super::session::{
+    self, CSRF_FIELD, PRE_COOKIE, Posted, PrePosted, SESSION_COOKIE, clear_cookie, cookie,
+};
+use crate::AppState;
+use crate::auth;
+use crate::commands::{Actor, UserPatch};
+
+const SIGN_IN_FAILED: &str = "The username or password is not correct.";
+const MIN_PASSWORD: usize = 12;
+const MAX_PASSWORD: usize = 1024;
+
+/// A fresh double-submit token for a form shown before any session exists.
+fn with_pre_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    body: impl FnOnce(&str) -> Markup,
+) -> Response {
+    let token = session::random_token();
+    let mut res = render(status, body(&token));
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        cookie(
+            PRE_COOKIE,
+            &token,
+            Some(3600),
+            session::is_secure(state, headers),
+        ),
+    );
+    res
+}
+
+fn login_form(token: &str, username: &str, error: Option<&str>) -> Markup {
+    bare(
+        "Sign in",
+        html! {
+            @if let Some(e) = error { (notice("error", e)) }
+            form.stack method="post" action="/ui/login" {
+                input type="hidden" name=(CSRF_FIELD) value=(token);
+                label for="username" { "Username" }
+                input #username name="username" type="text" required autocomplete="username" value=(username) autofocus;
+                label for="password" { "Password" }
+                input #password name="password" type="password" required autocomplete="current-password";
+                button.primary.wide type="submit" { "Sign in" }
+            }
+            p.hint { "First time? The initial admin sets a password on the " a href="/ui/setup" { "set-up page" } " with the initial admin key." }
+        },
+    )
+}
+
+pub async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if signed_in(&state, &headers) {
+        return Redirect::to("/ui/keys").into_response();
+    }
+    with_pre_token(&state, &headers, StatusCode::OK, |t| {
+        login_form(t, "", None)
+    })
+}
+
+fn signed_in(state: &AppState, headers: &HeaderMap) -> bool {
+    let mut req = axum::http::Request::new(());
+    *req.headers_mut() = headers.clone();
+    let (parts, ()) = req.into_parts();
+    session::session_user(state, &parts).is_some()
+}
+
+/// A password or key from a form: zeroed on drop; prints nothing.
+#[derive(Default)]
+pub struct Secret(pub Zeroizing<String>);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| Secret(Zeroizing::new(s)))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    password: Secret,
+}
+
+/// A hash to verify against when the user does not exist or has no password, so that a
+/// failure takes as long whichever the reason.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| crate::crypto::hash_password(&session::random_token()).unwrap_or_default())
+}
+
+fn find_user(state: &AppState, username: &str) -> Option<Arc<UserRecord>> {
+    let live = state.0.live.read();
+    live.users
+        .by_username(username)
+        .or_else(|| {
+            live.users
+                .iter()
+                .find(|u| u.username.eq_ignore_ascii_case(username))
+        })
+        .cloned()
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    p: PrePosted<LoginForm>,
+) -> Response {
+    let username = p.form.username.trim().to_owned();
+    if !state.0.console.admit_sign_in(&username, p.ip) {
+        tracing::warn!(%username, "console sign-in throttled");
+        return with_pre_token(&state, &headers, StatusCode::TOO_MANY_REQUESTS, |t| {
+            login_form(
+                t,
+                &username,
+                Some("Too many sign-in attempts. Wait a minute and try again."),
+            )
+        });
+    }
+    let user = find_user(&state, &username);
+    let phc = user
+        .as_ref()
+        .and_then(|u| u.password_hash.clone())
+        .unwrap_or_else(|| decoy_hash().to_owned());
+    let password = p.form.password;
+    let matches =
+        tokio::task::spawn_blocking(move || crate::crypto::verify_password(&password.0, &phc))
+            .await
+            .unwrap_or(false);
+    let user = user.filter(|u| matches && !u.disabled && u.password_hash.is_some());
+    let Some(user) = user else {
+        tracing::info!(%username, "console sign-in failed");
+        return with_pre_token(&state, &headers, StatusCode::UNAUTHORIZED, |t| {
+            login_form(t, &username, Some(SIGN_IN_FAILED))
+        });
+    };
+    let token = state
+        .0
+        .console
+        .create(&user.user_id, user.password_hash.as_deref());
+    tracing::info!(user_id = %user.user_id, "console sign-in");
+    let ttl = state.0.console.ttl().as_secs();
+    let target = if user.role == Role::Admin {
+        "/ui/admin/keys"
+    } else {
+        "/ui/keys"
+    };
+    let mut res = Redirect::to(target).into_response();
+    let h = res.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        cookie(SESSION_COOKIE, &token, Some(ttl), p.secure),
+    );
+    h.append(header::SET_COOKIE, clear_cookie(PRE_COOKIE, p.secure));
+    res
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Empty {}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    p: Posted<Empty>,
+) -> Response {
+    state.0.console.destroy(&p.user.token);
+    let mut res = Redirect::to("/ui/login").into_response();
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        clear_cookie(SESSION_COOKIE, session::is_secure(&state, &headers)),
+    );
+    res
+}
+
+// ---------- set-up ----------
+
+fn setup_form(token: &str, error: Option<(&str, &str)>) -> Markup {
+    let err = |f: &str| match error {
+        Some((field, d)) if field == f => html! { p.field-error id={"err-" (f)} { (d) } },
+        _ => html! {},
+    };
+    bare(
+        "Set the admin password",
+        html! {
+            p { "While the initial admin has no password, whoever holds the initial admin key (" code { "keyward-data/initial-admin-key" } ") sets it here, once. Afterwards this page is closed; " code { "keyward bootstrap --password-stdin" } " does the same from the command line." }
+            @if let Some(("", d)) = error { (notice("error", d)) }
+            form.stack method="post" action="/ui/setup" {
+                input type="hidden" name=(CSRF_FIELD) value=(token);
+                label for="admin_key" { "Initial admin key" }
+                input #admin_key name="admin_key" type="password" required autocomplete="off" placeholder="kw_…";
+                (err("admin_key"))
+                label for="new_password" { "New password" }
+                input #new_password name="password" type="password" required minlength="12" autocomplete="new-password" aria-describedby="pw-hint";
+                p.hint #pw-hint { "At least 12 characters." }
+                (err("password"))
+                label for="confirm" { "Repeat the password" }
+                input #confirm name="confirm" type="password" required autocomplete="new-password";
+                (err("confirm"))
+                button.primary.wide type="submit" { "Set password" }
+            }
+            p.hint { a href="/ui/login" { "Back to sign in" } }
+        },
+    )
+}
+
+pub async fn setup_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    with_pre_token(&state, &headers, StatusCode::OK, |t| setup_form(t, None))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SetupForm {
+    admin_key: Secret,
+    password: Secret,
+    confirm: Secret,
+}
+
+pub async fn setup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    p: PrePosted<SetupForm>,
+) -> Response {
+    let fail = |status: StatusCode, field: &'static str, detail: &'static str| {
+        with_pre_token(&state, &headers, status, |t| {
+            setup_form(t, Some((field, detail)))
+        })
+    };
+    if !state.0.console.admit_sign_in("initial-admin-setup", p.ip) {
+        return fail(
+            StatusCode::TOO_MANY_REQUESTS,
+            "",
+            "Too many attempts. Wait a minute and try again.",
+        );
+    }
+    let authed = {
+        let live = state.0.live.read();
+        auth::authenticate(&live, p.form.admin_key.0.trim(), chrono::Utc::now())
+    };
+    let owner = match authed {
+        Ok(a) if a.owner.role == Role::Admin && auth::scope_allows(&a.key.scopes, Scope::Full) => {
+            a.owner
+        }
+        _ => {
+            return fail(
+                StatusCode::UNAUTHORIZED,
+                "admin_key",
+                "This is not a working admin key with scope full.",
+            );
+        }
+    };
+    if owner.password_hash.is_some() {
+        return fail(
+            StatusCode::CONFLICT,
+            "",
+            "This admin already has a password: sign in with it, or ask another admin to change it.",
+        );
+    }
+    let n = p.form.password.0.chars().count();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
+        return fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "password",
+            "The password must be 12 to 1024 characters.",
+        );
+    }
+    if *p.form.password.0 != *p.form.confirm.0 {
+        return fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "confirm",
+            "The two passwords differ.",
+        );
+    }
+    let password = p.form.password;
+    let hashed =
+        tokio::task::spawn_blocking(move || crate::crypto::hash_password(&password.0)).await;
+    let Ok(Ok(phc)) = hashed else {
+        tracing::error!("password hashing failed during set-up");
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "",
+            "Something went wrong; the server log has the details.",
+        );
+    };
+    let actor = Actor {
+        id: owner.user_id.clone(),
+        request_id: None,
+    };
+    let patch = UserPatch {
+        password_hash: Some(phc),
+        ..UserPatch::default()
+    };
+    if let Err(e) = state
+        .0
+        .commands
+        .update_user(&actor, &owner.user_id, patch)
+        .await
+    {
+        tracing::error!(error = %e, "set-up could not record the password");
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "The password could not be saved; nothing was changed. Try again.",
+        );
+    }
+    tracing::info!(user_id = %owner.user_id, "initial admin password set in the console");
+    render(
+        StatusCode::OK,
+        bare(
+            "Password set",
+            html! {
+                (notice("ok", "The admin password is set. Sign in with it now."))
+                p { a.button.primary href="/ui/login" { "Sign in" } }
+            },
+        ),
+    )
+}
