@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// How often the notifier looks for due notices, e.g. `60s`.
     #[arg(long, env = "KEYWARD_NOTIFY_INTERVAL")]
     pub notify_interval: Option<String>,
+    /// Write a projection snapshot to the data dir after this many new events (and at
+    /// shutdown), and start from it; `0` turns snapshots off.
+    #[arg(long, env = "KEYWARD_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<String>,
     /// Start even though the audit chain does not verify. Loudly.
     #[arg(long)]
     pub allow_broken_chain: bool,
@@ -122,6 +126,7 @@ struct FileConfig {
     notify_webhook_secret: Option<String>,
     notify_within: Option<String>,
     notify_interval: Option<String>,
+    snapshot_every: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +156,8 @@ pub struct Config {
     pub metrics_key_labels: KeyLabels,
     /// The expiry notice webhook, when one is configured.
     pub notify: Option<NoticeWebhook>,
+    /// New events between two projection snapshots; 0 when snapshots are off.
+    pub snapshot_every: usize,
     pub allow_broken_chain: bool,
 }
 
@@ -219,6 +226,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "notify-webhook-secret" => "KEYWARD_NOTIFY_WEBHOOK_SECRET",
         "notify-within" => "KEYWARD_NOTIFY_WITHIN",
         "notify-interval" => "KEYWARD_NOTIFY_INTERVAL",
+        "snapshot-every" => "KEYWARD_SNAPSHOT_EVERY",
         "config" => "KEYWARD_CONFIG",
         _ => "",
     };
@@ -242,6 +250,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "notify-webhook-secret" => "notify_webhook_secret",
         "notify-within" => "notify_within",
         "notify-interval" => "notify_interval",
+        "snapshot-every" => "snapshot_every",
         other => other,
     };
     ConfigError {
@@ -345,6 +354,14 @@ impl Config {
             "append-batch-max",
             1,
             65_536,
+        )?;
+        let snapshot_every = number(
+            s.snapshot_every.as_deref(),
+            file.snapshot_every,
+            1_000_000,
+            "snapshot-every",
+            0,
+            usize::MAX,
         )?;
         let body_limit_bytes = number(
             s.body_limit_bytes.as_deref(),
@@ -480,6 +497,7 @@ impl Config {
             denied_event_window,
             metrics_key_labels,
             notify,
+            snapshot_every,
             allow_broken_chain: s.allow_broken_chain,
         })
     }

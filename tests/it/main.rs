@@ -17,5 +17,6 @@ mod pg;
 mod providers;
 mod proxy;
 mod sdk;
+mod snapshot;
 mod store;
 mod users;
