@@ -97,7 +97,7 @@ async fn build(dir: &Path, events: u64, keys: usize) -> anyhow::Result<()> {
         for r in store.append(vec![unit]).await? {
             r?;
         }
-        if (head / BATCH as u64) % 50 == 0 {
+        if (head / BATCH as u64).is_multiple_of(50) {
             eprintln!(
                 "  {head} events written, {:.0} events/s",
                 head as f64 / started.elapsed().as_secs_f64()

@@ -650,6 +650,26 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_every_defaults_to_a_million_and_zero_turns_snapshots_off() {
+        let resolve = |v: Option<&str>| {
+            Config::resolve(
+                &GlobalArgs::default(),
+                &ServeArgs {
+                    snapshot_every: v.map(str::to_owned),
+                    ..ServeArgs::default()
+                },
+            )
+        };
+        assert_eq!(resolve(None).unwrap().snapshot_every, 1_000_000);
+        assert_eq!(resolve(Some("0")).unwrap().snapshot_every, 0);
+        let e = resolve(Some("often")).unwrap_err().to_string();
+        assert!(
+            e.contains("KEYWARD_SNAPSHOT_EVERY") && e.contains("--snapshot-every"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_notice_webhook_needs_a_url_and_a_secret() {
         let resolve = |s: ServeArgs| Config::resolve(&GlobalArgs::default(), &s);
         assert!(resolve(ServeArgs::default()).unwrap().notify.is_none());
