@@ -127,23 +127,29 @@ declare -A URL=(
 )
 KW_ANSWERED=0
 
-# oha TARGET NAME ARGS...: one run; prints "rps p50_ms p99_ms answered" and keeps the JSON.
+# oha TARGET NAME ARGS...: one run; writes "rps p50_ms p99_ms answered" to $WORK/result
+# and keeps the JSON. Fails when oha fails, or when any answer is not a 200: a benchmark
+# with errors in it measures nothing.
 run() {
     local target=$1 name=$2; shift 2
     local auth=()
     [[ $target == keyward ]] && auth=(-H "Authorization: Bearer $SECRET")
-    oha --no-tui --output-format json --wait-ongoing-requests-after-deadline \
+    if ! oha --no-tui --output-format json --wait-ongoing-requests-after-deadline \
         -z "${DUR:-${SECONDS_PER}s}" -m POST -T application/json -d "$BODY" "${auth[@]}" "$@" \
-        "${URL[$target]}" >"$WORK/$target-$name.json"
-    python3 - "$WORK/$target-$name.json" <<'PY'
+        "${URL[$target]}" >"$WORK/$target-$name.json"; then
+        echo "oha failed against $target ($name)" >&2
+        return 1
+    fi
+    python3 - "$WORK/$target-$name.json" >"$WORK/result" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 s = r["summary"]; p = r["latencyPercentiles"]
 codes = r.get("statusCodeDistribution", {})
 ok = codes.get("200", 0)
 answered = sum(codes.values())
-if ok != answered or s.get("successRate", 1) < 1:
+if ok != answered or s.get("successRate", 1) < 1 or answered == 0:
     print(f"non-200 answers or errors: {codes} {r.get('errorDistribution')}", file=sys.stderr)
+    sys.exit(1)
 print(f'{s["requestsPerSec"]:.0f} {p["p50"]*1000:.3f} {p["p99"]*1000:.3f} {answered}')
 PY
 }
@@ -152,13 +158,17 @@ declare -A RPS P50 P99 P50_1
 printf '\n%-8s %12s %14s %14s %14s\n' target "req/s @${CONNS}c" "p50 @${RATE}/s" "p99 @${RATE}/s" "p50 @1c" 
 for t in direct nginx keyward; do
     # Warm-up: connections, caches, the key's first lookup.
-    read -r _ _ _ n < <(DUR=1s run "$t" warm -c "$CONNS")
+    DUR=1s run "$t" warm -c "$CONNS"
+    read -r _ _ _ n <"$WORK/result"
     [[ $t == keyward ]] && KW_ANSWERED=$((KW_ANSWERED + n))
-    read -r RPS[$t] _ _ n < <(run "$t" sat -c "$CONNS")
+    run "$t" sat -c "$CONNS"
+    read -r RPS[$t] _ _ n <"$WORK/result"
     [[ $t == keyward ]] && KW_ANSWERED=$((KW_ANSWERED + n))
-    read -r _ P50[$t] P99[$t] n < <(run "$t" rate -c "$CONNS" -q "$RATE" --latency-correction)
+    run "$t" rate -c "$CONNS" -q "$RATE" --latency-correction
+    read -r _ P50[$t] P99[$t] n <"$WORK/result"
     [[ $t == keyward ]] && KW_ANSWERED=$((KW_ANSWERED + n))
-    read -r _ P50_1[$t] _ n < <(run "$t" one -c 1)
+    run "$t" one -c 1
+    read -r _ P50_1[$t] _ n <"$WORK/result"
     [[ $t == keyward ]] && KW_ANSWERED=$((KW_ANSWERED + n))
     printf '%-8s %12s %11s ms %11s ms %11s ms\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${P50_1[$t]}"
 done
@@ -178,7 +188,11 @@ PY
 kill -TERM "$KW_PID"
 for _ in $(seq 1 600); do kill -0 "$KW_PID" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$KW_PID" 2>/dev/null; then echo "Keyward did not stop within 60 s" >&2; exit 1; fi
-USED=$("$BIN/keyward" audit export --type key.used 2>/dev/null | wc -l)
+if ! "$BIN/keyward" audit export --type key.used >"$WORK/used.jsonl" 2>"$WORK/export.err"; then
+    echo "keyward audit export failed:" >&2; cat "$WORK/export.err" >&2
+    exit 1
+fi
+USED=$(wc -l <"$WORK/used.jsonl")
 echo "key.used events: $USED; requests Keyward answered: $KW_ANSWERED"
 if [[ $USED -ne $KW_ANSWERED ]]; then
     echo "MISMATCH: key.used events do not match the requests answered" >&2

@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// comma-separated, e.g. `127.0.0.1/32,10.0.0.0/8`. Empty by default.
     #[arg(long, env = "KEYWARD_UPSTREAM_ALLOW")]
     pub upstream_allow: Option<String>,
+    /// Write a projection snapshot to the data dir after this many new events (and at
+    /// shutdown), and start from it; `0` turns snapshots off.
+    #[arg(long, env = "KEYWARD_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<String>,
     /// Start even though the audit chain does not verify. Loudly.
     #[arg(long)]
     pub allow_broken_chain: bool,
@@ -140,6 +144,7 @@ struct FileConfig {
     notify_within: Option<String>,
     notify_interval: Option<String>,
     upstream_allow: Option<String>,
+    snapshot_every: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +182,8 @@ pub struct Config {
     pub notify: Option<NoticeWebhook>,
     /// Loopback and private ranges a provider may be reached at.
     pub upstream_allow: crate::egress::EgressPolicy,
+    /// New events between two projection snapshots; 0 when snapshots are off.
+    pub snapshot_every: usize,
     pub allow_broken_chain: bool,
 }
 
@@ -249,6 +256,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "notify-within" => "KEYWARD_NOTIFY_WITHIN",
         "notify-interval" => "KEYWARD_NOTIFY_INTERVAL",
         "upstream-allow" => "KEYWARD_UPSTREAM_ALLOW",
+        "snapshot-every" => "KEYWARD_SNAPSHOT_EVERY",
         "config" => "KEYWARD_CONFIG",
         _ => "",
     };
@@ -276,6 +284,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "notify-within" => "notify_within",
         "notify-interval" => "notify_interval",
         "upstream-allow" => "upstream_allow",
+        "snapshot-every" => "snapshot_every",
         other => other,
     };
     ConfigError {
@@ -379,6 +388,14 @@ impl Config {
             "append-batch-max",
             1,
             65_536,
+        )?;
+        let snapshot_every = number(
+            s.snapshot_every.as_deref(),
+            file.snapshot_every,
+            1_000_000,
+            "snapshot-every",
+            0,
+            usize::MAX,
         )?;
         let body_limit_bytes = number(
             s.body_limit_bytes.as_deref(),
@@ -556,6 +573,7 @@ impl Config {
             metrics_key_labels,
             notify,
             upstream_allow,
+            snapshot_every,
             allow_broken_chain: s.allow_broken_chain,
         })
     }
@@ -774,6 +792,26 @@ mod tests {
             .to_string();
         assert!(e.contains("KEYWARD_UPSTREAM_ALLOW"), "{e}");
         assert!(e.contains("\"intranet\""), "{e}");
+    }
+
+    #[test]
+    fn snapshot_every_defaults_to_a_million_and_zero_turns_snapshots_off() {
+        let resolve = |v: Option<&str>| {
+            Config::resolve(
+                &GlobalArgs::default(),
+                &ServeArgs {
+                    snapshot_every: v.map(str::to_owned),
+                    ..ServeArgs::default()
+                },
+            )
+        };
+        assert_eq!(resolve(None).unwrap().snapshot_every, 1_000_000);
+        assert_eq!(resolve(Some("0")).unwrap().snapshot_every, 0);
+        let e = resolve(Some("often")).unwrap_err().to_string();
+        assert!(
+            e.contains("KEYWARD_SNAPSHOT_EVERY") && e.contains("--snapshot-every"),
+            "{e}"
+        );
     }
 
     #[test]

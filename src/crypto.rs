@@ -291,6 +291,22 @@ impl Keyring {
         blake3::keyed_hash(&fk, secret.expose().as_bytes()).to_hex()[..32].to_owned()
     }
 
+    /// The keys that MAC projection snapshots, one per master key, the current one first:
+    /// a snapshot written before a key rotation still verifies under the older key.
+    pub fn snapshot_mac_keys(&self) -> SnapshotMacKeys {
+        SnapshotMacKeys(
+            self.keys
+                .iter()
+                .map(|k| {
+                    Zeroizing::new(blake3::derive_key(
+                        "keyward 2026 projection snapshot mac",
+                        k.key.as_ref(),
+                    ))
+                })
+                .collect(),
+        )
+    }
+
     pub fn seal(&self, provider_id: &str, secret: &ProviderSecret) -> Sealed {
         let mk = self.current();
         let mut nonce = [0u8; 12];
@@ -524,5 +540,28 @@ mod tests {
             Keyring::parse(&format!("{},{}", k.as_str(), k.as_str())).unwrap_err(),
             KeyringError::Duplicate(1)
         );
+    }
+}
+
+/// Keys derived from the keyring for MACing projection snapshots. Its `Debug` prints
+/// nothing.
+#[derive(Clone)]
+pub struct SnapshotMacKeys(Vec<Zeroizing<[u8; 32]>>);
+
+impl SnapshotMacKeys {
+    /// The key new snapshots are MACed with.
+    pub fn current(&self) -> Option<&[u8; 32]> {
+        self.0.first().map(|k| &**k)
+    }
+
+    /// Every key a stored snapshot may have been MACed with.
+    pub fn all(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.0.iter().map(|k| &**k)
+    }
+}
+
+impl fmt::Debug for SnapshotMacKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SnapshotMacKeys(..)")
     }
 }

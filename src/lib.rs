@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notify;
 pub mod provider_check;
 pub mod server;
+pub mod snapshot;
 pub mod store;
 pub mod sweeper;
 pub mod tail;

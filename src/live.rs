@@ -28,6 +28,10 @@ pub struct Live {
     apply: tokio::sync::Mutex<()>,
     store: Arc<dyn EventStore>,
     tail: TailStats,
+    /// Whether the chain under the live state has been verified from seq 1: at once after a
+    /// full rebuild, later after a start from a snapshot. Only a verified state is
+    /// snapshotted.
+    verified: AtomicBool,
 }
 
 /// What this node has seen of other writers' events: those it folded from the store
@@ -106,6 +110,9 @@ pub struct RebuildReport {
     pub head: Head,
     /// The first break, when the chain was allowed to be broken.
     pub broken_at: Option<u64>,
+    /// The snapshot the fold started from, when one was used: the events up to it were
+    /// not read, and their chain is still to be verified.
+    pub snapshot: Option<Head>,
     pub elapsed: std::time::Duration,
 }
 
@@ -116,10 +123,37 @@ impl Live {
         store: Arc<dyn EventStore>,
         allow_broken_chain: bool,
     ) -> Result<(Live, RebuildReport), LiveError> {
+        Self::rebuild_from(store, None, allow_broken_chain).await
+    }
+
+    /// [`rebuild`](Self::rebuild), starting from `snapshot` when the log holds its head's
+    /// hash at its seq: only the events after it are read, verified (from the snapshot's
+    /// hash on) and folded. A snapshot the log does not match is ignored with a warning.
+    /// The chain up to the snapshot is not verified here: see [`verify_prefix`].
+    pub async fn rebuild_from(
+        store: Arc<dyn EventStore>,
+        snapshot: Option<State>,
+        allow_broken_chain: bool,
+    ) -> Result<(Live, RebuildReport), LiveError> {
         let started = std::time::Instant::now();
         let mut state = State::default();
         let mut verifier = ChainVerifier::new();
         let mut report = RebuildReport::default();
+        if let Some(snap) = snapshot {
+            let head = snap.head;
+            match log_hash_at(store.as_ref(), head.seq).await? {
+                Some(h) if h == head.hash && head.seq > 0 => {
+                    verifier = ChainVerifier::resume(head);
+                    report.snapshot = Some(head);
+                    state = snap;
+                }
+                found => tracing::warn!(
+                    snapshot_seq = head.seq,
+                    log_has_seq = found.is_some(),
+                    "ignoring the projection snapshot: the log does not hold its hash at its seq; folding the whole log"
+                ),
+            }
+        }
         loop {
             let page = store.read_from(state.head.seq, PAGE).await?;
             if page.is_empty() {
@@ -152,15 +186,37 @@ impl Live {
         }
         report.head = state.head;
         report.elapsed = started.elapsed();
+        let verified = report.snapshot.is_none() && report.broken_at.is_none();
         Ok((
             Live {
                 state: RwLock::new(state),
                 apply: tokio::sync::Mutex::new(()),
                 store,
                 tail: TailStats::default(),
+                verified: AtomicBool::new(verified),
             },
             report,
         ))
+    }
+
+    /// Whether the chain under the live state is verified from seq 1.
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
+    }
+
+    /// Records that [`verify_prefix`] passed for the snapshot this node started from.
+    pub fn mark_verified(&self) {
+        self.verified.store(true, Ordering::Release);
+    }
+
+    /// A copy of the projections to snapshot, when they are verified. The read lock is
+    /// held for the copy only; the records are shared `Arc`s, the usage counters are
+    /// copied.
+    pub fn verified_copy(&self) -> Option<State> {
+        if !self.is_verified() {
+            return None;
+        }
+        Some(self.state.read().clone())
     }
 
     /// A shared view of the projections. Hold it briefly: clone out what you need.
@@ -244,4 +300,55 @@ impl CommitSink for Live {
             tracing::error!(error = %e, "cannot fold committed events into the live projections");
         }
     }
+}
+
+/// The stored hash of the event at `seq`, if the log has it.
+async fn log_hash_at(
+    store: &dyn EventStore,
+    seq: u64,
+) -> Result<Option<keyward_events::Hash32>, StoreError> {
+    if seq == 0 {
+        return Ok(None);
+    }
+    let page = store
+        .read(
+            &crate::store::EventFilter {
+                after_seq: seq - 1,
+                until_seq: Some(seq),
+                ..Default::default()
+            },
+            1,
+        )
+        .await?;
+    Ok(page.first().filter(|e| e.seq == seq).map(|e| e.hash))
+}
+
+/// Verifies the chain from seq 1 up to `head`, the snapshot a start used, and that it
+/// arrives at `head`'s hash. Reads the log a page at a time; meant for a background task.
+pub async fn verify_prefix(
+    store: &dyn EventStore,
+    head: Head,
+) -> Result<u64, keyward_events::ChainBreak> {
+    let mut verifier = ChainVerifier::new();
+    while verifier.head().seq < head.seq {
+        let page = match store.read_from(verifier.head().seq, PAGE).await {
+            Ok(p) => p,
+            Err(e) => {
+                // A store outage is not a broken chain: wait and read the page again.
+                tracing::warn!(error = %e, "cannot read the log to verify the snapshot's prefix; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if page.is_empty() {
+            return Err(keyward_events::ChainBreak::Checkpoint { seq: head.seq });
+        }
+        for env in page.iter().take_while(|e| e.seq <= head.seq) {
+            verifier.push(env)?;
+        }
+    }
+    if verifier.head() != head {
+        return Err(keyward_events::ChainBreak::Checkpoint { seq: head.seq });
+    }
+    Ok(verifier.checked())
 }

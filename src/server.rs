@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::crypto::{Keyring, MasterKey};
 use crate::http::proxy::Proxy;
 use crate::live::{Live, RebuildReport};
+use crate::snapshot::{self, Snapshots};
 use crate::store::appender::{Appender, AppenderConfig, AppenderHandle};
 use crate::store::postgres::PostgresStore;
 use crate::store::{self, EventStore};
@@ -40,6 +41,10 @@ pub struct Running {
     proxy_janitor: tokio::task::JoinHandle<()>,
     /// On PostgreSQL: folds other nodes' events into this node's live projections.
     tail: Option<TailHandle>,
+    /// The projection snapshot writer, unless snapshots are off.
+    snapshots: Option<(Arc<Snapshots>, tokio::task::JoinHandle<()>)>,
+    /// After a start from a snapshot: verifies the chain up to it in the background.
+    prefix_check: Option<tokio::task::JoinHandle<()>>,
     _lock: Option<File>,
 }
 
@@ -60,6 +65,15 @@ impl Running {
         self.appender.shutdown().await;
         if let Some(tail) = self.tail {
             tail.shutdown().await;
+        }
+        if let Some(check) = self.prefix_check {
+            check.abort();
+            let _ = check.await;
+        }
+        if let Some((snapshots, task)) = self.snapshots {
+            let _ = task.await;
+            // Everything is committed and folded: the next start reads nothing it need not.
+            snapshots.write_if_due(&app.live, 1).await;
         }
     }
 }
@@ -102,7 +116,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
     })?;
 
-    let (live, report) = Live::rebuild(store.clone(), config.allow_broken_chain).await?;
+    let snapshot_keys = keyring.snapshot_mac_keys();
+    let snapshot = if config.snapshot_every > 0 {
+        let dir = config.data_dir.clone();
+        let keys = snapshot_keys.clone();
+        match tokio::task::spawn_blocking(move || snapshot::load(&dir, &keys)).await? {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, path = %snapshot::path(&config.data_dir).display(), "ignoring the projection snapshot; folding the whole log");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (live, report) =
+        Live::rebuild_from(store.clone(), snapshot, config.allow_broken_chain).await?;
     if let Some(seq) = report.broken_at {
         tracing::error!(
             first_bad_seq = seq,
@@ -113,6 +142,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(
         events = report.events,
         head_seq = report.head.seq,
+        snapshot_seq = report.snapshot.map(|h| h.seq),
         elapsed_ms = report.elapsed.as_millis() as u64,
         "live projections rebuilt"
     );
@@ -161,6 +191,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let snapshots = (config.snapshot_every > 0).then(|| {
+        let s = Arc::new(Snapshots::new(
+            config.data_dir.clone(),
+            snapshot_keys,
+            config.snapshot_every as u64,
+            report.snapshot.map_or(0, |h| h.seq),
+        ));
+        let task = s.clone().spawn(live.clone(), stop_rx.clone());
+        (s, task)
+    });
     let notifier = config
         .notify
         .clone()
@@ -170,7 +210,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     app.set_ready(true);
     let state = AppState(Arc::new(app));
     let proxy_janitor = crate::http::proxy::spawn_sweeper(state.clone());
+    let prefix_check = report
+        .snapshot
+        .map(|head| tokio::spawn(check_prefix(state.clone(), head)));
     Ok(Running {
+        snapshots,
+        prefix_check,
         state,
         proxy_janitor,
         report,
@@ -233,6 +278,37 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("usage queue drained; bye");
     Ok(())
+}
+
+/// Verifies the chain under the snapshot this node started from, while it serves. A break
+/// there means the stored log was altered after the snapshot was written: the live state
+/// (from the MACed snapshot) is still the one the chain had, but the audit log is not, so
+/// the node says so loudly and, unless `--allow-broken-chain`, stops reporting ready.
+async fn check_prefix(state: AppState, head: keyward_events::Head) {
+    let app = &state.0;
+    let started = std::time::Instant::now();
+    match crate::live::verify_prefix(app.store.as_ref(), head).await {
+        Ok(checked) => {
+            app.live.mark_verified();
+            tracing::info!(
+                checked,
+                snapshot_seq = head.seq,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "verified the chain under the projection snapshot"
+            );
+        }
+        Err(brk) => {
+            tracing::error!(
+                first_bad_seq = brk.seq(),
+                error = %brk,
+                "THE AUDIT CHAIN IS BROKEN under the projection snapshot this node started from. \
+                 Run `keyward audit verify`."
+            );
+            if !app.config.allow_broken_chain {
+                app.set_ready(false);
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -149,8 +149,8 @@ impl KeyRecord {
 /// `Arc::make_mut` only copies it when a reader still holds the old version.
 #[derive(Clone, Default)]
 pub struct KeyTable {
-    by_id: HashSet<ById>,
-    by_hash: HashSet<ByHash>,
+    pub(crate) by_id: HashSet<ById>,
+    pub(crate) by_hash: HashSet<ByHash>,
 }
 
 impl KeyTable {
@@ -282,7 +282,7 @@ impl fmt::Debug for KeyTable {
 
 /// A record hashed and compared by its key id, so a set of them is a map by id.
 #[derive(Clone)]
-struct ById(Arc<KeyRecord>);
+pub(crate) struct ById(pub(crate) Arc<KeyRecord>);
 
 impl Borrow<str> for ById {
     fn borrow(&self) -> &str {
@@ -306,7 +306,7 @@ impl Eq for ById {}
 
 /// A record hashed and compared by its secret hash.
 #[derive(Clone)]
-struct ByHash(Arc<KeyRecord>);
+pub(crate) struct ByHash(pub(crate) Arc<KeyRecord>);
 
 impl Borrow<Hash32> for ByHash {
     fn borrow(&self) -> &Hash32 {

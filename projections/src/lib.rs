@@ -9,12 +9,14 @@
 pub mod keys;
 pub mod providers;
 pub mod replay;
+pub mod snapshot;
 pub mod usage;
 pub mod users;
 
 pub use keys::{KeyRecord, KeyStatus, KeyTable};
 pub use providers::{ProviderRecord, Providers, SealedCredential, Verification};
 pub use replay::{AsOf, Replayer, replay};
+pub use snapshot::SnapshotError;
 pub use usage::{DayCounters, Usage, UsageTotals};
 pub use users::{UserRecord, Users};
 

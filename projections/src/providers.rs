@@ -85,7 +85,7 @@ impl ProviderRecord {
 /// Every provider by id, deleted ones included.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Providers {
-    by_id: HashMap<String, Arc<ProviderRecord>>,
+    pub(crate) by_id: HashMap<String, Arc<ProviderRecord>>,
 }
 
 impl Providers {

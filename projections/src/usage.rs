@@ -50,10 +50,10 @@ impl DayCounters {
 /// found without a search; an older one takes a binary search over the few months or
 /// days a key lives. One small allocation each also keeps a million keys' usage compact.
 #[derive(Clone, Debug, Default, PartialEq)]
-struct KeyUsage {
-    totals: UsageTotals,
-    days: Vec<(NaiveDate, DayCounters)>,
-    months: Vec<((i32, u32), DayCounters)>,
+pub(crate) struct KeyUsage {
+    pub(crate) totals: UsageTotals,
+    pub(crate) days: Vec<(NaiveDate, DayCounters)>,
+    pub(crate) months: Vec<((i32, u32), DayCounters)>,
 }
 
 impl KeyUsage {
@@ -95,7 +95,7 @@ fn bucket<K: Ord + Copy>(v: &[(K, DayCounters)], k: K) -> DayCounters {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Usage {
-    by_key: HashMap<String, KeyUsage>,
+    pub(crate) by_key: HashMap<String, KeyUsage>,
 }
 
 impl Usage {

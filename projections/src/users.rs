@@ -50,9 +50,9 @@ impl fmt::Debug for Redacted {
 /// Every user by id, and by username.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Users {
-    by_id: HashMap<String, Arc<UserRecord>>,
+    pub(crate) by_id: HashMap<String, Arc<UserRecord>>,
     /// username → user id
-    by_username: HashMap<String, String>,
+    pub(crate) by_username: HashMap<String, String>,
 }
 
 impl Users {

@@ -20,6 +20,7 @@ mod providers;
 mod proxy;
 mod sdk;
 mod security;
+mod snapshot;
 mod store;
 mod ui;
 mod users;

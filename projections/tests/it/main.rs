@@ -9,6 +9,8 @@ mod providers;
 #[cfg(test)]
 mod replay;
 #[cfg(test)]
+mod snapshot;
+#[cfg(test)]
 mod state;
 #[cfg(test)]
 mod support;
