@@ -1152,7 +1152,10 @@ fn nice_max(v: u64) -> u64 {
                 return top;
             }
         }
-        base = base.saturating_mul(10);
+        if base > u64::MAX / 100 {
+            return u64::MAX;
+        }
+        base *= 10;
     }
 }
 

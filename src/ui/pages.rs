@@ -246,7 +246,12 @@ pub fn invalid(errors: Option<&(String, String)>, field: &str) -> Option<&'stati
 /// Only console-local paths are followed after an action.
 pub fn safe_return(to: Option<&str>, default: &str) -> String {
     match to {
-        Some(p) if p.starts_with("/ui") && !p.starts_with("//") && !p.contains("://") => {
+        // Visible ASCII only: it goes into a Location header as it is.
+        Some(p)
+            if p.starts_with("/ui")
+                && !p.contains("://")
+                && p.chars().all(|c| c.is_ascii_graphic() && c != '\\') =>
+        {
             p.to_owned()
         }
         _ => default.to_owned(),
@@ -295,5 +300,10 @@ mod tests {
         );
         assert_eq!(safe_return(Some("/uiX://"), "/ui/keys"), "/ui/keys");
         assert_eq!(safe_return(None, "/ui/keys"), "/ui/keys");
+        assert_eq!(
+            safe_return(Some("/ui/keys\r\nSet-Cookie: x=1"), "/ui/keys"),
+            "/ui/keys"
+        );
+        assert_eq!(safe_return(Some("/ui\\evil"), "/ui/keys"), "/ui/keys");
     }
 }

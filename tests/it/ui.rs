@@ -1339,7 +1339,14 @@ async fn edit_changes_name_expiry_and_limit_and_refuses_what_cannot_change() {
     assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(p.body.contains("a date such as 2026-12-31"));
     let p = b
-        .post(&format!("/ui/keys/{id}/edit"), &[("name", "renamed")])
+        .post(
+            &format!("/ui/keys/{id}/edit"),
+            &[
+                ("name", "renamed"),
+                ("expires_on", &day),
+                ("rate_limit", "120"),
+            ],
+        )
         .await;
     assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(p.body.contains("the request changes nothing"));
