@@ -326,7 +326,7 @@ impl Task {
                     }
                 }
             };
-            let Some(item) = item else { return None };
+            let item = item?;
             self.depth.fetch_sub(1, Ordering::Relaxed);
             if item.take() {
                 return Some(item);
