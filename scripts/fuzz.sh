@@ -2,6 +2,7 @@
 # Runs every cargo-fuzz target in fuzz/ for a while each.
 #
 #   scripts/fuzz.sh [seconds per target, default 60] [target ...]
+#   KEYWARD_FUZZ_DEV=1 scripts/fuzz.sh 8     # CI's smoke run
 #
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`). Each
 # target starts from its committed seeds (fuzz/seeds/<target>) and keeps what it learns in
@@ -22,6 +23,11 @@ if [ "${#targets[@]}" -eq 0 ]; then
 fi
 
 flags=(--sanitizer none --debug-assertions)
+# KEYWARD_FUZZ_DEV=1 (CI's smoke run): an unoptimised build, which compiles several times
+# faster and runs slower; a few seconds of it still replays every seed and mutates them.
+if [ "${KEYWARD_FUZZ_DEV:-0}" = 1 ]; then
+  flags+=(--dev)
+fi
 echo "== build ${#targets[@]} fuzz targets"
 cargo +nightly fuzz build "${flags[@]}"
 

@@ -75,9 +75,11 @@ fuzz_target!(|data: &[u8]| {
             let mut t = StreamTranslator::new(include_usage);
             let mut p = SseParser::new();
             p.push(rest);
-            let events: Vec<_> = std::iter::from_fn(|| p.next_event())
-                .chain(p.finish())
-                .collect();
+            let mut events = Vec::new();
+            while let Some(e) = p.next_event() {
+                events.push(e);
+            }
+            events.extend(p.finish());
             let mut finished = false;
             for ev in &events {
                 let out = t.event(ev);

@@ -1,7 +1,7 @@
 //! The gateway key parser: `crypto::check` and `Secret::parse`.
 //!
 //! - Both agree on every input, and never panic.
-//! - An error's text never quotes the input.
+//! - An error's text is one of four fixed sentences, so it never quotes the input.
 //! - An independent model of the format (written here, not shared with `src/`) builds a
 //!   valid key from the fuzz bytes: the parser accepts it, and refuses every single
 //!   character substitution of it, since a CRC32 catches every 8-bit burst.
@@ -38,14 +38,20 @@ fn model_key(raw: &[u8; 32]) -> String {
     String::from_utf8(s).unwrap()
 }
 
-fn assert_quiet(input: &str, e: &SecretError) {
-    if input.len() >= 4 {
-        let shown = format!("{e} {e:?}");
-        assert!(
-            !shown.contains(input),
-            "the error quotes its input: {shown}"
-        );
-    }
+/// An error's text is one of four fixed sentences: nothing of the input can be in it.
+fn assert_quiet(e: &SecretError) {
+    let fixed = [
+        SecretError::Prefix,
+        SecretError::Length,
+        SecretError::Alphabet,
+        SecretError::Checksum,
+    ]
+    .map(|v| (v.to_string(), format!("{v:?}")));
+    let shown = (e.to_string(), format!("{e:?}"));
+    assert!(
+        fixed.contains(&shown),
+        "an error with input-dependent text: {shown:?}"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -62,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             assert_eq!(checked, Err(e));
-            assert_quiet(&input, &e);
+            assert_quiet(&e);
         }
     }
 
