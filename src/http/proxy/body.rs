@@ -160,11 +160,11 @@ impl<'de> Visitor<'de> for Top<'_> {
         let mut seen = [false; 3];
         while let Some(key) = map.next_key::<String>()? {
             self.walk.check_key(&key)?;
-            if let Some(i) = DECIDED.iter().position(|d| *d == key) {
-                if std::mem::replace(&mut seen[i], true) {
-                    self.walk.duplicate = Some(DECIDED[i]);
-                    return Err(de::Error::custom("duplicate field"));
-                }
+            if let Some(i) = DECIDED.iter().position(|d| *d == key)
+                && std::mem::replace(&mut seen[i], true)
+            {
+                self.walk.duplicate = Some(DECIDED[i]);
+                return Err(de::Error::custom("duplicate field"));
             }
             match key.as_str() {
                 "model" => match map.next_value::<Value>()? {
