@@ -23,9 +23,13 @@ if [ ! -x "$venv/bin/schemathesis" ] || [ "$("$venv/bin/schemathesis" --version 
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$version"
 fi
 
-echo "== build keyward"
-cargo build --quiet --bin keyward
-bin="${CARGO_TARGET_DIR:-target}/debug/keyward"
+# KEYWARD_BIN: a binary already built (skips the build).
+bin="${KEYWARD_BIN:-}"
+if [ -z "$bin" ]; then
+  echo "== build keyward"
+  cargo build --quiet --bin keyward
+  bin="${CARGO_TARGET_DIR:-target}/debug/keyward"
+fi
 
 data="$(mktemp -d)"
 log="$data/server.log"

@@ -459,7 +459,7 @@ async fn bodies_too_large_malformed_or_choosing_the_upstream_are_refused() {
 
 #[tokio::test]
 async fn a_decided_field_given_twice_or_a_padded_forbidden_key_is_refused() {
-    // Both found by the openai_body fuzz target's reference model (fuzz/).
+    // Both are properties the openai_body fuzz target checks against its reference model.
     let gw = Gw::start().await;
     let p = gw.openai(&[]).await;
     let (_, secret) = gw.key(KeySpec::on(&p)).await;
