@@ -75,7 +75,7 @@ fn blocks_of(content: &Value, param: &str) -> Result<Vec<Value>, ProxyError> {
                     _ => {
                         return Err(unsupported(
                             format!("{param}[{j}].type"),
-                            &format!("a content part of type {kind:?}"),
+                            "this type of content part",
                         ));
                     }
                 }
@@ -155,11 +155,10 @@ pub fn request(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>, ProxyErr
                     "content": text_of(content),
                 })],
             ),
-            other => {
-                return Err(unsupported(
-                    format!("messages[{i}].role"),
-                    &format!("the role {other:?}"),
-                ));
+            // The message names the place, never the client's text: a body may hold
+            // anything, a credential included, and error bodies reach logs.
+            _ => {
+                return Err(unsupported(format!("messages[{i}].role"), "this role"));
             }
         };
         if blocks.is_empty() {
@@ -269,9 +268,15 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 pub fn usage_tokens(u: &Value) -> (Option<u64>, Option<u64>) {
     let field = |k: &str| u.get(k).and_then(Value::as_u64);
     let input = field("input_tokens");
-    let cached = field("cache_creation_input_tokens").unwrap_or(0)
-        + field("cache_read_input_tokens").unwrap_or(0);
-    (input.map(|i| i + cached), field("output_tokens"))
+    // A provider's numbers are untrusted: saturate rather than wrap (or panic in a debug
+    // build) on a count near u64::MAX.
+    let cached = field("cache_creation_input_tokens")
+        .unwrap_or(0)
+        .saturating_add(field("cache_read_input_tokens").unwrap_or(0));
+    (
+        input.map(|i| i.saturating_add(cached)),
+        field("output_tokens"),
+    )
 }
 
 /// The tokens a Messages response reports.
@@ -339,7 +344,7 @@ pub fn response(body: &[u8]) -> Option<(Vec<u8>, Tokens)> {
         "usage": {
             "prompt_tokens": tokens.prompt,
             "completion_tokens": tokens.completion,
-            "total_tokens": tokens.prompt + tokens.completion,
+            "total_tokens": tokens.prompt.saturating_add(tokens.completion),
         },
     });
     serde_json::to_vec(&out).ok().map(|b| (b, tokens))
@@ -450,7 +455,12 @@ impl StreamTranslator {
     }
 
     /// The OpenAI events for one Anthropic event.
+    /// The OpenAI chunks for one Anthropic event. Once the stream is over (`[DONE]` or an
+    /// error was written) nothing more is written, whatever the provider still sends.
     pub fn event(&mut self, ev: &SseEvent) -> Vec<Bytes> {
+        if self.done {
+            return Vec::new();
+        }
         let Some((kind, v)) = parse_event(ev) else {
             return Vec::new();
         };
@@ -554,7 +564,7 @@ impl StreamTranslator {
                 "usage": {
                     "prompt_tokens": t.prompt,
                     "completion_tokens": t.completion,
-                    "total_tokens": t.prompt + t.completion,
+                    "total_tokens": t.prompt.saturating_add(t.completion),
                 },
             });
             out.push(data_event(&c.to_string()));
@@ -699,5 +709,88 @@ mod tests {
         assert_eq!(usage["prompt_tokens"], 25);
         assert_eq!(usage["completion_tokens"], 15);
         assert_eq!(parsed.last().unwrap()["choices"], json!([]));
+    }
+
+    fn sse(text: &str) -> SseEvent {
+        let mut p = SseParser::new();
+        p.push(text.as_bytes());
+        p.next_event().unwrap()
+    }
+
+    #[test]
+    fn token_counts_near_the_limit_saturate() {
+        // The anthropic_response fuzz target checks this: these wrapped (or panicked in a
+        // debug build) when a provider reported a count near u64::MAX.
+        let max = u64::MAX;
+        let u = json!({"input_tokens": max, "cache_read_input_tokens": 5, "cache_creation_input_tokens": max, "output_tokens": 3});
+        assert_eq!(usage_tokens(&u), (Some(max), Some(3)));
+        let body = json!({"content": [], "usage": {"input_tokens": max, "output_tokens": 9}});
+        let (out, tokens) = response(body.to_string().as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(tokens.prompt, max);
+        assert_eq!(v["usage"]["total_tokens"], max);
+
+        let mut t = StreamTranslator::new(true);
+        t.event(&sse(&format!(
+            "event: message_start\ndata: {{\"message\":{{\"usage\":{{\"input_tokens\":{max}}}}}}}\n\n"
+        )));
+        t.event(&sse(
+            "event: message_delta\ndata: {\"delta\":{},\"usage\":{\"output_tokens\":2}}\n\n",
+        ));
+        let out = t.event(&sse("event: message_stop\ndata: {}\n\n"));
+        let usage: Value = serde_json::from_slice(&out[0][6..out[0].len() - 2]).unwrap();
+        assert_eq!(usage["usage"]["total_tokens"], max);
+    }
+
+    #[test]
+    fn nothing_follows_done_or_an_error() {
+        // The anthropic_response fuzz target checks this: a provider that kept sending after
+        // message_stop made the translator write chunks, and a second [DONE], after [DONE].
+        let mut t = StreamTranslator::new(false);
+        let out = t.event(&sse("event: message_stop\ndata: {}\n\n"));
+        assert_eq!(out, vec![data_event("[DONE]")]);
+        let late = "event: content_block_delta\ndata: {\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n";
+        assert!(t.event(&sse(late)).is_empty());
+        assert!(
+            t.event(&sse("event: message_stop\ndata: {}\n\n"))
+                .is_empty()
+        );
+
+        let mut t = StreamTranslator::new(false);
+        let out = t.event(&sse(
+            "event: error\ndata: {\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n",
+        ));
+        assert_eq!(out.len(), 1);
+        assert!(t.done);
+        assert!(t.event(&sse(late)).is_empty());
+    }
+
+    #[test]
+    fn refusals_name_the_place_never_the_clients_text() {
+        // The anthropic_request fuzz target checks this: the role and the part type were
+        // quoted back, so a credential pasted into either reached the error body and logs.
+        let canary = "kw_CanaryCanaryCanary";
+        for body in [
+            json!({"model": "m", "messages": [{"role": canary, "content": "hi"}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": canary}]}]}),
+        ] {
+            let e = request(body.to_string().as_bytes(), 4096).unwrap_err();
+            assert_eq!(e.status.as_u16(), 400);
+            assert_eq!(e.code, "unsupported_parameter");
+            assert!(!e.message.contains("Canary"), "{}", e.message);
+            assert!(!e.param.as_deref().unwrap_or("").contains("Canary"));
+        }
+        let e = request(
+            json!({"messages": [{"role": "user", "content": "a"}, {"role": "x", "content": "b"}]})
+                .to_string()
+                .as_bytes(),
+            4096,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "this role cannot be sent to an Anthropic provider"
+        );
+        assert_eq!(e.param.as_deref(), Some("messages[1].role"));
     }
 }

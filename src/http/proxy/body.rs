@@ -27,21 +27,31 @@ pub enum ScanError {
     NotObject,
     /// A key that chooses the upstream or its credential, at this path.
     Forbidden(String),
+    /// A top-level field the proxy decides on (`model`, `stream`, `stream_options`) given
+    /// twice. Parsers differ on which copy wins, so the model the allowlist checked might
+    /// not be the one the provider runs.
+    Duplicate(&'static str),
 }
 
 /// Keys a client may not send at any depth, compared without case, `_` or `-`.
 const FORBIDDEN: &[&str] = &["apibase", "baseurl", "apikey"];
 
 fn is_forbidden(key: &str) -> bool {
-    if key.len() > 16 {
-        return false;
+    // Normalised on the stack: every key of every body passes through here. Separators
+    // are skipped before the length counts, so `a_p_i_k_e_y____` is caught too.
+    let mut norm = [0u8; 8];
+    let mut n = 0;
+    for b in key.bytes() {
+        if b == b'_' || b == b'-' {
+            continue;
+        }
+        let Some(slot) = norm.get_mut(n) else {
+            return false;
+        };
+        *slot = b.to_ascii_lowercase();
+        n += 1;
     }
-    let norm: String = key
-        .chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    FORBIDDEN.contains(&norm.as_str())
+    FORBIDDEN.iter().any(|f| f.as_bytes() == &norm[..n])
 }
 
 pub fn scan(body: &[u8]) -> Result<Scanned, ScanError> {
@@ -55,6 +65,9 @@ pub fn scan(body: &[u8]) -> Result<Scanned, ScanError> {
     }
     if walk.not_object {
         return Err(ScanError::NotObject);
+    }
+    if let Some(field) = walk.duplicate {
+        return Err(ScanError::Duplicate(field));
     }
     res.map_err(|_| ScanError::Syntax)?;
     Ok(walk.out)
@@ -83,6 +96,7 @@ struct Walk {
     path: Vec<Seg>,
     forbidden: Option<String>,
     not_object: bool,
+    duplicate: Option<&'static str>,
 }
 
 enum Seg {
@@ -120,6 +134,9 @@ impl Walk {
     }
 }
 
+/// The top-level fields the proxy reads and decides on.
+const DECIDED: [&str; 3] = ["model", "stream", "stream_options"];
+
 /// The top-level object: reads the three fields and walks the rest.
 struct Top<'a> {
     walk: &'a mut Walk,
@@ -140,8 +157,15 @@ impl<'de> Visitor<'de> for Top<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = [false; 3];
         while let Some(key) = map.next_key::<String>()? {
             self.walk.check_key(&key)?;
+            if let Some(i) = DECIDED.iter().position(|d| *d == key)
+                && std::mem::replace(&mut seen[i], true)
+            {
+                self.walk.duplicate = Some(DECIDED[i]);
+                return Err(de::Error::custom("duplicate field"));
+            }
             match key.as_str() {
                 "model" => match map.next_value::<Value>()? {
                     Value::String(m) => self.walk.out.model = Some(m),
@@ -326,6 +350,41 @@ mod tests {
         );
         // A value that merely mentions the name is fine.
         assert!(scan(br#"{"model":"m","messages":[{"content":"my api_key is"}]}"#).is_ok());
+    }
+
+    #[test]
+    fn separators_do_not_hide_a_forbidden_key_however_many() {
+        // The openai_body fuzz target checks this: keys over 16 bytes were never checked.
+        assert_eq!(
+            scan(br#"{"a_p_i_k_e_y____":"k"}"#),
+            Err(ScanError::Forbidden("a_p_i_k_e_y____".into()))
+        );
+        assert_eq!(
+            scan(br#"{"x":{"--base--url----------":"http://evil"}}"#),
+            Err(ScanError::Forbidden("x.--base--url----------".into()))
+        );
+        assert!(scan(br#"{"api_keys":1,"apikeyx":2,"base_url_x":3}"#).is_ok());
+    }
+
+    #[test]
+    fn a_decided_field_given_twice_is_refused() {
+        // The openai_body fuzz target checks this: `"model":"a","model":null` was read as
+        // "a" while a last-wins parser upstream sees null, and a first-wins one sees
+        // another model than the allowlist checked.
+        assert_eq!(
+            scan(br#"{"model":"allowed","model":null}"#),
+            Err(ScanError::Duplicate("model"))
+        );
+        assert_eq!(
+            scan(br#"{"model":"m","stream":false,"x":1,"stream":true}"#),
+            Err(ScanError::Duplicate("stream"))
+        );
+        assert_eq!(
+            scan(br#"{"stream_options":{},"stream_options":{"include_usage":true}}"#),
+            Err(ScanError::Duplicate("stream_options"))
+        );
+        // Other fields are forwarded as they came; nested duplicates are not ours to judge.
+        assert!(scan(br#"{"model":"m","user":"a","user":"b","n":{"model":1,"model":2}}"#).is_ok());
     }
 
     #[test]

@@ -291,6 +291,11 @@ fn scan_error(e: ScanError) -> ProxyError {
             "the upstream and its credential are chosen by Keyward; remove this field",
         )
         .with_param(path),
+        ScanError::Duplicate(field) => ProxyError::bad_request(
+            "duplicate_field",
+            "this field appears more than once in the body; send it once",
+        )
+        .with_param(field),
     }
 }
 

@@ -458,6 +458,49 @@ async fn bodies_too_large_malformed_or_choosing_the_upstream_are_refused() {
 }
 
 #[tokio::test]
+async fn a_decided_field_given_twice_or_a_padded_forbidden_key_is_refused() {
+    // Both are properties the openai_body fuzz target checks against its reference model.
+    let gw = Gw::start().await;
+    let p = gw.openai(&[]).await;
+    let (_, secret) = gw.key(KeySpec::on(&p)).await;
+    let raw = |body: &'static str| {
+        Request::post("/v1/chat/completions")
+            .header("authorization", format!("Bearer {secret}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    for (body, field) in [
+        (r#"{"model":"m","messages":[],"model":null}"#, "model"),
+        (r#"{"model":"m","stream":false,"stream":true}"#, "stream"),
+        (
+            r#"{"model":"m","stream_options":{},"stream_options":{"include_usage":false}}"#,
+            "stream_options",
+        ),
+    ] {
+        let r = Reply::read(gw.call(raw(body)).await).await;
+        assert_eq!(
+            r.json(),
+            json!({"error": {
+                "message": "this field appears more than once in the body; send it once",
+                "type": "invalid_request_error",
+                "code": "duplicate_field",
+                "param": field,
+            }})
+        );
+        assert_eq!(r.status.as_u16(), 400);
+    }
+    let r = Reply::read(
+        gw.call(raw(r#"{"model":"m","x":{"a_p_i_k_e_y____":"sk"}}"#))
+            .await,
+    )
+    .await;
+    r.assert_error(400, "forbidden_field");
+    assert_eq!(r.json()["error"]["param"], "x.a_p_i_k_e_y____");
+    assert!(gw.mock.seen().is_empty());
+}
+
+#[tokio::test]
 async fn repeated_failed_authentications_from_one_ip_get_429_without_a_lookup() {
     let gw = Gw::start_with(|c| c.auth_failures_per_second = 3).await;
     let p = gw.openai(&[]).await;
