@@ -475,24 +475,35 @@ async fn notices_go_on_expiry_and_for_a_rotated_key_still_in_use_and_survive_a_r
     let (short_id, _) = gw.key(short).await;
     let (old_id, old_secret) = gw.key(KeySpec::on(&p)).await;
     let (new_id, _) = gw.key(KeySpec::on(&p)).await;
-    let version = gw.state.0.live.read().keys.get(&old_id).unwrap().version;
     let rotated = keyward_events::Event::KeyRotated(keyward_events::KeyRotated {
         key_id: old_id.clone(),
         new_key_id: new_id.clone(),
         grace_until: chrono::Utc::now() + chrono::Duration::hours(1),
     });
-    gw.state
-        .0
-        .commands
-        .submit(vec![keyward_events::NewEvent::new(
-            &rotated,
-            keyward_events::ExpectedVersion::Exact(version),
-            chrono::Utc::now(),
-            "system",
-            None,
-        )])
-        .await
-        .unwrap();
+    // The notifier may write a `key.notice_sent` to the key's stream between our read of
+    // its version and our write: retry on that conflict, as a client would.
+    let mut attempts = 0;
+    loop {
+        let version = gw.state.0.live.read().keys.get(&old_id).unwrap().version;
+        let r = gw
+            .state
+            .0
+            .commands
+            .submit(vec![keyward_events::NewEvent::new(
+                &rotated,
+                keyward_events::ExpectedVersion::Exact(version),
+                chrono::Utc::now(),
+                "system",
+                None,
+            )])
+            .await;
+        attempts += 1;
+        match r {
+            Ok(_) => break,
+            Err(e) if attempts < 20 => eprintln!("rotation raced the notifier: {e:?}"),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
     let r = gw
         .post("/v1/chat/completions", &old_secret, chat("m"))
         .await;
