@@ -139,7 +139,7 @@ fn config(dir: &Path, snapshot_every: usize) -> keyward::config::Config {
     c
 }
 
-/// Starts, serves, and times the first `GET /v1/models` answered with 200. Returns the
+/// Starts, serves, and times the first authenticated `GET /api/v1/me` answered with 200. Returns the
 /// running service and the time to that answer.
 async fn first_request(
     dir: &Path,
@@ -164,14 +164,14 @@ async fn first_request(
         .await;
     });
     let res = reqwest::Client::new()
-        .get(format!("http://{addr}/v1/models"))
+        .get(format!("http://{addr}/api/v1/me"))
         .bearer_auth(&secret)
         .send()
         .await?;
     let elapsed = t.elapsed();
     anyhow::ensure!(
         res.status() == 200,
-        "GET /v1/models answered {}",
+        "GET /api/v1/me answered {}",
         res.status()
     );
     eprintln!(
