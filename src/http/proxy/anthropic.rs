@@ -281,12 +281,17 @@ pub fn usage_tokens(u: &Value) -> (Option<u64>, Option<u64>) {
 
 /// The tokens a Messages response reports.
 pub fn response_tokens(body: &[u8]) -> Tokens {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    checked_response_tokens(body).unwrap_or_default()
+}
+
+/// The tokens of a Messages response, or `None` when the body is not JSON at all.
+pub fn checked_response_tokens(body: &[u8]) -> Option<Tokens> {
+    let v: Value = serde_json::from_slice(body).ok()?;
     let (p, c) = usage_tokens(v.get("usage").unwrap_or(&Value::Null));
-    Tokens {
+    Some(Tokens {
         prompt: p.unwrap_or(0),
         completion: c.unwrap_or(0),
-    }
+    })
 }
 
 fn now_secs() -> i64 {

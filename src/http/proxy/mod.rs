@@ -774,33 +774,22 @@ impl Ctx<'_> {
                 }
                 None => {
                     tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider's answer is not a Messages response");
-                    return Err(fail(
-                        &mut meter,
-                        ProxyError::bad_gateway(
-                            "upstream_invalid_response",
-                            "the provider's answer could not be read",
-                        ),
-                        UsageOutcome::UpstreamError,
-                    )
-                    .await);
+                    return Err(
+                        fail(&mut meter, invalid_response(), UsageOutcome::UpstreamError).await,
+                    );
                 }
             }
-        } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-            // A 2xx the client's SDK could not parse is the provider's failure, not a success.
-            tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider's answer is not JSON");
-            return Err(fail(
-                &mut meter,
-                ProxyError::bad_gateway(
-                    "upstream_invalid_response",
-                    "the provider's answer could not be read",
-                ),
-                UsageOutcome::UpstreamError,
-            )
-            .await);
         } else {
+            // One parse both checks that the answer is JSON and reads its tokens.
             let tokens = match dialect {
-                Dialect::Anthropic => anthropic::response_tokens(&body),
+                Dialect::Anthropic => anthropic::checked_response_tokens(&body),
                 _ => upstream::openai_tokens(&body),
+            };
+            let Some(tokens) = tokens else {
+                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider's answer is not JSON");
+                return Err(
+                    fail(&mut meter, invalid_response(), UsageOutcome::UpstreamError).await,
+                );
             };
             let out =
                 upstream::scrub_credential(&body, secret.expose()).unwrap_or_else(|| body.to_vec());
@@ -954,7 +943,6 @@ impl Ctx<'_> {
     }
 }
 
-/// Records a use that failed before the provider answered, and hands back its error.
 fn address_refused() -> ProxyError {
     ProxyError::bad_gateway(
         "upstream_address_refused",
@@ -962,6 +950,15 @@ fn address_refused() -> ProxyError {
     )
 }
 
+/// A 2xx whose body the client's SDK could not parse: the provider's failure.
+fn invalid_response() -> ProxyError {
+    ProxyError::bad_gateway(
+        "upstream_invalid_response",
+        "the provider's answer could not be read",
+    )
+}
+
+/// Records a use that failed before the provider answered, and hands back its error.
 async fn fail(meter: &mut Meter, e: ProxyError, outcome: UsageOutcome) -> ProxyError {
     meter
         .record(outcome, e.status.as_u16(), Tokens::default(), None)

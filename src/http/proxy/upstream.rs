@@ -337,7 +337,7 @@ pub fn scrub(body: &[u8], credential: &str) -> Vec<u8> {
 }
 
 /// The tokens an OpenAI-format response body reports.
-pub fn openai_tokens(body: &[u8]) -> Tokens {
+pub fn openai_tokens(body: &[u8]) -> Option<Tokens> {
     #[derive(serde::Deserialize)]
     struct Body {
         usage: Option<Usage>,
@@ -350,11 +350,16 @@ pub fn openai_tokens(body: &[u8]) -> Tokens {
         completion_tokens: u64,
     }
     match serde_json::from_slice::<Body>(body) {
-        Ok(Body { usage: Some(u) }) => Tokens {
+        Ok(Body { usage: Some(u) }) => Some(Tokens {
             prompt: u.prompt_tokens,
             completion: u.completion_tokens,
-        },
-        _ => Tokens::default(),
+        }),
+        Ok(Body { usage: None }) => Some(Tokens::default()),
+        // JSON of another shape (an array, counts that are not numbers) has no tokens to
+        // read, but is still an answer; only what is not JSON at all is `None`.
+        Err(_) => serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            .ok()
+            .map(|_| Tokens::default()),
     }
 }
 
@@ -509,23 +514,30 @@ mod tests {
             openai_tokens(include_bytes!(
                 "../../../tests/fixtures/openai-chat-completion.json"
             )),
-            Tokens {
+            Some(Tokens {
                 prompt: 19,
                 completion: 10
-            }
+            })
         );
         assert_eq!(
             openai_tokens(include_bytes!(
                 "../../../tests/fixtures/openai-embeddings.json"
             )),
-            Tokens {
+            Some(Tokens {
                 prompt: 8,
                 completion: 0
-            }
+            })
         );
         assert_eq!(
             listed_models(include_bytes!("../../../tests/fixtures/openai-models.json")).unwrap(),
             ["gpt-4o-mini", "gpt-4.1", "text-embedding-3-small"]
         );
+        // JSON of another shape has no tokens but is an answer; only non-JSON is `None`.
+        assert_eq!(openai_tokens(b"[1, 2]"), Some(Tokens::default()));
+        assert_eq!(
+            openai_tokens(br#"{"usage":{"prompt_tokens":-1}}"#),
+            Some(Tokens::default())
+        );
+        assert_eq!(openai_tokens(b"<html>busy</html>"), None);
     }
 }
