@@ -375,31 +375,36 @@ fn action_dialogs(user: &ConsoleUser) -> Markup {
     let head = |id: &str, title: &str| {
         html! { h2 id={(id) "-title"} { (title) " " span data-slot="name" {} } }
     };
+    // A dialog that only asks to confirm a destructive action.
+    let confirm = |id: &str, title: &str, text: &str, submit: &str| {
+        html! {
+            dialog id=(id) aria-labelledby={(id) "-title"} {
+                (head(id, title))
+                p { (text) }
+                form method="post" data-action-form {
+                    (csrf(user))
+                    input type="hidden" name="return_to" data-slot="back";
+                    div.buttons {
+                        button type="button" data-close { "Cancel" }
+                        button.danger type="submit" { (submit) }
+                    }
+                }
+            }
+        }
+    };
     html! {
-        dialog #expire-dialog aria-labelledby="expire-dialog-title" {
-            (head("expire-dialog", "Expire"))
-            p { "The key stops working at once, on every node. Its record and history stay. This cannot be undone." }
-            form method="post" data-action-form {
-                (csrf(user))
-                input type="hidden" name="return_to" data-slot="back";
-                div.buttons {
-                    button type="button" data-close { "Cancel" }
-                    button.danger type="submit" { "Expire key" }
-                }
-            }
-        }
-        dialog #delete-dialog aria-labelledby="delete-dialog-title" {
-            (head("delete-dialog", "Delete"))
-            p { "The key stops working and is marked Deleted. The record stays for the audit." }
-            form method="post" data-action-form {
-                (csrf(user))
-                input type="hidden" name="return_to" data-slot="back";
-                div.buttons {
-                    button type="button" data-close { "Cancel" }
-                    button.danger type="submit" { "Delete key" }
-                }
-            }
-        }
+        (confirm(
+            "expire-dialog",
+            "Expire",
+            "The key stops working at once, on every node. Its record and history stay. This cannot be undone.",
+            "Expire key",
+        ))
+        (confirm(
+            "delete-dialog",
+            "Delete",
+            "The key stops working and is marked Deleted. The record stays for the audit.",
+            "Delete key",
+        ))
         dialog #rotate-dialog aria-labelledby="rotate-dialog-title" {
             (head("rotate-dialog", "Rotate"))
             p { "A new key with the same settings is created and shown once. The old key keeps working during the grace period, and its uses show who has not switched yet." }
