@@ -46,3 +46,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
+
+/// The service's allocator, so that this measures what runs.
+#[global_allocator]
+static GLOBAL: keyward::Allocator = keyward::ALLOCATOR;

@@ -268,3 +268,7 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The service's allocator, so that this measures what runs.
+#[global_allocator]
+static GLOBAL: keyward::Allocator = keyward::ALLOCATOR;

@@ -267,3 +267,7 @@ async fn main() -> anyhow::Result<()> {
     server.abort();
     Ok(())
 }
+
+/// The service's allocator, so that this measures what runs.
+#[global_allocator]
+static GLOBAL: keyward::Allocator = keyward::ALLOCATOR;

@@ -24,6 +24,19 @@ pub mod sweeper;
 pub mod tail;
 pub mod ui;
 
+/// The allocator the service runs with: `main` installs it as the global allocator, and
+/// the benchmarks and load examples do too, so that they measure what runs.
+///
+/// mimalloc rather than glibc's malloc: the append path allocates and frees a few dozen
+/// small blocks per event across threads (the proxy's request task builds an event, the
+/// appender seals it, SQLite's worker binds it, the sink folds it), and glibc spent ~30%
+/// of that path's instructions in `_int_malloc`/`_int_free`/`malloc_consolidate` and its
+/// arena locks (BENCHMARKS.md, "What changed for speed").
+pub type Allocator = mimalloc::MiMalloc;
+
+/// The one value of [`Allocator`], for `#[global_allocator] static A: Allocator = ALLOCATOR;`.
+pub const ALLOCATOR: Allocator = mimalloc::MiMalloc;
+
 pub mod time {
     pub use keyward_events::time::*;
 }

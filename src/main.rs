@@ -3,6 +3,9 @@ use keyward::cli::{Cli, Command};
 use keyward::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static GLOBAL: keyward::Allocator = keyward::ALLOCATOR;
+
 fn init_tracing(cli: &Cli) {
     // `serve` also reads `log` and `log_format` from the config file. A wrong value is
     // reported by `run`, which resolves the config again.
