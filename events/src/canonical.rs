@@ -19,16 +19,26 @@ pub fn to_string(v: &Value) -> String {
 pub fn write(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
             out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
+            // serde_json's default map is a BTreeMap of Strings, whose order is the UTF-8
+            // byte order canonical JSON wants, so the entries usually arrive sorted and
+            // are written as they come. If they do not (a build with serde_json's
+            // `preserve_order`), the object is written again from a sorted copy.
+            let start = out.len() - 1;
+            let mut prev: Option<&str> = None;
+            for (k, v) in map {
+                if prev.is_some_and(|p| p.as_bytes() >= k.as_bytes()) {
+                    out.truncate(start);
+                    write_sorted(map, out);
+                    return;
+                }
+                if prev.is_some() {
                     out.push(b',');
                 }
-                write_scalar(&Value::String(k.clone()), out);
+                write_str(k, out);
                 out.push(b':');
                 write(v, out);
+                prev = Some(k);
             }
             out.push(b'}');
         }
@@ -42,8 +52,30 @@ pub fn write(v: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
+        Value::String(s) => write_str(s, out),
         scalar => write_scalar(scalar, out),
     }
+}
+
+fn write_sorted(map: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(k, out);
+        out.push(b':');
+        write(v, out);
+    }
+    out.push(b'}');
+}
+
+/// A JSON string as serde_json escapes it, written without building a `Value`.
+pub fn write_str(s: &str, out: &mut Vec<u8>) {
+    // Serialising a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
 }
 
 fn write_scalar(v: &Value, out: &mut Vec<u8>) {
@@ -62,6 +94,24 @@ mod tests {
         assert_eq!(
             to_string(&v),
             r#"{"a":{"c":"é\n","z":[3,{"x":true,"y":null}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn an_object_whose_entries_arrive_unsorted_is_written_sorted() {
+        // serde_json's map iterates sorted in this build; the fallback for one that does
+        // not (preserve_order) is exercised directly.
+        let map: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"b":1,"a":[2],"é":3,"Z":{"y":1,"x":2}}"#).unwrap();
+        let mut out = Vec::new();
+        write_sorted(&map, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"Z":{"x":2,"y":1},"a":[2],"b":1,"é":3}"#
+        );
+        assert_eq!(
+            to_string(&Value::Object(map)),
+            r#"{"Z":{"x":2,"y":1},"a":[2],"b":1,"é":3}"#
         );
     }
 

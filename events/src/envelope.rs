@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use ulid::Ulid;
 
+use crate::canonical::write_str;
 use crate::hash::Hash32;
 use crate::time::{self, Timestamp};
 use crate::types::Event;
@@ -172,13 +173,13 @@ impl Envelope {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"schema\":");
-        out.extend_from_slice(self.schema.to_string().as_bytes());
+        write_int(self.schema, &mut out);
         out.extend_from_slice(b",\"seq\":");
-        out.extend_from_slice(self.seq.to_string().as_bytes());
+        write_int(self.seq, &mut out);
         out.extend_from_slice(b",\"stream\":");
         write_str(&self.stream, &mut out);
         out.extend_from_slice(b",\"stream_version\":");
-        out.extend_from_slice(self.stream_version.to_string().as_bytes());
+        write_int(self.stream_version, &mut out);
         out.extend_from_slice(b",\"type\":");
         write_str(&self.event_type, &mut out);
         out.push(b'}');
@@ -191,9 +192,11 @@ impl Envelope {
     }
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
-    // Escaped exactly as canonical JSON escapes a string; writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(out, s);
+/// A decimal number, written in place: no `String` per number.
+fn write_int(n: impl std::fmt::Display, out: &mut Vec<u8>) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{n}");
 }
 
 #[cfg(test)]
