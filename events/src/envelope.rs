@@ -129,6 +129,23 @@ impl NewEvent {
 pub const DOMAIN_TAG: &[u8] = b"keyward/event-chain/v1\0";
 
 impl Envelope {
+    /// The event as it was before sealing, for a store that failed to write it and gives
+    /// it back to be tried again: its place in the log and its hash are dropped, and the
+    /// version it expected is given back by the caller, which kept it.
+    pub fn unseal(self, expected: ExpectedVersion) -> NewEvent {
+        NewEvent {
+            event_id: self.event_id,
+            stream: self.stream,
+            expected,
+            event_type: self.event_type,
+            schema: self.schema,
+            occurred_at: self.occurred_at,
+            actor: self.actor,
+            request_id: self.request_id,
+            data: self.data,
+        }
+    }
+
     /// The canonical bytes of every field except `prev_hash` and `hash`: the canonical
     /// JSON of an object with those fields, `type` for `event_type`, `occurred_at` in the
     /// format of [`time::format`].

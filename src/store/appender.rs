@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{AppendError, EventStore, StoreError};
+use super::{AppendError, EventStore, StoreError, Unwritten};
 use crate::metrics::AppenderStats;
 
 /// Receives every batch the appender commits.
@@ -387,13 +387,6 @@ impl Task {
             Some(seq) => Ok(seq),
             None => self.store.head().await.map(|h| h.seq),
         };
-        // The store consumes the units, so keep a copy of the usage events to retry.
-        let usage: Vec<NewEvent> = units
-            .iter()
-            .zip(&replies)
-            .filter(|(_, r)| r.is_none())
-            .flat_map(|(u, _)| u.iter().cloned())
-            .collect();
         // The previous batch is delivered while SQLite works on this one: its sink call,
         // replies and freeing overlap the store's waits instead of preceding them.
         let previous = self.undelivered.take();
@@ -401,30 +394,37 @@ impl Task {
             Ok(seq) => {
                 let append = async {
                     let t = std::time::Instant::now();
-                    let r = self.store.append(units).await;
+                    // On a store error the units come back, so nothing is copied for a retry.
+                    let r = self.store.append_returning(units).await;
                     (r, t.elapsed())
                 };
                 let ((appended, took), ()) = futures::join!(append, deliver(&*self.sink, previous));
                 appended.map(|r| (seq, r, took))
             }
-            Err(e) => {
+            Err(error) => {
                 deliver(&*self.sink, previous).await;
-                Err(e)
+                Err(Unwritten { error, units })
             }
         };
         let (delivered_through, results, took) = match outcome {
             Ok(ok) => ok,
-            Err(e) => {
-                let answers = replies
-                    .into_iter()
-                    .flatten()
-                    .map(|reply| (reply, Err(AppendError::Store(e.clone()))))
-                    .collect();
+            Err(Unwritten { error, units }) => {
+                // Usage events are kept to be tried again; commands get the error.
+                let mut usage = Vec::new();
+                let mut answers = Vec::new();
+                for (unit, reply) in units.into_iter().zip(replies) {
+                    match reply {
+                        None => usage.extend(unit),
+                        Some(reply) => {
+                            answers.push((reply, Err(AppendError::Store(error.clone()))))
+                        }
+                    }
+                }
                 self.undelivered = Some(Done {
                     fresh: Vec::new(),
                     answers,
                 });
-                return Err((usage, e));
+                return Err((usage, error));
             }
         };
 

@@ -44,6 +44,13 @@ pub enum AppendError {
     Closed,
 }
 
+/// A failed [`EventStore::append_returning`]: the error, and the units to try again.
+#[derive(Debug)]
+pub struct Unwritten {
+    pub error: StoreError,
+    pub units: Vec<Vec<NewEvent>>,
+}
+
 /// A filter over the log, for audit queries. Every field narrows.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
@@ -72,6 +79,22 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         units: Vec<Vec<NewEvent>>,
     ) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, StoreError>;
+
+    /// [`append`](Self::append) for a caller that tries again what a store error left
+    /// unwritten (the appender, with usage events): on a store error the units come back
+    /// with it, as they were given except that events already stored are left out and a
+    /// unit refused for a conflict is empty. The caller then needs no copy of every batch
+    /// made in advance for the rare failure. This default makes that copy; a backend that
+    /// can give the events back overrides it.
+    async fn append_returning(
+        &self,
+        units: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, Unwritten> {
+        let copy = units.clone();
+        self.append(units)
+            .await
+            .map_err(|error| Unwritten { error, units: copy })
+    }
 
     /// The last event's seq and hash; seq 0 and the zero hash for an empty log.
     async fn head(&self) -> Result<Head, StoreError>;

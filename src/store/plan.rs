@@ -138,6 +138,29 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The units as they were given, for an append that failed after planning: `events`
+    /// are the planned events in plan order (sealed ones unsealed again). Events already
+    /// stored before this call are left out (they are durable), and a unit refused for a
+    /// conflict comes back empty.
+    pub fn units_back(self, events: Vec<NewEvent>) -> Vec<Vec<NewEvent>> {
+        let repeated = self.repeated;
+        let mut events: Vec<Option<NewEvent>> = events.into_iter().map(Some).collect();
+        let mut resolve = |slot: Slot| match slot {
+            Slot::Stored(_) => None,
+            Slot::New(i) if repeated.contains(&i) => events.get(i).cloned().flatten(),
+            Slot::New(i) => events.get_mut(i).and_then(Option::take),
+        };
+        self.results
+            .into_iter()
+            .map(|r| match r {
+                Ok(slots) => slots.into_iter().filter_map(&mut resolve).collect(),
+                Err(_) => Vec::new(),
+            })
+            .collect()
+    }
+}
+
 /// Seals the next `n` planned events, continuing the chain from `head`, and returns each
 /// with the canonical JSON of its data, which the hash covers and the store writes.
 pub(crate) fn seal_run(

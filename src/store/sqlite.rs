@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyward_events::{Envelope, Hash32, Head, NewEvent};
+use keyward_events::{Envelope, ExpectedVersion, Hash32, Head, NewEvent};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -21,7 +21,9 @@ use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteExecutor};
 use ulid::Ulid;
 
 use super::plan::{self, seal_run};
-use super::{AppendError, EventFilter, EventStore, Order, RawEvent, StoreError, select_events};
+use super::{
+    AppendError, EventFilter, EventStore, Order, RawEvent, StoreError, Unwritten, select_events,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -189,13 +191,14 @@ impl SqliteStore {
         rows.iter().map(decode_row).collect()
     }
 
-    async fn append_in(
+    /// The head and stream versions to plan from, and the events of this call already
+    /// stored.
+    async fn look_up(
         &self,
-        conn: &mut SqliteConnection,
+        tx: &mut SqliteConnection,
         cache: Option<Cache>,
-        units: Vec<Vec<NewEvent>>,
-    ) -> Result<(Vec<Result<Vec<Envelope>, AppendError>>, Cache), StoreError> {
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        units: &[Vec<NewEvent>],
+    ) -> Result<(Cache, HashMap<Ulid, Envelope>), StoreError> {
         let mut cache = match cache {
             Some(c) => c,
             None => Cache {
@@ -214,35 +217,81 @@ impl SqliteStore {
                 ids.push(e.event_id);
             }
         }
-        let existing = self.lookup_events(&mut tx, &ids).await?;
-        let missing = plan::streams_to_look_up(&units, &existing, &cache.streams);
-        for (stream, version) in self.lookup_stream_versions(&mut tx, &missing).await? {
+        let existing = self.lookup_events(&mut *tx, &ids).await?;
+        let missing = plan::streams_to_look_up(units, &existing, &cache.streams);
+        for (stream, version) in self.lookup_stream_versions(&mut *tx, &missing).await? {
             cache.streams.insert(stream, version);
         }
+        Ok((cache, existing))
+    }
+
+    /// On failure the transaction is rolled back and the units come back unwritten.
+    async fn append_in(
+        &self,
+        conn: &mut SqliteConnection,
+        cache: Option<Cache>,
+        units: Vec<Vec<NewEvent>>,
+    ) -> Result<(Vec<Result<Vec<Envelope>, AppendError>>, Cache), Unwritten> {
+        let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => tx,
+            Err(e) => {
+                return Err(Unwritten {
+                    error: e.into(),
+                    units,
+                });
+            }
+        };
+        let (mut cache, existing) = match self.look_up(&mut tx, cache, &units).await {
+            Ok(found) => found,
+            Err(error) => return Err(Unwritten { error, units }),
+        };
 
         // Decide every unit first (cheap), then hash and insert (dear) in a pipeline.
         let base = cache.head;
         let mut decided = plan::plan(units, &existing, &mut cache.streams);
         let planned = decided.take_planned();
         let count = planned.len();
+        // Sealing drops what each event expected; kept to give the events back on failure.
+        let expected: Vec<ExpectedVersion> = planned.iter().map(|p| p.event.expected).collect();
         let mut planned = planned.into_iter();
         let mut head = base;
         let mut sealed: Vec<Envelope> = Vec::with_capacity(count);
         let mut sizes = self.chunk_sizes(count).into_iter();
         let mut current = seal_run(&mut planned, sizes.next().unwrap_or(0), &mut head);
-        while !current.is_empty() {
-            let next_size = sizes.next().unwrap_or(0);
-            let insert = self.insert_query(&current)?;
-            // join! polls the insert first, which hands it to SQLite's worker thread, and
-            // then hashes the next run here while SQLite writes this one.
-            let (inserted, next) = futures::join!(insert.execute(&mut *tx), async {
-                seal_run(&mut planned, next_size, &mut head)
+        let failed: Option<StoreError> = 'write: {
+            while !current.is_empty() {
+                let next_size = sizes.next().unwrap_or(0);
+                let insert = match self.insert_query(&current) {
+                    Ok(q) => q,
+                    Err(e) => break 'write Some(e),
+                };
+                // join! polls the insert first, which hands it to SQLite's worker thread,
+                // and then hashes the next run here while SQLite writes this one.
+                let (inserted, next) = futures::join!(insert.execute(&mut *tx), async {
+                    seal_run(&mut planned, next_size, &mut head)
+                });
+                sealed.extend(current.into_iter().map(|(env, _)| env));
+                current = next;
+                if let Err(e) = inserted {
+                    break 'write Some(e.into());
+                }
+            }
+            tx.commit().await.err().map(StoreError::from)
+        };
+        if let Some(error) = failed {
+            // Everything planned goes back, in plan order: the transaction wrote none of it.
+            let events = sealed
+                .into_iter()
+                .chain(current.into_iter().map(|(env, _)| env))
+                .zip(&expected)
+                .map(|(env, &exp)| env.unseal(exp))
+                .chain(planned.map(|p| p.event))
+                .collect();
+            return Err(Unwritten {
+                error,
+                units: decided.units_back(events),
             });
-            inserted?;
-            sealed.extend(current.into_iter().map(|(env, _)| env));
-            current = next;
         }
-        tx.commit().await?;
         cache.head = head;
 
         let results = decided.answer(sealed);
@@ -365,11 +414,21 @@ impl EventStore for SqliteStore {
         &self,
         units: Vec<Vec<NewEvent>>,
     ) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, StoreError> {
+        self.append_returning(units).await.map_err(|u| u.error)
+    }
+
+    async fn append_returning(
+        &self,
+        units: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<Vec<Envelope>, AppendError>>, Unwritten> {
         if units.iter().all(Vec::is_empty) {
             return Ok(units.iter().map(|_| Ok(Vec::new())).collect());
         }
         let mut writer = self.writer.lock().await;
-        let mut conn = self.writer_conn(&mut writer).await?;
+        let mut conn = match self.writer_conn(&mut writer).await {
+            Ok(c) => c,
+            Err(error) => return Err(Unwritten { error, units }),
+        };
         let cache = writer.cache.take();
         // Unless this append completes, forget the published head: a failed append
         // changed nothing, but a cancelled one may have committed.
@@ -382,12 +441,12 @@ impl EventStore for SqliteStore {
                 writer.conn = Some(conn);
                 Ok(results)
             }
-            Err(e) => {
+            Err(unwritten) => {
                 // The transaction guard has already queued a rollback; closing the
                 // connection finishes it, and the next append starts from the database.
                 drop(conn);
-                tracing::warn!(error = %e, "append failed; the batch was rolled back");
-                Err(e)
+                tracing::warn!(error = %unwritten.error, "append failed; the batch was rolled back");
+                Err(unwritten)
             }
         }
     }

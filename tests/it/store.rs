@@ -833,6 +833,64 @@ async fn a_failed_append_writes_nothing_and_the_next_one_rereads_the_head() {
 }
 
 #[tokio::test]
+async fn a_failed_append_gives_back_its_units_as_given_without_the_stored_events() {
+    let h = Harness::sqlite().await;
+    let s = &*h.store;
+    let stored = user_created("usr_a");
+    ok_units(s.append(vec![vec![stored.clone()]]).await.unwrap());
+    // A stale cached head, as above: the first INSERT collides, after the first runs of
+    // the batch are sealed.
+    h.raw_execute(
+        "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, occurred_at, \
+         actor, request_id, data, prev_hash, hash) VALUES (2, '01HF7YAT010000000000000002', \
+         'user:usr_x', 1, 'user.created', 1, 0, 'system', NULL, '{}', zeroblob(32), \
+         randomblob(32))",
+    )
+    .await
+    .unwrap();
+
+    // Enough usage events for several INSERT runs, a command, and an event already stored.
+    let mut units: Vec<Vec<NewEvent>> = (0..300).map(|n| vec![key_used("key_1", n)]).collect();
+    units.push(vec![
+        user_created("usr_b"),
+        user_disabled("usr_b", ExpectedVersion::Exact(1)),
+    ]);
+    units.push(vec![stored.clone()]);
+    let given = units.clone();
+    let Err(unwritten) = s.append_returning(units).await else {
+        panic!("the append should fail on the planted seq");
+    };
+    assert!(
+        matches!(unwritten.error, StoreError::Unavailable(_)),
+        "{:?}",
+        unwritten.error
+    );
+    let mut expected = given.clone();
+    *expected.last_mut().unwrap() = Vec::new();
+    assert_eq!(
+        unwritten.units, expected,
+        "every unit back as given, less what is stored"
+    );
+    assert_eq!(all(s).await.len(), 2, "nothing was written");
+
+    // Given again, they are appended after the planted event, and the chain holds.
+    let res = ok_units(s.append(unwritten.units).await.unwrap());
+    assert_eq!(res.iter().map(Vec::len).sum::<usize>(), 302);
+    assert_eq!(res[0][0].seq, 3);
+    let log = all(s).await;
+    assert_eq!(log.len(), 304);
+    assert_eq!(
+        log.iter().skip(2).map(|e| e.event_id).collect::<Vec<_>>(),
+        given
+            .iter()
+            .take(301)
+            .flatten()
+            .map(|e| e.event_id)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn postgres_never_trusts_a_cached_head() {
     let Some(h) = Harness::postgres().await else {
         return;
