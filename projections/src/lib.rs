@@ -54,6 +54,22 @@ impl State {
     /// changes, so the caller can stop, or skip an event it knowingly tolerates with
     /// [`State::apply_decoded`].
     pub fn apply(&mut self, env: &Envelope) -> Result<(), ApplyError> {
+        self.check_order(env)?;
+        self.apply_decoded_result(env, env.decode())
+    }
+
+    /// [`apply`](Self::apply) with the envelope already decoded (`env.decode()`), so that
+    /// a caller holding a lock around the state can decode, the dear part, before taking it.
+    pub fn apply_predecoded(
+        &mut self,
+        env: &Envelope,
+        decoded: Result<Event, DecodeError>,
+    ) -> Result<(), ApplyError> {
+        self.check_order(env)?;
+        self.apply_decoded_result(env, decoded)
+    }
+
+    fn check_order(&self, env: &Envelope) -> Result<(), ApplyError> {
         let expected = self.head.seq.saturating_add(1);
         if env.seq != expected {
             return Err(ApplyError::OutOfOrder {
@@ -61,7 +77,15 @@ impl State {
                 got: env.seq,
             });
         }
-        let event = env.decode().map_err(|source| ApplyError::Decode {
+        Ok(())
+    }
+
+    fn apply_decoded_result(
+        &mut self,
+        env: &Envelope,
+        decoded: Result<Event, DecodeError>,
+    ) -> Result<(), ApplyError> {
+        let event = decoded.map_err(|source| ApplyError::Decode {
             seq: env.seq,
             source,
         })?;
