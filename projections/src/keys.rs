@@ -14,35 +14,35 @@ use keyward_events::{
 use serde_json::{Map, Value};
 
 /// A gateway key as the log describes it. Deleted keys stay, for audit.
+///
+/// The plain values are public fields; the strings, lists and the fields most keys never
+/// set are read through methods, so that how they are stored can stay compact.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyRecord {
-    pub key_id: String,
-    pub name: String,
-    pub owner_id: String,
-    pub provider_ids: Vec<String>,
+    pub(crate) key_id: String,
+    pub(crate) name: String,
+    pub(crate) owner_id: String,
+    pub(crate) provider_ids: Vec<String>,
     /// Parsed from `key.created`; [`Hash32::ZERO`] when the stored hex does not parse, and
     /// then the key is not in the auth index, so no secret can authenticate as it.
     pub secret_hash: Hash32,
-    pub prefix: String,
+    pub(crate) prefix: String,
     pub expires_at: Timestamp,
-    pub scopes: Vec<Scope>,
-    pub models: Vec<String>,
+    pub(crate) scopes: Vec<Scope>,
+    pub(crate) models: Vec<String>,
     pub rate_limit: Option<RateLimit>,
-    pub quota: Option<Quota>,
-    pub ip_allowlist: Vec<String>,
-    pub metadata: Map<String, Value>,
+    pub(crate) quota: Option<Quota>,
+    pub(crate) ip_allowlist: Vec<String>,
+    pub(crate) metadata: Map<String, Value>,
     pub created_at: Timestamp,
-    /// The actor of the `key.created` envelope.
-    pub created_by: String,
+    pub(crate) created_by: String,
     pub updated_at: Timestamp,
-    pub rotated_from: Option<String>,
-    pub rotated_to: Option<String>,
-    pub grace_until: Option<Timestamp>,
-    /// From the first `key.expired`.
-    pub expired: Option<(ExpireReason, Timestamp)>,
-    pub deleted_at: Option<Timestamp>,
-    /// The expiry notices recorded for the key, each with the end it was about.
-    pub notices: Vec<(NoticeKind, Timestamp)>,
+    pub(crate) rotated_from: Option<String>,
+    pub(crate) rotated_to: Option<String>,
+    pub(crate) grace_until: Option<Timestamp>,
+    pub(crate) expired: Option<(ExpireReason, Timestamp)>,
+    pub(crate) deleted_at: Option<Timestamp>,
+    pub(crate) notices: Vec<(NoticeKind, Timestamp)>,
     /// The stream version of the last event on `key:<id>`. Usage is on `usage:<id>` and
     /// does not move it, so it is what a management command expects.
     pub version: u64,
@@ -84,6 +84,80 @@ impl KeyRecord {
             notices: Vec::new(),
             version: env.stream_version,
         }
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn owner_id(&self) -> &str {
+        &self.owner_id
+    }
+
+    /// In the order `key.created` gave them; the first is the one the proxy uses.
+    pub fn provider_ids(&self) -> impl ExactSizeIterator<Item = &str> + Clone {
+        self.provider_ids.iter().map(String::as_str)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// Empty: every model of the provider.
+    pub fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    pub fn quota(&self) -> Option<Quota> {
+        self.quota
+    }
+
+    /// Empty: any address.
+    pub fn ip_allowlist(&self) -> &[String] {
+        &self.ip_allowlist
+    }
+
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.metadata
+    }
+
+    /// The actor of the `key.created` envelope.
+    pub fn created_by(&self) -> &str {
+        &self.created_by
+    }
+
+    pub fn rotated_from(&self) -> Option<&str> {
+        self.rotated_from.as_deref()
+    }
+
+    pub fn rotated_to(&self) -> Option<&str> {
+        self.rotated_to.as_deref()
+    }
+
+    pub fn grace_until(&self) -> Option<Timestamp> {
+        self.grace_until
+    }
+
+    /// The reason and time of the first `key.expired`.
+    pub fn expired(&self) -> Option<(ExpireReason, Timestamp)> {
+        self.expired
+    }
+
+    pub fn deleted_at(&self) -> Option<Timestamp> {
+        self.deleted_at
+    }
+
+    /// The expiry notices recorded for the key, each with the end it was about.
+    pub fn notices(&self) -> &[(NoticeKind, Timestamp)] {
+        &self.notices
     }
 
     /// Deleted wins over everything, then any kind of expiry, then the rotation grace.

@@ -142,7 +142,7 @@ fn a_snapshot_at_any_seq_plus_the_rest_of_the_log_is_the_full_fold() {
             loaded
                 .keys
                 .by_secret_hash(&secret_hash("key_b"))
-                .map(|k| k.key_id.clone()),
+                .map(|k| k.key_id().to_owned()),
             Some("key_b".to_owned())
         );
         assert_eq!(
