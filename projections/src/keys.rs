@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use keyward_events::time::Timestamp;
 use keyward_events::{
@@ -16,7 +16,8 @@ use serde_json::{Map, Value};
 /// A gateway key as the log describes it. Deleted keys stay, for audit.
 ///
 /// The plain values are public fields; the strings, lists and the fields most keys never
-/// set are read through methods, so that how they are stored can stay compact.
+/// set are read through methods, so that how they are stored can stay compact: a table
+/// holds a million of these.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyRecord {
     pub(crate) key_id: String,
@@ -29,23 +30,70 @@ pub struct KeyRecord {
     pub(crate) prefix: String,
     pub expires_at: Timestamp,
     pub(crate) scopes: Vec<Scope>,
-    pub(crate) models: Vec<String>,
     pub rate_limit: Option<RateLimit>,
-    pub(crate) quota: Option<Quota>,
-    pub(crate) ip_allowlist: Vec<String>,
-    pub(crate) metadata: Map<String, Value>,
     pub created_at: Timestamp,
     pub(crate) created_by: String,
     pub updated_at: Timestamp,
-    pub(crate) rotated_from: Option<String>,
-    pub(crate) rotated_to: Option<String>,
-    pub(crate) grace_until: Option<Timestamp>,
-    pub(crate) expired: Option<(ExpireReason, Timestamp)>,
-    pub(crate) deleted_at: Option<Timestamp>,
-    pub(crate) notices: Vec<(NoticeKind, Timestamp)>,
+    /// `None` when every setting is empty, so that equal records are equal field by field.
+    pub(crate) settings: Option<Box<Settings>>,
+    /// `None` until something happens to the key (or it was made by a rotation).
+    pub(crate) history: Option<Box<History>>,
     /// The stream version of the last event on `key:<id>`. Usage is on `usage:<id>` and
     /// does not move it, so it is what a management command expects.
     pub version: u64,
+}
+
+/// The optional restrictions and labels of a key; most keys have none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Settings {
+    pub(crate) models: Vec<String>,
+    pub(crate) quota: Option<Quota>,
+    pub(crate) ip_allowlist: Vec<String>,
+    pub(crate) metadata: Map<String, Value>,
+}
+
+impl Settings {
+    fn is_empty(&self) -> bool {
+        self.models.is_empty()
+            && self.quota.is_none()
+            && self.ip_allowlist.is_empty()
+            && self.metadata.is_empty()
+    }
+
+    /// Boxed, or `None` when all are empty.
+    pub(crate) fn boxed(self) -> Option<Box<Settings>> {
+        (!self.is_empty()).then(|| Box::new(self))
+    }
+}
+
+/// What happened to a key after `key.created`, and the key it replaced; a live key that
+/// was never rotated has none of it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct History {
+    pub(crate) rotated_from: Option<String>,
+    pub(crate) rotated_to: Option<String>,
+    pub(crate) grace_until: Option<Timestamp>,
+    /// From the first `key.expired`.
+    pub(crate) expired: Option<(ExpireReason, Timestamp)>,
+    pub(crate) deleted_at: Option<Timestamp>,
+    /// The expiry notices recorded for the key, each with the end it was about.
+    pub(crate) notices: Vec<(NoticeKind, Timestamp)>,
+}
+
+impl History {
+    fn is_empty(&self) -> bool {
+        self.rotated_from.is_none()
+            && self.rotated_to.is_none()
+            && self.grace_until.is_none()
+            && self.expired.is_none()
+            && self.deleted_at.is_none()
+            && self.notices.is_empty()
+    }
+
+    /// Boxed, or `None` when nothing is set.
+    pub(crate) fn boxed(self) -> Option<Box<History>> {
+        (!self.is_empty()).then(|| Box::new(self))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -68,20 +116,22 @@ impl KeyRecord {
             prefix: e.prefix.clone(),
             expires_at: e.expires_at,
             scopes: e.scopes.clone(),
-            models: e.models.clone(),
             rate_limit: e.rate_limit,
-            quota: e.quota,
-            ip_allowlist: e.ip_allowlist.clone(),
-            metadata: e.metadata.clone(),
             created_at: env.occurred_at,
             created_by: env.actor.clone(),
             updated_at: env.occurred_at,
-            rotated_from: e.rotated_from.clone(),
-            rotated_to: None,
-            grace_until: None,
-            expired: None,
-            deleted_at: None,
-            notices: Vec::new(),
+            settings: Settings {
+                models: e.models.clone(),
+                quota: e.quota,
+                ip_allowlist: e.ip_allowlist.clone(),
+                metadata: e.metadata.clone(),
+            }
+            .boxed(),
+            history: History {
+                rotated_from: e.rotated_from.clone(),
+                ..History::default()
+            }
+            .boxed(),
             version: env.stream_version,
         }
     }
@@ -113,20 +163,21 @@ impl KeyRecord {
 
     /// Empty: every model of the provider.
     pub fn models(&self) -> &[String] {
-        &self.models
+        self.settings.as_ref().map_or(&[], |s| &s.models)
     }
 
     pub fn quota(&self) -> Option<Quota> {
-        self.quota
+        self.settings.as_ref().and_then(|s| s.quota)
     }
 
     /// Empty: any address.
     pub fn ip_allowlist(&self) -> &[String] {
-        &self.ip_allowlist
+        self.settings.as_ref().map_or(&[], |s| &s.ip_allowlist)
     }
 
     pub fn metadata(&self) -> &Map<String, Value> {
-        &self.metadata
+        static EMPTY: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
+        self.settings.as_ref().map_or(&EMPTY, |s| &s.metadata)
     }
 
     /// The actor of the `key.created` envelope.
@@ -135,40 +186,44 @@ impl KeyRecord {
     }
 
     pub fn rotated_from(&self) -> Option<&str> {
-        self.rotated_from.as_deref()
+        self.history.as_ref()?.rotated_from.as_deref()
     }
 
     pub fn rotated_to(&self) -> Option<&str> {
-        self.rotated_to.as_deref()
+        self.history.as_ref()?.rotated_to.as_deref()
     }
 
     pub fn grace_until(&self) -> Option<Timestamp> {
-        self.grace_until
+        self.history.as_ref()?.grace_until
     }
 
     /// The reason and time of the first `key.expired`.
     pub fn expired(&self) -> Option<(ExpireReason, Timestamp)> {
-        self.expired
+        self.history.as_ref()?.expired
     }
 
     pub fn deleted_at(&self) -> Option<Timestamp> {
-        self.deleted_at
+        self.history.as_ref()?.deleted_at
     }
 
     /// The expiry notices recorded for the key, each with the end it was about.
     pub fn notices(&self) -> &[(NoticeKind, Timestamp)] {
-        &self.notices
+        self.history.as_ref().map_or(&[], |h| &h.notices)
+    }
+
+    fn history_mut(&mut self) -> &mut History {
+        self.history.get_or_insert_default()
     }
 
     /// Deleted wins over everything, then any kind of expiry, then the rotation grace.
     pub fn status(&self, now: Timestamp) -> KeyStatus {
-        if self.deleted_at.is_some() {
+        if self.deleted_at().is_some() {
             return KeyStatus::Deleted;
         }
-        if self.expired.is_some() || now >= self.expires_at {
+        if self.expired().is_some() || now >= self.expires_at {
             return KeyStatus::Expired;
         }
-        if self.rotated_to.is_some() {
+        if self.rotated_to().is_some() {
             return if self.in_grace_at(now) {
                 KeyStatus::Grace
             } else {
@@ -179,13 +234,13 @@ impl KeyRecord {
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.deleted_at.is_some()
+        self.deleted_at().is_some()
     }
 
     /// Whether the key has been rotated and `at` falls before the end of its grace: a use
     /// then shows a client that has not switched to the new key yet.
     pub fn in_grace_at(&self, at: Timestamp) -> bool {
-        self.rotated_to.is_some() && self.grace_until.is_some_and(|g| at < g)
+        self.rotated_to().is_some() && self.grace_until().is_some_and(|g| at < g)
     }
 
     fn apply_update(&mut self, e: &KeyUpdated) {
@@ -198,20 +253,31 @@ impl KeyRecord {
         if let Some(scopes) = &e.scopes {
             self.scopes.clone_from(scopes);
         }
-        if let Some(models) = &e.models {
-            self.models.clone_from(models);
-        }
         if let Some(rate_limit) = e.rate_limit {
             self.rate_limit = rate_limit;
         }
+        if e.models.is_none()
+            && e.quota.is_none()
+            && e.ip_allowlist.is_none()
+            && e.metadata.is_none()
+        {
+            return;
+        }
+        let s = self.settings.get_or_insert_default();
+        if let Some(models) = &e.models {
+            s.models.clone_from(models);
+        }
         if let Some(quota) = e.quota {
-            self.quota = quota;
+            s.quota = quota;
         }
         if let Some(ips) = &e.ip_allowlist {
-            self.ip_allowlist.clone_from(ips);
+            s.ip_allowlist.clone_from(ips);
         }
         if let Some(metadata) = &e.metadata {
-            self.metadata.clone_from(metadata);
+            s.metadata.clone_from(metadata);
+        }
+        if s.is_empty() {
+            self.settings = None;
         }
     }
 }
@@ -269,20 +335,23 @@ impl KeyTable {
             Event::KeyCreated(e) => self.insert(Arc::new(KeyRecord::from_created(env, e))),
             Event::KeyUpdated(e) => self.modify(&e.key_id, env, |k| k.apply_update(e)),
             Event::KeyExpired(e) => self.modify(&e.key_id, env, |k| {
-                k.expired.get_or_insert((e.reason, env.occurred_at));
+                k.history_mut()
+                    .expired
+                    .get_or_insert((e.reason, env.occurred_at));
             }),
             Event::KeyRotated(e) => self.modify(&e.key_id, env, |k| {
-                k.rotated_to = Some(e.new_key_id.clone());
-                k.grace_until = Some(e.grace_until);
+                let h = k.history_mut();
+                h.rotated_to = Some(e.new_key_id.clone());
+                h.grace_until = Some(e.grace_until);
             }),
             Event::KeyDeleted(e) => self.modify(&e.key_id, env, |k| {
-                k.deleted_at.get_or_insert(env.occurred_at);
+                k.history_mut().deleted_at.get_or_insert(env.occurred_at);
             }),
             // A notice is not a change to the key: its `updated_at` stays.
             Event::KeyNoticeSent(e) => {
                 let updated_at = self.get(&e.key_id).map(|k| k.updated_at);
                 self.modify(&e.key_id, env, |k| {
-                    k.notices.push((e.kind, e.ends_at));
+                    k.history_mut().notices.push((e.kind, e.ends_at));
                     if let Some(t) = updated_at {
                         k.updated_at = t;
                     }

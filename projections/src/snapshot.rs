@@ -27,7 +27,7 @@ use keyward_events::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::keys::{ByHash, ById};
+use crate::keys::{ByHash, ById, History, Settings};
 use crate::usage::KeyUsage;
 use crate::{
     DayCounters, KeyRecord, ProviderRecord, SealedCredential, State, UsageTotals, UserRecord,
@@ -217,18 +217,18 @@ struct KeyImage<'a> {
 impl<'a> KeyImage<'a> {
     fn from_record(k: &'a KeyRecord, indexed: bool) -> Self {
         KeyImage {
-            key_id: Cow::Borrowed(&k.key_id),
-            name: Cow::Borrowed(&k.name),
-            owner_id: Cow::Borrowed(&k.owner_id),
+            key_id: Cow::Borrowed(k.key_id()),
+            name: Cow::Borrowed(k.name()),
+            owner_id: Cow::Borrowed(k.owner_id()),
             provider_ids: Cow::Borrowed(&k.provider_ids),
             secret_hash: k.secret_hash.0,
             indexed,
-            prefix: Cow::Borrowed(&k.prefix),
+            prefix: Cow::Borrowed(k.prefix()),
             expires_at: ts(k.expires_at),
-            scopes: Cow::Borrowed(&k.scopes),
-            models: Cow::Borrowed(&k.models),
+            scopes: Cow::Borrowed(k.scopes()),
+            models: Cow::Borrowed(k.models()),
             rate_limit: k.rate_limit.map(|r| (r.requests_per_minute, r.burst)),
-            quota: k.quota.map(|q| {
+            quota: k.quota().map(|q| {
                 [
                     q.requests_per_day,
                     q.requests_per_month,
@@ -236,39 +236,25 @@ impl<'a> KeyImage<'a> {
                     q.tokens_per_month,
                 ]
             }),
-            ip_allowlist: Cow::Borrowed(&k.ip_allowlist),
-            metadata: json_text(&k.metadata),
+            ip_allowlist: Cow::Borrowed(k.ip_allowlist()),
+            metadata: json_text(k.metadata()),
             created_at: ts(k.created_at),
-            created_by: Cow::Borrowed(&k.created_by),
+            created_by: Cow::Borrowed(k.created_by()),
             updated_at: ts(k.updated_at),
-            rotated_from: k.rotated_from.as_deref().map(Cow::Borrowed),
-            rotated_to: k.rotated_to.as_deref().map(Cow::Borrowed),
-            grace_until: k.grace_until.map(ts),
-            expired: k.expired.map(|(r, t)| (r, ts(t))),
-            deleted_at: k.deleted_at.map(ts),
-            notices: k.notices.iter().map(|(n, t)| (*n, ts(*t))).collect(),
+            rotated_from: k.rotated_from().map(Cow::Borrowed),
+            rotated_to: k.rotated_to().map(Cow::Borrowed),
+            grace_until: k.grace_until().map(ts),
+            expired: k.expired().map(|(r, t)| (r, ts(t))),
+            deleted_at: k.deleted_at().map(ts),
+            notices: k.notices().iter().map(|(n, t)| (*n, ts(*t))).collect(),
             version: k.version,
         }
     }
 
     fn into_record(self) -> Option<KeyRecord> {
         let opt_ts = |t: Option<i64>| t.map(from_ts).map_or(Some(None), |t| t.map(Some));
-        Some(KeyRecord {
-            key_id: self.key_id.into_owned(),
-            name: self.name.into_owned(),
-            owner_id: self.owner_id.into_owned(),
-            provider_ids: self.provider_ids.into_owned(),
-            secret_hash: Hash32(self.secret_hash),
-            prefix: self.prefix.into_owned(),
-            expires_at: from_ts(self.expires_at)?,
-            scopes: self.scopes.into_owned(),
+        let settings = Settings {
             models: self.models.into_owned(),
-            rate_limit: self
-                .rate_limit
-                .map(|(requests_per_minute, burst)| RateLimit {
-                    requests_per_minute,
-                    burst,
-                }),
             quota: self.quota.map(|[rd, rm, td, tm]| Quota {
                 requests_per_day: rd,
                 requests_per_month: rm,
@@ -277,9 +263,8 @@ impl<'a> KeyImage<'a> {
             }),
             ip_allowlist: self.ip_allowlist.into_owned(),
             metadata: from_json_text(&self.metadata)?,
-            created_at: from_ts(self.created_at)?,
-            created_by: self.created_by.into_owned(),
-            updated_at: from_ts(self.updated_at)?,
+        };
+        let history = History {
             rotated_from: self.rotated_from.map(Cow::into_owned),
             rotated_to: self.rotated_to.map(Cow::into_owned),
             grace_until: opt_ts(self.grace_until)?,
@@ -293,6 +278,27 @@ impl<'a> KeyImage<'a> {
                 .into_iter()
                 .map(|(n, t)| from_ts(t).map(|t| (n, t)))
                 .collect::<Option<_>>()?,
+        };
+        Some(KeyRecord {
+            key_id: self.key_id.into_owned(),
+            name: self.name.into_owned(),
+            owner_id: self.owner_id.into_owned(),
+            provider_ids: self.provider_ids.into_owned(),
+            secret_hash: Hash32(self.secret_hash),
+            prefix: self.prefix.into_owned(),
+            expires_at: from_ts(self.expires_at)?,
+            scopes: self.scopes.into_owned(),
+            rate_limit: self
+                .rate_limit
+                .map(|(requests_per_minute, burst)| RateLimit {
+                    requests_per_minute,
+                    burst,
+                }),
+            created_at: from_ts(self.created_at)?,
+            created_by: self.created_by.into_owned(),
+            updated_at: from_ts(self.updated_at)?,
+            settings: settings.boxed(),
+            history: history.boxed(),
             version: self.version,
         })
     }

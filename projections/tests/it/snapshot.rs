@@ -120,6 +120,17 @@ fn rich_log() -> Log {
     let mut bad = key_created("key_e");
     bad.secret_hash = "not hex".into();
     log.push(at(7, 3), Event::KeyCreated(bad));
+    // Models and quota set at creation, then cleared: no settings left.
+    log.push(at(7, 4), created("key_f"));
+    log.push(
+        at(7, 5),
+        updated(KeyUpdated {
+            key_id: "key_f".into(),
+            models: Some(vec![]),
+            quota: Some(None),
+            ..KeyUpdated::default()
+        }),
+    );
     log.push(at_ymd(2026, 4, 2, 0), ok("key_b"));
     log
 }
