@@ -20,14 +20,14 @@ use serde_json::{Map, Value};
 /// holds a million of these.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyRecord {
-    pub(crate) key_id: String,
-    pub(crate) name: String,
+    pub(crate) key_id: Box<str>,
+    pub(crate) name: Box<str>,
     pub(crate) owner_id: String,
     pub(crate) provider_ids: Vec<String>,
     /// Parsed from `key.created`; [`Hash32::ZERO`] when the stored hex does not parse, and
     /// then the key is not in the auth index, so no secret can authenticate as it.
     pub secret_hash: Hash32,
-    pub(crate) prefix: String,
+    pub(crate) prefix: Box<str>,
     pub expires_at: Timestamp,
     pub(crate) scopes: Vec<Scope>,
     pub rate_limit: Option<RateLimit>,
@@ -108,12 +108,12 @@ pub enum KeyStatus {
 impl KeyRecord {
     fn from_created(env: &Envelope, e: &KeyCreated) -> KeyRecord {
         KeyRecord {
-            key_id: e.key_id.clone(),
-            name: e.name.clone(),
+            key_id: e.key_id.as_str().into(),
+            name: e.name.as_str().into(),
             owner_id: e.owner_id.clone(),
             provider_ids: e.provider_ids.clone(),
             secret_hash: Hash32::from_hex(&e.secret_hash).unwrap_or(Hash32::ZERO),
-            prefix: e.prefix.clone(),
+            prefix: e.prefix.as_str().into(),
             expires_at: e.expires_at,
             scopes: e.scopes.clone(),
             rate_limit: e.rate_limit,
@@ -245,7 +245,7 @@ impl KeyRecord {
 
     fn apply_update(&mut self, e: &KeyUpdated) {
         if let Some(name) = &e.name {
-            self.name.clone_from(name);
+            self.name = name.as_str().into();
         }
         if let Some(expires_at) = e.expires_at {
             self.expires_at = expires_at;
@@ -362,7 +362,7 @@ impl KeyTable {
     }
 
     fn insert(&mut self, rec: Arc<KeyRecord>) {
-        if let Some(old) = self.by_id.take(rec.key_id.as_str()) {
+        if let Some(old) = self.by_id.take(rec.key_id()) {
             self.unindex_hash(&old.0);
         }
         self.index_hash(&rec);
@@ -411,14 +411,14 @@ impl PartialEq for KeyTable {
             && self.by_hash.len() == other.by_hash.len()
             && self
                 .iter()
-                .all(|k| other.get(&k.key_id).is_some_and(|o| **o == **k))
+                .all(|k| other.get(k.key_id()).is_some_and(|o| **o == **k))
     }
 }
 
 impl fmt::Debug for KeyTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.iter().map(|k| (&k.key_id, k)))
+            .entries(self.iter().map(|k| (k.key_id(), k)))
             .finish()
     }
 }
@@ -429,13 +429,13 @@ pub(crate) struct ById(pub(crate) Arc<KeyRecord>);
 
 impl Borrow<str> for ById {
     fn borrow(&self) -> &str {
-        &self.0.key_id
+        self.0.key_id()
     }
 }
 
 impl Hash for ById {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.key_id.as_str().hash(state);
+        self.0.key_id().hash(state);
     }
 }
 

@@ -280,12 +280,12 @@ impl<'a> KeyImage<'a> {
                 .collect::<Option<_>>()?,
         };
         Some(KeyRecord {
-            key_id: self.key_id.into_owned(),
-            name: self.name.into_owned(),
+            key_id: self.key_id.into(),
+            name: self.name.into(),
             owner_id: self.owner_id.into_owned(),
             provider_ids: self.provider_ids.into_owned(),
             secret_hash: Hash32(self.secret_hash),
-            prefix: self.prefix.into_owned(),
+            prefix: self.prefix.into(),
             expires_at: from_ts(self.expires_at)?,
             scopes: self.scopes.into_owned(),
             rate_limit: self
