@@ -22,17 +22,19 @@ use serde_json::{Map, Value};
 pub struct KeyRecord {
     pub(crate) key_id: Box<str>,
     pub(crate) name: Box<str>,
-    pub(crate) owner_id: String,
-    pub(crate) provider_ids: Vec<String>,
+    /// Shared through the table's [`Interner`], as are the providers, scopes and creator:
+    /// many keys have the same.
+    pub(crate) owner_id: Arc<str>,
+    pub(crate) provider_ids: Arc<[String]>,
     /// Parsed from `key.created`; [`Hash32::ZERO`] when the stored hex does not parse, and
     /// then the key is not in the auth index, so no secret can authenticate as it.
     pub secret_hash: Hash32,
     pub(crate) prefix: Box<str>,
     pub expires_at: Timestamp,
-    pub(crate) scopes: Vec<Scope>,
+    pub(crate) scopes: Arc<[Scope]>,
     pub rate_limit: Option<RateLimit>,
     pub created_at: Timestamp,
-    pub(crate) created_by: String,
+    pub(crate) created_by: Arc<str>,
     pub updated_at: Timestamp,
     /// `None` when every setting is empty, so that equal records are equal field by field.
     pub(crate) settings: Option<Box<Settings>>,
@@ -106,19 +108,19 @@ pub enum KeyStatus {
 }
 
 impl KeyRecord {
-    fn from_created(env: &Envelope, e: &KeyCreated) -> KeyRecord {
+    fn from_created(interner: &mut Interner, env: &Envelope, e: &KeyCreated) -> KeyRecord {
         KeyRecord {
             key_id: e.key_id.as_str().into(),
             name: e.name.as_str().into(),
-            owner_id: e.owner_id.clone(),
-            provider_ids: e.provider_ids.clone(),
+            owner_id: interner.str(&e.owner_id),
+            provider_ids: interner.ids(&e.provider_ids),
             secret_hash: Hash32::from_hex(&e.secret_hash).unwrap_or(Hash32::ZERO),
             prefix: e.prefix.as_str().into(),
             expires_at: e.expires_at,
-            scopes: e.scopes.clone(),
+            scopes: interner.scopes(&e.scopes),
             rate_limit: e.rate_limit,
             created_at: env.occurred_at,
-            created_by: env.actor.clone(),
+            created_by: interner.str(&env.actor),
             updated_at: env.occurred_at,
             settings: Settings {
                 models: e.models.clone(),
@@ -243,15 +245,16 @@ impl KeyRecord {
         self.rotated_to().is_some() && self.grace_until().is_some_and(|g| at < g)
     }
 
-    fn apply_update(&mut self, e: &KeyUpdated) {
+    /// `scopes` is `e.scopes` interned.
+    fn apply_update(&mut self, e: &KeyUpdated, scopes: Option<Arc<[Scope]>>) {
         if let Some(name) = &e.name {
             self.name = name.as_str().into();
         }
         if let Some(expires_at) = e.expires_at {
             self.expires_at = expires_at;
         }
-        if let Some(scopes) = &e.scopes {
-            self.scopes.clone_from(scopes);
+        if let Some(scopes) = scopes {
+            self.scopes = scopes;
         }
         if let Some(rate_limit) = e.rate_limit {
             self.rate_limit = rate_limit;
@@ -291,6 +294,7 @@ impl KeyRecord {
 pub struct KeyTable {
     pub(crate) by_id: HashSet<ById>,
     pub(crate) by_hash: HashSet<ByHash>,
+    pub(crate) interner: Interner,
 }
 
 impl KeyTable {
@@ -318,7 +322,7 @@ impl KeyTable {
     }
 
     pub fn by_owner<'a>(&'a self, owner_id: &'a str) -> impl Iterator<Item = &'a Arc<KeyRecord>> {
-        self.iter().filter(move |k| k.owner_id == owner_id)
+        self.iter().filter(move |k| k.owner_id() == owner_id)
     }
 
     pub fn using_provider<'a>(
@@ -326,14 +330,20 @@ impl KeyTable {
         provider_id: &'a str,
     ) -> impl Iterator<Item = &'a Arc<KeyRecord>> {
         self.iter()
-            .filter(move |k| k.provider_ids.iter().any(|p| p == provider_id))
+            .filter(move |k| k.provider_ids().any(|p| p == provider_id))
     }
 
     /// Folds one key event; other events and events for unknown keys are ignored.
     pub fn apply(&mut self, env: &Envelope, event: &Event) {
         match event {
-            Event::KeyCreated(e) => self.insert(Arc::new(KeyRecord::from_created(env, e))),
-            Event::KeyUpdated(e) => self.modify(&e.key_id, env, |k| k.apply_update(e)),
+            Event::KeyCreated(e) => {
+                let rec = KeyRecord::from_created(&mut self.interner, env, e);
+                self.insert(Arc::new(rec));
+            }
+            Event::KeyUpdated(e) => {
+                let scopes = e.scopes.as_deref().map(|s| self.interner.scopes(s));
+                self.modify(&e.key_id, env, |k| k.apply_update(e, scopes));
+            }
             Event::KeyExpired(e) => self.modify(&e.key_id, env, |k| {
                 k.history_mut()
                     .expired
@@ -470,3 +480,42 @@ impl PartialEq for ByHash {
 }
 
 impl Eq for ByHash {}
+
+/// One shared copy of the values that many keys repeat: owners, creators, provider lists
+/// and scope lists. A million keys of one owner hold one copy of its id.
+///
+/// It only grows, and holds what the log named: users, actors, and the provider and
+/// scope lists that keys were given, not one entry per key. Equal values are equal
+/// whether or not they were interned, so it is no part of a table's equality.
+#[derive(Clone, Default)]
+pub(crate) struct Interner {
+    strs: HashSet<Arc<str>>,
+    id_lists: HashSet<Arc<[String]>>,
+    scope_lists: HashSet<Arc<[Scope]>>,
+}
+
+impl Interner {
+    pub(crate) fn str(&mut self, s: &str) -> Arc<str> {
+        intern(&mut self.strs, s)
+    }
+
+    pub(crate) fn ids(&mut self, ids: &[String]) -> Arc<[String]> {
+        intern(&mut self.id_lists, ids)
+    }
+
+    pub(crate) fn scopes(&mut self, scopes: &[Scope]) -> Arc<[Scope]> {
+        intern(&mut self.scope_lists, scopes)
+    }
+}
+
+fn intern<T: Eq + Hash + ?Sized>(set: &mut HashSet<Arc<T>>, v: &T) -> Arc<T>
+where
+    Arc<T>: for<'a> From<&'a T>,
+{
+    if let Some(a) = set.get(v) {
+        return Arc::clone(a);
+    }
+    let a = Arc::from(v);
+    set.insert(Arc::clone(&a));
+    a
+}

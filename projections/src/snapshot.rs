@@ -27,7 +27,7 @@ use keyward_events::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::keys::{ByHash, ById, History, Settings};
+use crate::keys::{ByHash, ById, History, Interner, Settings};
 use crate::usage::KeyUsage;
 use crate::{
     DayCounters, KeyRecord, ProviderRecord, SealedCredential, State, UsageTotals, UserRecord,
@@ -118,7 +118,10 @@ impl State {
         state.keys.by_id.reserve(image.keys.len());
         for k in image.keys {
             let indexed = k.indexed;
-            let rec = Arc::new(k.into_record().ok_or_else(|| bad("a key record"))?);
+            let rec = k
+                .into_record(&mut state.keys.interner)
+                .ok_or_else(|| bad("a key record"))?;
+            let rec = Arc::new(rec);
             if indexed {
                 state.keys.by_hash.insert(ByHash(Arc::clone(&rec)));
             }
@@ -251,7 +254,8 @@ impl<'a> KeyImage<'a> {
         }
     }
 
-    fn into_record(self) -> Option<KeyRecord> {
+    /// Shares the repeated values through `interner`, as the fold does.
+    fn into_record(self, interner: &mut Interner) -> Option<KeyRecord> {
         let opt_ts = |t: Option<i64>| t.map(from_ts).map_or(Some(None), |t| t.map(Some));
         let settings = Settings {
             models: self.models.into_owned(),
@@ -282,12 +286,12 @@ impl<'a> KeyImage<'a> {
         Some(KeyRecord {
             key_id: self.key_id.into(),
             name: self.name.into(),
-            owner_id: self.owner_id.into_owned(),
-            provider_ids: self.provider_ids.into_owned(),
+            owner_id: interner.str(&self.owner_id),
+            provider_ids: interner.ids(&self.provider_ids),
             secret_hash: Hash32(self.secret_hash),
             prefix: self.prefix.into(),
             expires_at: from_ts(self.expires_at)?,
-            scopes: self.scopes.into_owned(),
+            scopes: interner.scopes(&self.scopes),
             rate_limit: self
                 .rate_limit
                 .map(|(requests_per_minute, burst)| RateLimit {
@@ -295,7 +299,7 @@ impl<'a> KeyImage<'a> {
                     burst,
                 }),
             created_at: from_ts(self.created_at)?,
-            created_by: self.created_by.into_owned(),
+            created_by: interner.str(&self.created_by),
             updated_at: from_ts(self.updated_at)?,
             settings: settings.boxed(),
             history: history.boxed(),
@@ -582,6 +586,50 @@ mod tests {
             [0, 1, 2, 0, 1, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 0, 1, 2],
             "an enum in the snapshot changed order: bump snapshot::FORMAT"
         );
+    }
+
+    /// The fold shares an owner, creator, provider list and scope list among the keys that
+    /// have them; a loaded image must too, or a restart would take more memory.
+    #[test]
+    fn repeated_values_are_shared_after_a_load() {
+        use keyward_events::{Envelope, Event, ExpectedVersion, KeyCreated, NewEvent};
+
+        let now = chrono::Utc::now();
+        let mut envs: Vec<Envelope> = Vec::new();
+        for id in ["key_a", "key_b"] {
+            let e = Event::KeyCreated(KeyCreated {
+                key_id: id.into(),
+                name: id.into(),
+                owner_id: "usr_a".into(),
+                provider_ids: vec!["prv_a".into(), "prv_b".into()],
+                secret_hash: Hash32([id.as_bytes()[4]; 32]).to_hex(),
+                prefix: "kw_x".into(),
+                expires_at: now,
+                scopes: vec![Scope::Chat, Scope::Read],
+                models: vec![],
+                rate_limit: None,
+                quota: None,
+                ip_allowlist: vec![],
+                metadata: Map::new(),
+                rotated_from: None,
+            });
+            let prev = envs.last().map_or(Hash32::ZERO, |e| e.hash);
+            let seq = envs.len() as u64 + 1;
+            envs.push(
+                NewEvent::new(&e, ExpectedVersion::Any, now, "usr_admin", None).seal(seq, 1, prev),
+            );
+        }
+        let mut folded = State::default();
+        folded.apply_all(&envs).unwrap();
+        let loaded = State::from_snapshot(&folded.to_snapshot()).unwrap();
+        assert_eq!(loaded, folded);
+        for s in [&folded, &loaded] {
+            let (a, b) = (s.keys.get("key_a").unwrap(), s.keys.get("key_b").unwrap());
+            assert!(Arc::ptr_eq(&a.owner_id, &b.owner_id));
+            assert!(Arc::ptr_eq(&a.created_by, &b.created_by));
+            assert!(Arc::ptr_eq(&a.provider_ids, &b.provider_ids));
+            assert!(Arc::ptr_eq(&a.scopes, &b.scopes));
+        }
     }
 
     #[test]
