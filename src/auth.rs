@@ -45,7 +45,7 @@ pub fn authenticate(state: &State, presented: &str, now: Timestamp) -> Result<Au
     let hash = crypto::hash_secret(presented);
     let key = state.keys.by_secret_hash(&hash).ok_or(AuthError::Unknown)?;
     let refuse = |reason| AuthError::Refused {
-        key_id: key.key_id.clone(),
+        key_id: key.key_id().to_owned(),
         reason,
     };
     match key.status(now) {
@@ -53,7 +53,7 @@ pub fn authenticate(state: &State, presented: &str, now: Timestamp) -> Result<Au
         KeyStatus::Expired => return Err(refuse(DenyReason::Expired)),
         KeyStatus::Deleted => return Err(refuse(DenyReason::Deleted)),
     }
-    let owner = state.users.get(&key.owner_id).ok_or(AuthError::Unknown)?;
+    let owner = state.users.get(key.owner_id()).ok_or(AuthError::Unknown)?;
     if owner.disabled {
         return Err(refuse(DenyReason::OwnerDisabled));
     }

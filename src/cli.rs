@@ -282,7 +282,7 @@ fn print_expiring(
         .filter(|k| matches!(k.status(now), KeyStatus::Active | KeyStatus::Grace))
         .filter(|k| ends_at(k) <= until)
         .collect();
-    keys.sort_by(|a, b| ends_at(a).cmp(&ends_at(b)).then(a.key_id.cmp(&b.key_id)));
+    keys.sort_by(|a, b| ends_at(a).cmp(&ends_at(b)).then(a.key_id().cmp(b.key_id())));
     let owner = |id: &str| {
         state
             .users
@@ -296,12 +296,12 @@ fn print_expiring(
                 .iter()
                 .map(|k| {
                     json!({
-                        "key_id": k.key_id, "name": k.name, "owner_id": k.owner_id,
-                        "owner": owner(&k.owner_id), "prefix": k.prefix, "status": k.status(now),
+                        "key_id": k.key_id(), "name": k.name(), "owner_id": k.owner_id(),
+                        "owner": owner(k.owner_id()), "prefix": k.prefix(), "status": k.status(now),
                         "ends_at": crate::time::format(&ends_at(k)),
                         "expires_at": crate::time::format(&k.expires_at),
-                        "grace_until": k.grace_until.as_ref().map(crate::time::format),
-                        "rotated_to": k.rotated_to,
+                        "grace_until": k.grace_until().as_ref().map(crate::time::format),
+                        "rotated_to": k.rotated_to(),
                     })
                 })
                 .collect();
@@ -332,17 +332,17 @@ fn print_expiring(
                 } else {
                     "active"
                 };
-                let name: String = k.name.chars().take(24).collect();
-                let who: String = owner(&k.owner_id).chars().take(16).collect();
+                let name: String = k.name().chars().take(24).collect();
+                let who: String = owner(k.owner_id()).chars().take(16).collect();
                 writeln!(
                     out,
                     "{:<31} {:<24} {:<16} {:<7} {:<27} {}",
-                    k.key_id,
+                    k.key_id(),
                     name,
                     who,
                     status,
                     crate::time::format(&ends_at(k)),
-                    k.prefix
+                    k.prefix()
                 )?;
             }
         }
@@ -430,7 +430,7 @@ async fn verify(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>) -> anyh
 
 fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyhow::Result<()> {
     let mut keys: Vec<_> = state.keys.iter().collect();
-    keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    keys.sort_by(|a, b| a.key_id().cmp(b.key_id()));
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => {
@@ -438,9 +438,9 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
                 .iter()
                 .map(|k| {
                     json!({
-                        "key_id": k.key_id, "name": k.name, "owner_id": k.owner_id, "prefix": k.prefix,
+                        "key_id": k.key_id(), "name": k.name(), "owner_id": k.owner_id(), "prefix": k.prefix(),
                         "status": k.status(at), "expires_at": crate::time::format(&k.expires_at),
-                        "scopes": k.scopes, "provider_ids": k.provider_ids,
+                        "scopes": k.scopes(), "provider_ids": k.provider_ids().collect::<Vec<_>>(),
                     })
                 })
                 .collect();
@@ -471,16 +471,16 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
                     KeyStatus::Expired => "expired",
                     KeyStatus::Deleted => "deleted",
                 };
-                let name: String = k.name.chars().take(24).collect();
+                let name: String = k.name().chars().take(24).collect();
                 writeln!(
                     out,
                     "{:<31} {:<24} {:<31} {:<8} {:<27} {}",
-                    k.key_id,
+                    k.key_id(),
                     name,
-                    k.owner_id,
+                    k.owner_id(),
                     status,
                     crate::time::format(&k.expires_at),
-                    k.prefix
+                    k.prefix()
                 )?;
             }
         }

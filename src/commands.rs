@@ -206,7 +206,7 @@ fn visible_key(
     state
         .keys
         .get(key_id)
-        .filter(|k| vis.admits(&k.owner_id))
+        .filter(|k| vis.admits(k.owner_id()))
         .cloned()
         .ok_or_else(|| CommandError::NotFound(format!("key {key_id}")))
 }
@@ -280,7 +280,7 @@ impl Commands {
             s => {
                 return Err(CommandError::Conflict(format!(
                     "key {} is {} and can no longer be changed",
-                    key.key_id,
+                    key.key_id(),
                     status_word(s)
                 )));
             }
@@ -365,7 +365,7 @@ impl Commands {
             KeyStatus::Grace => {
                 return Err(CommandError::Conflict(format!(
                     "key {key_id} was already rotated to {}",
-                    old.rotated_to.as_deref().unwrap_or("another key")
+                    old.rotated_to().unwrap_or("another key")
                 )));
             }
             s => {
@@ -375,20 +375,21 @@ impl Commands {
                 )));
             }
         }
-        self.check_key_refs(&old.owner_id, &old.provider_ids)?;
+        let provider_ids: Vec<String> = old.provider_ids().map(str::to_owned).collect();
+        self.check_key_refs(old.owner_id(), &provider_ids)?;
         let (created, new_id, secret) = self.key_created(
             actor,
             NewKey {
-                name: old.name.clone(),
-                owner_id: old.owner_id.clone(),
-                provider_ids: old.provider_ids.clone(),
+                name: old.name().to_owned(),
+                owner_id: old.owner_id().to_owned(),
+                provider_ids,
                 expires_at: new_expires_at,
-                scopes: old.scopes.clone(),
-                models: old.models.clone(),
+                scopes: old.scopes().to_vec(),
+                models: old.models().to_vec(),
                 rate_limit: old.rate_limit,
-                quota: old.quota,
-                ip_allowlist: old.ip_allowlist.clone(),
-                metadata: old.metadata.clone(),
+                quota: old.quota(),
+                ip_allowlist: old.ip_allowlist().to_vec(),
+                metadata: old.metadata().clone(),
                 rotated_from: Some(key_id.to_owned()),
             },
         );
@@ -630,9 +631,9 @@ impl Commands {
                 .filter(|k| key_is_live(k, now))
                 .map(|k| {
                     serde_json::json!({
-                        "id": k.key_id,
-                        "name": k.name,
-                        "owner_id": k.owner_id,
+                        "id": k.key_id(),
+                        "name": k.name(),
+                        "owner_id": k.owner_id(),
                         "status": k.status(now),
                     })
                 })
@@ -801,17 +802,17 @@ impl Commands {
                     .by_owner(user_id)
                     .filter(|k| key_is_live(k, now))
                     .collect();
-                keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+                keys.sort_by(|a, b| a.key_id().cmp(b.key_id()));
                 for k in keys {
                     unit.push(self.event(
                         actor,
                         &Event::KeyExpired(KeyExpired {
-                            key_id: k.key_id.clone(),
+                            key_id: k.key_id().to_owned(),
                             reason: ExpireReason::OwnerDisabled,
                         }),
                         ExpectedVersion::Exact(k.version),
                     ));
-                    expired.push(k.key_id.clone());
+                    expired.push(k.key_id().to_owned());
                 }
             }
             Some(false) if user.disabled => {

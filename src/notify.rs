@@ -35,11 +35,11 @@ const BACKOFF_START: Duration = Duration::from_millis(500);
 /// When a key stops (or stopped) working: the time it was expired, or the end of its
 /// rotation grace if that comes before its expiry, or its expiry.
 pub fn ends_at(k: &KeyRecord) -> Timestamp {
-    if let Some((_, at)) = k.expired {
+    if let Some((_, at)) = k.expired() {
         return at.min(k.expires_at);
     }
-    match k.grace_until {
-        Some(g) if k.rotated_to.is_some() && g < k.expires_at => g,
+    match k.grace_until() {
+        Some(g) if k.rotated_to().is_some() && g < k.expires_at => g,
         _ => k.expires_at,
     }
 }
@@ -60,11 +60,11 @@ fn due(state: &State, now: Timestamp, within: chrono::Duration) -> Vec<Due> {
             continue;
         }
         let ends = ends_at(k);
-        let sent = |kind| k.notices.iter().any(|(n, e)| *n == kind && *e == ends);
+        let sent = |kind| k.notices().iter().any(|(n, e)| *n == kind && *e == ends);
         let status = k.status(now);
         let grace_used = state
             .usage
-            .totals(&k.key_id)
+            .totals(k.key_id())
             .is_some_and(|t| t.grace_requests > 0);
         let kind = match status {
             // A key that ended long before the webhook was set up is not news.
@@ -85,20 +85,20 @@ fn due(state: &State, now: Timestamp, within: chrono::Duration) -> Vec<Due> {
             }
             _ => continue,
         };
-        let owner = state.users.get(&k.owner_id).map(|u| u.username.clone());
+        let owner = state.users.get(k.owner_id()).map(|u| u.username.clone());
         let body = json!({
             "type": kind,
-            "key_id": k.key_id,
-            "name": k.name,
-            "prefix": k.prefix,
-            "owner_id": k.owner_id,
+            "key_id": k.key_id(),
+            "name": k.name(),
+            "prefix": k.prefix(),
+            "owner_id": k.owner_id(),
             "owner": owner,
             "ends_at": crate::time::format(&ends),
-            "rotated_to": k.rotated_to,
+            "rotated_to": k.rotated_to(),
             "sent_at": crate::time::format(&now),
         });
         out.push(Due {
-            key_id: k.key_id.clone(),
+            key_id: k.key_id().to_owned(),
             kind,
             ends_at: ends,
             version: k.version,

@@ -25,13 +25,13 @@ pub async fn sweep_once(cmds: &Commands) -> Result<usize, AppendError> {
         state
             .keys
             .iter()
-            .filter(|k| k.expired.is_none() && !k.is_deleted())
-            .filter_map(|k| match k.grace_until {
-                Some(g) if k.rotated_to.is_some() && g <= now => {
-                    Some((k.key_id.clone(), ExpireReason::Rotated, k.version))
+            .filter(|k| k.expired().is_none() && !k.is_deleted())
+            .filter_map(|k| match k.grace_until() {
+                Some(g) if k.rotated_to().is_some() && g <= now => {
+                    Some((k.key_id().to_owned(), ExpireReason::Rotated, k.version))
                 }
                 _ if k.expires_at <= now => {
-                    Some((k.key_id.clone(), ExpireReason::Scheduled, k.version))
+                    Some((k.key_id().to_owned(), ExpireReason::Scheduled, k.version))
                 }
                 _ => None,
             })

@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use keyward_events::time::Timestamp;
 use keyward_events::{
@@ -14,38 +14,88 @@ use keyward_events::{
 use serde_json::{Map, Value};
 
 /// A gateway key as the log describes it. Deleted keys stay, for audit.
+///
+/// The plain values are public fields; the strings, lists and the fields most keys never
+/// set are read through methods, so that how they are stored can stay compact: a table
+/// holds a million of these.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyRecord {
-    pub key_id: String,
-    pub name: String,
-    pub owner_id: String,
-    pub provider_ids: Vec<String>,
+    pub(crate) key_id: Box<str>,
+    pub(crate) name: Box<str>,
+    /// Shared through the table's [`Interner`], as are the providers, scopes and creator:
+    /// many keys have the same.
+    pub(crate) owner_id: Arc<str>,
+    pub(crate) provider_ids: Arc<[String]>,
     /// Parsed from `key.created`; [`Hash32::ZERO`] when the stored hex does not parse, and
     /// then the key is not in the auth index, so no secret can authenticate as it.
     pub secret_hash: Hash32,
-    pub prefix: String,
+    pub(crate) prefix: Box<str>,
     pub expires_at: Timestamp,
-    pub scopes: Vec<Scope>,
-    pub models: Vec<String>,
+    pub(crate) scopes: Arc<[Scope]>,
     pub rate_limit: Option<RateLimit>,
-    pub quota: Option<Quota>,
-    pub ip_allowlist: Vec<String>,
-    pub metadata: Map<String, Value>,
     pub created_at: Timestamp,
-    /// The actor of the `key.created` envelope.
-    pub created_by: String,
+    pub(crate) created_by: Arc<str>,
     pub updated_at: Timestamp,
-    pub rotated_from: Option<String>,
-    pub rotated_to: Option<String>,
-    pub grace_until: Option<Timestamp>,
-    /// From the first `key.expired`.
-    pub expired: Option<(ExpireReason, Timestamp)>,
-    pub deleted_at: Option<Timestamp>,
-    /// The expiry notices recorded for the key, each with the end it was about.
-    pub notices: Vec<(NoticeKind, Timestamp)>,
+    /// `None` when every setting is empty, so that equal records are equal field by field.
+    pub(crate) settings: Option<Box<Settings>>,
+    /// `None` until something happens to the key (or it was made by a rotation).
+    pub(crate) history: Option<Box<History>>,
     /// The stream version of the last event on `key:<id>`. Usage is on `usage:<id>` and
     /// does not move it, so it is what a management command expects.
     pub version: u64,
+}
+
+/// The optional restrictions and labels of a key; most keys have none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Settings {
+    pub(crate) models: Vec<String>,
+    pub(crate) quota: Option<Quota>,
+    pub(crate) ip_allowlist: Vec<String>,
+    pub(crate) metadata: Map<String, Value>,
+}
+
+impl Settings {
+    fn is_empty(&self) -> bool {
+        self.models.is_empty()
+            && self.quota.is_none()
+            && self.ip_allowlist.is_empty()
+            && self.metadata.is_empty()
+    }
+
+    /// Boxed, or `None` when all are empty.
+    pub(crate) fn boxed(self) -> Option<Box<Settings>> {
+        (!self.is_empty()).then(|| Box::new(self))
+    }
+}
+
+/// What happened to a key after `key.created`, and the key it replaced; a live key that
+/// was never rotated has none of it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct History {
+    pub(crate) rotated_from: Option<String>,
+    pub(crate) rotated_to: Option<String>,
+    pub(crate) grace_until: Option<Timestamp>,
+    /// From the first `key.expired`.
+    pub(crate) expired: Option<(ExpireReason, Timestamp)>,
+    pub(crate) deleted_at: Option<Timestamp>,
+    /// The expiry notices recorded for the key, each with the end it was about.
+    pub(crate) notices: Vec<(NoticeKind, Timestamp)>,
+}
+
+impl History {
+    fn is_empty(&self) -> bool {
+        self.rotated_from.is_none()
+            && self.rotated_to.is_none()
+            && self.grace_until.is_none()
+            && self.expired.is_none()
+            && self.deleted_at.is_none()
+            && self.notices.is_empty()
+    }
+
+    /// Boxed, or `None` when nothing is set.
+    pub(crate) fn boxed(self) -> Option<Box<History>> {
+        (!self.is_empty()).then(|| Box::new(self))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -58,43 +108,124 @@ pub enum KeyStatus {
 }
 
 impl KeyRecord {
-    fn from_created(env: &Envelope, e: &KeyCreated) -> KeyRecord {
+    fn from_created(interner: &mut Interner, env: &Envelope, e: &KeyCreated) -> KeyRecord {
         KeyRecord {
-            key_id: e.key_id.clone(),
-            name: e.name.clone(),
-            owner_id: e.owner_id.clone(),
-            provider_ids: e.provider_ids.clone(),
+            key_id: e.key_id.as_str().into(),
+            name: e.name.as_str().into(),
+            owner_id: interner.str(&e.owner_id),
+            provider_ids: interner.ids(&e.provider_ids),
             secret_hash: Hash32::from_hex(&e.secret_hash).unwrap_or(Hash32::ZERO),
-            prefix: e.prefix.clone(),
+            prefix: e.prefix.as_str().into(),
             expires_at: e.expires_at,
-            scopes: e.scopes.clone(),
-            models: e.models.clone(),
+            scopes: interner.scopes(&e.scopes),
             rate_limit: e.rate_limit,
-            quota: e.quota,
-            ip_allowlist: e.ip_allowlist.clone(),
-            metadata: e.metadata.clone(),
             created_at: env.occurred_at,
-            created_by: env.actor.clone(),
+            created_by: interner.str(&env.actor),
             updated_at: env.occurred_at,
-            rotated_from: e.rotated_from.clone(),
-            rotated_to: None,
-            grace_until: None,
-            expired: None,
-            deleted_at: None,
-            notices: Vec::new(),
+            settings: Settings {
+                models: e.models.clone(),
+                quota: e.quota,
+                ip_allowlist: e.ip_allowlist.clone(),
+                metadata: e.metadata.clone(),
+            }
+            .boxed(),
+            history: History {
+                rotated_from: e.rotated_from.clone(),
+                ..History::default()
+            }
+            .boxed(),
             version: env.stream_version,
         }
     }
 
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn owner_id(&self) -> &str {
+        &self.owner_id
+    }
+
+    /// In the order `key.created` gave them; the first is the one the proxy uses.
+    pub fn provider_ids(&self) -> impl ExactSizeIterator<Item = &str> + Clone {
+        self.provider_ids.iter().map(String::as_str)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// Empty: every model of the provider.
+    pub fn models(&self) -> &[String] {
+        self.settings.as_ref().map_or(&[], |s| &s.models)
+    }
+
+    pub fn quota(&self) -> Option<Quota> {
+        self.settings.as_ref().and_then(|s| s.quota)
+    }
+
+    /// Empty: any address.
+    pub fn ip_allowlist(&self) -> &[String] {
+        self.settings.as_ref().map_or(&[], |s| &s.ip_allowlist)
+    }
+
+    pub fn metadata(&self) -> &Map<String, Value> {
+        static EMPTY: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
+        self.settings.as_ref().map_or(&EMPTY, |s| &s.metadata)
+    }
+
+    /// The actor of the `key.created` envelope.
+    pub fn created_by(&self) -> &str {
+        &self.created_by
+    }
+
+    pub fn rotated_from(&self) -> Option<&str> {
+        self.history.as_ref()?.rotated_from.as_deref()
+    }
+
+    pub fn rotated_to(&self) -> Option<&str> {
+        self.history.as_ref()?.rotated_to.as_deref()
+    }
+
+    pub fn grace_until(&self) -> Option<Timestamp> {
+        self.history.as_ref()?.grace_until
+    }
+
+    /// The reason and time of the first `key.expired`.
+    pub fn expired(&self) -> Option<(ExpireReason, Timestamp)> {
+        self.history.as_ref()?.expired
+    }
+
+    pub fn deleted_at(&self) -> Option<Timestamp> {
+        self.history.as_ref()?.deleted_at
+    }
+
+    /// The expiry notices recorded for the key, each with the end it was about.
+    pub fn notices(&self) -> &[(NoticeKind, Timestamp)] {
+        self.history.as_ref().map_or(&[], |h| &h.notices)
+    }
+
+    fn history_mut(&mut self) -> &mut History {
+        self.history.get_or_insert_default()
+    }
+
     /// Deleted wins over everything, then any kind of expiry, then the rotation grace.
     pub fn status(&self, now: Timestamp) -> KeyStatus {
-        if self.deleted_at.is_some() {
+        if self.deleted_at().is_some() {
             return KeyStatus::Deleted;
         }
-        if self.expired.is_some() || now >= self.expires_at {
+        if self.expired().is_some() || now >= self.expires_at {
             return KeyStatus::Expired;
         }
-        if self.rotated_to.is_some() {
+        if self.rotated_to().is_some() {
             return if self.in_grace_at(now) {
                 KeyStatus::Grace
             } else {
@@ -105,39 +236,51 @@ impl KeyRecord {
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.deleted_at.is_some()
+        self.deleted_at().is_some()
     }
 
     /// Whether the key has been rotated and `at` falls before the end of its grace: a use
     /// then shows a client that has not switched to the new key yet.
     pub fn in_grace_at(&self, at: Timestamp) -> bool {
-        self.rotated_to.is_some() && self.grace_until.is_some_and(|g| at < g)
+        self.rotated_to().is_some() && self.grace_until().is_some_and(|g| at < g)
     }
 
-    fn apply_update(&mut self, e: &KeyUpdated) {
+    /// `scopes` is `e.scopes` interned.
+    fn apply_update(&mut self, e: &KeyUpdated, scopes: Option<Arc<[Scope]>>) {
         if let Some(name) = &e.name {
-            self.name.clone_from(name);
+            self.name = name.as_str().into();
         }
         if let Some(expires_at) = e.expires_at {
             self.expires_at = expires_at;
         }
-        if let Some(scopes) = &e.scopes {
-            self.scopes.clone_from(scopes);
-        }
-        if let Some(models) = &e.models {
-            self.models.clone_from(models);
+        if let Some(scopes) = scopes {
+            self.scopes = scopes;
         }
         if let Some(rate_limit) = e.rate_limit {
             self.rate_limit = rate_limit;
         }
+        if e.models.is_none()
+            && e.quota.is_none()
+            && e.ip_allowlist.is_none()
+            && e.metadata.is_none()
+        {
+            return;
+        }
+        let s = self.settings.get_or_insert_default();
+        if let Some(models) = &e.models {
+            s.models.clone_from(models);
+        }
         if let Some(quota) = e.quota {
-            self.quota = quota;
+            s.quota = quota;
         }
         if let Some(ips) = &e.ip_allowlist {
-            self.ip_allowlist.clone_from(ips);
+            s.ip_allowlist.clone_from(ips);
         }
         if let Some(metadata) = &e.metadata {
-            self.metadata.clone_from(metadata);
+            s.metadata.clone_from(metadata);
+        }
+        if s.is_empty() {
+            self.settings = None;
         }
     }
 }
@@ -151,6 +294,7 @@ impl KeyRecord {
 pub struct KeyTable {
     pub(crate) by_id: HashSet<ById>,
     pub(crate) by_hash: HashSet<ByHash>,
+    pub(crate) interner: Interner,
 }
 
 impl KeyTable {
@@ -178,7 +322,7 @@ impl KeyTable {
     }
 
     pub fn by_owner<'a>(&'a self, owner_id: &'a str) -> impl Iterator<Item = &'a Arc<KeyRecord>> {
-        self.iter().filter(move |k| k.owner_id == owner_id)
+        self.iter().filter(move |k| k.owner_id() == owner_id)
     }
 
     pub fn using_provider<'a>(
@@ -186,29 +330,38 @@ impl KeyTable {
         provider_id: &'a str,
     ) -> impl Iterator<Item = &'a Arc<KeyRecord>> {
         self.iter()
-            .filter(move |k| k.provider_ids.iter().any(|p| p == provider_id))
+            .filter(move |k| k.provider_ids().any(|p| p == provider_id))
     }
 
     /// Folds one key event; other events and events for unknown keys are ignored.
     pub fn apply(&mut self, env: &Envelope, event: &Event) {
         match event {
-            Event::KeyCreated(e) => self.insert(Arc::new(KeyRecord::from_created(env, e))),
-            Event::KeyUpdated(e) => self.modify(&e.key_id, env, |k| k.apply_update(e)),
+            Event::KeyCreated(e) => {
+                let rec = KeyRecord::from_created(&mut self.interner, env, e);
+                self.insert(Arc::new(rec));
+            }
+            Event::KeyUpdated(e) => {
+                let scopes = e.scopes.as_deref().map(|s| self.interner.scopes(s));
+                self.modify(&e.key_id, env, |k| k.apply_update(e, scopes));
+            }
             Event::KeyExpired(e) => self.modify(&e.key_id, env, |k| {
-                k.expired.get_or_insert((e.reason, env.occurred_at));
+                k.history_mut()
+                    .expired
+                    .get_or_insert((e.reason, env.occurred_at));
             }),
             Event::KeyRotated(e) => self.modify(&e.key_id, env, |k| {
-                k.rotated_to = Some(e.new_key_id.clone());
-                k.grace_until = Some(e.grace_until);
+                let h = k.history_mut();
+                h.rotated_to = Some(e.new_key_id.clone());
+                h.grace_until = Some(e.grace_until);
             }),
             Event::KeyDeleted(e) => self.modify(&e.key_id, env, |k| {
-                k.deleted_at.get_or_insert(env.occurred_at);
+                k.history_mut().deleted_at.get_or_insert(env.occurred_at);
             }),
             // A notice is not a change to the key: its `updated_at` stays.
             Event::KeyNoticeSent(e) => {
                 let updated_at = self.get(&e.key_id).map(|k| k.updated_at);
                 self.modify(&e.key_id, env, |k| {
-                    k.notices.push((e.kind, e.ends_at));
+                    k.history_mut().notices.push((e.kind, e.ends_at));
                     if let Some(t) = updated_at {
                         k.updated_at = t;
                     }
@@ -219,7 +372,7 @@ impl KeyTable {
     }
 
     fn insert(&mut self, rec: Arc<KeyRecord>) {
-        if let Some(old) = self.by_id.take(rec.key_id.as_str()) {
+        if let Some(old) = self.by_id.take(rec.key_id()) {
             self.unindex_hash(&old.0);
         }
         self.index_hash(&rec);
@@ -268,14 +421,14 @@ impl PartialEq for KeyTable {
             && self.by_hash.len() == other.by_hash.len()
             && self
                 .iter()
-                .all(|k| other.get(&k.key_id).is_some_and(|o| **o == **k))
+                .all(|k| other.get(k.key_id()).is_some_and(|o| **o == **k))
     }
 }
 
 impl fmt::Debug for KeyTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.iter().map(|k| (&k.key_id, k)))
+            .entries(self.iter().map(|k| (k.key_id(), k)))
             .finish()
     }
 }
@@ -286,13 +439,13 @@ pub(crate) struct ById(pub(crate) Arc<KeyRecord>);
 
 impl Borrow<str> for ById {
     fn borrow(&self) -> &str {
-        &self.0.key_id
+        self.0.key_id()
     }
 }
 
 impl Hash for ById {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.key_id.as_str().hash(state);
+        self.0.key_id().hash(state);
     }
 }
 
@@ -327,3 +480,42 @@ impl PartialEq for ByHash {
 }
 
 impl Eq for ByHash {}
+
+/// One shared copy of the values that many keys repeat: owners, creators, provider lists
+/// and scope lists. A million keys of one owner hold one copy of its id.
+///
+/// It only grows, and holds what the log named: users, actors, and the provider and
+/// scope lists that keys were given, not one entry per key. Equal values are equal
+/// whether or not they were interned, so it is no part of a table's equality.
+#[derive(Clone, Default)]
+pub(crate) struct Interner {
+    strs: HashSet<Arc<str>>,
+    id_lists: HashSet<Arc<[String]>>,
+    scope_lists: HashSet<Arc<[Scope]>>,
+}
+
+impl Interner {
+    pub(crate) fn str(&mut self, s: &str) -> Arc<str> {
+        intern(&mut self.strs, s)
+    }
+
+    pub(crate) fn ids(&mut self, ids: &[String]) -> Arc<[String]> {
+        intern(&mut self.id_lists, ids)
+    }
+
+    pub(crate) fn scopes(&mut self, scopes: &[Scope]) -> Arc<[Scope]> {
+        intern(&mut self.scope_lists, scopes)
+    }
+}
+
+fn intern<T: Eq + Hash + ?Sized>(set: &mut HashSet<Arc<T>>, v: &T) -> Arc<T>
+where
+    Arc<T>: for<'a> From<&'a T>,
+{
+    if let Some(a) = set.get(v) {
+        return Arc::clone(a);
+    }
+    let a = Arc::from(v);
+    set.insert(Arc::clone(&a));
+    a
+}

@@ -27,7 +27,7 @@ use keyward_events::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::keys::{ByHash, ById};
+use crate::keys::{ByHash, ById, History, Interner, Settings};
 use crate::usage::KeyUsage;
 use crate::{
     DayCounters, KeyRecord, ProviderRecord, SealedCredential, State, UsageTotals, UserRecord,
@@ -118,7 +118,10 @@ impl State {
         state.keys.by_id.reserve(image.keys.len());
         for k in image.keys {
             let indexed = k.indexed;
-            let rec = Arc::new(k.into_record().ok_or_else(|| bad("a key record"))?);
+            let rec = k
+                .into_record(&mut state.keys.interner)
+                .ok_or_else(|| bad("a key record"))?;
+            let rec = Arc::new(rec);
             if indexed {
                 state.keys.by_hash.insert(ByHash(Arc::clone(&rec)));
             }
@@ -217,18 +220,18 @@ struct KeyImage<'a> {
 impl<'a> KeyImage<'a> {
     fn from_record(k: &'a KeyRecord, indexed: bool) -> Self {
         KeyImage {
-            key_id: Cow::Borrowed(&k.key_id),
-            name: Cow::Borrowed(&k.name),
-            owner_id: Cow::Borrowed(&k.owner_id),
+            key_id: Cow::Borrowed(k.key_id()),
+            name: Cow::Borrowed(k.name()),
+            owner_id: Cow::Borrowed(k.owner_id()),
             provider_ids: Cow::Borrowed(&k.provider_ids),
             secret_hash: k.secret_hash.0,
             indexed,
-            prefix: Cow::Borrowed(&k.prefix),
+            prefix: Cow::Borrowed(k.prefix()),
             expires_at: ts(k.expires_at),
-            scopes: Cow::Borrowed(&k.scopes),
-            models: Cow::Borrowed(&k.models),
+            scopes: Cow::Borrowed(k.scopes()),
+            models: Cow::Borrowed(k.models()),
             rate_limit: k.rate_limit.map(|r| (r.requests_per_minute, r.burst)),
-            quota: k.quota.map(|q| {
+            quota: k.quota().map(|q| {
                 [
                     q.requests_per_day,
                     q.requests_per_month,
@@ -236,39 +239,26 @@ impl<'a> KeyImage<'a> {
                     q.tokens_per_month,
                 ]
             }),
-            ip_allowlist: Cow::Borrowed(&k.ip_allowlist),
-            metadata: json_text(&k.metadata),
+            ip_allowlist: Cow::Borrowed(k.ip_allowlist()),
+            metadata: json_text(k.metadata()),
             created_at: ts(k.created_at),
-            created_by: Cow::Borrowed(&k.created_by),
+            created_by: Cow::Borrowed(k.created_by()),
             updated_at: ts(k.updated_at),
-            rotated_from: k.rotated_from.as_deref().map(Cow::Borrowed),
-            rotated_to: k.rotated_to.as_deref().map(Cow::Borrowed),
-            grace_until: k.grace_until.map(ts),
-            expired: k.expired.map(|(r, t)| (r, ts(t))),
-            deleted_at: k.deleted_at.map(ts),
-            notices: k.notices.iter().map(|(n, t)| (*n, ts(*t))).collect(),
+            rotated_from: k.rotated_from().map(Cow::Borrowed),
+            rotated_to: k.rotated_to().map(Cow::Borrowed),
+            grace_until: k.grace_until().map(ts),
+            expired: k.expired().map(|(r, t)| (r, ts(t))),
+            deleted_at: k.deleted_at().map(ts),
+            notices: k.notices().iter().map(|(n, t)| (*n, ts(*t))).collect(),
             version: k.version,
         }
     }
 
-    fn into_record(self) -> Option<KeyRecord> {
+    /// Shares the repeated values through `interner`, as the fold does.
+    fn into_record(self, interner: &mut Interner) -> Option<KeyRecord> {
         let opt_ts = |t: Option<i64>| t.map(from_ts).map_or(Some(None), |t| t.map(Some));
-        Some(KeyRecord {
-            key_id: self.key_id.into_owned(),
-            name: self.name.into_owned(),
-            owner_id: self.owner_id.into_owned(),
-            provider_ids: self.provider_ids.into_owned(),
-            secret_hash: Hash32(self.secret_hash),
-            prefix: self.prefix.into_owned(),
-            expires_at: from_ts(self.expires_at)?,
-            scopes: self.scopes.into_owned(),
+        let settings = Settings {
             models: self.models.into_owned(),
-            rate_limit: self
-                .rate_limit
-                .map(|(requests_per_minute, burst)| RateLimit {
-                    requests_per_minute,
-                    burst,
-                }),
             quota: self.quota.map(|[rd, rm, td, tm]| Quota {
                 requests_per_day: rd,
                 requests_per_month: rm,
@@ -277,9 +267,8 @@ impl<'a> KeyImage<'a> {
             }),
             ip_allowlist: self.ip_allowlist.into_owned(),
             metadata: from_json_text(&self.metadata)?,
-            created_at: from_ts(self.created_at)?,
-            created_by: self.created_by.into_owned(),
-            updated_at: from_ts(self.updated_at)?,
+        };
+        let history = History {
             rotated_from: self.rotated_from.map(Cow::into_owned),
             rotated_to: self.rotated_to.map(Cow::into_owned),
             grace_until: opt_ts(self.grace_until)?,
@@ -293,6 +282,27 @@ impl<'a> KeyImage<'a> {
                 .into_iter()
                 .map(|(n, t)| from_ts(t).map(|t| (n, t)))
                 .collect::<Option<_>>()?,
+        };
+        Some(KeyRecord {
+            key_id: self.key_id.into(),
+            name: self.name.into(),
+            owner_id: interner.str(&self.owner_id),
+            provider_ids: interner.ids(&self.provider_ids),
+            secret_hash: Hash32(self.secret_hash),
+            prefix: self.prefix.into(),
+            expires_at: from_ts(self.expires_at)?,
+            scopes: interner.scopes(&self.scopes),
+            rate_limit: self
+                .rate_limit
+                .map(|(requests_per_minute, burst)| RateLimit {
+                    requests_per_minute,
+                    burst,
+                }),
+            created_at: from_ts(self.created_at)?,
+            created_by: interner.str(&self.created_by),
+            updated_at: from_ts(self.updated_at)?,
+            settings: settings.boxed(),
+            history: history.boxed(),
             version: self.version,
         })
     }
@@ -576,6 +586,50 @@ mod tests {
             [0, 1, 2, 0, 1, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 0, 1, 2],
             "an enum in the snapshot changed order: bump snapshot::FORMAT"
         );
+    }
+
+    /// The fold shares an owner, creator, provider list and scope list among the keys that
+    /// have them; a loaded image must too, or a restart would take more memory.
+    #[test]
+    fn repeated_values_are_shared_after_a_load() {
+        use keyward_events::{Envelope, Event, ExpectedVersion, KeyCreated, NewEvent};
+
+        let now = chrono::Utc::now();
+        let mut envs: Vec<Envelope> = Vec::new();
+        for id in ["key_a", "key_b"] {
+            let e = Event::KeyCreated(KeyCreated {
+                key_id: id.into(),
+                name: id.into(),
+                owner_id: "usr_a".into(),
+                provider_ids: vec!["prv_a".into(), "prv_b".into()],
+                secret_hash: Hash32([id.as_bytes()[4]; 32]).to_hex(),
+                prefix: "kw_x".into(),
+                expires_at: now,
+                scopes: vec![Scope::Chat, Scope::Read],
+                models: vec![],
+                rate_limit: None,
+                quota: None,
+                ip_allowlist: vec![],
+                metadata: Map::new(),
+                rotated_from: None,
+            });
+            let prev = envs.last().map_or(Hash32::ZERO, |e| e.hash);
+            let seq = envs.len() as u64 + 1;
+            envs.push(
+                NewEvent::new(&e, ExpectedVersion::Any, now, "usr_admin", None).seal(seq, 1, prev),
+            );
+        }
+        let mut folded = State::default();
+        folded.apply_all(&envs).unwrap();
+        let loaded = State::from_snapshot(&folded.to_snapshot()).unwrap();
+        assert_eq!(loaded, folded);
+        for s in [&folded, &loaded] {
+            let (a, b) = (s.keys.get("key_a").unwrap(), s.keys.get("key_b").unwrap());
+            assert!(Arc::ptr_eq(&a.owner_id, &b.owner_id));
+            assert!(Arc::ptr_eq(&a.created_by, &b.created_by));
+            assert!(Arc::ptr_eq(&a.provider_ids, &b.provider_ids));
+            assert!(Arc::ptr_eq(&a.scopes, &b.scopes));
+        }
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub(crate) fn visible_streams(app: &AppState, caller: &Caller) -> Option<Vec<Str
     let mut ids: Vec<&str> = state
         .keys
         .by_owner(&caller.user_id)
-        .map(|k| k.key_id.as_str())
+        .map(|k| k.key_id())
         .collect();
     ids.sort_unstable();
     Some(

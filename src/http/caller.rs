@@ -62,7 +62,7 @@ impl FromRequestParts<AppState> for Caller {
             let live = state.0.live.read();
             auth::authenticate(&live, presented, chrono::Utc::now()).map_err(unauthorized)?
         };
-        if !auth::scope_allows(&authed.key.scopes, Scope::Full) {
+        if !auth::scope_allows(authed.key.scopes(), Scope::Full) {
             return Err(ApiError::Forbidden(
                 "the management API needs a key with scope `full`; this key may only use the proxy"
                     .to_owned(),
@@ -72,7 +72,7 @@ impl FromRequestParts<AppState> for Caller {
             user_id: authed.owner.user_id.clone(),
             username: authed.owner.username.clone(),
             role: authed.owner.role,
-            key_id: authed.key.key_id.clone(),
+            key_id: authed.key.key_id().to_owned(),
             request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
         })
     }

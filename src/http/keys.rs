@@ -114,7 +114,7 @@ pub struct KeyView {
 }
 
 pub fn view(k: &KeyRecord, state: &Projections, now: Timestamp) -> KeyView {
-    let totals = state.usage.totals(&k.key_id);
+    let totals = state.usage.totals(k.key_id());
     let usage = UsageView {
         requests: totals.map_or(0, |t| t.requests),
         errors: totals.map_or(0, |t| t.errors),
@@ -122,43 +122,43 @@ pub fn view(k: &KeyRecord, state: &Projections, now: Timestamp) -> KeyView {
         prompt_tokens: totals.map_or(0, |t| t.prompt_tokens),
         completion_tokens: totals.map_or(0, |t| t.completion_tokens),
     };
-    let grace_usage = k.rotated_to.as_ref().map(|_| GraceUsageView {
+    let grace_usage = k.rotated_to().map(|_| GraceUsageView {
         requests: totals.map_or(0, |t| t.grace_requests),
         last_used_at: totals
             .and_then(|t| t.grace_last_used_at)
             .map(|t| time::format(&t)),
     });
     KeyView {
-        id: k.key_id.clone(),
-        name: k.name.clone(),
-        owner_id: k.owner_id.clone(),
-        owner: state.users.get(&k.owner_id).map(|u| u.username.clone()),
-        provider_id: k.provider_ids.first().cloned(),
-        provider_ids: k.provider_ids.clone(),
-        prefix: k.prefix.clone(),
-        scopes: k.scopes.clone(),
-        models: k.models.clone(),
+        id: k.key_id().to_owned(),
+        name: k.name().to_owned(),
+        owner_id: k.owner_id().to_owned(),
+        owner: state.users.get(k.owner_id()).map(|u| u.username.clone()),
+        provider_id: k.provider_ids().next().map(str::to_owned),
+        provider_ids: k.provider_ids().map(str::to_owned).collect(),
+        prefix: k.prefix().to_owned(),
+        scopes: k.scopes().to_vec(),
+        models: k.models().to_vec(),
         rate_limit: k.rate_limit,
-        quota: k.quota,
-        ip_allowlist: k.ip_allowlist.clone(),
-        metadata: k.metadata.clone(),
+        quota: k.quota(),
+        ip_allowlist: k.ip_allowlist().to_vec(),
+        metadata: k.metadata().clone(),
         expires_at: time::format(&k.expires_at),
         status: k.status(now),
         created_at: time::format(&k.created_at),
-        created_by: k.created_by.clone(),
+        created_by: k.created_by().to_owned(),
         updated_at: time::format(&k.updated_at),
         last_used_at: totals
             .and_then(|t| t.last_used_at)
             .map(|t| time::format(&t)),
         usage,
-        rotated_from: k.rotated_from.clone(),
-        rotated_to: k.rotated_to.clone(),
-        grace_until: k.grace_until.map(|t| time::format(&t)),
+        rotated_from: k.rotated_from().map(str::to_owned),
+        rotated_to: k.rotated_to().map(str::to_owned),
+        grace_until: k.grace_until().map(|t| time::format(&t)),
         grace_usage,
-        expired_at: k.expired.map(|(_, t)| time::format(&t)),
-        expired_reason: k.expired.map(|(r, _)| r),
+        expired_at: k.expired().map(|(_, t)| time::format(&t)),
+        expired_reason: k.expired().map(|(r, _)| r),
         deleted: k.is_deleted(),
-        deleted_at: k.deleted_at.map(|t| time::format(&t)),
+        deleted_at: k.deleted_at().map(|t| time::format(&t)),
         version: k.version,
     }
 }
@@ -557,27 +557,27 @@ pub(crate) async fn list_keys(
         let mut keys: Vec<&Arc<KeyRecord>> = state
             .keys
             .iter()
-            .filter(|k| owner_filter.as_deref().is_none_or(|o| k.owner_id == o))
+            .filter(|k| owner_filter.as_deref().is_none_or(|o| k.owner_id() == o))
             .filter(|k| {
                 q.provider_id
                     .as_deref()
-                    .is_none_or(|p| k.provider_ids.iter().any(|x| x == p))
+                    .is_none_or(|p| k.provider_ids().any(|x| x == p))
             })
             .filter(|k| q.status.is_none_or(|s| k.status(now) == s))
             .filter(|k| {
                 needle
                     .as_deref()
-                    .is_none_or(|n| k.name.to_lowercase().contains(n))
+                    .is_none_or(|n| k.name().to_lowercase().contains(n))
             })
-            .filter(|k| q.cursor.as_deref().is_none_or(|c| k.key_id.as_str() > c))
+            .filter(|k| q.cursor.as_deref().is_none_or(|c| k.key_id() > c))
             .collect();
         // Key ids are ULIDs: id order is creation order.
-        keys.sort_unstable_by(|a, b| a.key_id.cmp(&b.key_id));
+        keys.sort_unstable_by(|a, b| a.key_id().cmp(b.key_id()));
         let more = keys.len() > limit;
         keys.truncate(limit);
         KeyList {
             next_cursor: if more {
-                keys.last().map(|k| k.key_id.clone())
+                keys.last().map(|k| k.key_id().to_owned())
             } else {
                 None
             },
@@ -616,7 +616,7 @@ fn find(app: &AppState, caller: &Caller, id: &str) -> Result<Arc<KeyRecord>, Api
         .read()
         .keys
         .get(id)
-        .filter(|k| caller.can_see(&k.owner_id))
+        .filter(|k| caller.can_see(k.owner_id()))
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("key {id} was not found")))
 }

@@ -129,7 +129,7 @@ fn keys_in_scope(state: &Projections, caller: &Caller, q: &LogsQuery) -> Option<
             _ => Some(caller.user_id.clone()),
         }
     };
-    let owned = |owner: &str, key: &str| state.keys.get(key).is_some_and(|k| k.owner_id == owner);
+    let owned = |owner: &str, key: &str| state.keys.get(key).is_some_and(|k| k.owner_id() == owner);
     match (owner, &q.key_id) {
         (None, None) => None,
         (None, Some(k)) => Some(vec![k.clone()]),
@@ -139,7 +139,11 @@ fn keys_in_scope(state: &Projections, caller: &Caller, q: &LogsQuery) -> Option<
             Vec::new()
         }),
         (Some(o), None) => {
-            let mut ids: Vec<String> = state.keys.by_owner(&o).map(|k| k.key_id.clone()).collect();
+            let mut ids: Vec<String> = state
+                .keys
+                .by_owner(&o)
+                .map(|k| k.key_id().to_owned())
+                .collect();
             ids.sort_unstable();
             Some(ids)
         }
@@ -149,7 +153,7 @@ fn keys_in_scope(state: &Projections, caller: &Caller, q: &LogsQuery) -> Option<
 fn row(env: &Envelope, event: Event, state: &Projections) -> Option<LogRow> {
     let key_id = event.key_id()?.to_owned();
     let key = state.keys.get(&key_id);
-    let owner_id = key.map(|k| k.owner_id.clone());
+    let owner_id = key.map(|k| k.owner_id().to_owned());
     let owner = owner_id
         .as_deref()
         .and_then(|o| state.users.get(o))
@@ -157,7 +161,7 @@ fn row(env: &Envelope, event: Event, state: &Projections) -> Option<LogRow> {
     let base = LogRow {
         seq: env.seq,
         at: time::format(&env.occurred_at),
-        key_name: key.map(|k| k.name.clone()),
+        key_name: key.map(|k| k.name().to_owned()),
         owner_id,
         owner,
         key_id,

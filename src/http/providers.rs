@@ -141,11 +141,11 @@ fn credential_view(app: &AppState, p: &ProviderRecord) -> Option<CredentialView>
 fn keys_by_provider(state: &Projections, now: Timestamp) -> HashMap<String, Vec<ProviderKeyRef>> {
     let mut map: HashMap<String, Vec<ProviderKeyRef>> = HashMap::new();
     for k in state.keys.iter().filter(|k| !k.is_deleted()) {
-        for p in &k.provider_ids {
-            map.entry(p.clone()).or_default().push(ProviderKeyRef {
-                id: k.key_id.clone(),
-                name: k.name.clone(),
-                owner_id: k.owner_id.clone(),
+        for p in k.provider_ids() {
+            map.entry(p.to_owned()).or_default().push(ProviderKeyRef {
+                id: k.key_id().to_owned(),
+                name: k.name().to_owned(),
+                owner_id: k.owner_id().to_owned(),
                 status: k.status(now),
             });
         }
@@ -194,9 +194,9 @@ fn live_view(app: &AppState, p: &ProviderRecord) -> ProviderView {
             .using_provider(&p.provider_id)
             .filter(|k| !k.is_deleted())
             .map(|k| ProviderKeyRef {
-                id: k.key_id.clone(),
-                name: k.name.clone(),
-                owner_id: k.owner_id.clone(),
+                id: k.key_id().to_owned(),
+                name: k.name().to_owned(),
+                owner_id: k.owner_id().to_owned(),
                 status: k.status(now),
             })
             .collect();

@@ -955,7 +955,7 @@ impl Actors {
             .map(|u| (u.user_id.clone(), u.username.clone()))
             .collect();
         for k in live.keys.iter() {
-            m.insert(k.key_id.clone(), format!("key {}", k.name));
+            m.insert(k.key_id().to_owned(), format!("key {}", k.name()));
         }
         Actors(m)
     }

@@ -255,7 +255,7 @@ pub async fn setup(
         auth::authenticate(&live, p.form.admin_key.0.trim(), chrono::Utc::now())
     };
     let owner = match authed {
-        Ok(a) if a.owner.role == Role::Admin && auth::scope_allows(&a.key.scopes, Scope::Full) => {
+        Ok(a) if a.owner.role == Role::Admin && auth::scope_allows(a.key.scopes(), Scope::Full) => {
             a.owner
         }
         _ => {

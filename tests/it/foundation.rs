@@ -33,11 +33,11 @@ async fn first_start_creates_the_admin_and_a_private_key_file() {
         .keys
         .by_secret_hash(&secret.hash())
         .expect("the key is in the live projection");
-    assert_eq!(key.scopes, vec![Scope::Full]);
+    assert_eq!(key.scopes(), vec![Scope::Full]);
     assert_eq!(key.status(chrono::Utc::now()), KeyStatus::Active);
     let days = (key.expires_at - chrono::Utc::now()).num_days();
     assert!((29..=30).contains(&days), "{days}");
-    let owner = state.users.get(&key.owner_id).unwrap();
+    let owner = state.users.get(key.owner_id()).unwrap();
     assert_eq!(owner.username, "admin");
     assert_eq!(owner.role, Role::Admin);
     assert_eq!(state.head.seq, 2);

@@ -598,7 +598,7 @@ async fn the_sweeper_writes_each_scheduled_and_rotated_expiry_exactly_once() {
     cmds.rotate_key(
         &Actor::system(),
         Visibility::All,
-        &rot.key_id,
+        rot.key_id(),
         now + chrono::Duration::milliseconds(300),
         now + chrono::Duration::days(1),
     )
@@ -638,8 +638,8 @@ async fn the_sweeper_writes_each_scheduled_and_rotated_expiry_exactly_once() {
         .collect();
     assert!(written >= 2);
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons.contains(&(soon.key_id.clone(), "scheduled".into())));
-    assert!(reasons.contains(&(rot.key_id.clone(), "rotated".into())));
+    assert!(reasons.contains(&(soon.key_id().to_owned(), "scheduled".into())));
+    assert!(reasons.contains(&(rot.key_id().to_owned(), "rotated".into())));
 }
 
 #[tokio::test]

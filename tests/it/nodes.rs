@@ -169,7 +169,7 @@ async fn a_key_created_expired_or_deleted_on_a_is_honoured_on_b_within_a_second(
     eprintln!("create propagated in {lag:?}");
 
     a.cmds()
-        .expire_key(&Actor::system(), Visibility::All, &key.key_id)
+        .expire_key(&Actor::system(), Visibility::All, key.key_id())
         .await
         .unwrap();
     assert!(refused(a.authenticate(&secret), DenyReason::Expired));
@@ -190,7 +190,7 @@ async fn a_key_created_expired_or_deleted_on_a_is_honoured_on_b_within_a_second(
     })
     .await;
     a.cmds()
-        .delete_key(&Actor::system(), Visibility::All, &key2.key_id)
+        .delete_key(&Actor::system(), Visibility::All, key2.key_id())
         .await
         .unwrap();
     within(STALENESS_BOUND, "deleted on A, refused on B", || {
@@ -441,7 +441,7 @@ async fn the_sweepers_of_two_nodes_write_each_scheduled_expiry_once() {
             .create_key(&Actor::system(), key_spec(&admin, &format!("s{i}"), due))
             .await
             .unwrap();
-        ids.push(k.key_id.clone());
+        ids.push(k.key_id().to_owned());
     }
     within(STALENESS_BOUND, "B knows the keys", || {
         ids.iter().all(|id| b.live().read().keys.get(id).is_some())
@@ -526,7 +526,7 @@ async fn a_long_open_append_is_not_skipped_by_a_reader_once_it_commits() {
                 key_spec(&admin, "after", Utc::now() + chrono::Duration::days(1)),
             )
             .await
-            .map(|(k, _)| k.key_id.clone())
+            .map(|(k, _)| k.key_id().to_owned())
     });
     let store = b.store().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -679,7 +679,7 @@ async fn the_tail_reconnects_after_losing_its_connections_and_resumes_from_its_h
             )
             .await
             .unwrap();
-        created.push(k.key_id.clone());
+        created.push(k.key_id().to_owned());
     }
     within(
         Duration::from_secs(5),
@@ -705,7 +705,7 @@ async fn the_tail_reconnects_after_losing_its_connections_and_resumes_from_its_h
         .await
         .unwrap();
     within(STALENESS_BOUND, "B found the next key", || {
-        b.live().read().keys.get(&k.key_id).is_some()
+        b.live().read().keys.get(k.key_id()).is_some()
     })
     .await;
     assert_eq!(a.live().head(), b.live().head());
@@ -861,7 +861,7 @@ async fn killing_a_node_mid_append_loses_nothing_acknowledged_and_the_other_carr
                 )
                 .await
                 .unwrap();
-            mine.push(k.key_id.clone());
+            mine.push(k.key_id().to_owned());
         }
         mine
     });
@@ -1092,10 +1092,10 @@ async fn propagation_lag_between_two_nodes() {
                 .read()
                 .keys
                 .iter()
-                .find(|k| k.name == "lag" && k.expired.is_none())
+                .find(|k| k.name() == "lag" && k.expired().is_none())
                 .unwrap()
-                .key_id
-                .clone();
+                .key_id()
+                .to_owned();
             a.cmds()
                 .expire_key(&Actor::system(), Visibility::All, &key_id)
                 .await

@@ -50,7 +50,7 @@ async fn some_activity(r: &keyward::server::Running, n: usize) {
             .unwrap();
         for _ in 0..3 {
             let used = keyward_events::Event::KeyUsed(KeyUsed {
-                key_id: rec.key_id.clone(),
+                key_id: rec.key_id().to_owned(),
                 provider_id: "prv_x".into(),
                 model: Some("gpt-4o".into()),
                 endpoint: "/v1/chat/completions".into(),
@@ -68,7 +68,7 @@ async fn some_activity(r: &keyward::server::Running, n: usize) {
                     &used,
                     ExpectedVersion::Any,
                     chrono::Utc::now(),
-                    rec.key_id.clone(),
+                    rec.key_id().to_owned(),
                     None,
                 )])
                 .await
@@ -77,7 +77,7 @@ async fn some_activity(r: &keyward::server::Running, n: usize) {
         t.expire_key(
             &Actor::system(),
             keyward::commands::Visibility::All,
-            &rec.key_id,
+            rec.key_id(),
         )
         .await
         .unwrap();

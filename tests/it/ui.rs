@@ -525,7 +525,7 @@ async fn forms_without_the_session_token_or_from_another_origin_are_refused() {
             .read()
             .keys
             .iter()
-            .any(|k| k.name == "csrf-test")
+            .any(|k| k.name() == "csrf-test")
     );
 
     let ok = b
@@ -540,16 +540,16 @@ async fn forms_without_the_session_token_or_from_another_origin_are_refused() {
         .read()
         .keys
         .iter()
-        .find(|k| k.name == "csrf-test")
+        .find(|k| k.name() == "csrf-test")
         .cloned()
         .unwrap();
-    assert_eq!(created.created_by, c.gw.admin_id, "the user is the actor");
+    assert_eq!(created.created_by(), c.gw.admin_id, "the user is the actor");
     // The secret is in this response, and only in this one.
     let secret_start = ok.body.find("value=\"kw_").unwrap() + 7;
     let secret = &ok.body[secret_start..secret_start + 52];
     let again = b.get("/ui/admin/keys").await;
     assert!(!again.body.contains(secret));
-    let detail = b.get(&format!("/ui/keys/{}", created.key_id)).await;
+    let detail = b.get(&format!("/ui/keys/{}", created.key_id())).await;
     assert!(!detail.body.contains(secret));
 
     // The sign-in form is protected the same way.
@@ -702,7 +702,7 @@ async fn a_user_sees_only_their_keys_and_admin_pages_are_refused() {
         .get(&admin_key_id)
         .cloned()
         .unwrap();
-    assert!(!k.is_deleted() && k.expired.is_none());
+    assert!(!k.is_deleted() && k.expired().is_none());
 
     // Their own key they can expire, and the event names them.
     let p = b
@@ -1324,7 +1324,7 @@ async fn edit_changes_name_expiry_and_limit_and_refuses_what_cannot_change() {
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
     assert_eq!(location(&p), "/ui/admin/keys?notice=updated");
     let k = c.state().0.live.read().keys.get(&id).cloned().unwrap();
-    assert_eq!(k.name, "renamed");
+    assert_eq!(k.name(), "renamed");
     assert_eq!(k.expires_at.format("%Y-%m-%d").to_string(), day);
     assert_eq!(k.rate_limit.unwrap().requests_per_minute, 120);
     let evs = crate::proxy::stored(c.state(), "key.updated").await;

@@ -14,22 +14,22 @@ fn a_created_key_is_found_by_id_and_by_secret_hash() {
     let s = log.state();
 
     let k = s.keys.get("key_a").unwrap();
-    assert_eq!(k.key_id, "key_a");
-    assert_eq!(k.name, "key_a name");
-    assert_eq!(k.owner_id, ALICE);
-    assert_eq!(k.provider_ids, vec![OPENAI.to_owned()]);
+    assert_eq!(k.key_id(), "key_a");
+    assert_eq!(k.name(), "key_a name");
+    assert_eq!(k.owner_id(), ALICE);
+    assert!(k.provider_ids().eq([OPENAI]));
     assert_eq!(k.secret_hash, secret_hash("key_a"));
-    assert_eq!(k.prefix, "kw_AbCd");
+    assert_eq!(k.prefix(), "kw_AbCd");
     assert_eq!(k.expires_at, at(31, 0));
-    assert_eq!(k.scopes, vec![Scope::Chat]);
-    assert_eq!(k.models, vec!["gpt-4o".to_owned()]);
+    assert_eq!(k.scopes(), vec![Scope::Chat]);
+    assert_eq!(k.models(), vec!["gpt-4o".to_owned()]);
     assert_eq!(k.rate_limit.map(|r| r.requests_per_minute), Some(60));
-    assert_eq!(k.quota.and_then(|q| q.requests_per_day), Some(1000));
+    assert_eq!(k.quota().and_then(|q| q.requests_per_day), Some(1000));
     assert_eq!(k.created_at, at(1, 9));
     assert_eq!(k.updated_at, at(1, 9));
-    assert_eq!(k.created_by, ALICE);
+    assert_eq!(k.created_by(), ALICE);
     assert_eq!(k.version, 1);
-    assert_eq!(k.rotated_from, None);
+    assert_eq!(k.rotated_from(), None);
     assert_eq!(k.status(at(2, 0)), KeyStatus::Active);
 
     let by_hash = s.keys.by_secret_hash(&secret_hash("key_a")).unwrap();
@@ -65,10 +65,10 @@ fn an_update_changes_only_the_fields_it_carries() {
                 ..KeyUpdated::default()
             },
             Box::new(|k| {
-                assert_eq!(k.name, "renamed");
+                assert_eq!(k.name(), "renamed");
                 assert!(k.rate_limit.is_some());
-                assert!(k.quota.is_some());
-                assert_eq!(k.scopes, vec![Scope::Chat]);
+                assert!(k.quota().is_some());
+                assert_eq!(k.scopes(), vec![Scope::Chat]);
             }),
         ),
         (
@@ -80,8 +80,8 @@ fn an_update_changes_only_the_fields_it_carries() {
             },
             Box::new(|k| {
                 assert_eq!(k.rate_limit, None);
-                assert_eq!(k.quota.and_then(|q| q.requests_per_day), Some(1000));
-                assert_eq!(k.name, "key_a name");
+                assert_eq!(k.quota().and_then(|q| q.requests_per_day), Some(1000));
+                assert_eq!(k.name(), "key_a name");
             }),
         ),
         (
@@ -96,12 +96,12 @@ fn an_update_changes_only_the_fields_it_carries() {
                 ..KeyUpdated::default()
             },
             Box::new(move |k| {
-                assert_eq!(k.quota, Some(quota));
+                assert_eq!(k.quota(), Some(quota));
                 assert_eq!(k.expires_at, at(20, 0));
-                assert_eq!(k.scopes, vec![Scope::Read, Scope::Full]);
-                assert!(k.models.is_empty());
-                assert_eq!(k.ip_allowlist, vec!["10.0.0.0/8".to_owned()]);
-                assert_eq!(k.metadata.get("team"), Some(&json!("ml")));
+                assert_eq!(k.scopes(), vec![Scope::Read, Scope::Full]);
+                assert!(k.models().is_empty());
+                assert_eq!(k.ip_allowlist(), vec!["10.0.0.0/8".to_owned()]);
+                assert_eq!(k.metadata().get("team"), Some(&json!("ml")));
                 assert!(k.rate_limit.is_some());
             }),
         ),
@@ -131,7 +131,7 @@ fn an_update_sent_as_json_null_clears_the_rate_limit() {
     let after = log.state();
     assert!(s.keys.get("key_a").unwrap().rate_limit.is_some());
     assert_eq!(after.keys.get("key_a").unwrap().rate_limit, None);
-    assert!(after.keys.get("key_a").unwrap().quota.is_some());
+    assert!(after.keys.get("key_a").unwrap().quota().is_some());
 }
 
 type Given = Vec<(Timestamp, Event)>;
@@ -216,7 +216,7 @@ fn a_manual_expiry_records_its_reason_and_time() {
         (at(6, 0), expired("key_a", ExpireReason::Scheduled)),
     ]);
     let k = s.keys.get("key_a").unwrap();
-    assert_eq!(k.expired, Some((ExpireReason::Manual, at(5, 0))));
+    assert_eq!(k.expired(), Some((ExpireReason::Manual, at(5, 0))));
     assert_eq!(k.status(at(2, 0)), KeyStatus::Expired);
     assert_eq!(k.version, 3);
 }
@@ -232,26 +232,32 @@ fn rotation_links_the_old_key_to_the_new_one() {
     ]);
 
     let old = s.keys.get("key_a").unwrap();
-    assert_eq!(old.rotated_to.as_deref(), Some("key_b"));
-    assert_eq!(old.grace_until, Some(at(12, 0)));
+    assert_eq!(old.rotated_to(), Some("key_b"));
+    assert_eq!(old.grace_until(), Some(at(12, 0)));
     assert_eq!(old.version, 2);
     assert_eq!(old.status(minutes(at(12, 0), -1)), KeyStatus::Grace);
     assert_eq!(old.status(at(12, 0)), KeyStatus::Expired);
 
     let new = s.keys.get("key_b").unwrap();
-    assert_eq!(new.rotated_from.as_deref(), Some("key_a"));
-    assert_eq!(new.rotated_to, None);
+    assert_eq!(new.rotated_from(), Some("key_a"));
+    assert_eq!(new.rotated_to(), None);
     assert_eq!(new.version, 1);
     assert_eq!(new.status(at(11, 0)), KeyStatus::Active);
     assert_eq!(new.status(at(13, 0)), KeyStatus::Active);
 
     // Both secrets still resolve: the old one must keep working through the grace.
     assert_eq!(
-        s.keys.by_secret_hash(&secret_hash("key_a")).unwrap().key_id,
+        s.keys
+            .by_secret_hash(&secret_hash("key_a"))
+            .unwrap()
+            .key_id(),
         "key_a"
     );
     assert_eq!(
-        s.keys.by_secret_hash(&secret_hash("key_b")).unwrap().key_id,
+        s.keys
+            .by_secret_hash(&secret_hash("key_b"))
+            .unwrap()
+            .key_id(),
         "key_b"
     );
 }
@@ -265,12 +271,15 @@ fn a_deleted_key_stays_in_the_table_and_the_index() {
     ]);
     let k = s.keys.get("key_a").unwrap();
     assert!(k.is_deleted());
-    assert_eq!(k.deleted_at, Some(at(3, 0)));
+    assert_eq!(k.deleted_at(), Some(at(3, 0)));
     assert_eq!(k.status(at(3, 1)), KeyStatus::Deleted);
     assert_eq!(k.version, 2);
     assert_eq!(s.keys.len(), 2);
     assert_eq!(
-        s.keys.by_secret_hash(&secret_hash("key_a")).unwrap().key_id,
+        s.keys
+            .by_secret_hash(&secret_hash("key_a"))
+            .unwrap()
+            .key_id(),
         "key_a"
     );
     assert!(!s.keys.get("key_b").unwrap().is_deleted());
@@ -345,7 +354,7 @@ fn keys_are_listed_by_owner_and_by_provider() {
     ]);
 
     let ids = |it: &mut dyn Iterator<Item = &Arc<KeyRecord>>| {
-        let mut v: Vec<String> = it.map(|k| k.key_id.clone()).collect();
+        let mut v: Vec<String> = it.map(|k| k.key_id().to_owned()).collect();
         v.sort();
         v
     };
@@ -403,12 +412,15 @@ fn a_schema_1_key_created_is_upcast_to_a_provider_list() {
     log.push_new(ne);
     let s: State = log.state();
     let k = s.keys.get("key_old").unwrap();
-    assert_eq!(k.provider_ids, vec![OPENAI.to_owned()]);
-    assert_eq!(k.quota, None);
-    assert!(k.metadata.is_empty());
-    assert_eq!(k.created_by, "system");
+    assert!(k.provider_ids().eq([OPENAI]));
+    assert_eq!(k.quota(), None);
+    assert!(k.metadata().is_empty());
+    assert_eq!(k.created_by(), "system");
     assert_eq!(
-        s.keys.by_secret_hash(&secret_hash("key_old")).unwrap().name,
+        s.keys
+            .by_secret_hash(&secret_hash("key_old"))
+            .unwrap()
+            .name(),
         "legacy"
     );
 }

@@ -77,8 +77,8 @@ fn as_of_a_time_between_two_events_excludes_the_later_one() {
         }
     );
     let k = s.keys.get("key_a").unwrap();
-    assert_eq!(k.expired, Some((ExpireReason::Rotated, at(6, 0))));
-    assert_eq!(k.deleted_at, None);
+    assert_eq!(k.expired(), Some((ExpireReason::Rotated, at(6, 0))));
+    assert_eq!(k.deleted_at(), None);
     assert_eq!(k.status(at(6, 12)), KeyStatus::Expired);
     assert!(!s.users.get(ALICE).unwrap().disabled);
 

@@ -120,6 +120,17 @@ fn rich_log() -> Log {
     let mut bad = key_created("key_e");
     bad.secret_hash = "not hex".into();
     log.push(at(7, 3), Event::KeyCreated(bad));
+    // Models and quota set at creation, then cleared: no settings left.
+    log.push(at(7, 4), created("key_f"));
+    log.push(
+        at(7, 5),
+        updated(KeyUpdated {
+            key_id: "key_f".into(),
+            models: Some(vec![]),
+            quota: Some(None),
+            ..KeyUpdated::default()
+        }),
+    );
     log.push(at_ymd(2026, 4, 2, 0), ok("key_b"));
     log
 }
@@ -142,7 +153,7 @@ fn a_snapshot_at_any_seq_plus_the_rest_of_the_log_is_the_full_fold() {
             loaded
                 .keys
                 .by_secret_hash(&secret_hash("key_b"))
-                .map(|k| k.key_id.clone()),
+                .map(|k| k.key_id().to_owned()),
             Some("key_b".to_owned())
         );
         assert_eq!(

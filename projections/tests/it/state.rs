@@ -199,6 +199,12 @@ fn every_projection_is_fed_from_one_log() {
     assert_eq!(s.head.seq, 4);
     // The owner and the provider resolve across projections.
     let k = s.keys.get("key_a").unwrap();
-    assert_eq!(s.users.get(&k.owner_id).unwrap().username, "alice");
-    assert_eq!(s.providers.get(&k.provider_ids[0]).unwrap().name, "OpenAI");
+    assert_eq!(s.users.get(k.owner_id()).unwrap().username, "alice");
+    assert_eq!(
+        s.providers
+            .get(k.provider_ids().next().unwrap())
+            .unwrap()
+            .name,
+        "OpenAI"
+    );
 }

@@ -364,15 +364,14 @@ impl Ctx<'_> {
             let authed = authenticate(&state, presented, now)?;
             let providers = authed
                 .key
-                .provider_ids
-                .iter()
+                .provider_ids()
                 .filter_map(|id| state.providers.get(id))
                 .filter(|p| !p.is_deleted())
                 .cloned()
                 .collect();
-            let counters = authed.key.quota.map(|_| {
+            let counters = authed.key.quota().map(|_| {
                 let d = now.date_naive();
-                let id = &authed.key.key_id;
+                let id = authed.key.key_id();
                 (
                     state.usage.day(id, d),
                     state.usage.month(id, d.year(), d.month()),
@@ -394,8 +393,8 @@ impl Ctx<'_> {
                 return Err(auth_error(&e));
             }
         };
-        if !scope_allows(&adm.key.scopes, needed) {
-            self.deny(&adm.key.key_id, DenyReason::Scope, None).await;
+        if !scope_allows(adm.key.scopes(), needed) {
+            self.deny(adm.key.key_id(), DenyReason::Scope, None).await;
             return Err(ProxyError::forbidden(
                 "insufficient_scope",
                 format!(
@@ -410,18 +409,18 @@ impl Ctx<'_> {
     /// Steps 8 to 10. Returns the rate-limit headers for the response.
     async fn limits(&self, adm: &Admitted, model: Option<&str>) -> Result<HeaderMap, ProxyError> {
         let key = &adm.key;
-        if !limits::ip_allowed(&key.ip_allowlist, self.ip) {
-            self.deny(&key.key_id, DenyReason::Ip, model).await;
+        if !limits::ip_allowed(key.ip_allowlist(), self.ip) {
+            self.deny(key.key_id(), DenyReason::Ip, model).await;
             return Err(ProxyError::forbidden(
                 "ip_not_allowed",
                 "this key may not be used from this address",
             ));
         }
         let headers = self.rate_limit(adm, model).await?;
-        if let (Some(q), Some((day, month))) = (&key.quota, adm.counters)
-            && let Some(over) = limits::check_quota(q, Utc::now(), day, month)
+        if let (Some(q), Some((day, month))) = (key.quota(), adm.counters)
+            && let Some(over) = limits::check_quota(&q, Utc::now(), day, month)
         {
-            self.deny(&key.key_id, DenyReason::Quota, model).await;
+            self.deny(key.key_id(), DenyReason::Quota, model).await;
             return Err(ProxyError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "insufficient_quota",
@@ -442,10 +441,10 @@ impl Ctx<'_> {
         let Some(rl) = adm.key.rate_limit else {
             return Ok(HeaderMap::new());
         };
-        match self.proxy().rate.check(&adm.key.key_id, rl) {
+        match self.proxy().rate.check(adm.key.key_id(), rl) {
             RateDecision::Allowed { limit, remaining } => Ok(rate_headers(limit, remaining)),
             RateDecision::Refused { limit, retry_after } => {
-                self.deny(&adm.key.key_id, DenyReason::RateLimit, model)
+                self.deny(adm.key.key_id(), DenyReason::RateLimit, model)
                     .await;
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 Err(ProxyError::new(
@@ -484,8 +483,8 @@ impl Ctx<'_> {
         if let Err(limited) = self.rate_limit(adm, model).await {
             return limited;
         }
-        let provider = adm.key.provider_ids.first().map_or("", String::as_str);
-        let mut m = self.meter(&adm.key.key_id, provider, model, false);
+        let provider = adm.key.provider_ids().next().unwrap_or("");
+        let mut m = self.meter(adm.key.key_id(), provider, model, false);
         m.record(
             UsageOutcome::InvalidRequest,
             e.status.as_u16(),
@@ -524,15 +523,15 @@ impl Ctx<'_> {
             .cloned()
             .collect();
         if offering.is_empty() {
-            self.deny(&key.key_id, DenyReason::Provider, Some(&model))
+            self.deny(key.key_id(), DenyReason::Provider, Some(&model))
                 .await;
             return Err(ProxyError::forbidden(
                 "provider_not_allowed",
                 "this key is not bound to a provider that offers this endpoint",
             ));
         }
-        if !key.models.is_empty() && !key.models.contains(&model) {
-            self.deny(&key.key_id, DenyReason::Model, Some(&model))
+        if !key.models().is_empty() && !key.models().contains(&model) {
+            self.deny(key.key_id(), DenyReason::Model, Some(&model))
                 .await;
             return Err(ProxyError::forbidden(
                 "model_not_allowed",
@@ -541,7 +540,7 @@ impl Ctx<'_> {
             .with_param("model"));
         }
         let Some(provider) = upstream::choose(&offering, self.endpoint, &model).cloned() else {
-            self.deny(&key.key_id, DenyReason::Model, Some(&model))
+            self.deny(key.key_id(), DenyReason::Model, Some(&model))
                 .await;
             return Err(upstream::model_not_found());
         };
@@ -560,7 +559,7 @@ impl Ctx<'_> {
         }
 
         let meter = self.meter(
-            &key.key_id,
+            key.key_id(),
             &provider.provider_id,
             Some(&model),
             scanned.stream,
@@ -822,7 +821,7 @@ impl Ctx<'_> {
         let adm = self.admit(headers, Scope::Read).await?;
         let key = &adm.key;
         if adm.providers.is_empty() {
-            self.deny(&key.key_id, DenyReason::Provider, None).await;
+            self.deny(key.key_id(), DenyReason::Provider, None).await;
             return Err(ProxyError::forbidden(
                 "provider_not_allowed",
                 "this key is not bound to any provider",
@@ -830,14 +829,14 @@ impl Ctx<'_> {
         }
         let rl_headers = self.limits(&adm, None).await?;
         let first = adm.providers[0].provider_id.clone();
-        let mut meter = self.meter(&key.key_id, &first, None, false);
+        let mut meter = self.meter(key.key_id(), &first, None, false);
         let mut ids: Vec<(String, String)> = Vec::new();
         let mut upstream_latency = None;
         for p in &adm.providers {
             let listed: Vec<String> = if !p.models.is_empty() {
                 p.models.clone()
-            } else if !key.models.is_empty() {
-                key.models.clone()
+            } else if !key.models().is_empty() {
+                key.models().to_vec()
             } else if p.kind == ProviderKind::AzureOpenai {
                 p.config
                     .get("deployments")
@@ -865,7 +864,7 @@ impl Ctx<'_> {
                 }
             };
             for m in listed {
-                let allowed = key.models.is_empty() || key.models.contains(&m);
+                let allowed = key.models().is_empty() || key.models().contains(&m);
                 if allowed && upstream::serves(p, &m) && !ids.iter().any(|(id, _)| *id == m) {
                     ids.push((m, p.name.clone()));
                 }
