@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Instructions Keyward executes per proxied request, counted by callgrind: a figure that
+# does not depend on what else the machine is doing, for comparing builds.
+#
+#   scripts/instructions-per-request.sh [keyward binary] [requests]
+#
+# The binary defaults to target/release/keyward. Keyward runs under
+# `valgrind --tool=callgrind --instr-atstart=no`; after 200 warm-up requests the
+# instrumentation is switched on for N requests (default 2,000) at 4 connections, then
+# off. Every thread of the process is counted (server, upstream client, appender,
+# SQLite); the kernel is not. Needs valgrind, oha, curl, python3.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/keyward}
+N=${2:-2000}
+export PATH="$HOME/.cargo/bin:$PATH"
+(cd "$ROOT" && cargo build --release --example mock_upstream >/dev/null)
+MOCK=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/mock_upstream
+MOCK_PORT=18095 KW_PORT=18096
+W=$(mktemp -d /tmp/keyward-instr.XXXXXX)
+"$MOCK" "$MOCK_PORT" 2>/dev/null &
+MOCK_PID=$!
+trap 'kill $MOCK_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+KEYWARD_DATA_DIR=$W/d KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=warn \
+    KEYWARD_UPSTREAM_ALLOW=127.0.0.0/8 valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$W/callgrind.out" "$BIN" serve >"$W/keyward.log" 2>&1 &
+KW=$!
+for _ in $(seq 600); do curl -fs -o /dev/null "http://127.0.0.1:$KW_PORT/readyz" && break; sleep 0.2; done
+ADMIN=$(cat "$W/d/initial-admin-key")
+API=http://127.0.0.1:$KW_PORT/api/v1
+PROVIDER=$(curl -fsS "$API/providers" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d "{\"name\":\"mock\",\"kind\":\"openai\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT/v1\",\"api_key\":\"sk-bench\",\"verify\":false}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+SECRET=$(curl -fsS "$API/keys" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d "{\"name\":\"instr\",\"provider_id\":\"$PROVIDER\",\"expires_in\":\"1d\",\"scopes\":[\"chat\"]}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+load() {
+    oha --no-tui -n "$1" -c 4 -m POST -T application/json -d "$BODY" \
+        -H "Authorization: Bearer $SECRET" "http://127.0.0.1:$KW_PORT/v1/chat/completions" >/dev/null
+}
+load 200
+callgrind_control -i on "$KW" >/dev/null 2>&1
+load "$N"
+callgrind_control -i off "$KW" >/dev/null 2>&1
+kill -TERM "$KW"
+wait "$KW" 2>/dev/null || true
+TOTAL=$(callgrind_annotate "$W/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "$TOTAL instructions for $N requests: $((TOTAL / N)) per request"
