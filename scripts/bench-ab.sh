@@ -11,6 +11,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
 OLD=$1 NEW=$2 ROUNDS=${3:-3} S=${4:-4}
 export PATH="$HOME/.cargo/bin:$PATH"
 (cd "$ROOT" && cargo build --release --example mock_upstream >/dev/null)
@@ -27,22 +29,15 @@ print("%6.0f req/s  p50 %5.0f us  p99 %6.0f us  %s" % (s["requestsPerSec"], p["p
 }
 
 one() { # label binary
-    local w mock kw admin api provider secret
+    local w mock kw secret
     w=$(mktemp -d /tmp/keyward-ab.XXXXXX)
     "$MOCK" "$MOCK_PORT" 2>/dev/null &
     mock=$!
     KEYWARD_DATA_DIR=$w/d KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=warn \
         KEYWARD_UPSTREAM_ALLOW=127.0.0.0/8 "$2" serve >"$w/keyward.log" 2>&1 &
     kw=$!
-    for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$KW_PORT/readyz" && break; sleep 0.1; done
-    admin=$(cat "$w/d/initial-admin-key")
-    api=http://127.0.0.1:$KW_PORT/api/v1
-    provider=$(curl -fsS "$api/providers" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
-        -d "{\"name\":\"mock\",\"kind\":\"openai\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT/v1\",\"api_key\":\"sk-bench\",\"verify\":false}" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-    secret=$(curl -fsS "$api/keys" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
-        -d "{\"name\":\"ab\",\"provider_id\":\"$provider\",\"expires_in\":\"1d\",\"scopes\":[\"chat\"]}" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+    wait_http "http://127.0.0.1:$KW_PORT/readyz"
+    secret=$(bench_key "$KW_PORT" "$w/d" "$MOCK_PORT")
     run() {
         oha --no-tui --output-format json -m POST -T application/json -d "$BODY" \
             -H "Authorization: Bearer $secret" "$@" "http://127.0.0.1:$KW_PORT/v1/chat/completions"

@@ -23,6 +23,8 @@ KW_PORT=${BENCH_KEYWARD_PORT:-18082}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -52,15 +54,6 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-wait_http() { # url: at most 30 s
-    for _ in $(seq 1 300); do
-        curl -fs -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    echo "$1 did not come up" >&2
-    return 1
-}
 
 # ---- the mock upstream ----
 "$BIN/examples/mock_upstream" "$MOCK_PORT" 2>"$WORK/mock.log" &
@@ -108,16 +101,7 @@ export KEYWARD_UPSTREAM_ALLOW=127.0.0.0/8
 KW_PID=$!
 PIDS+=($KW_PID)
 wait_http "http://127.0.0.1:$KW_PORT/readyz"
-ADMIN=$(cat "$DATA/initial-admin-key")
-API=http://127.0.0.1:$KW_PORT/api/v1
-H="Authorization: Bearer $ADMIN"
-J="Content-Type: application/json"
-PROVIDER=$(curl -fsS "$API/providers" -H "$H" -H "$J" -d "{\"name\":\"mock\",\"kind\":\"openai\",
-  \"base_url\":\"http://127.0.0.1:$MOCK_PORT/v1\",\"api_key\":\"sk-bench\",\"verify\":false}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-SECRET=$(curl -fsS "$API/keys" -H "$H" -H "$J" -d "{\"name\":\"bench\",\"provider_id\":\"$PROVIDER\",
-  \"expires_in\":\"1d\",\"scopes\":[\"chat\"]}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+SECRET=$(bench_key "$KW_PORT" "$DATA" "$MOCK_PORT")
 
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 declare -A URL=(

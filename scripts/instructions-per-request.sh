@@ -12,6 +12,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
 BIN=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/keyward}
 N=${2:-2000}
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -26,15 +28,8 @@ KEYWARD_DATA_DIR=$W/d KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=warn \
     KEYWARD_UPSTREAM_ALLOW=127.0.0.0/8 valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$W/callgrind.out" "$BIN" serve >"$W/keyward.log" 2>&1 &
 KW=$!
-for _ in $(seq 600); do curl -fs -o /dev/null "http://127.0.0.1:$KW_PORT/readyz" && break; sleep 0.2; done
-ADMIN=$(cat "$W/d/initial-admin-key")
-API=http://127.0.0.1:$KW_PORT/api/v1
-PROVIDER=$(curl -fsS "$API/providers" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
-    -d "{\"name\":\"mock\",\"kind\":\"openai\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT/v1\",\"api_key\":\"sk-bench\",\"verify\":false}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-SECRET=$(curl -fsS "$API/keys" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
-    -d "{\"name\":\"instr\",\"provider_id\":\"$PROVIDER\",\"expires_in\":\"1d\",\"scopes\":[\"chat\"]}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+wait_http "http://127.0.0.1:$KW_PORT/readyz" 1200  # slow under valgrind: 2 minutes
+SECRET=$(bench_key "$KW_PORT" "$W/d" "$MOCK_PORT")
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 load() {
     oha --no-tui -n "$1" -c 4 -m POST -T application/json -d "$BODY" \

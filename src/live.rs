@@ -271,13 +271,12 @@ impl Live {
     /// whole fold. Each slice leaves the state at a seq-ordered prefix of the log, so a
     /// reader between slices sees a consistent (slightly older) state.
     fn apply_batch(&self, envs: &[Envelope]) -> Result<(), ApplyError> {
-        let mut decoded = Vec::with_capacity(APPLY_SLICE.min(envs.len()));
         for slice in envs.chunks(APPLY_SLICE) {
             // Decoding each envelope's data is most of a fold's cost; it is done before the
             // write lock, so proxy lookups wait only for the map updates themselves.
-            decoded.extend(slice.iter().map(Envelope::decode));
+            let decoded: Vec<_> = slice.iter().map(Envelope::decode).collect();
             let mut state = self.state.write();
-            for (env, event) in slice.iter().zip(decoded.drain(..)) {
+            for (env, event) in slice.iter().zip(decoded) {
                 if env.seq > state.head.seq {
                     state.apply_predecoded(env, event)?;
                 }

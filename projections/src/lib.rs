@@ -54,8 +54,7 @@ impl State {
     /// changes, so the caller can stop, or skip an event it knowingly tolerates with
     /// [`State::apply_decoded`].
     pub fn apply(&mut self, env: &Envelope) -> Result<(), ApplyError> {
-        self.check_order(env)?;
-        self.apply_decoded_result(env, env.decode())
+        self.apply_predecoded(env, env.decode())
     }
 
     /// [`apply`](Self::apply) with the envelope already decoded (`env.decode()`), so that
@@ -65,11 +64,6 @@ impl State {
         env: &Envelope,
         decoded: Result<Event, DecodeError>,
     ) -> Result<(), ApplyError> {
-        self.check_order(env)?;
-        self.apply_decoded_result(env, decoded)
-    }
-
-    fn check_order(&self, env: &Envelope) -> Result<(), ApplyError> {
         let expected = self.head.seq.saturating_add(1);
         if env.seq != expected {
             return Err(ApplyError::OutOfOrder {
@@ -77,14 +71,6 @@ impl State {
                 got: env.seq,
             });
         }
-        Ok(())
-    }
-
-    fn apply_decoded_result(
-        &mut self,
-        env: &Envelope,
-        decoded: Result<Event, DecodeError>,
-    ) -> Result<(), ApplyError> {
         let event = decoded.map_err(|source| ApplyError::Decode {
             seq: env.seq,
             source,

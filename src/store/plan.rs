@@ -124,39 +124,37 @@ impl Plan {
 
     /// Each unit's answer, given the planned events sealed in order.
     pub fn answer(self, sealed: Vec<Envelope>) -> Vec<Result<Vec<Envelope>, AppendError>> {
-        let repeated = self.repeated;
-        let mut sealed: Vec<Option<Envelope>> = sealed.into_iter().map(Some).collect();
-        let mut resolve = |slot: Slot| match slot {
-            Slot::Stored(env) => Some(*env),
-            Slot::New(i) if repeated.contains(&i) => sealed.get(i).cloned().flatten(),
-            Slot::New(i) => sealed.get_mut(i).and_then(Option::take),
-        };
-        self.results
-            .into_iter()
-            .map(|r| r.map(|slots| slots.into_iter().filter_map(&mut resolve).collect()))
-            .collect()
+        self.fill(sealed, |env| Some(*env))
     }
-}
 
-impl Plan {
     /// The units as they were given, for an append that failed after planning: `events`
     /// are the planned events in plan order (sealed ones unsealed again). Events already
     /// stored before this call are left out (they are durable), and a unit refused for a
     /// conflict comes back empty.
     pub fn units_back(self, events: Vec<NewEvent>) -> Vec<Vec<NewEvent>> {
+        self.fill(events, |_| None)
+            .into_iter()
+            .map(Result::unwrap_or_default)
+            .collect()
+    }
+
+    /// Each unit with its slots filled: a new event from `planned` (in plan order; cloned
+    /// where a repeated id answers it more than once), a stored one through `stored`.
+    fn fill<T: Clone>(
+        self,
+        planned: Vec<T>,
+        stored: impl Fn(Box<Envelope>) -> Option<T>,
+    ) -> Vec<Result<Vec<T>, AppendError>> {
         let repeated = self.repeated;
-        let mut events: Vec<Option<NewEvent>> = events.into_iter().map(Some).collect();
+        let mut planned: Vec<Option<T>> = planned.into_iter().map(Some).collect();
         let mut resolve = |slot: Slot| match slot {
-            Slot::Stored(_) => None,
-            Slot::New(i) if repeated.contains(&i) => events.get(i).cloned().flatten(),
-            Slot::New(i) => events.get_mut(i).and_then(Option::take),
+            Slot::Stored(env) => stored(env),
+            Slot::New(i) if repeated.contains(&i) => planned.get(i).cloned().flatten(),
+            Slot::New(i) => planned.get_mut(i).and_then(Option::take),
         };
         self.results
             .into_iter()
-            .map(|r| match r {
-                Ok(slots) => slots.into_iter().filter_map(&mut resolve).collect(),
-                Err(_) => Vec::new(),
-            })
+            .map(|r| r.map(|slots| slots.into_iter().filter_map(&mut resolve).collect()))
             .collect()
     }
 }

@@ -794,13 +794,9 @@ async fn sqlite_opens_by_url_and_migrating_again_is_a_no_op() {
     assert_eq!(again.head().await.unwrap().seq, 1);
 }
 
-#[tokio::test]
-async fn a_failed_append_writes_nothing_and_the_next_one_rereads_the_head() {
-    let h = Harness::sqlite().await;
-    let s = &*h.store;
-    ok_units(s.append(vec![vec![user_created("usr_a")]]).await.unwrap());
-    // Another writer takes seq 2 behind the store's back (the lock file normally rules
-    // this out), so the cached head is stale and the next insert collides.
+/// Another writer takes seq 2 behind the store's back (the lock file normally rules this
+/// out), so a SQLite store that cached seq 1 as its head collides on its next insert.
+async fn plant_seq_2(h: &Harness) {
     h.raw_execute(
         "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, occurred_at, \
          actor, request_id, data, prev_hash, hash) VALUES (2, '01HF7YAT010000000000000002', \
@@ -809,6 +805,14 @@ async fn a_failed_append_writes_nothing_and_the_next_one_rereads_the_head() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_append_writes_nothing_and_the_next_one_rereads_the_head() {
+    let h = Harness::sqlite().await;
+    let s = &*h.store;
+    ok_units(s.append(vec![vec![user_created("usr_a")]]).await.unwrap());
+    plant_seq_2(&h).await;
 
     let err = s
         .append(vec![
@@ -838,16 +842,8 @@ async fn a_failed_append_gives_back_its_units_as_given_without_the_stored_events
     let s = &*h.store;
     let stored = user_created("usr_a");
     ok_units(s.append(vec![vec![stored.clone()]]).await.unwrap());
-    // A stale cached head, as above: the first INSERT collides, after the first runs of
-    // the batch are sealed.
-    h.raw_execute(
-        "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, occurred_at, \
-         actor, request_id, data, prev_hash, hash) VALUES (2, '01HF7YAT010000000000000002', \
-         'user:usr_x', 1, 'user.created', 1, 0, 'system', NULL, '{}', zeroblob(32), \
-         randomblob(32))",
-    )
-    .await
-    .unwrap();
+    // The first INSERT collides after the first runs of the batch are sealed.
+    plant_seq_2(&h).await;
 
     // Enough usage events for several INSERT runs, a command, and an event already stored.
     let mut units: Vec<Vec<NewEvent>> = (0..300).map(|n| vec![key_used("key_1", n)]).collect();

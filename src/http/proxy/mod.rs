@@ -760,7 +760,7 @@ impl Ctx<'_> {
             };
             tracing::info!(request_id = %self.request_id, provider_id = %p.provider_id, status = status.as_u16(), "the provider answered with an error");
             (
-                out,
+                Bytes::from(out),
                 UsageOutcome::UpstreamError,
                 Tokens::default(),
                 translate,
@@ -769,7 +769,7 @@ impl Ctx<'_> {
             match anthropic::response(&body) {
                 Some((out, tokens)) => {
                     let out = upstream::scrub_credential(&out, secret.expose()).unwrap_or(out);
-                    (out, UsageOutcome::Success, tokens, true)
+                    (Bytes::from(out), UsageOutcome::Success, tokens, true)
                 }
                 None => {
                     tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider's answer is not a Messages response");
@@ -790,8 +790,8 @@ impl Ctx<'_> {
                     fail(&mut meter, invalid_response(), UsageOutcome::UpstreamError).await,
                 );
             };
-            let out =
-                upstream::scrub_credential(&body, secret.expose()).unwrap_or_else(|| body.to_vec());
+            // The provider's bytes are passed on as they are, unless they held the credential.
+            let out = upstream::scrub_credential(&body, secret.expose()).map_or(body, Bytes::from);
             (out, UsageOutcome::Success, tokens, false)
         };
         meter

@@ -282,9 +282,9 @@ pub fn default_max_tokens(p: &ProviderRecord) -> u64 {
 pub fn response_headers(upstream: &HeaderMap, out: &mut HeaderMap, credential: &str) {
     let clean = |v: &HeaderValue| {
         let b = v.as_bytes();
-        let cred = credential.as_bytes();
-        !(b.windows(3).any(|w| w == b"kw_")
-            || (cred.len() >= 4 && b.windows(cred.len()).any(|w| w == cred)))
+        memchr::memmem::find(b, b"kw_").is_none()
+            && (credential.len() < MIN_CREDENTIAL
+                || memchr::memmem::find(b, credential.as_bytes()).is_none())
     };
     for name in ["openai-processing-ms", "openai-version"] {
         if let Some(v) = upstream.get(name).filter(|v| clean(v)) {
@@ -301,6 +301,8 @@ pub fn response_headers(upstream: &HeaderMap, out: &mut HeaderMap, credential: &
 }
 
 const REDACTED: &[u8] = b"[redacted]";
+/// A credential shorter than this is not looked for: it would match ordinary text.
+const MIN_CREDENTIAL: usize = 4;
 
 /// The client's model name as it may be recorded in an event, a log or a metric: it is
 /// free text, and a client that pastes its key into it must not have the key kept in the
@@ -317,7 +319,7 @@ pub fn recorded_model(model: &str) -> String {
 /// the client's business, so a `kw_` shape is left alone there.
 pub fn scrub_credential(body: &[u8], credential: &str) -> Option<Vec<u8>> {
     let cred = credential.as_bytes();
-    if cred.len() < 4 {
+    if cred.len() < MIN_CREDENTIAL {
         return None;
     }
     // memmem's vectorised search: comparing the credential at every offset ran ~15k
@@ -346,7 +348,7 @@ pub fn scrub(body: &[u8], credential: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
     let mut i = 0;
     while i < body.len() {
-        if cred.len() >= 4 && body[i..].starts_with(cred) {
+        if cred.len() >= MIN_CREDENTIAL && body[i..].starts_with(cred) {
             out.extend_from_slice(REDACTED);
             i += cred.len();
             continue;
