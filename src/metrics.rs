@@ -9,7 +9,10 @@
 //! Labels never carry a secret. Per-key labels (`key_id`) are opt-in, through
 //! `metrics_key_labels`, because they multiply every series by the number of keys.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
 use keyward_events::{DenyReason, KeyUsed, UsageOutcome};
@@ -52,6 +55,7 @@ pub struct ProxyMetrics {
     tokens: Family<Labels, Counter>,
     refusals: Family<Labels, Counter>,
     auth_throttled: Counter,
+    series: SeriesCache,
 }
 
 fn outcome_name(o: UsageOutcome) -> &'static str {
@@ -67,6 +71,98 @@ fn outcome_name(o: UsageOutcome) -> &'static str {
 
 fn status_class(status: u16) -> String {
     format!("{}xx", status / 100)
+}
+
+const OUTCOMES: [UsageOutcome; 6] = [
+    UsageOutcome::Success,
+    UsageOutcome::UpstreamError,
+    UsageOutcome::UpstreamUnavailable,
+    UsageOutcome::UpstreamTimeout,
+    UsageOutcome::ClientClosed,
+    UsageOutcome::InvalidRequest,
+];
+/// Status classes 0xx to 9xx: a `u16` status divided by 100 stays below 10 for any
+/// status hyper accepts (100–999).
+const STATUS_CLASSES: usize = 10;
+
+/// A model name as a label: at most [`MODEL_LABEL_MAX`] bytes, cut at a char boundary.
+fn model_label(model: &str) -> &str {
+    if model.len() <= MODEL_LABEL_MAX {
+        return model;
+    }
+    let mut cut = MODEL_LABEL_MAX;
+    while !model.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &model[..cut]
+}
+
+/// One provider, model (and key)'s handles into the families. A proxied request touches
+/// up to five series with the same base labels; looking each up in its family hashes a
+/// vector of label strings under the family's lock every time. With the handles kept
+/// here, a request does one lookup; the handles share their values with the families,
+/// so a scrape sees the same counts.
+struct Series {
+    base: Labels,
+    latency: Histogram,
+    upstream_latency: Histogram,
+    /// Created on the first request that reports tokens of the kind, as before: a key
+    /// that never reports any has no zero series.
+    prompt: OnceLock<Counter>,
+    completion: OnceLock<Counter>,
+    /// By outcome and status class, each created on first use.
+    requests: [OnceLock<Counter>; OUTCOMES.len() * STATUS_CLASSES],
+}
+
+impl Series {
+    fn request(&self, metrics: &ProxyMetrics, outcome: UsageOutcome, status: u16) -> &Counter {
+        let o = OUTCOMES.iter().position(|x| *x == outcome).unwrap_or(0);
+        let class = usize::from(status / 100).min(STATUS_CLASSES - 1);
+        self.requests[o * STATUS_CLASSES + class].get_or_init(|| {
+            let mut l = self.base.clone();
+            l.push(("outcome", outcome_name(outcome).to_owned()));
+            l.push(("status_class", status_class(status)));
+            metrics.requests.get_or_create(&l).clone()
+        })
+    }
+
+    fn is(&self, provider: &str, model: &str, key: Option<&str>) -> bool {
+        let label = |i: usize| self.base.get(i).map(|(_, v)| v.as_str());
+        label(0) == Some(provider) && label(1) == Some(model) && label(2) == key
+    }
+}
+
+/// At most this many label sets keep their handles; past it, a request looks its series
+/// up in the families as it would without the cache. Models come from request bodies, so
+/// the number of label sets is the client's to choose.
+const MAX_CACHED_SERIES: usize = 4096;
+
+/// [`Series`] by a keyed hash of their labels. A hash that collides with another label
+/// set's is detected on lookup and served from the families.
+#[derive(Default)]
+struct SeriesCache {
+    hasher: std::hash::RandomState,
+    map: parking_lot::RwLock<HashMap<u64, Arc<Series>>>,
+}
+
+impl SeriesCache {
+    fn hash(&self, provider: &str, model: &str, key: Option<&str>) -> u64 {
+        self.hasher.hash_one((provider, model, key))
+    }
+
+    fn get(&self, provider: &str, model: &str, key: Option<&str>) -> Option<Arc<Series>> {
+        let h = self.hash(provider, model, key);
+        let map = self.map.read();
+        map.get(&h).filter(|s| s.is(provider, model, key)).cloned()
+    }
+
+    fn insert(&self, provider: &str, model: &str, key: Option<&str>, series: Arc<Series>) {
+        let h = self.hash(provider, model, key);
+        let mut map = self.map.write();
+        if map.len() < MAX_CACHED_SERIES {
+            map.entry(h).or_insert(series);
+        }
+    }
 }
 
 fn deny_reason_name(r: DenyReason) -> String {
@@ -86,6 +182,7 @@ impl ProxyMetrics {
             tokens: Family::default(),
             refusals: Family::default(),
             auth_throttled: Counter::default(),
+            series: SeriesCache::default(),
         }
     }
 
@@ -98,40 +195,53 @@ impl ProxyMetrics {
 
     /// One proxied request, as recorded in its `key.used`.
     pub fn used(&self, u: &KeyUsed) {
-        let mut model = u.model.clone().unwrap_or_default();
-        if model.len() > MODEL_LABEL_MAX {
-            let mut cut = MODEL_LABEL_MAX;
-            while !model.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            model.truncate(cut);
-        }
-        let base = self.with_key(
-            vec![("provider", u.provider_id.clone()), ("model", model)],
-            &u.key_id,
-        );
-        let mut req = base.clone();
-        req.push(("outcome", outcome_name(u.outcome).to_owned()));
-        req.push(("status_class", status_class(u.status)));
-        self.requests.get_or_create(&req).inc();
-        self.latency
-            .get_or_create(&base)
-            .observe(u.latency_us as f64 / 1e6);
+        let model = model_label(u.model.as_deref().unwrap_or_default());
+        let key = (self.key_labels == KeyLabels::KeyId).then_some(u.key_id.as_str());
+        let series = self.series.get(&u.provider_id, model, key);
+        let series = match &series {
+            Some(s) => s,
+            None => &self.series_for(&u.provider_id, model, key),
+        };
+        series.request(self, u.outcome, u.status).inc();
+        series.latency.observe(u.latency_us as f64 / 1e6);
         if let Some(up) = u.upstream_latency_us {
-            self.upstream_latency
-                .get_or_create(&base)
-                .observe(up as f64 / 1e6);
+            series.upstream_latency.observe(up as f64 / 1e6);
         }
-        for (kind, n) in [
-            ("prompt", u.prompt_tokens),
-            ("completion", u.completion_tokens),
+        for (slot, kind, n) in [
+            (&series.prompt, "prompt", u.prompt_tokens),
+            (&series.completion, "completion", u.completion_tokens),
         ] {
             if n > 0 {
-                let mut l = base.clone();
-                l.push(("kind", kind.to_owned()));
-                self.tokens.get_or_create(&l).inc_by(n);
+                slot.get_or_init(|| {
+                    let mut l = series.base.clone();
+                    l.push(("kind", kind.to_owned()));
+                    self.tokens.get_or_create(&l).clone()
+                })
+                .inc_by(n);
             }
         }
+    }
+
+    /// The handles of one provider, model (and key) from the families, kept for the next
+    /// request with the same labels while the cache has room.
+    fn series_for(&self, provider: &str, model: &str, key: Option<&str>) -> Arc<Series> {
+        let mut base: Labels = vec![
+            ("provider", provider.to_owned()),
+            ("model", model.to_owned()),
+        ];
+        if let Some(k) = key {
+            base.push(("key_id", k.to_owned()));
+        }
+        let series = Arc::new(Series {
+            latency: self.latency.get_or_create(&base).clone(),
+            upstream_latency: self.upstream_latency.get_or_create(&base).clone(),
+            prompt: OnceLock::new(),
+            completion: OnceLock::new(),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            base,
+        });
+        self.series.insert(provider, model, key, series.clone());
+        series
     }
 
     /// A known key refused: rate limit, quota, scope, model, IP, expiry and so on. Every
@@ -349,6 +459,144 @@ impl AppenderStats {
             "keyward_appender_events",
             "Events this node committed; rate() of it is events per second",
             self.committed.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn used(model: &str, outcome: UsageOutcome, status: u16, prompt: u64) -> KeyUsed {
+        KeyUsed {
+            key_id: "key_1".into(),
+            provider_id: "prv_1".into(),
+            model: Some(model.into()),
+            endpoint: "chat".into(),
+            outcome,
+            status,
+            latency_us: 1_500,
+            upstream_latency_us: Some(1_000),
+            prompt_tokens: prompt,
+            completion_tokens: 0,
+            stream: false,
+            client_ip: None,
+        }
+    }
+
+    fn scrape(m: &ProxyMetrics) -> String {
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut out = String::new();
+        encode(&mut out, &r).unwrap();
+        out
+    }
+
+    /// The value of the one sample whose line starts with `series` (name and labels).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn counts_kept_through_the_cache_are_the_families_counts() {
+        let m = ProxyMetrics::new(KeyLabels::KeyId);
+        for _ in 0..3 {
+            m.used(&used("gpt-4o", UsageOutcome::Success, 200, 7));
+        }
+        m.used(&used("gpt-4o", UsageOutcome::UpstreamError, 503, 0));
+        m.used(&used("o3", UsageOutcome::Success, 200, 0));
+        let text = scrape(&m);
+        let base = r#"provider="prv_1",model="gpt-4o",key_id="key_1""#;
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "keyward_proxy_requests_total{{{base},outcome=\"success\",status_class=\"2xx\"}}"
+                )
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "keyward_proxy_requests_total{{{base},outcome=\"upstream_error\",status_class=\"5xx\"}}"
+                )
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("keyward_proxy_request_duration_seconds_count{{{base}}}")
+            ),
+            Some(4.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("keyward_proxy_tokens_total{{{base},kind=\"prompt\"}}")
+            ),
+            Some(21.0)
+        );
+        // No token was ever reported for o3, or as completion: no zero series for them.
+        assert!(
+            !text.contains(r#"model="o3",key_id="key_1",kind="#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"kind="completion""#), "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                r#"keyward_proxy_requests_total{provider="prv_1",model="o3",key_id="key_1",outcome="success",status_class="2xx"}"#
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn label_sets_past_the_cache_limit_are_still_counted() {
+        let m = ProxyMetrics::new(KeyLabels::None);
+        let n = MAX_CACHED_SERIES + 10;
+        for i in 0..n {
+            m.used(&used(&format!("m{i}"), UsageOutcome::Success, 200, 0));
+        }
+        // The last models are past the cache: each is counted through the families.
+        m.used(&used(&format!("m{}", n - 1), UsageOutcome::Success, 200, 0));
+        assert_eq!(m.series.map.read().len(), MAX_CACHED_SERIES);
+        let text = scrape(&m);
+        let series = |model: &str| {
+            format!(
+                "keyward_proxy_requests_total{{provider=\"prv_1\",model=\"{model}\",outcome=\"success\",status_class=\"2xx\"}}"
+            )
+        };
+        assert_eq!(sample(&text, &series("m0")), Some(1.0));
+        assert_eq!(sample(&text, &series(&format!("m{}", n - 1))), Some(2.0));
+    }
+
+    #[test]
+    fn a_long_model_is_one_series_cut_at_a_char_boundary() {
+        let m = ProxyMetrics::new(KeyLabels::None);
+        let long = format!("{}é{}", "a".repeat(MODEL_LABEL_MAX - 1), "b".repeat(10));
+        m.used(&used(&long, UsageOutcome::Success, 200, 0));
+        m.used(&used(
+            &format!("{long}-other-suffix"),
+            UsageOutcome::Success,
+            200,
+            0,
+        ));
+        let cut = "a".repeat(MODEL_LABEL_MAX - 1);
+        assert_eq!(model_label(&long), cut);
+        let text = scrape(&m);
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "keyward_proxy_requests_total{{provider=\"prv_1\",model=\"{cut}\",outcome=\"success\",status_class=\"2xx\"}}"
+                )
+            ),
+            Some(2.0)
         );
     }
 }
