@@ -32,6 +32,9 @@ pub mod ui;
 /// appender seals it, SQLite's worker binds it, the sink folds it), and glibc spent ~30%
 /// of that path's instructions in `_int_malloc`/`_int_free`/`malloc_consolidate` and its
 /// arena locks (BENCHMARKS.md, "What changed for speed").
+///
+/// With the default feature `c-malloc`, mimalloc also replaces the C `malloc` in every
+/// binary that links this crate, so SQLite's page cache and statements use it too.
 pub type Allocator = mimalloc::MiMalloc;
 
 /// The one value of [`Allocator`], for `#[global_allocator] static A: Allocator = ALLOCATOR;`.
