@@ -73,14 +73,19 @@ fn status_class(status: u16) -> String {
     format!("{}xx", status / 100)
 }
 
-const OUTCOMES: [UsageOutcome; 6] = [
-    UsageOutcome::Success,
-    UsageOutcome::UpstreamError,
-    UsageOutcome::UpstreamUnavailable,
-    UsageOutcome::UpstreamTimeout,
-    UsageOutcome::ClientClosed,
-    UsageOutcome::InvalidRequest,
-];
+/// The outcomes' places in [`Series::requests`]. Exhaustive, so a new outcome cannot
+/// share another's place (and label).
+const OUTCOMES: usize = 6;
+fn outcome_slot(o: UsageOutcome) -> usize {
+    match o {
+        UsageOutcome::Success => 0,
+        UsageOutcome::UpstreamError => 1,
+        UsageOutcome::UpstreamUnavailable => 2,
+        UsageOutcome::UpstreamTimeout => 3,
+        UsageOutcome::ClientClosed => 4,
+        UsageOutcome::InvalidRequest => 5,
+    }
+}
 /// Status classes 0xx to 9xx: a `u16` status divided by 100 stays below 10 for any
 /// status hyper accepts (100–999).
 const STATUS_CLASSES: usize = 10;
@@ -111,14 +116,13 @@ struct Series {
     prompt: OnceLock<Counter>,
     completion: OnceLock<Counter>,
     /// By outcome and status class, each created on first use.
-    requests: [OnceLock<Counter>; OUTCOMES.len() * STATUS_CLASSES],
+    requests: [OnceLock<Counter>; OUTCOMES * STATUS_CLASSES],
 }
 
 impl Series {
     fn request(&self, metrics: &ProxyMetrics, outcome: UsageOutcome, status: u16) -> &Counter {
-        let o = OUTCOMES.iter().position(|x| *x == outcome).unwrap_or(0);
         let class = usize::from(status / 100).min(STATUS_CLASSES - 1);
-        self.requests[o * STATUS_CLASSES + class].get_or_init(|| {
+        self.requests[outcome_slot(outcome) * STATUS_CLASSES + class].get_or_init(|| {
             let mut l = self.base.clone();
             l.push(("outcome", outcome_name(outcome).to_owned()));
             l.push(("status_class", status_class(status)));
@@ -186,9 +190,14 @@ impl ProxyMetrics {
         }
     }
 
-    fn with_key(&self, mut labels: Labels, key_id: &str) -> Labels {
-        if self.key_labels == KeyLabels::KeyId {
-            labels.push(("key_id", key_id.to_owned()));
+    /// The key's id as a label value, when series carry it.
+    fn key_label<'a>(&self, key_id: &'a str) -> Option<&'a str> {
+        (self.key_labels == KeyLabels::KeyId).then_some(key_id)
+    }
+
+    fn with_key(mut labels: Labels, key: Option<&str>) -> Labels {
+        if let Some(k) = key {
+            labels.push(("key_id", k.to_owned()));
         }
         labels
     }
@@ -196,12 +205,11 @@ impl ProxyMetrics {
     /// One proxied request, as recorded in its `key.used`.
     pub fn used(&self, u: &KeyUsed) {
         let model = model_label(u.model.as_deref().unwrap_or_default());
-        let key = (self.key_labels == KeyLabels::KeyId).then_some(u.key_id.as_str());
-        let series = self.series.get(&u.provider_id, model, key);
-        let series = match &series {
-            Some(s) => s,
-            None => &self.series_for(&u.provider_id, model, key),
-        };
+        let key = self.key_label(&u.key_id);
+        let series = self
+            .series
+            .get(&u.provider_id, model, key)
+            .unwrap_or_else(|| self.series_for(&u.provider_id, model, key));
         series.request(self, u.outcome, u.status).inc();
         series.latency.observe(u.latency_us as f64 / 1e6);
         if let Some(up) = u.upstream_latency_us {
@@ -225,13 +233,13 @@ impl ProxyMetrics {
     /// The handles of one provider, model (and key) from the families, kept for the next
     /// request with the same labels while the cache has room.
     fn series_for(&self, provider: &str, model: &str, key: Option<&str>) -> Arc<Series> {
-        let mut base: Labels = vec![
-            ("provider", provider.to_owned()),
-            ("model", model.to_owned()),
-        ];
-        if let Some(k) = key {
-            base.push(("key_id", k.to_owned()));
-        }
+        let base = Self::with_key(
+            vec![
+                ("provider", provider.to_owned()),
+                ("model", model.to_owned()),
+            ],
+            key,
+        );
         let series = Arc::new(Series {
             latency: self.latency.get_or_create(&base).clone(),
             upstream_latency: self.upstream_latency.get_or_create(&base).clone(),
@@ -247,7 +255,10 @@ impl ProxyMetrics {
     /// A known key refused: rate limit, quota, scope, model, IP, expiry and so on. Every
     /// refusal counts, including those the `key.denied` throttle folds together.
     pub fn refused(&self, key_id: &str, reason: DenyReason) {
-        let l = self.with_key(vec![("reason", deny_reason_name(reason))], key_id);
+        let l = Self::with_key(
+            vec![("reason", deny_reason_name(reason))],
+            self.key_label(key_id),
+        );
         self.refusals.get_or_create(&l).inc();
     }
 

@@ -55,17 +55,15 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    fn is_empty(&self) -> bool {
-        self.models.is_empty()
-            && self.quota.is_none()
-            && self.ip_allowlist.is_empty()
-            && self.metadata.is_empty()
-    }
-
     /// Boxed, or `None` when all are empty.
     pub(crate) fn boxed(self) -> Option<Box<Settings>> {
-        (!self.is_empty()).then(|| Box::new(self))
+        boxed_unless_default(self)
     }
+}
+
+/// `value` boxed, or `None` when it is its type's default: nothing set.
+fn boxed_unless_default<T: Default + PartialEq>(value: T) -> Option<Box<T>> {
+    (value != T::default()).then(|| Box::new(value))
 }
 
 /// What happened to a key after `key.created`, and the key it replaced; a live key that
@@ -83,18 +81,9 @@ pub(crate) struct History {
 }
 
 impl History {
-    fn is_empty(&self) -> bool {
-        self.rotated_from.is_none()
-            && self.rotated_to.is_none()
-            && self.grace_until.is_none()
-            && self.expired.is_none()
-            && self.deleted_at.is_none()
-            && self.notices.is_empty()
-    }
-
     /// Boxed, or `None` when nothing is set.
     pub(crate) fn boxed(self) -> Option<Box<History>> {
-        (!self.is_empty()).then(|| Box::new(self))
+        boxed_unless_default(self)
     }
 }
 
@@ -279,7 +268,7 @@ impl KeyRecord {
         if let Some(metadata) = &e.metadata {
             s.metadata.clone_from(metadata);
         }
-        if s.is_empty() {
+        if **s == Settings::default() {
             self.settings = None;
         }
     }
