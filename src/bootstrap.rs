@@ -42,7 +42,7 @@ pub async fn bootstrap(cmds: &Commands, username: &str) -> Result<Bootstrapped, 
 pub async fn bootstrap_with_password(
     cmds: &Commands,
     username: &str,
-    password_hash: Option<String>,
+    password_hash: Option<crate::crypto::PasswordHash>,
 ) -> Result<Bootstrapped, BootstrapError> {
     let actor = Actor::system();
     let existing = cmds

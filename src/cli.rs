@@ -67,8 +67,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ProvidersCommand {
-    /// Re-encrypt every current provider credential under the first (newest) master key of
-    /// KEYWARD_MASTER_KEYS, one `provider.key_updated` each; afterwards the older master keys
+    /// Re-encrypt every current provider credential (one `provider.key_updated` each) and
+    /// every sealed console password (one `user.updated` each) under the first (newest)
+    /// master key of KEYWARD_MASTER_KEYS; afterwards the older master keys
     /// can be removed from the keyring. Takes the data dir's lock: stop `serve` first.
     Reseal,
 }
@@ -123,7 +124,7 @@ pub enum Format {
 
 /// Runs a parsed command line. Returns the process exit code.
 /// One line from stdin, checked and hashed with argon2id; the plaintext is zeroed.
-fn read_password_stdin() -> anyhow::Result<String> {
+fn read_password_stdin() -> anyhow::Result<crate::crypto::PasswordHash> {
     let mut line = zeroize::Zeroizing::new(String::new());
     std::io::stdin()
         .read_line(&mut line)
@@ -134,6 +135,7 @@ fn read_password_stdin() -> anyhow::Result<String> {
         anyhow::bail!("--password-stdin: the password must be 12 to 1024 characters, not {n}");
     }
     crate::crypto::hash_password(password)
+        .map(crate::crypto::PasswordHash::new)
         .map_err(|e| anyhow::anyhow!("--password-stdin: cannot hash the password: {e}"))
 }
 
@@ -203,10 +205,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let running = crate::server::start(config).await?;
             let outcome = reseal(&running.state).await;
             running.shutdown().await;
-            let (resealed, current) = outcome?;
+            let (resealed, passwords, current) = outcome?;
             println!(
-                "resealed {resealed} provider credential(s) under master key version {current}; \
-                 every current credential now uses it, and older master keys can be removed"
+                "resealed {resealed} provider credential(s) under master key version {current}, \
+                 and {passwords} console password(s); every current credential and password now uses it, \
+                 and older master keys can be removed"
             );
             Ok(0)
         }
@@ -224,9 +227,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// Re-encrypts every live credential not sealed under the current master key. Returns how
-/// many were resealed and the current version.
-async fn reseal(state: &crate::AppState) -> anyhow::Result<(usize, u32)> {
+/// Re-encrypts every live credential and console password not sealed under the current
+/// master key. Returns how many credentials and passwords were resealed, and the current
+/// version.
+async fn reseal(state: &crate::AppState) -> anyhow::Result<(usize, usize, u32)> {
     let app = &state.0;
     let current = app.keyring.current().version;
     let stale: Vec<_> = {
@@ -266,7 +270,46 @@ async fn reseal(state: &crate::AppState) -> anyhow::Result<(usize, u32)> {
             p.provider_id, p.name, c.keyring_version
         );
     }
-    Ok((stale.len(), current))
+    // Console passwords are sealed under the keyring too: without this, removing an old
+    // master key would lock their users out of the console.
+    let stale_users: Vec<_> = {
+        let live = app.live.read();
+        let mut v: Vec<_> = live
+            .users
+            .iter()
+            .filter(|u| {
+                matches!(&u.password, Some(keyward_projections::StoredPassword::Sealed(s))
+                    if s.keyring_version != current)
+            })
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        v
+    };
+    for u in &stale_users {
+        let Some(keyward_projections::StoredPassword::Sealed(s)) = &u.password else {
+            continue;
+        };
+        let hash = app.keyring.open_password(&u.user_id, s).with_context(|| {
+            format!(
+                "cannot decrypt the password of user {} (master key version {})",
+                u.user_id, s.keyring_version
+            )
+        })?;
+        let patch = crate::commands::UserPatch {
+            password_hash: Some(hash),
+            ..crate::commands::UserPatch::default()
+        };
+        app.commands
+            .update_user(&actor, &u.user_id, patch)
+            .await
+            .with_context(|| format!("cannot reseal the password of user {}", u.user_id))?;
+        eprintln!(
+            "user {} ({}): password, master key version {} -> {current}",
+            u.user_id, u.username, s.keyring_version
+        );
+    }
+    Ok((stale.len(), stale_users.len(), current))
 }
 
 fn print_expiring(
@@ -520,7 +563,7 @@ async fn export(
         let advanced = last.seq.saturating_sub(after);
         after = last.seq;
         for env in &page {
-            serde_json::to_writer(&mut out, env)?;
+            serde_json::to_writer(&mut out, &*keyward_events::upcast::readable(env))?;
             out.write_all(b"\n")?;
         }
         if let Some(b) = &bar {

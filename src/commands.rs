@@ -18,7 +18,7 @@ use keyward_events::{
 };
 use keyward_projections::{KeyRecord, KeyStatus, ProviderRecord, State, UserRecord};
 
-use crate::crypto::{Keyring, ProviderSecret, Secret};
+use crate::crypto::{Keyring, PasswordHash, ProviderSecret, Secret};
 use crate::live::Live;
 use crate::provider_check::CheckResult;
 use crate::store::AppendError;
@@ -93,14 +93,17 @@ pub struct Commands {
     /// that two concurrent creates cannot both take a name. Names are not streams, so the
     /// stream versions cannot do this.
     names: Arc<tokio::sync::Mutex<()>>,
+    /// Seals password hashes before they enter the log.
+    keyring: Keyring,
 }
 
 impl Commands {
-    pub fn new(live: Arc<Live>, appender: Appender) -> Self {
+    pub fn new(live: Arc<Live>, appender: Appender, keyring: Keyring) -> Self {
         Commands {
             live,
             appender,
             names: Arc::new(tokio::sync::Mutex::new(())),
+            keyring,
         }
     }
 
@@ -146,14 +149,15 @@ impl Commands {
         actor: &Actor,
         username: &str,
         role: Role,
-        password_hash: Option<String>,
+        password_hash: Option<PasswordHash>,
     ) -> (NewEvent, String) {
         let user_id = new_user_id();
         let ev = Event::UserCreated(UserCreated {
             user_id: user_id.clone(),
             username: username.to_owned(),
             role,
-            password_hash,
+            password: password_hash.map(|h| self.keyring.seal_password(&user_id, &h)),
+            legacy_password_hash: None,
         });
         (self.event(actor, &ev, ExpectedVersion::NoStream), user_id)
     }
@@ -164,13 +168,14 @@ impl Commands {
         actor: &Actor,
         user_id: &str,
         version: u64,
-        password_hash: String,
+        password_hash: PasswordHash,
     ) -> NewEvent {
         let ev = Event::UserUpdated(UserUpdated {
             user_id: user_id.to_owned(),
             username: None,
             role: None,
-            password_hash: Some(password_hash),
+            password: Some(self.keyring.seal_password(user_id, &password_hash)),
+            legacy_password_hash: None,
         });
         self.event(actor, &ev, ExpectedVersion::Exact(version))
     }
@@ -674,8 +679,8 @@ impl Commands {
 pub struct UserPatch {
     pub role: Option<Role>,
     pub disabled: Option<bool>,
-    /// An argon2id PHC string.
-    pub password_hash: Option<String>,
+    /// An argon2id PHC string, sealed under the keyring before it is recorded.
+    pub password_hash: Option<PasswordHash>,
 }
 
 /// How often a user change is decided again when a key of theirs changed in between
@@ -699,7 +704,7 @@ impl Commands {
         actor: &Actor,
         username: &str,
         role: Role,
-        password_hash: Option<String>,
+        password_hash: Option<PasswordHash>,
     ) -> Result<Arc<UserRecord>, CommandError> {
         let _names = self.names.lock().await;
         let taken = self
@@ -775,16 +780,22 @@ impl Commands {
         let mut expired = Vec::new();
         let role = patch.role.filter(|r| *r != user.role);
         if role.is_some() || patch.password_hash.is_some() {
-            unit.push(self.event(
-                actor,
-                &Event::UserUpdated(UserUpdated {
-                    user_id: user_id.to_owned(),
-                    username: None,
-                    role,
-                    password_hash: patch.password_hash.clone(),
-                }),
-                ExpectedVersion::Exact(version),
-            ));
+            unit.push(
+                self.event(
+                    actor,
+                    &Event::UserUpdated(UserUpdated {
+                        user_id: user_id.to_owned(),
+                        username: None,
+                        role,
+                        password: patch
+                            .password_hash
+                            .as_ref()
+                            .map(|h| self.keyring.seal_password(user_id, h)),
+                        legacy_password_hash: None,
+                    }),
+                    ExpectedVersion::Exact(version),
+                ),
+            );
             version += 1;
         }
         match patch.disabled {

@@ -12,8 +12,9 @@ use serde::Deserialize;
 use crate::metrics::KeyLabels;
 
 /// Settings every subcommand shares. Flags win over the environment, which clap folds
-/// into the same fields, and both win over the TOML file.
-#[derive(Clone, Debug, Default, clap::Args)]
+/// into the same fields, and both win over the TOML file. Its `Debug` prints neither the
+/// master keys nor a database password.
+#[derive(Clone, Default, clap::Args)]
 pub struct GlobalArgs {
     /// An optional TOML file with any of the settings below.
     #[arg(long, env = "KEYWARD_CONFIG", global = true)]
@@ -40,8 +41,9 @@ pub struct GlobalArgs {
     pub log: Option<String>,
 }
 
-/// Settings only `serve` reads.
-#[derive(Clone, Debug, Default, clap::Args)]
+/// Settings only `serve` reads. Its `Debug` prints neither the webhook secret nor more of
+/// the webhook URL than its origin.
+#[derive(Clone, Default, clap::Args)]
 pub struct ServeArgs {
     /// The address to listen on.
     #[arg(long, env = "KEYWARD_LISTEN")]
@@ -115,8 +117,9 @@ pub struct ServeArgs {
     pub allow_broken_chain: bool,
 }
 
-/// The TOML file: the same settings by their long names, with `_` for `-`.
-#[derive(Debug, Default, Deserialize)]
+/// The TOML file: the same settings by their long names, with `_` for `-`. No `Debug`: it
+/// holds the master keys and the webhook secret.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
@@ -153,7 +156,9 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Debug)]
+/// The resolved settings. Its `Debug` prints neither the master keys nor a database
+/// password (see the impl below).
+#[derive(Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: String,
@@ -206,8 +211,9 @@ impl std::fmt::Debug for WebhookSecret {
     }
 }
 
-/// Where expiry notices go, and when.
-#[derive(Clone, Debug)]
+/// Where expiry notices go, and when. Its `Debug` shows only the URL's origin: a path or a
+/// query may hold a token.
+#[derive(Clone)]
 pub struct NoticeWebhook {
     pub url: String,
     pub secret: WebhookSecret,
@@ -215,6 +221,103 @@ pub struct NoticeWebhook {
     pub within: Duration,
     /// How often the notifier looks for due notices.
     pub interval: std::time::Duration,
+}
+
+/// What `Debug` shows of a secret setting: whether it is set, never its value.
+fn set_or_not(v: Option<&str>) -> &'static str {
+    match v {
+        Some(_) => "<redacted>",
+        None => "<unset>",
+    }
+}
+
+/// The scheme, host and port of a URL, for `Debug`: its path, query and any userinfo may
+/// hold a secret.
+pub fn url_origin(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(p) => format!("{}/…", p.origin().ascii_serialization()),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+/// A database URL for `Debug`: a SQLite path as it is; of any other URL the scheme, host,
+/// port and path, without the userinfo or the query (`?password=` is accepted there).
+fn database_url_for_debug(u: &str) -> String {
+    if sqlite_path(u).is_some() {
+        return u.to_owned();
+    }
+    match url::Url::parse(u) {
+        Ok(p) => format!(
+            "{}://{}{}{}",
+            p.scheme(),
+            p.host_str().unwrap_or(""),
+            p.port().map(|n| format!(":{n}")).unwrap_or_default(),
+            p.path()
+        ),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+impl std::fmt::Debug for NoticeWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoticeWebhook")
+            .field("url", &url_origin(&self.url))
+            .field("secret", &self.secret)
+            .field("within", &self.within)
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for GlobalArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalArgs")
+            .field("config", &self.config)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(database_url_for_debug),
+            )
+            .field("master_keys", &set_or_not(self.master_keys.as_deref()))
+            .field("log_format", &self.log_format)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeArgs")
+            .field("listen", &self.listen)
+            .field(
+                "notify_webhook_url",
+                &self.notify_webhook_url.as_deref().map(url_origin),
+            )
+            .field(
+                "notify_webhook_secret",
+                &set_or_not(self.notify_webhook_secret.as_deref()),
+            )
+            .field("allow_broken_chain", &self.allow_broken_chain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &database_url_for_debug(&self.database_url))
+            .field("master_keys", &set_or_not(self.master_keys.as_deref()))
+            .field("log_format", &self.log_format)
+            .field("log", &self.log)
+            .field("listen", &self.listen)
+            .field("max_key_lifetime", &self.max_key_lifetime)
+            .field("notify", &self.notify)
+            .field("upstream_allow", &self.upstream_allow)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("allow_broken_chain", &self.allow_broken_chain)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A setting with a wrong value: names the flag, the variable and the file key.

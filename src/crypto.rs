@@ -8,7 +8,8 @@ use std::fmt;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use keyward_events::Hash32;
+use keyward_events::{Hash32, SealedPassword};
+use keyward_projections::{StoredPassword, UserRecord};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
@@ -309,24 +310,14 @@ impl Keyring {
 
     pub fn seal(&self, provider_id: &str, secret: &ProviderSecret) -> Sealed {
         let mk = self.current();
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let cipher = Aes256Gcm::new(mk.key.as_ref().into());
-        let aad = Self::aad(provider_id, mk.version);
-        // Encryption with a valid 32-byte key and 12-byte nonce cannot fail for inputs
-        // far below GCM's length limit; an empty ciphertext would fail to open, loudly.
-        let ct = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: secret.expose().as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
+        let (ciphertext, nonce) = Self::encrypt(
+            mk,
+            &Self::aad(provider_id, mk.version),
+            secret.expose().as_bytes(),
+        );
         Sealed {
-            ciphertext: hex::encode(ct),
-            nonce: hex::encode(nonce),
+            ciphertext,
+            nonce,
             keyring_version: mk.version,
             fingerprint: self.fingerprint(secret),
             last4: secret.last4(),
@@ -341,24 +332,92 @@ impl Keyring {
         version: u32,
     ) -> Result<ProviderSecret, KeyringError> {
         let mk = self.get(version)?;
+        let pt = Self::decrypt(mk, &Self::aad(provider_id, version), ciphertext, nonce)?;
+        let s = std::str::from_utf8(&pt).map_err(|_| KeyringError::Decrypt)?;
+        Ok(ProviderSecret::new(s.to_owned()))
+    }
+
+    fn password_aad(user_id: &str, version: u32) -> Vec<u8> {
+        format!("keyward/password-hash/v1\0{user_id}\0{version}").into_bytes()
+    }
+
+    /// Seals a user's password hash for `user.created` / `user.updated`: bound to the
+    /// user, so that a sealed hash copied onto another user does not open.
+    pub fn seal_password(&self, user_id: &str, hash: &PasswordHash) -> SealedPassword {
+        let mk = self.current();
+        let (ciphertext, nonce) = Self::encrypt(
+            mk,
+            &Self::password_aad(user_id, mk.version),
+            hash.expose().as_bytes(),
+        );
+        SealedPassword {
+            ciphertext,
+            nonce,
+            keyring_version: mk.version,
+        }
+    }
+
+    pub fn open_password(
+        &self,
+        user_id: &str,
+        sealed: &SealedPassword,
+    ) -> Result<PasswordHash, KeyringError> {
+        let v = sealed.keyring_version;
+        let mk = self.get(v)?;
+        let pt = Self::decrypt(
+            mk,
+            &Self::password_aad(user_id, v),
+            &sealed.ciphertext,
+            &sealed.nonce,
+        )?;
+        let s = std::str::from_utf8(&pt).map_err(|_| KeyringError::Decrypt)?;
+        Ok(PasswordHash::new(s.to_owned()))
+    }
+
+    /// The PHC string to verify a sign-in against: a sealed one opened, a schema 1 one as
+    /// it was stored. `None` when the user has none or it does not open (a master key
+    /// missing from the keyring; logged without the hash).
+    pub fn password_of(&self, user: &UserRecord) -> Option<PasswordHash> {
+        match user.password.as_ref()? {
+            StoredPassword::Legacy(phc) => Some(PasswordHash::new(phc.clone())),
+            StoredPassword::Sealed(s) => match self.open_password(&user.user_id, s) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!(user_id = %user.user_id, error = %e, "a sealed password does not open with this keyring");
+                    None
+                }
+            },
+        }
+    }
+
+    /// AES-256-GCM under `mk` with a random nonce: (ciphertext with tag, nonce), hex.
+    fn encrypt(mk: &MasterKey, aad: &[u8], msg: &[u8]) -> (String, String) {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let cipher = Aes256Gcm::new(mk.key.as_ref().into());
+        // Encryption with a valid 32-byte key and 12-byte nonce cannot fail for inputs
+        // far below GCM's length limit; an empty ciphertext would fail to open, loudly.
+        let ct = cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg, aad })
+            .unwrap_or_default();
+        (hex::encode(ct), hex::encode(nonce))
+    }
+
+    fn decrypt(
+        mk: &MasterKey,
+        aad: &[u8],
+        ciphertext: &str,
+        nonce: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
         let ct = hex::decode(ciphertext).map_err(|_| KeyringError::SealedMalformed)?;
         let mut n = [0u8; 12];
         hex::decode_to_slice(nonce, &mut n).map_err(|_| KeyringError::SealedMalformed)?;
         let cipher = Aes256Gcm::new(mk.key.as_ref().into());
-        let aad = Self::aad(provider_id, version);
-        let pt = Zeroizing::new(
+        Ok(Zeroizing::new(
             cipher
-                .decrypt(
-                    Nonce::from_slice(&n),
-                    Payload {
-                        msg: &ct,
-                        aad: &aad,
-                    },
-                )
+                .decrypt(Nonce::from_slice(&n), Payload { msg: &ct, aad })
                 .map_err(|_| KeyringError::Decrypt)?,
-        );
-        let s = std::str::from_utf8(&pt).map_err(|_| KeyringError::Decrypt)?;
-        Ok(ProviderSecret::new(s.to_owned()))
+        ))
     }
 }
 
@@ -381,6 +440,32 @@ pub fn mask(secret: Option<&ProviderSecret>, last4: &str) -> String {
 }
 
 // ---- passwords ----
+
+/// A password's argon2id PHC string. It enters the log only sealed
+/// ([`Keyring::seal_password`]), and its `Debug` prints nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash(Zeroizing<String>);
+
+impl PasswordHash {
+    pub fn new(phc: String) -> PasswordHash {
+        PasswordHash(Zeroizing::new(phc))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for PasswordHash {
+    fn from(phc: String) -> Self {
+        PasswordHash::new(phc)
+    }
+}
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash(<redacted>)")
+    }
+}
 
 /// Hashes a password with argon2id (its default parameters: 19 MiB, 2 passes) and a
 /// random salt, as a PHC string. Slow on purpose: call it off the async runtime.

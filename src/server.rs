@@ -86,6 +86,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         None
     };
+    private_data_files(&config.data_dir);
     let keyring = load_keyring(&config)?;
     let proxy = Proxy::new(&config).context("cannot build the HTTP client for providers")?;
     let cannot_open = || {
@@ -147,6 +148,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "live projections rebuilt"
     );
     check_credentials(&live.read().providers, &keyring)?;
+    check_passwords(&live.read().users, &keyring);
     let live = Arc::new(live);
     let (appender, handle) = Appender::spawn(
         store.clone(),
@@ -156,7 +158,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_batch: config.append_batch_max,
         },
     );
-    let commands = Commands::new(live.clone(), appender);
+    let commands = Commands::new(live.clone(), appender, keyring.clone());
 
     let tail = postgres
         .as_ref()
@@ -348,15 +350,47 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every file Keyward writes in the data dir, other than the database's own (which the
+/// SQLite store makes private when it opens them, see
+/// [`crate::store::sqlite::private_files`]).
+pub const DATA_DIR_FILES: &[&str] = &[
+    LOCK_FILE,
+    DEV_MASTER_KEY_FILE,
+    bootstrap::INITIAL_ADMIN_KEY_FILE,
+    snapshot::FILE,
+];
+
+/// Sets every file of [`DATA_DIR_FILES`] that exists to 0600: a data dir made by hand, or
+/// by an older build, may hold them readable by other local users. Files Keyward creates
+/// are created 0600 in the first place. A failure is logged, not fatal.
+pub fn private_data_files(dir: &Path) {
+    #[cfg(unix)]
+    for name in DATA_DIR_FILES {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot make the file private (0600)");
+        }
+    }
+}
+
 /// One `serve` per data dir: a second one would race the first for the SQLite writer and
 /// the hash chain's head.
 fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join(LOCK_FILE);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let f = opts
         .open(&path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
     match f.try_lock() {
@@ -439,6 +473,24 @@ pub fn check_credentials(
         }
     }
     Ok(())
+}
+
+/// Console passwords are sealed under the keyring too. One that does not open only keeps
+/// its user out of the console (keys keep working), so the start goes on, with a warning
+/// that names the user and the key version and never the hash.
+fn check_passwords(users: &keyward_projections::Users, keyring: &Keyring) {
+    for u in users.iter() {
+        if let Some(keyward_projections::StoredPassword::Sealed(s)) = &u.password
+            && let Err(e) = keyring.open_password(&u.user_id, s)
+        {
+            tracing::warn!(
+                user_id = %u.user_id,
+                keyring_version = s.keyring_version,
+                error = %e,
+                "a console password does not open with KEYWARD_MASTER_KEYS: this user cannot sign in to the console until it is set again"
+            );
+        }
+    }
 }
 
 /// A database URL with any password removed, for messages.

@@ -136,7 +136,18 @@ pub fn write(dir: &Path, state: &State, keys: &SnapshotMacKeys) -> std::io::Resu
     let bytes = encode(state.head, &image, keys)
         .ok_or_else(|| std::io::Error::other("the keyring is empty"))?;
     drop(image);
-    std::fs::create_dir_all(dir)?;
+    if !dir.exists() {
+        // A PostgreSQL node has no data dir of its own until its first snapshot: private,
+        // as `serve` makes it for SQLite.
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        b.create(dir)?;
+    }
     let tmp = dir.join(format!(
         "{FILE}.tmp-{}-{}",
         std::process::id(),

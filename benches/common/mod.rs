@@ -18,7 +18,8 @@ pub fn user_created() -> Event {
         user_id: OWNER.into(),
         username: "bench".into(),
         role: Role::User,
-        password_hash: None,
+        password: None,
+        legacy_password_hash: None,
     })
 }
 

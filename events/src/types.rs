@@ -2,6 +2,8 @@
 //! never change: renaming a Rust item must never rename a stored event. A payload change
 //! bumps the schema in [`Event::schema`] and adds an upcaster in [`crate::upcast`].
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -150,7 +152,7 @@ impl Event {
 /// The schema this build writes for a type name, or `None` for an unknown type.
 pub fn current_schema(type_name: &str) -> Option<u16> {
     match type_name {
-        "key.created" => Some(2),
+        "key.created" | "user.created" | "user.updated" => Some(2),
         t if EVENT_TYPES.contains(&t) => Some(1),
         _ => None,
     }
@@ -244,16 +246,55 @@ pub struct Quota {
 
 // ---- users ----
 
+/// A password's argon2id PHC string sealed under the keyring (AES-256-GCM, bound to the
+/// user id), as `user.created` and `user.updated` carry it from schema 2 on. The PHC
+/// string itself never enters the log again: an export, an audit read or a backup of the
+/// log without the master keys holds nothing an attacker can run guesses against.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedPassword {
+    /// AES-256-GCM ciphertext of the PHC string with its tag, hex.
+    pub ciphertext: String,
+    /// The 96-bit nonce, hex.
+    pub nonce: String,
+    /// Which master key of the keyring sealed it.
+    pub keyring_version: u32,
+}
+
+impl fmt::Debug for SealedPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedPassword(v{}, ..)", self.keyring_version)
+    }
+}
+
+/// The plaintext argon2id PHC string a schema 1 user event held. Only the upcaster fills
+/// it in, from a stored row; it is never serialised, so no new event carries it, and its
+/// `Debug` prints nothing.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct LegacyPasswordHash(pub String);
+
+impl fmt::Debug for LegacyPasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LegacyPasswordHash(<redacted>)")
+    }
+}
+
+/// `user.created`, schema 2. Schema 1 held `password_hash` in plaintext; see
+/// [`crate::upcast::frozen::UserCreatedV1`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserCreated {
     pub user_id: String,
     pub username: String,
     pub role: Role,
-    /// An argon2id PHC string, never a password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_hash: Option<String>,
+    pub password: Option<SealedPassword>,
+    /// From a schema 1 row only (see [`LegacyPasswordHash`]).
+    #[serde(default, skip_serializing)]
+    pub legacy_password_hash: Option<LegacyPasswordHash>,
 }
 
+/// `user.updated`, schema 2; see [`UserCreated`] for the password.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserUpdated {
     pub user_id: String,
@@ -262,7 +303,10 @@ pub struct UserUpdated {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_hash: Option<String>,
+    pub password: Option<SealedPassword>,
+    /// From a schema 1 row only (see [`LegacyPasswordHash`]).
+    #[serde(default, skip_serializing)]
+    pub legacy_password_hash: Option<LegacyPasswordHash>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

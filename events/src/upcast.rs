@@ -84,6 +84,8 @@ pub fn upcast(event_type: &str, mut schema: u16, mut data: Value) -> Result<Valu
     while schema < known {
         data = match (event_type, schema) {
             ("key.created", 1) => key_created_v1_to_v2(data, event_type)?,
+            ("user.created", 1) => user_created_v1_to_v2(data, event_type)?,
+            ("user.updated", 1) => user_updated_v1_to_v2(data, event_type)?,
             _ => {
                 return Err(DecodeError::NoUpcaster {
                     event_type: event_type.to_owned(),
@@ -120,6 +122,34 @@ fn key_created_v1_to_v2(data: Value, event_type: &str) -> Result<Value, DecodeEr
     }))
 }
 
+fn user_created_v1_to_v2(data: Value, event_type: &str) -> Result<Value, DecodeError> {
+    let v1: frozen::UserCreatedV1 =
+        serde_json::from_value(data).map_err(|e| DecodeError::Payload {
+            event_type: event_type.to_owned(),
+            reason: format!("schema 1: {e}"),
+        })?;
+    Ok(json!({
+        "user_id": v1.user_id,
+        "username": v1.username,
+        "role": v1.role,
+        "legacy_password_hash": v1.password_hash,
+    }))
+}
+
+fn user_updated_v1_to_v2(data: Value, event_type: &str) -> Result<Value, DecodeError> {
+    let v1: frozen::UserUpdatedV1 =
+        serde_json::from_value(data).map_err(|e| DecodeError::Payload {
+            event_type: event_type.to_owned(),
+            reason: format!("schema 1: {e}"),
+        })?;
+    Ok(json!({
+        "user_id": v1.user_id,
+        "username": v1.username,
+        "role": v1.role,
+        "legacy_password_hash": v1.password_hash,
+    }))
+}
+
 /// Older payload shapes, frozen as they were written. Never edit one: add a new schema.
 pub mod frozen {
     use serde::{Deserialize, Serialize};
@@ -147,4 +177,74 @@ pub mod frozen {
         #[serde(default)]
         pub rotated_from: Option<String>,
     }
+
+    /// `user.created` schema 1: the password's argon2id PHC string in plaintext.
+    #[derive(Clone, PartialEq, Serialize, Deserialize)]
+    pub struct UserCreatedV1 {
+        pub user_id: String,
+        pub username: String,
+        pub role: String,
+        #[serde(default)]
+        pub password_hash: Option<String>,
+    }
+
+    /// `user.updated` schema 1: the password's argon2id PHC string in plaintext.
+    #[derive(Clone, PartialEq, Serialize, Deserialize)]
+    pub struct UserUpdatedV1 {
+        pub user_id: String,
+        #[serde(default)]
+        pub username: Option<String>,
+        #[serde(default)]
+        pub role: Option<String>,
+        #[serde(default)]
+        pub password_hash: Option<String>,
+    }
+
+    // No derived `Debug`: a schema 1 row's hash must not reach a log line through one.
+    impl std::fmt::Debug for UserCreatedV1 {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("UserCreatedV1")
+                .field("user_id", &self.user_id)
+                .field("username", &self.username)
+                .field("role", &self.role)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl std::fmt::Debug for UserUpdatedV1 {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("UserUpdatedV1")
+                .field("user_id", &self.user_id)
+                .field("username", &self.username)
+                .field("role", &self.role)
+                .finish_non_exhaustive()
+        }
+    }
 }
+
+/// What a reader may see of a stored event: the exports, `/api/v1/audit/events`, the
+/// console. A schema 1 `user.created` or `user.updated` held the password's argon2id PHC
+/// string in plaintext; its value is replaced by [`REDACTED`]. Everything else is returned
+/// as stored. The stored row is not changed (its hash covers those bytes): the chain is
+/// verified against the store, and a redacted line of an export no longer verifies on its
+/// own (see SECURITY.md).
+pub fn readable(env: &crate::Envelope) -> std::borrow::Cow<'_, crate::Envelope> {
+    use std::borrow::Cow;
+    let legacy = env.schema < 2
+        && matches!(env.event_type.as_str(), "user.created" | "user.updated")
+        && env.data.get("password_hash").is_some_and(|v| !v.is_null());
+    if !legacy {
+        return Cow::Borrowed(env);
+    }
+    let mut out = env.clone();
+    if let Some(m) = out.data.as_object_mut() {
+        m.insert(
+            "password_hash".to_owned(),
+            Value::String(REDACTED.to_owned()),
+        );
+    }
+    Cow::Owned(out)
+}
+
+/// What [`readable`] puts in place of a schema 1 password hash.
+pub const REDACTED: &str = "<redacted>";

@@ -14,7 +14,8 @@ fn user_created(n: u32) -> Event {
         user_id: format!("usr_{n}"),
         username: format!("user{n}"),
         role: Role::User,
-        password_hash: None,
+        password: None,
+        legacy_password_hash: None,
     })
 }
 
@@ -43,7 +44,10 @@ fn chain_of(n: u32) -> Vec<Envelope> {
 
 #[test]
 fn golden_vector_for_one_event_hash() {
-    let env = new_event(&user_created(1), 1).seal(1, 1, Hash32::ZERO);
+    // A stored schema 1 row (user.created is at schema 2 now): its hash must not move.
+    let mut ne = new_event(&user_created(1), 1);
+    ne.schema = 1;
+    let env = ne.seal(1, 1, Hash32::ZERO);
     assert_eq!(
         String::from_utf8(env.canonical_body()).unwrap(),
         r#"{"actor":"system","data":{"role":"user","user_id":"usr_1","username":"user1"},"event_id":"01HF7YAT010000000000000001","occurred_at":"2026-03-01T09:00:00.000001Z","request_id":"req-1","schema":1,"seq":1,"stream":"user:usr_1","stream_version":1,"type":"user.created"}"#
@@ -257,7 +261,8 @@ fn blank_user_update() -> UserUpdated {
         user_id: String::new(),
         username: None,
         role: None,
-        password_hash: None,
+        password: None,
+        legacy_password_hash: None,
     }
 }
 
@@ -358,5 +363,67 @@ fn unknown_types_and_future_schemas_are_refused() {
     assert!(matches!(
         upcast::decode("key.deleted", 1, &json!({"nope": 1})),
         Err(DecodeError::Payload { .. })
+    ));
+}
+
+#[test]
+fn schema_1_user_events_upcast_their_plaintext_hash_and_never_write_it_again() {
+    let phc = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+    let created =
+        json!({"user_id": "usr_1", "username": "alice", "role": "user", "password_hash": phc});
+    let Event::UserCreated(u) = upcast::decode("user.created", 1, &created).unwrap() else {
+        panic!("wrong type");
+    };
+    assert_eq!(u.legacy_password_hash, Some(LegacyPasswordHash(phc.into())));
+    assert_eq!(u.password, None);
+    // Re-encoding the upcast event (what a new event would carry) drops the hash.
+    let again = Event::UserCreated(u.clone()).data();
+    assert!(!again.to_string().contains("argon2"), "{again}");
+    assert!(!format!("{u:?}").contains("argon2"));
+    let updated = json!({"user_id": "usr_1", "role": "admin", "password_hash": phc});
+    let Event::UserUpdated(u) = upcast::decode("user.updated", 1, &updated).unwrap() else {
+        panic!("wrong type");
+    };
+    assert_eq!(u.legacy_password_hash, Some(LegacyPasswordHash(phc.into())));
+    assert_eq!(u.role, Some(Role::Admin));
+    // Without a hash, a schema 1 row upcasts to no password.
+    let plain = json!({"user_id": "usr_2", "username": "bob", "role": "user"});
+    let Event::UserCreated(u) = upcast::decode("user.created", 1, &plain).unwrap() else {
+        panic!("wrong type");
+    };
+    assert_eq!((u.password, u.legacy_password_hash), (None, None));
+}
+
+#[test]
+fn the_readable_form_redacts_a_schema_1_hash_and_leaves_everything_else_as_stored() {
+    let phc = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+    let mut ne = new_event(&user_created(1), 1);
+    ne.schema = 1;
+    ne.data["password_hash"] = json!(phc);
+    let old = ne.seal(1, 1, Hash32::ZERO);
+    let shown = upcast::readable(&old);
+    assert_eq!(shown.data["password_hash"], upcast::REDACTED);
+    assert_eq!(shown.hash, old.hash);
+    assert!(!serde_json::to_string(&*shown).unwrap().contains("argon2"));
+    // The stored envelope still verifies; the redacted copy does not, by design.
+    assert!(chain::verify([&old]).is_ok());
+    assert!(chain::verify([&*shown]).is_err());
+    // A current event is returned as it is.
+    let sealed = Event::UserCreated(UserCreated {
+        password: Some(SealedPassword {
+            ciphertext: "00ff".into(),
+            nonce: "00".repeat(12),
+            keyring_version: 1,
+        }),
+        ..match user_created(2) {
+            Event::UserCreated(u) => u,
+            _ => unreachable!(),
+        }
+    });
+    let new = new_event(&sealed, 2).seal(2, 1, old.hash);
+    assert_eq!(new.schema, 2);
+    assert!(matches!(
+        upcast::readable(&new),
+        std::borrow::Cow::Borrowed(_)
     ));
 }

@@ -18,7 +18,7 @@ pub use providers::{ProviderRecord, Providers, SealedCredential, Verification};
 pub use replay::{AsOf, Replayer, replay};
 pub use snapshot::SnapshotError;
 pub use usage::{DayCounters, Usage, UsageTotals};
-pub use users::{UserRecord, Users};
+pub use users::{StoredPassword, UserRecord, Users};
 
 use keyward_events::{DecodeError, Envelope, Event, Head};
 

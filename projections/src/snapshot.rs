@@ -23,12 +23,14 @@ use chrono::{Datelike, NaiveDate};
 use keyward_events::time::{self, Timestamp};
 use keyward_events::{
     ExpireReason, Hash32, Head, NoticeKind, ProviderKind, Quota, RateLimit, Role, Scope,
+    SealedPassword,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::keys::{ByHash, ById, History, Interner, Settings};
 use crate::usage::KeyUsage;
+use crate::users::StoredPassword;
 use crate::{
     DayCounters, KeyRecord, ProviderRecord, SealedCredential, State, UsageTotals, UserRecord,
     Verification,
@@ -36,7 +38,7 @@ use crate::{
 
 /// The version of the image's layout. Bump it on any change to the structs below or to
 /// the order of the enums they carry.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SnapshotError {
@@ -511,12 +513,23 @@ impl<'a> ProviderImage<'a> {
     }
 }
 
+/// A user's password in the image; written by variant index, like the enums above.
+#[derive(Serialize, Deserialize)]
+enum PasswordImage<'a> {
+    Sealed {
+        ciphertext: Cow<'a, str>,
+        nonce: Cow<'a, str>,
+        keyring_version: u32,
+    },
+    Legacy(Cow<'a, str>),
+}
+
 #[derive(Serialize, Deserialize)]
 struct UserImage<'a> {
     user_id: Cow<'a, str>,
     username: Cow<'a, str>,
     role: Role,
-    password_hash: Option<Cow<'a, str>>,
+    password: Option<PasswordImage<'a>>,
     disabled: bool,
     created_at: i64,
     updated_at: i64,
@@ -529,7 +542,14 @@ impl<'a> UserImage<'a> {
             user_id: Cow::Borrowed(&u.user_id),
             username: Cow::Borrowed(&u.username),
             role: u.role,
-            password_hash: u.password_hash.as_deref().map(Cow::Borrowed),
+            password: u.password.as_ref().map(|p| match p {
+                StoredPassword::Sealed(s) => PasswordImage::Sealed {
+                    ciphertext: Cow::Borrowed(&s.ciphertext),
+                    nonce: Cow::Borrowed(&s.nonce),
+                    keyring_version: s.keyring_version,
+                },
+                StoredPassword::Legacy(phc) => PasswordImage::Legacy(Cow::Borrowed(phc)),
+            }),
             disabled: u.disabled,
             created_at: ts(u.created_at),
             updated_at: ts(u.updated_at),
@@ -542,7 +562,18 @@ impl<'a> UserImage<'a> {
             user_id: self.user_id.into_owned(),
             username: self.username.into_owned(),
             role: self.role,
-            password_hash: self.password_hash.map(Cow::into_owned),
+            password: self.password.map(|p| match p {
+                PasswordImage::Sealed {
+                    ciphertext,
+                    nonce,
+                    keyring_version,
+                } => StoredPassword::Sealed(SealedPassword {
+                    ciphertext: ciphertext.into_owned(),
+                    nonce: nonce.into_owned(),
+                    keyring_version,
+                }),
+                PasswordImage::Legacy(phc) => StoredPassword::Legacy(phc.into_owned()),
+            }),
             disabled: self.disabled,
             created_at: from_ts(self.created_at)?,
             updated_at: from_ts(self.updated_at)?,

@@ -5,15 +5,55 @@ use std::fmt;
 use std::sync::Arc;
 
 use keyward_events::time::Timestamp;
-use keyward_events::{Envelope, Event, Role};
+use keyward_events::{Envelope, Event, LegacyPasswordHash, Role, SealedPassword};
+
+/// A user's password as the log recorded it: sealed under the keyring (every password set
+/// since schema 2), or the plaintext PHC string of a schema 1 event. The projection never
+/// opens a sealed one; sign-in does, with the keyring (`src/crypto.rs`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoredPassword {
+    Sealed(SealedPassword),
+    Legacy(String),
+}
+
+impl StoredPassword {
+    /// Bytes that change whenever a new password is set (a new nonce and ciphertext, or a
+    /// new salt), for tagging a session with the password it signed in with.
+    pub fn identity(&self) -> &str {
+        match self {
+            StoredPassword::Sealed(s) => &s.ciphertext,
+            StoredPassword::Legacy(phc) => phc,
+        }
+    }
+}
+
+impl fmt::Debug for StoredPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoredPassword::Sealed(s) => write!(f, "Sealed({s:?})"),
+            StoredPassword::Legacy(_) => f.write_str("Legacy(<redacted>)"),
+        }
+    }
+}
+
+fn stored(
+    sealed: &Option<SealedPassword>,
+    legacy: &Option<LegacyPasswordHash>,
+) -> Option<StoredPassword> {
+    match (sealed, legacy) {
+        (Some(s), _) => Some(StoredPassword::Sealed(s.clone())),
+        (None, Some(l)) => Some(StoredPassword::Legacy(l.0.clone())),
+        (None, None) => None,
+    }
+}
 
 #[derive(Clone, PartialEq)]
 pub struct UserRecord {
     pub user_id: String,
     pub username: String,
     pub role: Role,
-    /// An argon2id PHC string. Never printed: see the `Debug` impl.
-    pub password_hash: Option<String>,
+    /// Never printed: see the `Debug` impl.
+    pub password: Option<StoredPassword>,
     pub disabled: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -27,10 +67,7 @@ impl fmt::Debug for UserRecord {
             .field("user_id", &self.user_id)
             .field("username", &self.username)
             .field("role", &self.role)
-            .field(
-                "password_hash",
-                &self.password_hash.as_ref().map(|_| Redacted),
-            )
+            .field("password", &self.password.as_ref().map(|_| Redacted))
             .field("disabled", &self.disabled)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
@@ -92,7 +129,7 @@ impl Users {
                     user_id: e.user_id.clone(),
                     username: e.username.clone(),
                     role: e.role,
-                    password_hash: e.password_hash.clone(),
+                    password: stored(&e.password, &e.legacy_password_hash),
                     disabled: false,
                     created_at: env.occurred_at,
                     updated_at: env.occurred_at,
@@ -116,8 +153,8 @@ impl Users {
                 if let Some(role) = e.role {
                     u.role = role;
                 }
-                if let Some(hash) = &e.password_hash {
-                    u.password_hash = Some(hash.clone());
+                if let Some(p) = stored(&e.password, &e.legacy_password_hash) {
+                    u.password = Some(p);
                 }
                 u.updated_at = env.occurred_at;
                 u.version = env.stream_version;

@@ -140,6 +140,15 @@ fn filter_for(
 
 // ---------- events ----------
 
+/// The envelope as a reader may see it: a schema 1 password hash replaced (see
+/// [`keyward_events::upcast::readable`]).
+pub(crate) fn readable(env: Envelope) -> Envelope {
+    match keyward_events::upcast::readable(&env) {
+        std::borrow::Cow::Borrowed(_) => env,
+        std::borrow::Cow::Owned(r) => r,
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -215,6 +224,7 @@ pub(crate) async fn audit_events(
     } else {
         None
     };
+    let events = events.into_iter().map(readable).collect();
     Ok(Json(EventPage {
         events,
         next_cursor,
@@ -245,17 +255,19 @@ fn ndjson(page: &[Envelope]) -> Bytes {
     let mut buf = Vec::with_capacity(page.len() * 512);
     for env in page {
         // Serialising an envelope to memory cannot fail: every field is plain data.
-        if serde_json::to_writer(&mut buf, env).is_ok() {
+        if serde_json::to_writer(&mut buf, &*keyward_events::upcast::readable(env)).is_ok() {
             buf.push(b'\n');
         }
     }
     Bytes::from(buf)
 }
 
-/// The events as NDJSON, one envelope per line exactly as stored, so that the lines can be
+/// The events as NDJSON, one envelope per line as stored, so that the lines can be
 /// verified as a hash chain offline (an unfiltered export by an admin is the whole chain).
-/// Streamed page by page up to the head at the time of the request; same filters and
-/// visibility as `/audit/events`.
+/// One exception: a `user.created` or `user.updated` of schema 1 held a password hash in
+/// plaintext, and its value is replaced by `<redacted>`; such a line no longer verifies on
+/// its own (`/audit/verify` checks the stored bytes). Streamed page by page up to the head
+/// at the time of the request; same filters and visibility as `/audit/events`.
 #[utoipa::path(get, path = "/audit/export", tag = "audit", params(ExportQuery),
     responses(
         (status = 200, description = "One event envelope per line", body = String,

@@ -404,11 +404,21 @@ pub struct CreateKey {
 }
 
 /// A new key and its secret. The secret is shown in this response only.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct CreatedKey {
     pub key: KeyView,
     /// The secret, `kw_…`. Store it now: it is never shown again.
     pub secret: String,
+}
+
+// Not derived: a `{:?}` of the response must not print the secret.
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Create a key. The secret is returned once, in this response.
@@ -785,7 +795,7 @@ pub struct RotateKey {
     pub expires_in: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct RotatedKey {
     /// The new key.
     pub key: KeyView,
@@ -793,6 +803,17 @@ pub struct RotatedKey {
     pub secret: String,
     /// The old key, now in its grace period.
     pub previous: KeyView,
+}
+
+// Not derived: a `{:?}` of the response must not print the secret.
+impl std::fmt::Debug for RotatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotatedKey")
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("previous", &self.previous)
+            .finish()
+    }
 }
 
 /// Rotate a key: a new key with the same settings; the old one works until `grace_until`,

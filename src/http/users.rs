@@ -62,7 +62,7 @@ fn view(u: &UserRecord, state: &Projections) -> UserView {
         username: u.username.clone(),
         role: u.role,
         disabled: u.disabled,
-        has_password: u.password_hash.is_some(),
+        has_password: u.password.is_some(),
         active_keys: state
             .keys
             .by_owner(&u.user_id)
@@ -126,7 +126,7 @@ fn check_username(s: &str) -> Result<String, ApiError> {
 }
 
 /// Checks the length and hashes with argon2id off the async runtime.
-pub(crate) async fn hash_password(p: Password) -> Result<String, ApiError> {
+pub(crate) async fn hash_password(p: Password) -> Result<crate::crypto::PasswordHash, ApiError> {
     let n = p.0.chars().count();
     if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
         return Err(ApiError::invalid(
@@ -138,6 +138,7 @@ pub(crate) async fn hash_password(p: Password) -> Result<String, ApiError> {
         .await
         .map_err(|e| ApiError::Internal(format!("password hashing task: {e}")))?
         .map_err(|e| ApiError::Internal(format!("password hashing: {e}")))
+        .map(crate::crypto::PasswordHash::new)
 }
 
 // ---------- routes ----------

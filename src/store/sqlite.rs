@@ -35,6 +35,56 @@ macro_rules! columns {
 }
 const COLUMNS: &str = columns!();
 
+/// The files SQLite keeps next to the database: the WAL, the shared-memory index and a
+/// rollback journal.
+pub const SIDE_FILES: &[&str] = &["-wal", "-shm", "-journal"];
+
+/// Keeps the log private to the service's user whatever the umask and whoever made the
+/// directory. SQLite creates the database with the umask's mode (0644 under the usual
+/// 022) and its WAL and shared-memory files with the database's mode; so the database is
+/// created here first, 0600, and every one of these files that already exists is set to
+/// 0600. A failure is logged, not fatal: a read-only run on someone else's file (an
+/// `audit export` as another user) still works, and says the file is not private.
+pub fn private_files(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let name = path.as_os_str();
+        if name.is_empty() || name == ":memory:" {
+            return;
+        }
+        if !path.exists() {
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+            if let Err(e) = created
+                && e.kind() != std::io::ErrorKind::AlreadyExists
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot create the database file 0600");
+            }
+        }
+        let mut files = vec![path.to_path_buf()];
+        files.extend(SIDE_FILES.iter().map(|s| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(s);
+            std::path::PathBuf::from(p)
+        }));
+        for f in files {
+            let Ok(meta) = std::fs::metadata(&f) else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o077 == 0 {
+                continue;
+            }
+            if let Err(e) = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)) {
+                tracing::warn!(path = %f.display(), error = %e, "cannot make the file private (0600); other local users may read the log");
+            }
+        }
+    }
+}
+
 /// Rows per multi-row INSERT. Binding a batch in a few large statements rather than one
 /// statement per event saves a round trip to SQLite's worker thread per row. Smaller
 /// statements (halving down to one row) take the remainder, so only a handful of distinct
@@ -98,6 +148,7 @@ impl SqliteStore {
     }
 
     async fn open_with(options: SqliteConnectOptions) -> Result<SqliteStore, StoreError> {
+        private_files(options.get_filename());
         let base = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

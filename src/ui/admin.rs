@@ -812,7 +812,7 @@ async fn audit_page(
             }
             section.card aria-labelledby="export-h" {
                 h2 #export-h { "Export" }
-                p { "NDJSON, one envelope a line exactly as stored, to verify offline with " code { "keyward audit verify" } "." }
+                p { "NDJSON, one envelope a line as stored (a password hash of a schema 1 user event is redacted), to verify offline with " code { "keyward audit verify" } "." }
                 a.button href="/ui/audit/export" download="keyward-audit.ndjson" { "Download export" }
             }
         }

@@ -1059,7 +1059,7 @@ fn summary(e: &Envelope) -> String {
             "{} ({}){}",
             u.username,
             word(&u.role),
-            if u.password_hash.is_some() {
+            if u.password.is_some() || u.legacy_password_hash.is_some() {
                 ", password set"
             } else {
                 ""
@@ -1070,7 +1070,7 @@ fn summary(e: &Envelope) -> String {
             if let Some(r) = u.role {
                 parts.push(format!("role {}", word(&r)));
             }
-            if u.password_hash.is_some() {
+            if u.password.is_some() || u.legacy_password_hash.is_some() {
                 parts.push("password changed".to_owned());
             }
             parts.join(", ")

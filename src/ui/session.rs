@@ -54,7 +54,8 @@ pub fn tokens_match(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// A tag of the user's password hash at sign-in: a new password ends the session.
+/// A tag of the user's stored password at sign-in (its sealed ciphertext, which a new
+/// password always changes): a new password ends the session.
 fn password_tag(phc: Option<&str>) -> [u8; 32] {
     *blake3::hash(phc.unwrap_or("").as_bytes()).as_bytes()
 }
@@ -270,7 +271,9 @@ pub fn session_user(state: &AppState, parts: &Parts) -> Option<ConsoleUser> {
     };
     let user = state.0.live.read().users.get(&user_id).cloned();
     let valid = user.as_ref().filter(|u| {
-        !u.disabled && u.password_hash.is_some() && password_tag(u.password_hash.as_deref()) == tag
+        !u.disabled
+            && u.password.is_some()
+            && password_tag(u.password.as_ref().map(|p| p.identity())) == tag
     });
     let Some(u) = valid else {
         state.0.console.sessions.lock().remove(&key);

@@ -139,14 +139,15 @@ pub async fn login(
     let user = find_user(&state, &username);
     let phc = user
         .as_ref()
-        .and_then(|u| u.password_hash.clone())
-        .unwrap_or_else(|| decoy_hash().to_owned());
+        .and_then(|u| state.0.keyring.password_of(u))
+        .unwrap_or_else(|| decoy_hash().to_owned().into());
     let password = p.form.password;
-    let matches =
-        tokio::task::spawn_blocking(move || crate::crypto::verify_password(&password.0, &phc))
-            .await
-            .unwrap_or(false);
-    let user = user.filter(|u| matches && !u.disabled && u.password_hash.is_some());
+    let matches = tokio::task::spawn_blocking(move || {
+        crate::crypto::verify_password(&password.0, phc.expose())
+    })
+    .await
+    .unwrap_or(false);
+    let user = user.filter(|u| matches && !u.disabled && u.password.is_some());
     let Some(user) = user else {
         tracing::info!(%username, "console sign-in failed");
         return with_pre_token(&state, &headers, StatusCode::UNAUTHORIZED, |t| {
@@ -156,7 +157,7 @@ pub async fn login(
     let token = state
         .0
         .console
-        .create(&user.user_id, user.password_hash.as_deref());
+        .create(&user.user_id, user.password.as_ref().map(|p| p.identity()));
     tracing::info!(user_id = %user.user_id, "console sign-in");
     let ttl = state.0.console.ttl().as_secs();
     let target = if user.role == Role::Admin {
@@ -266,7 +267,7 @@ pub async fn setup(
             );
         }
     };
-    if owner.password_hash.is_some() {
+    if owner.password.is_some() {
         return fail(
             StatusCode::CONFLICT,
             "",
@@ -304,7 +305,7 @@ pub async fn setup(
         request_id: None,
     };
     let patch = UserPatch {
-        password_hash: Some(phc),
+        password_hash: Some(phc.into()),
         ..UserPatch::default()
     };
     if let Err(e) = state

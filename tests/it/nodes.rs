@@ -719,7 +719,8 @@ fn user_created_sealed(user_id: &str, head: keyward_events::Head) -> Envelope {
         user_id: user_id.into(),
         username: user_id.into(),
         role: Role::User,
-        password_hash: None,
+        password: None,
+        legacy_password_hash: None,
     });
     NewEvent::new(&e, ExpectedVersion::NoStream, Utc::now(), "system", None).seal(
         head.seq + 1,

@@ -173,7 +173,8 @@ fn user_created(user: &str) -> NewEvent {
         user_id: user.into(),
         username: format!("name-{user}"),
         role: Role::User,
-        password_hash: None,
+        password: None,
+        legacy_password_hash: None,
     });
     NewEvent::new(&e, ExpectedVersion::NoStream, at(0), SYSTEM_ACTOR, None)
 }
@@ -266,7 +267,8 @@ async fn appends_gap_free_and_reads_back_a_verifying_chain(h: Harness) {
             user_id: "usr_b".into(),
             username: "name-usr_b".into(),
             role: Role::User,
-            password_hash: None,
+            password: None,
+            legacy_password_hash: None,
         })
     );
 }

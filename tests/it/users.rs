@@ -60,13 +60,20 @@ async fn users_are_created_listed_and_never_show_a_password() {
     assert_eq!(u["has_password"], true);
     assert_eq!(u["active_keys"], 0);
 
-    // The event holds an argon2id PHC string, never the password.
+    // The event holds the argon2id PHC string sealed under the keyring, never the
+    // password and never the PHC string itself.
     let ev = all_events(&t).await.pop().unwrap();
     assert_eq!(ev.event_type, "user.created");
-    let phc = ev.data["password_hash"].as_str().unwrap().to_owned();
-    assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
-    assert!(keyward::crypto::verify_password(password, &phc));
+    assert_eq!(ev.schema, 2);
+    let sealed: keyward_events::SealedPassword =
+        serde_json::from_value(ev.data["password"].clone()).unwrap();
+    let ring = &t.running.state.0.keyring;
+    let phc = ring.open_password(&id, &sealed).unwrap();
+    assert!(phc.expose().starts_with("$argon2id$v=19$"));
+    assert!(keyward::crypto::verify_password(password, phc.expose()));
     assert!(!ev.data.to_string().contains(password));
+    assert!(!ev.data.to_string().contains("argon2"));
+    assert!(ev.data.get("password_hash").is_none());
 
     let (s, nopw) = api
         .post(
@@ -108,7 +115,10 @@ async fn users_are_created_listed_and_never_show_a_password() {
     assert_eq!(s, StatusCode::OK, "{u2}");
     let ev = all_events(&t).await.pop().unwrap();
     assert_eq!(ev.event_type, "user.updated");
-    assert_ne!(ev.data["password_hash"].as_str().unwrap(), phc);
+    let sealed2: keyward_events::SealedPassword =
+        serde_json::from_value(ev.data["password"].clone()).unwrap();
+    assert_ne!(ring.open_password(&id, &sealed2).unwrap(), phc);
+    assert!(!ev.data.to_string().contains("argon2"));
     for body in [
         u.to_string(),
         u2.to_string(),

@@ -18,9 +18,12 @@ fn rich_log() -> Log {
             user_id: ALICE.into(),
             username: Some("alice2".into()),
             role: Some(Role::Admin),
-            password_hash: Some("$argon2id$v=19$new".into()),
+            password: None,
+            legacy_password_hash: None,
         }),
     );
+    // A schema 1 row: the snapshot carries both kinds of stored password.
+    log.push_new(legacy_password_set(at(1, 1), ALICE, "$argon2id$v=19$new"));
     log.push(at(1, 1), user_created("usr_bob", "alice", Role::User));
     log.push(
         at(1, 2),

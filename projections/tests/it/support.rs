@@ -62,6 +62,27 @@ impl Log {
     }
 }
 
+/// A schema 1 `user.updated` that sets a password: the PHC string in plaintext, as builds
+/// before schema 2 wrote it.
+pub fn legacy_password_set(at: Timestamp, user_id: &str, phc: &str) -> NewEvent {
+    let mut ne = NewEvent::new(
+        &Event::UserUpdated(UserUpdated {
+            user_id: user_id.into(),
+            username: None,
+            role: None,
+            password: None,
+            legacy_password_hash: None,
+        }),
+        ExpectedVersion::Any,
+        at,
+        ADMIN,
+        None,
+    );
+    ne.schema = 1;
+    ne.data["password_hash"] = serde_json::Value::String(phc.into());
+    ne
+}
+
 /// Given these events, the state.
 pub fn given(events: impl IntoIterator<Item = (Timestamp, Event)>) -> State {
     let mut log = Log::new();
@@ -172,9 +193,12 @@ pub fn user_created(user_id: &str, username: &str, role: Role) -> Event {
         user_id: user_id.into(),
         username: username.into(),
         role,
-        password_hash: Some(format!(
-            "$argon2id$v=19$m=19456,t=2,p=1$salt-of-{user_id}$hash"
-        )),
+        password: Some(SealedPassword {
+            ciphertext: format!("c1phertext0f{user_id}"),
+            nonce: "00".repeat(12),
+            keyring_version: 1,
+        }),
+        legacy_password_hash: None,
     })
 }
 

@@ -9,12 +9,10 @@ fn a_created_user_is_found_by_id_and_username() {
     assert_eq!(u.user_id, ADMIN);
     assert_eq!(u.username, "admin");
     assert_eq!(u.role, Role::Admin);
-    assert!(
-        u.password_hash
-            .as_deref()
-            .unwrap()
-            .starts_with("$argon2id$")
-    );
+    assert!(matches!(
+        &u.password,
+        Some(keyward_projections::StoredPassword::Sealed(s)) if s.ciphertext.starts_with("c1phertext")
+    ));
     assert!(!u.disabled);
     assert_eq!(
         (u.created_at, u.updated_at, u.version),
@@ -28,34 +26,43 @@ fn a_created_user_is_found_by_id_and_username() {
 
 #[test]
 fn an_update_changes_role_name_and_password() {
-    let s = given([
-        (at(1, 0), user_created(ALICE, "alice", Role::User)),
-        (
-            at(2, 0),
-            Event::UserUpdated(UserUpdated {
-                user_id: ALICE.into(),
-                username: None,
-                role: Some(Role::Admin),
-                password_hash: None,
-            }),
-        ),
-        (
-            at(3, 0),
-            Event::UserUpdated(UserUpdated {
-                user_id: ALICE.into(),
-                username: Some("alice.w".into()),
-                role: None,
-                password_hash: Some("$argon2id$new".into()),
-            }),
-        ),
-        // Someone else may take the old name after the rename.
-        (at(4, 0), user_created("usr_other", "alice", Role::User)),
-    ]);
+    let mut log = Log::new();
+    log.push(at(1, 0), user_created(ALICE, "alice", Role::User));
+    log.push(
+        at(2, 0),
+        Event::UserUpdated(UserUpdated {
+            user_id: ALICE.into(),
+            username: None,
+            role: Some(Role::Admin),
+            password: None,
+            legacy_password_hash: None,
+        }),
+    );
+    log.push(
+        at(3, 0),
+        Event::UserUpdated(UserUpdated {
+            user_id: ALICE.into(),
+            username: Some("alice.w".into()),
+            role: None,
+            password: None,
+            legacy_password_hash: None,
+        }),
+    );
+    // Someone else may take the old name after the rename.
+    log.push(at(4, 0), user_created("usr_other", "alice", Role::User));
+    // A schema 1 row sets a plaintext PHC string; the projection keeps it for sign-in.
+    log.push_new(legacy_password_set(at(5, 0), ALICE, "$argon2id$new"));
+    let s = log.state();
     let u = s.users.get(ALICE).unwrap();
     assert_eq!(u.role, Role::Admin);
     assert_eq!(u.username, "alice.w");
-    assert_eq!(u.password_hash.as_deref(), Some("$argon2id$new"));
-    assert_eq!((u.version, u.updated_at), (3, at(3, 0)));
+    assert_eq!(
+        u.password,
+        Some(keyward_projections::StoredPassword::Legacy(
+            "$argon2id$new".into()
+        ))
+    );
+    assert_eq!((u.version, u.updated_at), (4, at(5, 0)));
     assert_eq!(s.users.by_username("alice.w").unwrap().user_id, ALICE);
     assert_eq!(s.users.by_username("alice").unwrap().user_id, "usr_other");
     assert_eq!(s.users.iter().count(), 2);
@@ -95,11 +102,20 @@ fn disabling_and_enabling_toggle_the_flag() {
 
 #[test]
 fn debug_output_never_shows_the_password_hash() {
-    let s = given([(at(1, 0), user_created(ALICE, "alice", Role::User))]);
+    let mut log = Log::new();
+    log.push(at(1, 0), user_created(ALICE, "alice", Role::User));
+    log.push(at(1, 1), user_created("usr_old", "old", Role::User));
+    log.push_new(legacy_password_set(
+        at(2, 0),
+        "usr_old",
+        "$argon2id$v=19$legacy",
+    ));
+    let s = log.state();
+    assert!(s.users.get("usr_old").unwrap().password.is_some());
     let u = s.users.get(ALICE).unwrap();
-    let hash = u.password_hash.clone().unwrap();
+    let sealed = u.password.as_ref().unwrap().identity().to_owned();
     for debug in [format!("{u:?}"), format!("{:?}", s.users), format!("{s:?}")] {
-        assert!(!debug.contains(&hash), "{debug}");
+        assert!(!debug.contains(&sealed), "{debug}");
         assert!(!debug.contains("argon2"), "{debug}");
         assert!(debug.contains("<redacted>"), "{debug}");
         assert!(debug.contains("alice"), "{debug}");
@@ -122,7 +138,8 @@ fn events_for_unknown_users_are_ignored() {
                 user_id: "usr_x".into(),
                 username: Some("x".into()),
                 role: None,
-                password_hash: None,
+                password: None,
+                legacy_password_hash: None,
             }),
         ),
     ]);

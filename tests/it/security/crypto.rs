@@ -16,6 +16,7 @@ use crate::proxy::{Gw, KeySpec, OPENAI_CREDENTIAL, Reply, chat, stored};
 
 const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const CONSOLE_PASSWORD: &str = "a console password sealed under k1";
 const OTHER: &str = "9999999999999999999999999999999999999999999999999999999999999999";
 
 /// Runs the binary on `dir` with this keyring; kills it if it is still running after a
@@ -52,6 +53,8 @@ async fn sealed_under_k1() -> (tempfile::TempDir, crate::proxy::mock::Mock, Stri
         .post("/v1/chat/completions", &secret, chat("gpt-4o-mini"))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // The admin's console password is sealed under master key 1 as well.
+    crate::ui::set_password(&gw.state, &gw.admin_id, CONSOLE_PASSWORD).await;
     let Gw { t, mock, state, .. } = gw;
     drop(state);
     let TestApp { running, dir } = t;
@@ -97,7 +100,9 @@ async fn reseal_moves_every_credential_to_the_newest_key_and_the_old_key_can_go(
     let o = run_with_keys(dir.path(), &ring, &["providers", "reseal"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(
-        stdout(&o).contains("resealed 1 provider credential(s) under master key version 2"),
+        stdout(&o).contains(
+            "resealed 1 provider credential(s) under master key version 2, and 1 console password(s)"
+        ),
         "{}",
         stdout(&o)
     );
@@ -153,6 +158,21 @@ async fn reseal_moves_every_credential_to_the_newest_key_and_the_old_key_can_go(
         mock.last().header("authorization"),
         Some(format!("Bearer {OPENAI_CREDENTIAL}").as_str())
     );
+    // The console password was resealed too: it opens without key 1 and still verifies.
+    let admin = running
+        .state
+        .0
+        .live
+        .read()
+        .users
+        .by_username("admin")
+        .cloned()
+        .unwrap();
+    let phc = running.state.0.keyring.password_of(&admin).unwrap();
+    assert!(keyward::crypto::verify_password(
+        CONSOLE_PASSWORD,
+        phc.expose()
+    ));
     running.shutdown().await;
 
     // And only the old key no longer opens it.
