@@ -21,8 +21,9 @@ use keyward_projections::{KeyRecord, KeyStatus, ProviderRecord, State, UserRecor
 use crate::crypto::{Keyring, PasswordHash, ProviderSecret, Secret};
 use crate::live::Live;
 use crate::provider_check::CheckResult;
-use crate::store::AppendError;
 use crate::store::appender::Appender;
+use crate::store::postgres::{PostgresStore, SessionLock};
+use crate::store::{AppendError, StoreError};
 use crate::time::Timestamp;
 
 pub fn new_key_id() -> String {
@@ -89,12 +90,52 @@ pub struct NewKey {
 pub struct Commands {
     pub live: Arc<Live>,
     pub appender: Appender,
-    /// Held from the uniqueness check of a provider name or a username to the commit, so
-    /// that two concurrent creates cannot both take a name. Names are not streams, so the
-    /// stream versions cannot do this.
-    names: Arc<tokio::sync::Mutex<()>>,
+    /// Held from a check that no stream version covers (a name is free, a user is still
+    /// enabled) to the commit of what was decided on it.
+    claims: Arc<Claims>,
     /// Seals password hashes before they enter the log.
     keyring: Keyring,
+}
+
+/// Serialises the commands that decide on the same name or the same user, on this node
+/// and, on PostgreSQL, across nodes.
+///
+/// Two rules need it, because no stream version covers them: a username is unique
+/// regardless of case (and a provider name among providers not deleted), and a key is
+/// never created for a disabled owner while disabling an owner expires every key they
+/// have. Stream versions cannot see either: `alice` and `Alice` are two new streams, and a
+/// new key is a new stream that the disable's unit never names. So each such command takes
+/// the claim on its name (`username:alice`) or user (`user:usr_…`), then, on PostgreSQL,
+/// folds every event other nodes committed meanwhile, decides on that state, appends,
+/// waits for the commit and only then lets the claim go. Whoever takes the claim next sees
+/// that commit: the second `alice` finds the first, a disable finds the key created just
+/// before it (and expires it in its unit), a key created just after a disable finds its
+/// owner disabled.
+struct Claims {
+    /// On this node: one of these per claim name's hash.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// On PostgreSQL: the store's advisory locks, and a bound on how many of them this
+    /// node holds at once, each on a pooled connection the appends also need.
+    cluster: Option<(Arc<PostgresStore>, tokio::sync::Semaphore)>,
+}
+
+const CLAIM_STRIPES: usize = 64;
+/// Claims held at once by one node on PostgreSQL: a quarter of the store's pool.
+const CLUSTER_CLAIMS: usize = 2;
+
+/// A held claim. [`Commands::release`] gives it back.
+struct Claim<'a> {
+    _stripe: tokio::sync::MutexGuard<'a, ()>,
+    _permit: Option<tokio::sync::SemaphorePermit<'a>>,
+    lock: Option<SessionLock>,
+}
+
+impl Claim<'_> {
+    async fn release(self) {
+        if let Some(lock) = self.lock {
+            lock.release().await;
+        }
+    }
 }
 
 impl Commands {
@@ -102,9 +143,72 @@ impl Commands {
         Commands {
             live,
             appender,
-            names: Arc::new(tokio::sync::Mutex::new(())),
+            claims: Arc::new(Claims {
+                stripes: (0..CLAIM_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+                cluster: None,
+            }),
             keyring,
         }
+    }
+
+    /// Makes the claims hold across every node of a shared PostgreSQL log.
+    pub fn with_cluster(mut self, store: Arc<PostgresStore>) -> Self {
+        self.claims = Arc::new(Claims {
+            stripes: (0..CLAIM_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            cluster: Some((store, tokio::sync::Semaphore::new(CLUSTER_CLAIMS))),
+        });
+        self
+    }
+
+    /// Takes the claim on `name` (see [`Claims`]) and brings the live state up to every
+    /// event committed before it was granted.
+    async fn claim(&self, name: &str) -> Result<Claim<'_>, CommandError> {
+        let stripe = blake3::hash(name.as_bytes()).as_bytes()[0] as usize % CLAIM_STRIPES;
+        let guard = self.claims.stripes[stripe].lock().await;
+        let Some((store, permits)) = &self.claims.cluster else {
+            return Ok(Claim {
+                _stripe: guard,
+                _permit: None,
+                lock: None,
+            });
+        };
+        let permit = permits
+            .acquire()
+            .await
+            .map_err(|_| CommandError::Append(AppendError::Closed))?;
+        let lock = store
+            .claim_lock(name)
+            .await
+            .map_err(|e| CommandError::Append(AppendError::Store(e)))?;
+        let claim = Claim {
+            _stripe: guard,
+            _permit: Some(permit),
+            lock: Some(lock),
+        };
+        if let Err(e) = self.live.catch_up().await {
+            claim.release().await;
+            return Err(CommandError::Append(AppendError::Store(
+                StoreError::Unavailable(format!("catching up before a claimed decision: {e}")),
+            )));
+        }
+        Ok(claim)
+    }
+
+    /// Runs `decide_and_append` under the claim on `name`, and gives the claim back
+    /// whatever it returns.
+    async fn claimed<T>(
+        &self,
+        name: &str,
+        decide_and_append: impl std::future::Future<Output = Result<T, CommandError>>,
+    ) -> Result<T, CommandError> {
+        let claim = self.claim(name).await?;
+        let out = decide_and_append.await;
+        claim.release().await;
+        out
     }
 
     fn event(&self, actor: &Actor, event: &Event, expected: ExpectedVersion) -> NewEvent {
@@ -183,6 +287,11 @@ impl Commands {
     pub async fn submit(&self, unit: Vec<NewEvent>) -> Result<Vec<Envelope>, CommandError> {
         Ok(self.appender.submit(unit).await?)
     }
+}
+
+/// The claim a decision about a user takes (see [`Claims`]).
+fn user_claim(user_id: &str) -> String {
+    format!("user:{user_id}")
 }
 
 /// Whose objects the caller may act on: everyone's (an admin) or only their own.
@@ -264,12 +373,17 @@ impl Commands {
         actor: &Actor,
         spec: NewKey,
     ) -> Result<(Arc<KeyRecord>, Secret), CommandError> {
-        self.check_key_refs(&spec.owner_id, &spec.provider_ids)?;
-        let (ev, key_id, secret) = self.key_created(actor, spec);
-        self.submit(vec![ev]).await?;
-        let key = self.live.read().keys.get(&key_id).cloned();
-        key.map(|k| (k, secret))
-            .ok_or_else(|| CommandError::NotFound(format!("key {key_id}")))
+        // Under the owner's claim, so that a disable on another node cannot miss it.
+        let claim = user_claim(&spec.owner_id);
+        self.claimed(&claim, async {
+            self.check_key_refs(&spec.owner_id, &spec.provider_ids)?;
+            let (ev, key_id, secret) = self.key_created(actor, spec);
+            self.submit(vec![ev]).await?;
+            let key = self.live.read().keys.get(&key_id).cloned();
+            key.map(|k| (k, secret))
+                .ok_or_else(|| CommandError::NotFound(format!("key {key_id}")))
+        })
+        .await
     }
 
     /// Applies a change to a key that is still usable (active or in grace).
@@ -364,51 +478,58 @@ impl Commands {
         grace_until: Timestamp,
         new_expires_at: Timestamp,
     ) -> Result<(Arc<KeyRecord>, Arc<KeyRecord>, Secret), CommandError> {
-        let old = visible_key(&self.live.read(), key_id, vis)?;
-        match old.status(Utc::now()) {
-            KeyStatus::Active => {}
-            KeyStatus::Grace => {
-                return Err(CommandError::Conflict(format!(
-                    "key {key_id} was already rotated to {}",
-                    old.rotated_to().unwrap_or("another key")
-                )));
+        // The new key is the owner's: under their claim, as for a created key.
+        let owner = visible_key(&self.live.read(), key_id, vis)?
+            .owner_id()
+            .to_owned();
+        self.claimed(&user_claim(&owner), async {
+            let old = visible_key(&self.live.read(), key_id, vis)?;
+            match old.status(Utc::now()) {
+                KeyStatus::Active => {}
+                KeyStatus::Grace => {
+                    return Err(CommandError::Conflict(format!(
+                        "key {key_id} was already rotated to {}",
+                        old.rotated_to().unwrap_or("another key")
+                    )));
+                }
+                s => {
+                    return Err(CommandError::Conflict(format!(
+                        "key {key_id} is {} and cannot be rotated",
+                        status_word(s)
+                    )));
+                }
             }
-            s => {
-                return Err(CommandError::Conflict(format!(
-                    "key {key_id} is {} and cannot be rotated",
-                    status_word(s)
-                )));
-            }
-        }
-        let provider_ids: Vec<String> = old.provider_ids().map(str::to_owned).collect();
-        self.check_key_refs(old.owner_id(), &provider_ids)?;
-        let (created, new_id, secret) = self.key_created(
-            actor,
-            NewKey {
-                name: old.name().to_owned(),
-                owner_id: old.owner_id().to_owned(),
-                provider_ids,
-                expires_at: new_expires_at,
-                scopes: old.scopes().to_vec(),
-                models: old.models().to_vec(),
-                rate_limit: old.rate_limit,
-                quota: old.quota(),
-                ip_allowlist: old.ip_allowlist().to_vec(),
-                metadata: old.metadata().clone(),
-                rotated_from: Some(key_id.to_owned()),
-            },
-        );
-        let rotated = Event::KeyRotated(KeyRotated {
-            key_id: key_id.to_owned(),
-            new_key_id: new_id.clone(),
-            grace_until,
-        });
-        let unit = vec![
-            self.event(actor, &rotated, ExpectedVersion::Exact(old.version)),
-            created,
-        ];
-        self.submit(unit).await?;
-        Ok((self.reread(key_id)?, self.reread(&new_id)?, secret))
+            let provider_ids: Vec<String> = old.provider_ids().map(str::to_owned).collect();
+            self.check_key_refs(old.owner_id(), &provider_ids)?;
+            let (created, new_id, secret) = self.key_created(
+                actor,
+                NewKey {
+                    name: old.name().to_owned(),
+                    owner_id: old.owner_id().to_owned(),
+                    provider_ids,
+                    expires_at: new_expires_at,
+                    scopes: old.scopes().to_vec(),
+                    models: old.models().to_vec(),
+                    rate_limit: old.rate_limit,
+                    quota: old.quota(),
+                    ip_allowlist: old.ip_allowlist().to_vec(),
+                    metadata: old.metadata().clone(),
+                    rotated_from: Some(key_id.to_owned()),
+                },
+            );
+            let rotated = Event::KeyRotated(KeyRotated {
+                key_id: key_id.to_owned(),
+                new_key_id: new_id.clone(),
+                grace_until,
+            });
+            let unit = vec![
+                self.event(actor, &rotated, ExpectedVersion::Exact(old.version)),
+                created,
+            ];
+            self.submit(unit).await?;
+            Ok((self.reread(key_id)?, self.reread(&new_id)?, secret))
+        })
+        .await
     }
 
     fn reread(&self, key_id: &str) -> Result<Arc<KeyRecord>, CommandError> {
@@ -514,7 +635,22 @@ impl Commands {
         keyring: &Keyring,
         check: Option<&CheckResult>,
     ) -> Result<Arc<ProviderRecord>, CommandError> {
-        let _names = self.names.lock().await;
+        let claim = self.claim(&format!("provider-name:{}", spec.name)).await?;
+        let out = self
+            .create_provider_claimed(actor, spec, secret, keyring, check)
+            .await;
+        claim.release().await;
+        out
+    }
+
+    async fn create_provider_claimed(
+        &self,
+        actor: &Actor,
+        spec: NewProvider,
+        secret: &ProviderSecret,
+        keyring: &Keyring,
+        check: Option<&CheckResult>,
+    ) -> Result<Arc<ProviderRecord>, CommandError> {
         self.check_provider_name(&spec.name, None)?;
         let provider_id = new_provider_id();
         let created = Event::ProviderCreated(ProviderCreated {
@@ -550,10 +686,22 @@ impl Commands {
         actor: &Actor,
         patch: ProviderUpdated,
     ) -> Result<Arc<ProviderRecord>, CommandError> {
-        let _names = match &patch.name {
-            Some(_) => Some(self.names.lock().await),
+        let claim = match &patch.name {
+            Some(name) => Some(self.claim(&format!("provider-name:{name}")).await?),
             None => None,
         };
+        let out = self.update_provider_claimed(actor, patch).await;
+        if let Some(c) = claim {
+            c.release().await;
+        }
+        out
+    }
+
+    async fn update_provider_claimed(
+        &self,
+        actor: &Actor,
+        patch: ProviderUpdated,
+    ) -> Result<Arc<ProviderRecord>, CommandError> {
         let p = self.live_provider(&patch.provider_id)?;
         if let Some(name) = &patch.name {
             self.check_provider_name(name, Some(&p.provider_id))?;
@@ -706,22 +854,26 @@ impl Commands {
         role: Role,
         password_hash: Option<PasswordHash>,
     ) -> Result<Arc<UserRecord>, CommandError> {
-        let _names = self.names.lock().await;
-        let taken = self
-            .live
-            .read()
-            .users
-            .iter()
-            .find(|u| u.username.eq_ignore_ascii_case(username))
-            .map(|u| u.username.clone());
-        if let Some(existing) = taken {
-            return Err(CommandError::Conflict(format!(
-                "the username {existing:?} is taken"
-            )));
-        }
-        let (ev, user_id) = self.user_created(actor, username, role, password_hash);
-        self.submit(vec![ev]).await?;
-        self.reread_user(&user_id)
+        // Usernames are ASCII (letters, digits, `.`, `_`, `-`): this is their case fold.
+        let claim = format!("username:{}", username.to_ascii_lowercase());
+        self.claimed(&claim, async {
+            let taken = self
+                .live
+                .read()
+                .users
+                .iter()
+                .find(|u| u.username.eq_ignore_ascii_case(username))
+                .map(|u| u.username.clone());
+            if let Some(existing) = taken {
+                return Err(CommandError::Conflict(format!(
+                    "the username {existing:?} is taken"
+                )));
+            }
+            let (ev, user_id) = self.user_created(actor, username, role, password_hash);
+            self.submit(vec![ev]).await?;
+            self.reread_user(&user_id)
+        })
+        .await
     }
 
     /// Changes a user's role, password or disabled state. Disabling also expires every
@@ -747,20 +899,25 @@ impl Commands {
                 ));
             }
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (unit, expired) = self.decide_user_update(actor, user_id, &patch)?;
-            if unit.is_empty() {
-                return Ok((self.reread_user(user_id)?, Vec::new()));
+        // Under the user's claim: a key created for them on another node either commits
+        // before this decision (and is expired with the rest) or finds them disabled.
+        self.claimed(&user_claim(user_id), async {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let (unit, expired) = self.decide_user_update(actor, user_id, &patch)?;
+                if unit.is_empty() {
+                    return Ok((self.reread_user(user_id)?, Vec::new()));
+                }
+                match self.submit(unit).await {
+                    Ok(_) => return Ok((self.reread_user(user_id)?, expired)),
+                    Err(CommandError::Append(AppendError::Conflict { .. }))
+                        if attempt < USER_UPDATE_ATTEMPTS => {}
+                    Err(e) => return Err(e),
+                }
             }
-            match self.submit(unit).await {
-                Ok(_) => return Ok((self.reread_user(user_id)?, expired)),
-                Err(CommandError::Append(AppendError::Conflict { .. }))
-                    if attempt < USER_UPDATE_ATTEMPTS => {}
-                Err(e) => return Err(e),
-            }
-        }
+        })
+        .await
     }
 
     fn decide_user_update(

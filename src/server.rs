@@ -158,7 +158,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_batch: config.append_batch_max,
         },
     );
-    let commands = Commands::new(live.clone(), appender, keyring.clone());
+    let mut commands = Commands::new(live.clone(), appender, keyring.clone());
+    if let Some(pg) = &postgres {
+        // Uniqueness of names and a user's disable hold across every node of the log.
+        commands = commands.with_cluster(pg.clone());
+    }
 
     let tail = postgres
         .as_ref()

@@ -64,6 +64,8 @@ pub const NOTIFY_CHANNEL: &str = "keyward_events";
 pub const APPEND_LOCK: i64 = 0x6b65_7977_6172_6401;
 /// The advisory lock key that makes the first-run bootstrap happen on one node only.
 pub const FIRST_RUN_LOCK: i64 = 0x6b65_7977_6172_6402;
+/// The first key of every claim lock ([`PostgresStore::claim_lock`]): "kw" and 3.
+pub const CLAIM_LOCK_CLASS: i32 = 0x6b77_0003;
 
 const COLUMNS: &str = "seq, event_id, stream, stream_version, type, schema, occurred_at, \
                        actor, request_id, data, prev_hash, hash";
@@ -165,7 +167,30 @@ impl PostgresStore {
             .await?;
         Ok(SessionLock {
             conn: Some(conn),
-            key: FIRST_RUN_LOCK,
+            key: LockKey::One(FIRST_RUN_LOCK),
+        })
+    }
+
+    /// Waits until no other session, on this node or another, holds the claim on `name`,
+    /// and holds it until released: what makes a decision on a username or on a user's
+    /// state hold across nodes (see [`crate::commands`]). The two-key form of the advisory
+    /// lock, whose key space does not overlap [`APPEND_LOCK`] and [`FIRST_RUN_LOCK`], with
+    /// [`CLAIM_LOCK_CLASS`] and 32 bits of blake3 of `name`: two names that share them only
+    /// wait for each other.
+    pub async fn claim_lock(&self, name: &str) -> Result<SessionLock, StoreError> {
+        let digest = blake3::hash(name.as_bytes());
+        let mut four = [0u8; 4];
+        four.copy_from_slice(&digest.as_bytes()[..4]);
+        let id = i32::from_le_bytes(four);
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1, $2)")
+            .bind(CLAIM_LOCK_CLASS)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(SessionLock {
+            conn: Some(conn),
+            key: LockKey::Two(CLAIM_LOCK_CLASS, id),
         })
     }
 
@@ -228,16 +253,34 @@ impl Wakeups {
 /// without `release`, the connection is closed, which releases it too.
 pub struct SessionLock {
     conn: Option<PoolConnection<Postgres>>,
-    key: i64,
+    key: LockKey,
+}
+
+/// The one-key or the two-key form of an advisory lock: PostgreSQL keeps them apart.
+#[derive(Clone, Copy, Debug)]
+enum LockKey {
+    One(i64),
+    Two(i32, i32),
 }
 
 impl SessionLock {
     pub async fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.key)
-                .execute(&mut *conn)
-                .await;
+            let unlocked = match self.key {
+                LockKey::One(k) => {
+                    sqlx::query("SELECT pg_advisory_unlock($1)")
+                        .bind(k)
+                        .execute(&mut *conn)
+                        .await
+                }
+                LockKey::Two(a, b) => {
+                    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                        .bind(a)
+                        .bind(b)
+                        .execute(&mut *conn)
+                        .await
+                }
+            };
             if unlocked.is_err() {
                 conn.close_on_drop();
             }
