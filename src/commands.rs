@@ -25,6 +25,8 @@ use crate::store::AppendError;
 use crate::store::appender::Appender;
 use crate::time::Timestamp;
 
+pub mod narrowing;
+
 pub fn new_key_id() -> String {
     format!("key_{}", Ulid::new())
 }
@@ -67,6 +69,31 @@ pub enum CommandError {
     /// A conflict with the objects in the way, e.g. the keys that still use a provider.
     #[error("{detail}")]
     ConflictWith { detail: String, extra: Value },
+    /// A change that widens a key, asked for by its owner: only an admin may.
+    #[error("{field}: {detail}")]
+    NeedsAdmin { field: &'static str, detail: String },
+    /// The owner already has as many keys as one user may.
+    #[error("{0}")]
+    KeyLimit(String),
+}
+
+/// The limits on keys that every command holds to, whoever asks.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyPolicy {
+    /// No key lives past its creation plus this, however often it is changed; a rotation
+    /// starts a new key and so a new lifetime.
+    pub max_lifetime: chrono::Duration,
+    /// Keys one user may hold that are not deleted; expired keys count until deleted.
+    pub max_keys_per_user: usize,
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        KeyPolicy {
+            max_lifetime: chrono::Duration::days(180),
+            max_keys_per_user: 1000,
+        }
+    }
 }
 
 /// A key to create, validated by the caller's layer.
@@ -93,6 +120,10 @@ pub struct Commands {
     /// that two concurrent creates cannot both take a name. Names are not streams, so the
     /// stream versions cannot do this.
     names: Arc<tokio::sync::Mutex<()>>,
+    /// Held from the count of a user's keys to the commit of a new one, so that concurrent
+    /// creates on this node cannot pass the per-user limit together.
+    key_counts: Arc<tokio::sync::Mutex<()>>,
+    policy: KeyPolicy,
 }
 
 impl Commands {
@@ -101,7 +132,19 @@ impl Commands {
             live,
             appender,
             names: Arc::new(tokio::sync::Mutex::new(())),
+            key_counts: Arc::new(tokio::sync::Mutex::new(())),
+            policy: KeyPolicy::default(),
         }
+    }
+
+    /// These commands with the configured key limits.
+    pub fn with_key_policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn key_policy(&self) -> KeyPolicy {
+        self.policy
     }
 
     fn event(&self, actor: &Actor, event: &Event, expected: ExpectedVersion) -> NewEvent {
@@ -254,12 +297,34 @@ impl Commands {
         Ok(())
     }
 
+    /// Refuses a new key for `owner_id` when they already hold as many keys (not deleted)
+    /// as one user may. An admin creating a key for a user is held to it too: the limit
+    /// bounds what one user's keys cost in memory and in every read of their history.
+    fn check_key_count(&self, owner_id: &str) -> Result<(), CommandError> {
+        let max = self.policy.max_keys_per_user;
+        let held = self
+            .live
+            .read()
+            .keys
+            .by_owner(owner_id)
+            .filter(|k| !k.is_deleted())
+            .count();
+        if held >= max {
+            return Err(CommandError::KeyLimit(format!(
+                "user {owner_id} already holds {held} keys, the most one user may (max-keys-per-user is {max}); delete keys that are no longer needed (expired keys count until deleted)"
+            )));
+        }
+        Ok(())
+    }
+
     pub async fn create_key(
         &self,
         actor: &Actor,
         spec: NewKey,
     ) -> Result<(Arc<KeyRecord>, Secret), CommandError> {
         self.check_key_refs(&spec.owner_id, &spec.provider_ids)?;
+        let _counting = self.key_counts.lock().await;
+        self.check_key_count(&spec.owner_id)?;
         let (ev, key_id, secret) = self.key_created(actor, spec);
         self.submit(vec![ev]).await?;
         let key = self.live.read().keys.get(&key_id).cloned();
@@ -267,7 +332,42 @@ impl Commands {
             .ok_or_else(|| CommandError::NotFound(format!("key {key_id}")))
     }
 
-    /// Applies a change to a key that is still usable (active or in grace).
+    /// The rules on a change to `key`, decided against the version the change will be
+    /// appended at: no expiry past the key's creation plus the maximum lifetime (for
+    /// anyone), and nothing that widens the key unless the caller sees every key (an admin).
+    fn check_key_change(
+        &self,
+        key: &KeyRecord,
+        vis: Visibility<'_>,
+        patch: &KeyUpdated,
+    ) -> Result<(), CommandError> {
+        if let Some(at) = patch.expires_at {
+            let max = self.policy.max_lifetime;
+            // The same minute of slack as at creation, for clocks and request latency.
+            if at > key.created_at + max + chrono::Duration::minutes(1) {
+                return Err(CommandError::InvalidField {
+                    field: "expires_at",
+                    detail: format!(
+                        "a key lives at most {} days from its creation ({}); rotate it to renew it",
+                        max.num_days(),
+                        crate::time::format(&key.created_at)
+                    ),
+                });
+            }
+        }
+        if matches!(vis, Visibility::Owner(_))
+            && let Some(w) = narrowing::first_widening(key, patch)
+        {
+            return Err(CommandError::NeedsAdmin {
+                field: w.field,
+                detail: w.detail,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a change to a key that is still usable (active or in grace). Its owner may
+    /// only narrow it ([`narrowing`]); an admin may also widen it.
     pub async fn update_key(
         &self,
         actor: &Actor,
@@ -285,6 +385,7 @@ impl Commands {
                 )));
             }
         }
+        self.check_key_change(&key, vis, &patch)?;
         let key_id = patch.key_id.clone();
         let ev = self.event(
             actor,
@@ -377,6 +478,9 @@ impl Commands {
         }
         let provider_ids: Vec<String> = old.provider_ids().map(str::to_owned).collect();
         self.check_key_refs(old.owner_id(), &provider_ids)?;
+        // The old key stays (expired after its grace) until deleted, so a rotation adds one.
+        let _counting = self.key_counts.lock().await;
+        self.check_key_count(old.owner_id())?;
         let (created, new_id, secret) = self.key_created(
             actor,
             NewKey {

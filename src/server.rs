@@ -156,7 +156,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_batch: config.append_batch_max,
         },
     );
-    let commands = Commands::new(live.clone(), appender);
+    let commands =
+        Commands::new(live.clone(), appender).with_key_policy(crate::commands::KeyPolicy {
+            max_lifetime: config.max_key_lifetime,
+            max_keys_per_user: config.max_keys_per_user,
+        });
 
     let tail = postgres
         .as_ref()

@@ -3,5 +3,6 @@
 mod brute;
 mod canary;
 mod crypto;
+mod restrictions;
 mod smuggling;
 mod ssrf;
