@@ -739,3 +739,76 @@ fn bootstrap_refuses_a_username_with_hidden_characters() {
         crate::common::stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn the_console_shows_and_enforces_what_an_owner_may_change() {
+    use crate::ui::{Browser, Console, PASSWORD};
+    let c = Console::start().await;
+    let alice = c.user("alice", keyward_events::Role::User).await;
+    let mut spec = KeySpec::on(&c.provider);
+    spec.owner = Some(alice);
+    spec.rate_limit = Some(RateLimit {
+        requests_per_minute: 60,
+        burst: 2,
+    });
+    spec.expires_in = Duration::days(20);
+    let (id, _) = c.gw.key(spec).await;
+
+    let mut b = Browser::new(&c.base);
+    assert_eq!(
+        b.sign_in("alice", PASSWORD).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let list = b.get("/ui/keys").await;
+    assert!(
+        list.body.contains("data-fill-max=\"rate\""),
+        "{}",
+        list.body
+    );
+    assert!(list.body.contains("lower only"));
+    let detail = b.get(&format!("/ui/keys/{id}")).await;
+    assert!(
+        detail.body.contains("On your own key you may narrow it"),
+        "{}",
+        detail.body
+    );
+
+    let later = (Utc::now() + Duration::days(30))
+        .format("%Y-%m-%d")
+        .to_string();
+    for (form, says) in [
+        (
+            vec![("rate_limit", "120")],
+            "only an admin may raise the rate limit above 60",
+        ),
+        (vec![("rate_limit", "")], "only an admin may remove"),
+        (
+            vec![("rate_limit", "60"), ("expires_on", later.as_str())],
+            "only an admin may move a key",
+        ),
+    ] {
+        let p = b.post(&format!("/ui/keys/{id}/edit"), &form).await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN, "{form:?}: {}", p.body);
+        assert!(p.body.contains(says), "{form:?}: {}", p.body);
+    }
+    // Lowering the rate keeps the burst no larger than it was.
+    let p = b
+        .post(&format!("/ui/keys/{id}/edit"), &[("rate_limit", "50")])
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let k = c.state().0.live.read().keys.get(&id).cloned().unwrap();
+    assert_eq!(
+        k.rate_limit,
+        Some(RateLimit {
+            requests_per_minute: 50,
+            burst: 2
+        })
+    );
+
+    // The admin's form is the unrestricted one.
+    let mut a = Browser::new(&c.base);
+    a.sign_in("admin", PASSWORD).await;
+    let list = a.get("/ui/admin/keys").await;
+    assert!(list.body.contains("Empty removes the limit."));
+    assert!(!list.body.contains("data-fill-max"));
+}
