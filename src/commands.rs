@@ -450,8 +450,9 @@ impl Commands {
     }
 
     /// Rotates an active key: a new key with the same settings, and the old one working
-    /// until `grace_until`. Both events commit together or not at all; of two concurrent
-    /// rotations one wins and the other conflicts on the old key's stream version.
+    /// until `grace_until`. Its owner may give the new key at most the old one's lifetime.
+    /// Both events commit together or not at all; of two concurrent rotations one wins and
+    /// the other conflicts on the old key's stream version.
     pub async fn rotate_key(
         &self,
         actor: &Actor,
@@ -475,6 +476,21 @@ impl Commands {
                     status_word(s)
                 )));
             }
+        }
+        // A rotation renews a key; its owner renews it for as long as it lived, an admin for
+        // up to the maximum lifetime. Otherwise rotating would lengthen a short lifetime an
+        // admin chose.
+        let span = (old.expires_at - old.created_at).max(chrono::Duration::hours(1));
+        if matches!(vis, Visibility::Owner(_))
+            && new_expires_at > Utc::now() + span + chrono::Duration::minutes(1)
+        {
+            return Err(CommandError::NeedsAdmin {
+                field: "expires_at",
+                detail: format!(
+                    "the new key may live at most as long as this one ({} days); only an admin may renew it for longer",
+                    span.num_days()
+                ),
+            });
         }
         let provider_ids: Vec<String> = old.provider_ids().map(str::to_owned).collect();
         self.check_key_refs(old.owner_id(), &provider_ids)?;

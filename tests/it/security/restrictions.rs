@@ -812,3 +812,46 @@ async fn the_console_shows_and_enforces_what_an_owner_may_change() {
     assert!(list.body.contains("Empty removes the limit."));
     assert!(!list.body.contains("data-fill-max"));
 }
+
+#[tokio::test]
+async fn an_owner_renews_a_key_by_rotation_for_no_longer_than_it_lived() {
+    let gw = Gw::start().await;
+    let admin = gw.t.admin_secret();
+    let (alice, mine) = user_with_full_key(&gw.t, "alice").await;
+    let (s, c) = call(
+        &gw,
+        OUTSIDE,
+        Method::POST,
+        "/api/v1/keys",
+        &admin,
+        Some(json!({"name": "short", "owner_id": alice, "expires_in": "7d"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    let id = c["key"]["id"].as_str().unwrap().to_owned();
+    let rotate = format!("/api/v1/keys/{id}/rotate");
+    let got = call(
+        &gw,
+        OUTSIDE,
+        Method::POST,
+        &rotate,
+        &mine,
+        Some(json!({"expires_in": "180d"})),
+    )
+    .await;
+    problem(&got, 403, "widening_needs_admin", Some("expires_at"));
+    // By default, and for as long as it lived, the owner renews it.
+    let got = call(&gw, OUTSIDE, Method::POST, &rotate, &mine, Some(json!({}))).await;
+    assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+    let next = got.1["key"]["id"].as_str().unwrap().to_owned();
+    let got = call(
+        &gw,
+        OUTSIDE,
+        Method::POST,
+        &format!("/api/v1/keys/{next}/rotate"),
+        &admin,
+        Some(json!({"expires_in": "180d"})),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+}
