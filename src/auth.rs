@@ -1,8 +1,12 @@
 //! Authentication: a presented secret → its key in the live projection → the checks that
 //! every surface shares. No database read: the proxy's hot path goes through here.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::extract::ConnectInfo;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::Extensions;
 use keyward_events::{DenyReason, Scope};
 use keyward_projections::{KeyRecord, KeyStatus, State, UserRecord};
 
@@ -63,6 +67,66 @@ pub fn authenticate(state: &State, presented: &str, now: Timestamp) -> Result<Au
     })
 }
 
+/// The client's address: the TCP peer. Behind a reverse proxy this is the proxy's, as no
+/// forwarded-for header is trusted. Every surface that accepts a key checks its IP
+/// allowlist against this one address.
+pub fn client_ip(ext: &Extensions) -> Option<IpAddr> {
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+}
+
+/// Whether `ip` is in the key's allowlist of CIDRs or addresses; an empty list allows all.
+/// An entry that does not parse allows nothing, and neither does an unknown address.
+pub fn ip_allowed(list: &[String], ip: Option<IpAddr>) -> bool {
+    if list.is_empty() {
+        return true;
+    }
+    let Some(ip) = ip.map(|i| i.to_canonical()) else {
+        return false;
+    };
+    list.iter().any(|entry| {
+        let entry = entry.trim();
+        match entry.parse::<ipnet::IpNet>() {
+            Ok(net) => net.contains(&ip),
+            Err(_) => entry
+                .parse::<IpAddr>()
+                .is_ok_and(|a| a.to_canonical() == ip),
+        }
+    })
+}
+
+/// Why a key that authenticated may not manage anything (the management API, the
+/// console's first-run set-up). The proxy makes the same IP check in its own order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Restricted {
+    /// The client's address is outside the key's IP allowlist.
+    #[error("this key may not be used from this address ({})", .0.map_or_else(|| "unknown".to_owned(), |i| i.to_canonical().to_string()))]
+    Ip(Option<IpAddr>),
+    /// A rotated key works on the proxy until its grace ends, so that clients can switch
+    /// over; it manages nothing, or a leaked key that was rotated away could mint keys.
+    #[error(
+        "this key was rotated; during its grace period it works only on the proxy; use the key it was rotated to"
+    )]
+    Rotated,
+}
+
+/// The restrictions a key carries beyond its status, checked wherever a key is accepted
+/// for management: the IP allowlist, and no management by a key in its rotation grace.
+pub fn check_restrictions(
+    key: &KeyRecord,
+    ip: Option<IpAddr>,
+    now: Timestamp,
+) -> Result<(), Restricted> {
+    if !ip_allowed(key.ip_allowlist(), ip) {
+        return Err(Restricted::Ip(ip));
+    }
+    if key.status(now) == KeyStatus::Grace {
+        return Err(Restricted::Rotated);
+    }
+    Ok(())
+}
+
 /// Whether a key's scopes allow what `needed` stands for. `full` includes `chat`, and both
 /// include `read`.
 pub fn scope_allows(scopes: &[Scope], needed: Scope) -> bool {
@@ -116,6 +180,21 @@ mod tests {
         assert!(!scope_allows(&[Scope::Read], Scope::Chat));
         assert!(!scope_allows(&[Scope::Chat], Scope::Full));
         assert!(!scope_allows(&[], Scope::Read));
+    }
+
+    #[test]
+    fn ip_allowlists() {
+        let list = vec!["10.0.0.0/8".to_owned(), "2001:db8::1".to_owned()];
+        assert!(ip_allowed(&list, Some("10.9.8.7".parse().unwrap())));
+        assert!(ip_allowed(&list, Some("::ffff:10.0.0.1".parse().unwrap())));
+        assert!(ip_allowed(&list, Some("2001:db8::1".parse().unwrap())));
+        assert!(!ip_allowed(&list, Some("11.0.0.1".parse().unwrap())));
+        assert!(!ip_allowed(&list, None));
+        assert!(ip_allowed(&[], None));
+        assert!(!ip_allowed(
+            &["garbage".into()],
+            Some("1.2.3.4".parse().unwrap())
+        ));
     }
 
     #[test]

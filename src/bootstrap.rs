@@ -24,6 +24,8 @@ pub enum BootstrapError {
     Command(#[from] CommandError),
     #[error("user {0:?} exists but is not an admin")]
     NotAdmin(String),
+    #[error("--username: {0}")]
+    InvalidUsername(String),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -44,6 +46,9 @@ pub async fn bootstrap_with_password(
     username: &str,
     password_hash: Option<crate::crypto::PasswordHash>,
 ) -> Result<Bootstrapped, BootstrapError> {
+    if let Some(why) = crate::names::username_problem(username) {
+        return Err(BootstrapError::InvalidUsername(why));
+    }
     let actor = Actor::system();
     let existing = cmds
         .live

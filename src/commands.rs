@@ -26,6 +26,8 @@ use crate::store::postgres::{PostgresStore, SessionLock};
 use crate::store::{AppendError, StoreError};
 use crate::time::Timestamp;
 
+pub mod narrowing;
+
 pub fn new_key_id() -> String {
     format!("key_{}", Ulid::new())
 }
@@ -68,6 +70,31 @@ pub enum CommandError {
     /// A conflict with the objects in the way, e.g. the keys that still use a provider.
     #[error("{detail}")]
     ConflictWith { detail: String, extra: Value },
+    /// A change that widens a key, asked for by its owner: only an admin may.
+    #[error("{field}: {detail}")]
+    NeedsAdmin { field: &'static str, detail: String },
+    /// The owner already has as many keys as one user may.
+    #[error("{0}")]
+    KeyLimit(String),
+}
+
+/// The limits on keys that every command holds to, whoever asks.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyPolicy {
+    /// No key lives past its creation plus this, however often it is changed; a rotation
+    /// starts a new key and so a new lifetime.
+    pub max_lifetime: chrono::Duration,
+    /// Keys one user may hold that are not deleted; expired keys count until deleted.
+    pub max_keys_per_user: usize,
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        KeyPolicy {
+            max_lifetime: chrono::Duration::days(180),
+            max_keys_per_user: 1000,
+        }
+    }
 }
 
 /// A key to create, validated by the caller's layer.
@@ -95,6 +122,7 @@ pub struct Commands {
     claims: Arc<Claims>,
     /// Seals password hashes before they enter the log.
     keyring: Keyring,
+    policy: KeyPolicy,
 }
 
 /// Serialises the commands that decide on the same name or the same user, on this node
@@ -150,6 +178,7 @@ impl Commands {
                 cluster: None,
             }),
             keyring,
+            policy: KeyPolicy::default(),
         }
     }
 
@@ -209,6 +238,16 @@ impl Commands {
         let out = decide_and_append.await;
         claim.release().await;
         out
+    }
+
+    /// These commands with the configured key limits.
+    pub fn with_key_policy(mut self, policy: KeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn key_policy(&self) -> KeyPolicy {
+        self.policy
     }
 
     fn event(&self, actor: &Actor, event: &Event, expected: ExpectedVersion) -> NewEvent {
@@ -368,6 +407,26 @@ impl Commands {
         Ok(())
     }
 
+    /// Refuses a new key for `owner_id` when they already hold as many keys (not deleted)
+    /// as one user may. An admin creating a key for a user is held to it too: the limit
+    /// bounds what one user's keys cost in memory and in every read of their history.
+    fn check_key_count(&self, owner_id: &str) -> Result<(), CommandError> {
+        let max = self.policy.max_keys_per_user;
+        let held = self
+            .live
+            .read()
+            .keys
+            .by_owner(owner_id)
+            .filter(|k| !k.is_deleted())
+            .count();
+        if held >= max {
+            return Err(CommandError::KeyLimit(format!(
+                "user {owner_id} already holds {held} keys, the most one user may (max-keys-per-user is {max}); delete keys that are no longer needed (expired keys count until deleted)"
+            )));
+        }
+        Ok(())
+    }
+
     pub async fn create_key(
         &self,
         actor: &Actor,
@@ -377,6 +436,7 @@ impl Commands {
         let claim = user_claim(&spec.owner_id);
         self.claimed(&claim, async {
             self.check_key_refs(&spec.owner_id, &spec.provider_ids)?;
+            self.check_key_count(&spec.owner_id)?;
             let (ev, key_id, secret) = self.key_created(actor, spec);
             self.submit(vec![ev]).await?;
             let key = self.live.read().keys.get(&key_id).cloned();
@@ -386,7 +446,42 @@ impl Commands {
         .await
     }
 
-    /// Applies a change to a key that is still usable (active or in grace).
+    /// The rules on a change to `key`, decided against the version the change will be
+    /// appended at: no expiry past the key's creation plus the maximum lifetime (for
+    /// anyone), and nothing that widens the key unless the caller sees every key (an admin).
+    fn check_key_change(
+        &self,
+        key: &KeyRecord,
+        vis: Visibility<'_>,
+        patch: &KeyUpdated,
+    ) -> Result<(), CommandError> {
+        if let Some(at) = patch.expires_at {
+            let max = self.policy.max_lifetime;
+            // The same minute of slack as at creation, for clocks and request latency.
+            if at > key.created_at + max + chrono::Duration::minutes(1) {
+                return Err(CommandError::InvalidField {
+                    field: "expires_at",
+                    detail: format!(
+                        "a key lives at most {} days from its creation ({}); rotate it to renew it",
+                        max.num_days(),
+                        crate::time::format(&key.created_at)
+                    ),
+                });
+            }
+        }
+        if matches!(vis, Visibility::Owner(_))
+            && let Some(w) = narrowing::first_widening(key, patch)
+        {
+            return Err(CommandError::NeedsAdmin {
+                field: w.field,
+                detail: w.detail,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a change to a key that is still usable (active or in grace). Its owner may
+    /// only narrow it ([`narrowing`]); an admin may also widen it.
     pub async fn update_key(
         &self,
         actor: &Actor,
@@ -404,6 +499,7 @@ impl Commands {
                 )));
             }
         }
+        self.check_key_change(&key, vis, &patch)?;
         let key_id = patch.key_id.clone();
         let ev = self.event(
             actor,
@@ -468,8 +564,9 @@ impl Commands {
     }
 
     /// Rotates an active key: a new key with the same settings, and the old one working
-    /// until `grace_until`. Both events commit together or not at all; of two concurrent
-    /// rotations one wins and the other conflicts on the old key's stream version.
+    /// until `grace_until`. Its owner may give the new key at most the old one's lifetime.
+    /// Both events commit together or not at all; of two concurrent rotations one wins and
+    /// the other conflicts on the old key's stream version.
     pub async fn rotate_key(
         &self,
         actor: &Actor,
@@ -499,8 +596,25 @@ impl Commands {
                     )));
                 }
             }
+            // A rotation renews a key; its owner renews it for as long as it lived, an admin for
+            // up to the maximum lifetime. Otherwise rotating would lengthen a short lifetime an
+            // admin chose.
+            let span = (old.expires_at - old.created_at).max(chrono::Duration::hours(1));
+            if matches!(vis, Visibility::Owner(_))
+                && new_expires_at > Utc::now() + span + chrono::Duration::minutes(1)
+            {
+                return Err(CommandError::NeedsAdmin {
+                    field: "expires_at",
+                    detail: format!(
+                        "the new key may live at most as long as this one ({} days); only an admin may renew it for longer",
+                        span.num_days()
+                    ),
+                });
+            }
             let provider_ids: Vec<String> = old.provider_ids().map(str::to_owned).collect();
             self.check_key_refs(old.owner_id(), &provider_ids)?;
+            // The old key stays (expired after its grace) until deleted, so a rotation adds one.
+            self.check_key_count(old.owner_id())?;
             let (created, new_id, secret) = self.key_created(
                 actor,
                 NewKey {

@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// The longest a key may live, e.g. `180d`.
     #[arg(long, env = "KEYWARD_MAX_KEY_LIFETIME")]
     pub max_key_lifetime: Option<String>,
+    /// The most keys one user may hold that are not deleted (1000).
+    #[arg(long, env = "KEYWARD_MAX_KEYS_PER_USER")]
+    pub max_keys_per_user: Option<String>,
     /// How many usage events may wait for the appender before the proxy waits.
     #[arg(long, env = "KEYWARD_USAGE_QUEUE_CAPACITY")]
     pub usage_queue_capacity: Option<String>,
@@ -129,6 +132,7 @@ struct FileConfig {
     log: Option<String>,
     listen: Option<String>,
     max_key_lifetime: Option<String>,
+    max_keys_per_user: Option<usize>,
     usage_queue_capacity: Option<usize>,
     append_batch_max: Option<usize>,
     body_limit_bytes: Option<usize>,
@@ -167,6 +171,8 @@ pub struct Config {
     pub log: String,
     pub listen: SocketAddr,
     pub max_key_lifetime: Duration,
+    /// The most keys one user may hold that are not deleted.
+    pub max_keys_per_user: usize,
     pub usage_queue_capacity: usize,
     pub append_batch_max: usize,
     pub body_limit_bytes: usize,
@@ -341,6 +347,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "log" => "KEYWARD_LOG",
         "listen" => "KEYWARD_LISTEN",
         "max-key-lifetime" => "KEYWARD_MAX_KEY_LIFETIME",
+        "max-keys-per-user" => "KEYWARD_MAX_KEYS_PER_USER",
         "usage-queue-capacity" => "KEYWARD_USAGE_QUEUE_CAPACITY",
         "append-batch-max" => "KEYWARD_APPEND_BATCH_MAX",
         "body-limit-bytes" => "KEYWARD_BODY_LIMIT_BYTES",
@@ -369,6 +376,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "master-keys" => "master_keys",
         "log-format" => "log_format",
         "max-key-lifetime" => "max_key_lifetime",
+        "max-keys-per-user" => "max_keys_per_user",
         "usage-queue-capacity" => "usage_queue_capacity",
         "append-batch-max" => "append_batch_max",
         "body-limit-bytes" => "body_limit_bytes",
@@ -476,6 +484,14 @@ impl Config {
             .unwrap_or_else(|| "180d".to_owned());
         let max_key_lifetime =
             parse_duration(&lifetime_s).map_err(|r| bad("max-key-lifetime", r))?;
+        let max_keys_per_user = number(
+            s.max_keys_per_user.as_deref(),
+            file.max_keys_per_user,
+            1000,
+            "max-keys-per-user",
+            1,
+            1_000_000,
+        )?;
         let usage_queue_capacity = number(
             s.usage_queue_capacity.as_deref(),
             file.usage_queue_capacity,
@@ -661,6 +677,7 @@ impl Config {
             log,
             listen,
             max_key_lifetime,
+            max_keys_per_user,
             usage_queue_capacity,
             append_batch_max,
             body_limit_bytes,
@@ -775,6 +792,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./keyward-data"));
         assert_eq!(c.database_url, "sqlite://./keyward-data/keyward.db");
         assert_eq!(c.max_key_lifetime, Duration::days(180));
+        assert_eq!(c.max_keys_per_user, 1000);
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert_eq!(
             c.upstream_connect_timeout,
@@ -1010,6 +1028,17 @@ mod tests {
                 .to_string()
                 .contains("KEYWARD_MAX_KEY_LIFETIME")
         );
+
+        let s = ServeArgs {
+            max_keys_per_user: Some("0".into()),
+            ..ServeArgs::default()
+        };
+        assert!(
+            Config::resolve(&GlobalArgs::default(), &s)
+                .unwrap_err()
+                .to_string()
+                .contains("KEYWARD_MAX_KEYS_PER_USER")
+        );
     }
 
     #[test]
@@ -1018,7 +1047,7 @@ mod tests {
         let p = dir.path().join("k.toml");
         std::fs::write(
             &p,
-            "listen = \"127.0.0.1:7000\"\nmax_key_lifetime = \"30d\"\nupstream_allow = \"192.168.0.0/16\"\n",
+            "listen = \"127.0.0.1:7000\"\nmax_key_lifetime = \"30d\"\nmax_keys_per_user = 50\nupstream_allow = \"192.168.0.0/16\"\n",
         )
         .unwrap();
         let g = GlobalArgs {
@@ -1027,6 +1056,7 @@ mod tests {
         };
         let c = Config::resolve(&g, &ServeArgs::default()).unwrap();
         assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.max_keys_per_user, 50);
         assert_eq!(format!("{:?}", c.upstream_allow), r#"["192.168.0.0/16"]"#);
         assert_eq!(c.max_key_lifetime, Duration::days(30));
         // A flag wins over the file.

@@ -158,7 +158,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_batch: config.append_batch_max,
         },
     );
-    let mut commands = Commands::new(live.clone(), appender, keyring.clone());
+    let mut commands = Commands::new(live.clone(), appender, keyring.clone()).with_key_policy(
+        crate::commands::KeyPolicy {
+            max_lifetime: config.max_key_lifetime,
+            max_keys_per_user: config.max_keys_per_user,
+        },
+    );
     if let Some(pg) = &postgres {
         // Uniqueness of names and a user's disable hold across every node of the log.
         commands = commands.with_cluster(pg.clone());

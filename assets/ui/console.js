@@ -11,6 +11,11 @@
       var v = d[el.dataset.fill];
       el.value = v === undefined ? "" : v;
     });
+    // An owner may only narrow a key: the current value is the most they may enter.
+    dialog.querySelectorAll("[data-fill-max]").forEach(function (el) {
+      var m = d[el.dataset.fillMax];
+      if (m === undefined || m === "") el.removeAttribute("max"); else el.setAttribute("max", m);
+    });
   }
   function open(dialog, opener) {
     if (opener) fill(dialog, opener);

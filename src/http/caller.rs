@@ -1,13 +1,18 @@
-//! Who is calling the management API: a `full`-scoped key, acting with its owner's role.
+//! Who is calling the management API: a `full`-scoped key, acting with its owner's role,
+//! and held to the key's restrictions as the proxy holds it.
+
+use std::net::IpAddr;
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use keyward_events::{Role, Scope};
+use keyward_events::{DenyReason, KeyDenied, Role, Scope};
 
 use crate::AppState;
-use crate::auth::{self, AuthError};
+use crate::auth::{self, AuthError, Restricted};
 use crate::commands::Actor;
 use crate::http::error::ApiError;
+use crate::http::proxy::limits::RateDecision;
 use crate::http::request_id::RequestId;
 
 #[derive(Clone, Debug)]
@@ -53,14 +58,19 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
+    /// A key is held to every restriction it carries that applies here, in this order:
+    /// status and owner (401), scope `full` (403), the IP allowlist (403
+    /// `ip_not_allowed`), no management during a rotation grace (403 `key_rotated`), and
+    /// the key's rate limit, whose bucket the proxy shares (429).
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let presented = auth::presented_key(&parts.headers, false).map_err(unauthorized)?;
+        let now = chrono::Utc::now();
         let authed = {
             let live = state.0.live.read();
-            auth::authenticate(&live, presented, chrono::Utc::now()).map_err(unauthorized)?
+            auth::authenticate(&live, presented, now).map_err(unauthorized)?
         };
         if !auth::scope_allows(authed.key.scopes(), Scope::Full) {
             return Err(ApiError::Forbidden(
@@ -68,14 +78,74 @@ impl FromRequestParts<AppState> for Caller {
                     .to_owned(),
             ));
         }
+        let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+        let ip = auth::client_ip(&parts.extensions);
+        let key_id = authed.key.key_id();
+        match auth::check_restrictions(&authed.key, ip, now) {
+            Ok(()) => {}
+            Err(e @ Restricted::Ip(_)) => {
+                deny(state, key_id, DenyReason::Ip, parts, ip, &request_id).await;
+                return Err(ApiError::coded(
+                    StatusCode::FORBIDDEN,
+                    "ip_not_allowed",
+                    e.to_string(),
+                ));
+            }
+            Err(e @ Restricted::Rotated) => {
+                return Err(ApiError::coded(
+                    StatusCode::FORBIDDEN,
+                    "key_rotated",
+                    e.to_string(),
+                ));
+            }
+        }
+        if let Some(rl) = authed.key.rate_limit
+            && let RateDecision::Refused { limit, retry_after } =
+                state.0.proxy.check_rate(key_id, rl)
+        {
+            deny(state, key_id, DenyReason::RateLimit, parts, ip, &request_id).await;
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            return Err(ApiError::TooManyRequests {
+                detail: format!(
+                    "this key is limited to {limit} requests per minute, the management API's included; retry after {secs}s"
+                ),
+                retry_after_secs: secs,
+            });
+        }
         Ok(Caller {
             user_id: authed.owner.user_id.clone(),
             username: authed.owner.username.clone(),
             role: authed.owner.role,
-            key_id: authed.key.key_id().to_owned(),
-            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+            key_id: key_id.to_owned(),
+            request_id,
         })
     }
+}
+
+/// Records the refusal as the proxy does (a throttled `key.denied` on the key's usage
+/// stream), so that a key tried from the wrong place shows in its history and the log.
+async fn deny(
+    state: &AppState,
+    key_id: &str,
+    reason: DenyReason,
+    parts: &Parts,
+    ip: Option<IpAddr>,
+    request_id: &Option<String>,
+) {
+    tracing::info!(%key_id, ?reason, "management call refused by the key's restrictions");
+    let d = KeyDenied {
+        key_id: key_id.to_owned(),
+        reason,
+        endpoint: parts.uri.path().to_owned(),
+        model: None,
+        client_ip: ip.map(|i| i.to_canonical().to_string()),
+        suppressed: 0,
+    };
+    state
+        .0
+        .proxy
+        .record_denial(&state.0.commands.appender, d, request_id.clone())
+        .await;
 }
 
 fn unauthorized(e: AuthError) -> ApiError {

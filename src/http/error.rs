@@ -49,6 +49,14 @@ pub enum ApiError {
     Unavailable,
     /// 500: logged with its cause, reported without it.
     Internal(String),
+    /// A client error with its own stable `code`, and the `field` at fault where there is
+    /// one: e.g. 403 `ip_not_allowed`, 403 `widening_needs_admin` on `rate_limit`.
+    Coded {
+        status: StatusCode,
+        code: &'static str,
+        detail: String,
+        field: Option<String>,
+    },
 }
 
 impl ApiError {
@@ -61,6 +69,31 @@ impl ApiError {
 
     pub fn not_found(what: impl Into<String>) -> ApiError {
         ApiError::NotFound(what.into())
+    }
+
+    /// A refusal with its own `code`.
+    pub fn coded(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError::Coded {
+            status,
+            code,
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    /// A refusal with its own `code` that names the request field at fault.
+    pub fn coded_field(
+        status: StatusCode,
+        code: &'static str,
+        field: &str,
+        detail: impl Into<String>,
+    ) -> ApiError {
+        ApiError::Coded {
+            status,
+            code,
+            detail: detail.into(),
+            field: Some(field.to_owned()),
+        }
     }
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
@@ -101,6 +134,9 @@ impl ApiError {
                 "internal",
                 "Internal error",
             ),
+            ApiError::Coded { status, code, .. } => {
+                (*status, code, status.canonical_reason().unwrap_or("Error"))
+            }
         }
     }
 }
@@ -134,6 +170,7 @@ impl IntoResponse for ApiError {
                 (detail, field, None)
             }
             ApiError::Conflict { detail, extra } => (detail, None, extra),
+            ApiError::Coded { detail, field, .. } => (detail, field, None),
             ApiError::TooManyRequests {
                 detail,
                 retry_after_secs,
@@ -237,6 +274,12 @@ impl From<CommandError> for ApiError {
                 detail,
                 extra: Some(extra),
             },
+            CommandError::NeedsAdmin { field, detail } => {
+                ApiError::coded_field(StatusCode::FORBIDDEN, "widening_needs_admin", field, detail)
+            }
+            CommandError::KeyLimit(detail) => {
+                ApiError::coded(StatusCode::CONFLICT, "key_limit_reached", detail)
+            }
         }
     }
 }

@@ -187,13 +187,20 @@ pub(crate) fn check_name(name: &str) -> Result<String, ApiError> {
             format!("name must be at most {MAX_NAME} characters"),
         ));
     }
-    if n.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name",
-            "name must not contain control characters",
-        ));
+    if let Some(c) = crate::names::hidden_char(n) {
+        return Err(hidden_char_error("name", c));
     }
     Ok(n.to_owned())
+}
+
+/// 422 `invalid_characters`: a name holds a character that hides or disguises others.
+pub(crate) fn hidden_char_error(field: &str, c: char) -> ApiError {
+    ApiError::coded_field(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_characters",
+        field,
+        crate::names::hidden_char_text(field, c),
+    )
 }
 
 /// Exactly one of `expires_at` / `expires_in`, in the future and within the maximum lifetime.
@@ -270,7 +277,10 @@ pub(crate) fn check_models(models: Vec<String>) -> Result<Vec<String>, ApiError>
     let mut out = Vec::new();
     for m in models {
         let m = m.trim().to_owned();
-        if m.is_empty() || m.len() > MAX_NAME || m.chars().any(char::is_control) {
+        if let Some(c) = crate::names::hidden_char(&m) {
+            return Err(hidden_char_error("models", c));
+        }
+        if m.is_empty() || m.len() > MAX_NAME {
             return Err(ApiError::invalid(
                 "models",
                 format!("{m:?} is not a model name"),
@@ -421,13 +431,15 @@ impl std::fmt::Debug for CreatedKey {
     }
 }
 
-/// Create a key. The secret is returned once, in this response.
+/// Create a key. The secret is returned once, in this response. A user holds at most
+/// `max-keys-per-user` keys that are not deleted: past it, 409 `key_limit_reached`.
 #[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
     responses(
         (status = 201, body = CreatedKey),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
@@ -658,11 +670,11 @@ pub struct UpdateKey {
     #[schema(value_type = Option<Vec<ScopeSchema>>)]
     pub scopes: Option<Vec<Scope>>,
     pub models: Option<Vec<String>>,
-    /// `null` removes the rate limit.
+    /// `null` removes the rate limit (admins only, as is raising it).
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<RateLimitSchema>)]
     pub rate_limit: Option<Option<RateLimit>>,
-    /// `null` removes the quota.
+    /// `null` removes the quota (admins only, as is raising or leaving out a limit).
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<QuotaSchema>)]
     pub quota: Option<Option<Quota>>,
@@ -672,6 +684,12 @@ pub struct UpdateKey {
 }
 
 /// Change a key's name, expiry, scopes, models, limits, allowlist or metadata.
+///
+/// The owner may only narrow a key: lower or add a limit, move the expiry earlier, drop
+/// models, addresses (or narrow a range) and scopes. Anything that widens it needs an
+/// admin: 403 `widening_needs_admin`, with the `field`. No key's expiry goes past its
+/// creation plus the maximum key lifetime, for anyone (422 on `expires_at`); rotating a
+/// key is how it is renewed.
 #[utoipa::path(patch, path = "/keys/{id}", tag = "keys", request_body = UpdateKey,
     params(("id" = String, Path, description = "The key id, key_…")),
     responses(

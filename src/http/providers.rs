@@ -347,6 +347,14 @@ fn check_config(kind: ProviderKind, config: Option<Value>) -> Result<Map<String,
             }
         };
         for (model, dep) in deployments {
+            if let Some(c) = crate::names::hidden_char(model)
+                .or_else(|| dep.as_str().and_then(crate::names::hidden_char))
+            {
+                return Err(crate::http::keys::hidden_char_error(
+                    "config.deployments",
+                    c,
+                ));
+            }
             if dep.as_str().is_none_or(|d| d.trim().is_empty()) {
                 return Err(ApiError::invalid(
                     &format!("config.deployments.{model}"),

@@ -28,7 +28,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_user, update_user))
 }
 
-const MAX_USERNAME: usize = 64;
 const MIN_PASSWORD: usize = 12;
 const MAX_PASSWORD: usize = 1024;
 
@@ -106,21 +105,11 @@ impl<'de> Deserialize<'de> for Password {
 }
 
 fn check_username(s: &str) -> Result<String, ApiError> {
-    let n = s.chars().count();
-    if n == 0 || n > MAX_USERNAME {
-        return Err(ApiError::invalid(
-            "username",
-            format!("username must be 1 to {MAX_USERNAME} characters"),
-        ));
+    if let Some(c) = crate::names::hidden_char(s) {
+        return Err(crate::http::keys::hidden_char_error("username", c));
     }
-    if !s
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(ApiError::invalid(
-            "username",
-            "username may contain only letters, digits, '.', '_' and '-'",
-        ));
+    if let Some(why) = crate::names::username_problem(s) {
+        return Err(ApiError::invalid("username", why));
     }
     Ok(s.to_owned())
 }

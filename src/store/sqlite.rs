@@ -107,6 +107,9 @@ const LOOKUP_STREAMS_SQL: &str = "SELECT j.value, (SELECT MAX(stream_version) FR
 /// lazily from the unique (stream, stream_version) index.
 const MAX_CACHED_STREAMS: usize = 200_000;
 const READ_POOL_SIZE: u32 = 4;
+/// Up to this many values, a filter's list is bound one parameter each (the plan SQLite
+/// knows best); beyond it, as one JSON array, so that no list meets the parameter limit.
+const INLINE_VALUES_MAX: usize = 256;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteStore {
@@ -231,12 +234,21 @@ impl SqliteStore {
         }
         let mut qb =
             select_events::<Sqlite>(COLUMNS, filter, limit, order, |qb, column, values| {
-                qb.push(column).push(" IN (");
-                let mut list = qb.separated(", ");
-                for v in values {
-                    list.push_bind(v.as_str());
+                qb.push(column);
+                if values.len() <= INLINE_VALUES_MAX {
+                    qb.push(" IN (");
+                    let mut list = qb.separated(", ");
+                    for v in values {
+                        list.push_bind(v.as_str());
+                    }
+                    qb.push(")");
+                } else {
+                    // One parameter whatever the count: a user's streams are two per key,
+                    // and SQLite takes at most 32,766 parameters in a statement.
+                    qb.push(" IN (SELECT value FROM json_each(")
+                        .push_bind(json_array(values))
+                        .push("))");
                 }
-                qb.push(")");
             })?;
         let rows = qb.build().fetch_all(&self.readers).await?;
         rows.iter().map(decode_row).collect()

@@ -24,6 +24,9 @@ use crate::http::keys::{
     self as api, CreateKey, EventsQuery, KeyView, ListKeys, RotateKey, UpdateKey,
 };
 
+/// What the owner of a key may change without an admin, shown where they edit one.
+const NARROWING_NOTE: &str = "On your own key you may narrow it: rename it, move its expiry earlier, lower its rate limit. Raising or removing a limit, or a later expiry, needs an admin; rotate the key to renew it.";
+
 /// Expiry presets from the key management best practices.
 const PRESETS: &[(&str, &str)] = &[
     ("30d", "Development — 30 days"),
@@ -322,6 +325,22 @@ pub fn key_table(
     }
 }
 
+fn quota_text(q: Option<keyward_events::Quota>) -> String {
+    let Some(q) = q else {
+        return "none".to_owned();
+    };
+    [
+        (q.requests_per_day, "requests / day"),
+        (q.requests_per_month, "requests / month"),
+        (q.tokens_per_day, "tokens / day"),
+        (q.tokens_per_month, "tokens / month"),
+    ]
+    .iter()
+    .filter_map(|(v, what)| v.map(|v| format!("{v} {what}")))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 fn day(ts: &str) -> Markup {
     html! { time datetime=(ts) title=(ts) { (ts.get(..10).unwrap_or(ts)) } }
 }
@@ -432,11 +451,20 @@ fn action_dialogs(user: &ConsoleUser) -> Markup {
                 input type="hidden" name="return_to" data-slot="back";
                 label for="edit-name" { "Name" }
                 input #edit-name name="name" type="text" required maxlength="200" data-fill="name";
-                label for="edit-expires" { "Expires on (UTC)" }
-                input #edit-expires name="expires_on" type="date" data-fill="expires";
-                label for="edit-rate" { "Rate limit (requests per minute)" }
-                input #edit-rate name="rate_limit" type="number" min="1" max="1000000" data-fill="rate" aria-describedby="edit-rate-hint";
-                p.hint #edit-rate-hint { "Empty removes the limit." }
+                @if user.is_admin() {
+                    label for="edit-expires" { "Expires on (UTC)" }
+                    input #edit-expires name="expires_on" type="date" data-fill="expires" aria-describedby="edit-expires-hint";
+                    p.hint #edit-expires-hint { "At most the maximum key lifetime after the key's creation; rotate a key to renew it." }
+                    label for="edit-rate" { "Rate limit (requests per minute)" }
+                    input #edit-rate name="rate_limit" type="number" min="1" max="1000000" data-fill="rate" aria-describedby="edit-rate-hint";
+                    p.hint #edit-rate-hint { "Empty removes the limit." }
+                } @else {
+                    p.hint #edit-narrow-hint data-narrowing { (NARROWING_NOTE) }
+                    label for="edit-expires" { "Expires on (UTC), earlier only" }
+                    input #edit-expires name="expires_on" type="date" data-fill="expires" data-fill-max="expires" aria-describedby="edit-narrow-hint";
+                    label for="edit-rate" { "Rate limit (requests per minute), lower only" }
+                    input #edit-rate name="rate_limit" type="number" min="1" max="1000000" data-fill="rate" data-fill-max="rate" aria-describedby="edit-narrow-hint";
+                }
                 div.buttons {
                     button type="button" data-close { "Cancel" }
                     button.primary type="submit" { "Save" }
@@ -809,7 +837,12 @@ fn edit_request(f: &EditForm, current: &KeyView) -> Result<UpdateKey, ApiError> 
             .map_err(|_| ApiError::invalid("expires_at", "a date such as 2026-12-31"))?;
         body.insert("expires_at".into(), json!(format!("{d}T23:59:59Z")));
     }
-    let rl = rate_limit_json(&f.rate_limit)?;
+    let mut rl = rate_limit_json(&f.rate_limit)?;
+    // A lower rate keeps a burst no larger than the current one: a new burst of a tenth
+    // of the rate could otherwise widen the key while the rate narrows it.
+    if let (Some(cur), Some(burst)) = (current.rate_limit, rl["burst"].as_u64()) {
+        rl["burst"] = json!(burst.min(u64::from(cur.burst)));
+    }
     let current_rpm = current.rate_limit.map(|r| r.requests_per_minute);
     let wanted_rpm = rl["requests_per_minute"].as_u64().map(|n| n as u32);
     if wanted_rpm != current_rpm {
@@ -907,6 +940,7 @@ pub async fn detail(
                     dt { "Models" } dd { @if key.models.is_empty() { "every model of the provider" } @else { (key.models.join(", ")) } }
                     dt { "Rate limit" } dd { @match key.rate_limit { Some(r) => { (r.requests_per_minute) " / min, burst " (r.burst) } None => { "none" } } }
                     dt { "IP allowlist" } dd { @if key.ip_allowlist.is_empty() { "any address" } @else { (key.ip_allowlist.join(", ")) } }
+                    @if key.quota.is_some() { dt { "Quota" } dd { (quota_text(key.quota)) } }
                     dt { "Created" } dd { (when(Some(&key.created_at))) " by " (actors.label(&key.created_by)) }
                     dt { "Expires" } dd { (when(Some(&key.expires_at))) }
                     dt { "Last used" } dd { (when(key.last_used_at.as_deref())) }
@@ -916,6 +950,7 @@ pub async fn detail(
                     @if let Some(at) = &key.expired_at { dt { "Expired" } dd { (when(Some(at))) } }
                     @if key.deleted { dt { "Deleted" } dd { (when(key.deleted_at.as_deref())) } }
                 }
+                @if !user.is_admin() { p.hint data-narrowing { (NARROWING_NOTE) } }
             }
             section.card aria-labelledby="grace-h" {
                 h2 #grace-h { "Uses during the rotation grace" }

@@ -151,6 +151,12 @@ pub fn explain(e: &ApiError) -> (StatusCode, String, Option<String>) {
             (StatusCode::TOO_MANY_REQUESTS, detail.clone(), None)
         }
         ApiError::BadGateway(d) => (StatusCode::BAD_GATEWAY, d.clone(), None),
+        ApiError::Coded {
+            status,
+            detail,
+            field,
+            ..
+        } => (*status, detail.clone(), field.clone()),
         ApiError::Unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the event store is unavailable; nothing was changed".to_owned(),

@@ -251,12 +251,22 @@ pub async fn setup(
             "Too many attempts. Wait a minute and try again.",
         );
     }
+    let now = chrono::Utc::now();
     let authed = {
         let live = state.0.live.read();
-        auth::authenticate(&live, p.form.admin_key.0.trim(), chrono::Utc::now())
+        auth::authenticate(&live, p.form.admin_key.0.trim(), now)
     };
     let owner = match authed {
         Ok(a) if a.owner.role == Role::Admin && auth::scope_allows(a.key.scopes(), Scope::Full) => {
+            // The key's restrictions hold here as on the API: from outside its IP
+            // allowlist, or in its rotation grace, it sets no password.
+            if auth::check_restrictions(&a.key, p.ip, now).is_err() {
+                return fail(
+                    StatusCode::FORBIDDEN,
+                    "admin_key",
+                    "This key may not be used from this address, or it was rotated: use it from an address its IP allowlist names, or use its successor.",
+                );
+            }
             a.owner
         }
         _ => {

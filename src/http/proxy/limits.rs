@@ -1,6 +1,7 @@
 //! The proxy's in-memory limits: the per-key rate limit (GCRA, with governor), the per-IP
 //! throttle on failed authentications, the throttle on `key.denied` events, and the pure
-//! checks of the IP allowlist and the quotas.
+//! check of the quotas. The IP allowlist's check is `crate::auth::ip_allowed`, shared
+//! with every other surface that accepts a key.
 //!
 //! All of it is per node. With several nodes a key gets each node's rate limit; quotas
 //! come from the usage projection, which every node folds from the shared log.
@@ -254,26 +255,6 @@ impl DenyThrottle {
     }
 }
 
-/// Whether `ip` is in the key's allowlist of CIDRs or addresses; an empty list allows all.
-/// An entry that does not parse allows nothing.
-pub fn ip_allowed(list: &[String], ip: Option<IpAddr>) -> bool {
-    if list.is_empty() {
-        return true;
-    }
-    let Some(ip) = ip.map(|i| i.to_canonical()) else {
-        return false;
-    };
-    list.iter().any(|entry| {
-        let entry = entry.trim();
-        match entry.parse::<ipnet::IpNet>() {
-            Ok(net) => net.contains(&ip),
-            Err(_) => entry
-                .parse::<IpAddr>()
-                .is_ok_and(|a| a.to_canonical() == ip),
-        }
-    })
-}
-
 /// A quota that is used up: which one, and the seconds until it resets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuotaExceeded {
@@ -432,21 +413,6 @@ mod tests {
         // Stands for the two refusals: 1 + suppressed.
         assert_eq!(flushed[0].suppressed, 1);
         assert!(t.flush(later, true).is_empty());
-    }
-
-    #[test]
-    fn ip_allowlists() {
-        let list = vec!["10.0.0.0/8".to_owned(), "2001:db8::1".to_owned()];
-        assert!(ip_allowed(&list, Some("10.9.8.7".parse().unwrap())));
-        assert!(ip_allowed(&list, Some("::ffff:10.0.0.1".parse().unwrap())));
-        assert!(ip_allowed(&list, Some("2001:db8::1".parse().unwrap())));
-        assert!(!ip_allowed(&list, Some("11.0.0.1".parse().unwrap())));
-        assert!(!ip_allowed(&list, None));
-        assert!(ip_allowed(&[], None));
-        assert!(!ip_allowed(
-            &["garbage".into()],
-            Some("1.2.3.4".parse().unwrap())
-        ));
     }
 
     #[test]

@@ -26,15 +26,14 @@ pub mod sse;
 pub mod stream;
 pub mod upstream;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::connect_info::MockConnectInfo;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
@@ -53,7 +52,7 @@ use self::error::{ProxyError, RATE_LIMIT};
 use self::limits::{AuthFailures, DenyThrottle, RateDecision, RateLimits};
 use self::stream::{Mode, Pump};
 use self::upstream::{Dialect, Endpoint, Tokens};
-use crate::auth::{AuthError, authenticate, presented_key, scope_allows};
+use crate::auth::{AuthError, authenticate, client_ip, ip_allowed, presented_key, scope_allows};
 use crate::config::Config;
 use crate::crypto::ProviderSecret;
 use crate::metrics::ProxyMetrics;
@@ -136,6 +135,34 @@ impl Proxy {
             }
         }
     }
+
+    /// The key's rate limit, one bucket per key whichever surface the key is used on.
+    pub fn check_rate(&self, key_id: &str, limit: keyward_events::RateLimit) -> RateDecision {
+        self.rate.check(key_id, limit)
+    }
+
+    /// Records a refusal of a known key outside the proxy (the management API), under the
+    /// same per-key, per-reason throttle as the proxy's own refusals.
+    pub async fn record_denial(
+        &self,
+        appender: &Appender,
+        d: KeyDenied,
+        request_id: Option<String>,
+    ) {
+        let key_id = d.key_id.clone();
+        if let Some(d) = self.denials.deny(d, Instant::now()) {
+            let ev = NewEvent::new(
+                &Event::KeyDenied(d),
+                ExpectedVersion::Any,
+                Utc::now(),
+                key_id,
+                request_id,
+            );
+            if appender.record(ev).await.is_err() {
+                tracing::warn!("the usage queue is closed; a refusal was not recorded");
+            }
+        }
+    }
 }
 
 /// Flushes ended denial windows and forgets stale failure counts and rate limiters, until
@@ -213,14 +240,6 @@ async fn run(state: AppState, req: Request, ep: Endpoint) -> Response {
     };
     // The request-id layer puts the id on the response.
     result.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// The peer address; behind a reverse proxy this is the proxy's, as no forwarded-for
-/// header is trusted.
-fn client_ip(ext: &Extensions) -> Option<IpAddr> {
-    ext.get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
 }
 
 /// One request on its way through the steps.
@@ -409,7 +428,7 @@ impl Ctx<'_> {
     /// Steps 8 to 10. Returns the rate-limit headers for the response.
     async fn limits(&self, adm: &Admitted, model: Option<&str>) -> Result<HeaderMap, ProxyError> {
         let key = &adm.key;
-        if !limits::ip_allowed(key.ip_allowlist(), self.ip) {
+        if !ip_allowed(key.ip_allowlist(), self.ip) {
             self.deny(key.key_id(), DenyReason::Ip, model).await;
             return Err(ProxyError::forbidden(
                 "ip_not_allowed",

@@ -4,5 +4,6 @@ mod at_rest;
 mod brute;
 mod canary;
 mod crypto;
+mod restrictions;
 mod smuggling;
 mod ssrf;
