@@ -28,7 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_user, update_user))
 }
 
-const MAX_USERNAME: usize = 64;
+pub(crate) const MAX_USERNAME: usize = 64;
 const MIN_PASSWORD: usize = 12;
 const MAX_PASSWORD: usize = 1024;
 

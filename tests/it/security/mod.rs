@@ -3,5 +3,6 @@
 mod brute;
 mod canary;
 mod crypto;
+mod exhaustion;
 mod smuggling;
 mod ssrf;
