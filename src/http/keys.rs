@@ -902,9 +902,11 @@ pub struct EventsQuery {
     pub event_type: Option<String>,
     /// `oldest` first (the default) or `newest` first: the newest events of a busy key are
     /// one page away, not at the end of its whole history.
+    #[param(inline)]
     pub order: Option<EventOrder>,
     /// Only the key's `lifecycle` (created, updated, rotated, expired, deleted, notices)
     /// or its `usage` (uses and refusals); both by default.
+    #[param(inline)]
     pub kind: Option<EventKind>,
 }
 

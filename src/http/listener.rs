@@ -9,6 +9,7 @@
 //! - a connection with no request in flight is closed after `header_read_timeout` before
 //!   its first request and `idle_timeout` after its last response (HTTP/1 and HTTP/2,
 //!   and the bytes before hyper knows which protocol it is);
+//! - a request body may pause at most `header_read_timeout` between two chunks;
 //! - at most `max_connections` are open: past it, new connections wait in the kernel's
 //!   accept queue (and are refused by it once that is full).
 
@@ -149,6 +150,57 @@ impl Drop for InFlight {
     }
 }
 
+/// A request body that must keep coming: a pause between two of its chunks longer than
+/// the header-read timeout ends it with an error, so a client that trickles a body
+/// cannot hold a handler and a connection for ever.
+struct Paced {
+    inner: Incoming,
+    pause: Duration,
+    /// Armed at the handler's first read: a handler may look at the head first.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client paused the request body for longer than the header-read timeout")]
+struct BodyStalled;
+
+impl http_body::Body for Paced {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let next = Instant::now() + self.pause;
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(d) = self.deadline.as_mut() {
+                    d.as_mut().reset(next);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let deadline = self
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A response body that holds its request's [`InFlight`].
 struct Tracked {
     inner: Body,
@@ -195,7 +247,15 @@ async fn connection(
         req.extensions_mut().insert(ConnectInfo(peer));
         async move {
             // The router's error type is Infallible: every failure is a response.
-            let res = router.oneshot(req.map(Body::new)).await?;
+            let pause = limits.header_read_timeout;
+            let req = req.map(|inner| {
+                Body::new(Paced {
+                    inner,
+                    pause,
+                    deadline: None,
+                })
+            });
+            let res = router.oneshot(req).await?;
             Ok::<_, Infallible>(res.map(|inner| Tracked {
                 inner,
                 _in_flight: in_flight,

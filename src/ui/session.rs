@@ -36,6 +36,8 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Form bodies are small; anything larger is refused.
 const FORM_LIMIT: usize = 64 * 1024;
 const MAX_SESSIONS: usize = 100_000;
+/// Sessions one user may hold on a node; a new sign-in past it ends their oldest.
+const MAX_SESSIONS_PER_USER: usize = 32;
 
 /// A random token, hex: 256 bits from the OS RNG.
 pub fn random_token() -> String {
@@ -116,7 +118,8 @@ struct Cell {
 /// refilled says nothing a fresh one would not, so it is dropped on the next sweep (at
 /// most a minute later, or at once when the table is full).
 struct Cells<K> {
-    map: Mutex<(HashMap<K, Cell>, Instant)>,
+    /// The entries, when they were last swept, and whether "full" was logged since.
+    map: Mutex<(HashMap<K, Cell>, Instant, bool)>,
     period: Duration,
     /// How far ahead of now `tat` may be and still admit: `period × (burst - 1)`.
     tolerance: Duration,
@@ -128,7 +131,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 impl<K: std::hash::Hash + Eq> Cells<K> {
     fn new(period: Duration, burst: u32, cap: usize) -> Cells<K> {
         Cells {
-            map: Mutex::new((HashMap::new(), Instant::now())),
+            map: Mutex::new((HashMap::new(), Instant::now(), false)),
             period,
             tolerance: period.saturating_mul(burst.saturating_sub(1)),
             cap,
@@ -137,12 +140,20 @@ impl<K: std::hash::Hash + Eq> Cells<K> {
 
     fn check(&self, key: K, now: Instant) -> Admit {
         let mut guard = self.map.lock();
-        let (map, swept) = &mut *guard;
+        let (map, swept, told) = &mut *guard;
         if map.len() >= self.cap || now.saturating_duration_since(*swept) >= SWEEP_EVERY {
             map.retain(|_, c| c.tat > now);
             *swept = now;
+            *told = false;
         }
         if map.len() >= self.cap && !map.contains_key(&key) {
+            if !*told {
+                *told = true;
+                tracing::warn!(
+                    entries = map.len(),
+                    "a console sign-in throttle table is full: new clients are refused until entries age out"
+                );
+            }
             return Admit::No { log: false };
         }
         let cell = map.entry(key).or_insert(Cell {
@@ -272,6 +283,20 @@ impl Console {
         let mut s = self.sessions.lock();
         if s.len() >= MAX_SESSIONS {
             s.retain(|_, v| v.expires > now);
+        }
+        // One user signing in again and again (a script, a shared account) holds at most
+        // MAX_SESSIONS_PER_USER; the table as a whole at most MAX_SESSIONS, the session
+        // closest to its end giving way.
+        let theirs = s.iter().filter(|(_, v)| v.user_id == user_id);
+        let evict = if theirs.clone().count() >= MAX_SESSIONS_PER_USER {
+            theirs.min_by_key(|(_, v)| v.expires).map(|(k, _)| *k)
+        } else if s.len() >= MAX_SESSIONS {
+            s.iter().min_by_key(|(_, v)| v.expires).map(|(k, _)| *k)
+        } else {
+            None
+        };
+        if let Some(k) = evict {
+            s.remove(&k);
         }
         s.insert(
             hash_token(&token),
@@ -605,6 +630,65 @@ mod tests {
         let s = format!("{u:?}");
         assert!(s.contains("usr_1"), "{s}");
         assert!(!s.contains("cccc") && !s.contains("tttt"), "{s}");
+    }
+
+    #[test]
+    fn a_throttle_table_has_a_hard_cap_and_forgets_refilled_entries() {
+        let cells: Cells<u32> = Cells::new(Duration::from_secs(3), 2, 3);
+        let t0 = Instant::now();
+        for k in 0..3 {
+            assert_eq!(cells.check(k, t0), Admit::Yes);
+        }
+        // Full of live entries: a fourth client is refused, the known ones go on.
+        assert_eq!(cells.check(3, t0), Admit::No { log: false });
+        assert_eq!(cells.check(0, t0), Admit::Yes);
+        assert_eq!(cells.check(0, t0), Admit::No { log: true });
+        assert_eq!(cells.check(0, t0), Admit::No { log: false });
+        assert_eq!(cells.len(), 3);
+        // Once their buckets refill the entries say nothing and make room.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(cells.check(3, later), Admit::Yes);
+        assert_eq!(cells.len(), 1);
+        // Left alone, entries are swept within a minute whatever the table's size.
+        let much_later = later + SWEEP_EVERY;
+        assert_eq!(cells.check(4, much_later), Admit::Yes);
+        assert_eq!(cells.len(), 1);
+    }
+
+    #[test]
+    fn one_user_holds_a_bounded_number_of_sessions() {
+        let config = Config::resolve(
+            &crate::config::GlobalArgs::default(),
+            &crate::config::ServeArgs::default(),
+        )
+        .unwrap();
+        let c = Console::new(&config);
+        let first = c.create("usr_1", None);
+        for _ in 0..(MAX_SESSIONS_PER_USER + 8) {
+            c.create("usr_1", None);
+        }
+        c.create("usr_2", None);
+        assert_eq!(c.sessions_of("usr_1"), MAX_SESSIONS_PER_USER);
+        assert_eq!(c.sessions_of("usr_2"), 1);
+        // The oldest gave way.
+        assert!(!c.sessions.lock().contains_key(&hash_token(&first)));
+    }
+
+    #[test]
+    fn fingerprints_hide_the_name_and_tell_names_apart() {
+        let config = Config::resolve(
+            &crate::config::GlobalArgs::default(),
+            &crate::config::ServeArgs::default(),
+        )
+        .unwrap();
+        let c = Console::new(&config);
+        let fp = c.fingerprint("Alice");
+        assert_eq!(fp.len(), 12);
+        assert!(fp.chars().all(|ch| ch.is_ascii_hexdigit()));
+        assert_eq!(fp, c.fingerprint("alice"));
+        assert_ne!(fp, c.fingerprint("alice2"));
+        // Keyed per process: another node (or a restart) gives another fingerprint.
+        assert_ne!(fp, Console::new(&config).fingerprint("alice"));
     }
 
     #[test]

@@ -179,13 +179,14 @@ pub async fn login(
         return page(StatusCode::TOO_MANY_REQUESTS, THROTTLED);
     }
     let user = find_user(&state, username);
-    let phc = user
-        .as_ref()
-        .and_then(|u| u.password_hash.clone())
-        .unwrap_or_else(|| decoy_hash().to_owned());
+    let phc = user.as_ref().and_then(|u| u.password_hash.clone());
     let password = p.form.password;
     let matches = match console
-        .password_work(move || crate::crypto::verify_password(&password.0, &phc))
+        .password_work(move || {
+            // The decoy is hashed once, on the first sign-in, in an argon2 slot too.
+            let phc = phc.as_deref().unwrap_or_else(|| decoy_hash());
+            crate::crypto::verify_password(&password.0, phc)
+        })
         .await
     {
         Ok(m) => m,

@@ -440,6 +440,10 @@ fn test_router() -> Router {
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
         )
         .route(
+            "/echo",
+            axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        )
+        .route(
             "/slow",
             get(|| async {
                 tokio::time::sleep(Duration::from_millis(800)).await;
@@ -517,6 +521,36 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert!(
         took >= Duration::from_millis(350) && took < Duration::from_secs(3),
         "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_trickled_request_body_is_cut_off_after_a_pause() {
+    let s = serve(test_router(), limits(400, 10_000, 100)).await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(b"POST /echo HTTP/1.1\r\nHost: k\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let (got, took) = until_closed(&mut c, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request"), "{text}");
+    assert!(took >= Duration::from_millis(350), "{took:?}");
+    // A body that keeps coming is read whole, however long it takes in all.
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: k\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for b in b"0123456789" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.write_all(&[*b]).await.unwrap();
+    }
+    let (got, _) = until_closed(&mut c, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK") && text.ends_with("10"),
+        "{text}"
     );
 }
 
