@@ -244,11 +244,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let router = crate::app(running.state.clone());
     let state = running.state.clone();
-    let limits = crate::http::listener::HttpLimits {
-        header_read_timeout: state.0.config.http_header_read_timeout,
-        idle_timeout: state.0.config.http_idle_timeout,
-        max_connections: state.0.config.max_connections,
-    };
+    let limits = crate::http::listener::HttpLimits::of(&state.0.config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = crate::http::listener::serve(listener, router, limits, async move {
         shutdown_signal().await;

@@ -42,6 +42,17 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
+impl HttpLimits {
+    /// The limits `serve` runs with.
+    pub fn of(config: &crate::config::Config) -> HttpLimits {
+        HttpLimits {
+            header_read_timeout: config.http_header_read_timeout,
+            idle_timeout: config.http_idle_timeout,
+            max_connections: config.max_connections,
+        }
+    }
+}
+
 /// After a connection is told to close for idleness, how long it has to do so cleanly
 /// (an HTTP/2 GOAWAY) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
