@@ -66,6 +66,17 @@ pub struct ServeArgs {
     /// How long a graceful shutdown waits for in-flight requests, e.g. `30s`.
     #[arg(long, env = "KEYWARD_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// How long a client may take to send a request's head, and to send its first request
+    /// after connecting, e.g. `10s`.
+    #[arg(long, env = "KEYWARD_HTTP_HEADER_READ_TIMEOUT")]
+    pub http_header_read_timeout: Option<String>,
+    /// How long a connection with no request in flight stays open after its last
+    /// response, e.g. `60s`.
+    #[arg(long, env = "KEYWARD_HTTP_IDLE_TIMEOUT")]
+    pub http_idle_timeout: Option<String>,
+    /// The most client connections open at once; more wait to be accepted.
+    #[arg(long, env = "KEYWARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
     /// How long connecting to a provider may take, e.g. `10s`.
     #[arg(long, env = "KEYWARD_UPSTREAM_CONNECT_TIMEOUT")]
     pub upstream_connect_timeout: Option<String>,
@@ -137,6 +148,9 @@ struct FileConfig {
     append_batch_max: Option<usize>,
     body_limit_bytes: Option<usize>,
     shutdown_grace: Option<String>,
+    http_header_read_timeout: Option<String>,
+    http_idle_timeout: Option<String>,
+    max_connections: Option<usize>,
     upstream_connect_timeout: Option<String>,
     upstream_first_byte_timeout: Option<String>,
     upstream_idle_timeout: Option<String>,
@@ -177,6 +191,13 @@ pub struct Config {
     pub append_batch_max: usize,
     pub body_limit_bytes: usize,
     pub shutdown_grace: std::time::Duration,
+    /// A request head must arrive whole within this (and the first request within this
+    /// of connecting).
+    pub http_header_read_timeout: std::time::Duration,
+    /// A connection with nothing in flight is closed this long after its last response.
+    pub http_idle_timeout: std::time::Duration,
+    /// Open client connections at most; more wait in the accept queue.
+    pub max_connections: usize,
     pub upstream_connect_timeout: std::time::Duration,
     pub upstream_first_byte_timeout: std::time::Duration,
     pub upstream_idle_timeout: std::time::Duration,
@@ -352,6 +373,9 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "append-batch-max" => "KEYWARD_APPEND_BATCH_MAX",
         "body-limit-bytes" => "KEYWARD_BODY_LIMIT_BYTES",
         "shutdown-grace" => "KEYWARD_SHUTDOWN_GRACE",
+        "http-header-read-timeout" => "KEYWARD_HTTP_HEADER_READ_TIMEOUT",
+        "http-idle-timeout" => "KEYWARD_HTTP_IDLE_TIMEOUT",
+        "max-connections" => "KEYWARD_MAX_CONNECTIONS",
         "upstream-connect-timeout" => "KEYWARD_UPSTREAM_CONNECT_TIMEOUT",
         "upstream-first-byte-timeout" => "KEYWARD_UPSTREAM_FIRST_BYTE_TIMEOUT",
         "upstream-idle-timeout" => "KEYWARD_UPSTREAM_IDLE_TIMEOUT",
@@ -381,6 +405,9 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "append-batch-max" => "append_batch_max",
         "body-limit-bytes" => "body_limit_bytes",
         "shutdown-grace" => "shutdown_grace",
+        "http-header-read-timeout" => "http_header_read_timeout",
+        "http-idle-timeout" => "http_idle_timeout",
+        "max-connections" => "max_connections",
         "upstream-connect-timeout" => "upstream_connect_timeout",
         "upstream-first-byte-timeout" => "upstream_first_byte_timeout",
         "upstream-idle-timeout" => "upstream_idle_timeout",
@@ -529,6 +556,26 @@ impl Config {
             file.shutdown_grace,
             "30s",
             "shutdown-grace",
+        )?;
+        let http_header_read_timeout = std_duration(
+            s.http_header_read_timeout.as_deref(),
+            file.http_header_read_timeout,
+            "10s",
+            "http-header-read-timeout",
+        )?;
+        let http_idle_timeout = std_duration(
+            s.http_idle_timeout.as_deref(),
+            file.http_idle_timeout,
+            "60s",
+            "http-idle-timeout",
+        )?;
+        let max_connections = number(
+            s.max_connections.as_deref(),
+            file.max_connections,
+            4096,
+            "max-connections",
+            1,
+            1_000_000,
         )?;
         let upstream_connect_timeout = std_duration(
             s.upstream_connect_timeout.as_deref(),
@@ -682,6 +729,9 @@ impl Config {
             append_batch_max,
             body_limit_bytes,
             shutdown_grace,
+            http_header_read_timeout,
+            http_idle_timeout,
+            max_connections,
             upstream_connect_timeout,
             upstream_first_byte_timeout,
             upstream_idle_timeout,
@@ -808,6 +858,57 @@ mod tests {
         assert_eq!(c.denied_event_window, std::time::Duration::from_secs(60));
         assert_eq!(c.session_ttl, std::time::Duration::from_secs(8 * 3600));
         assert!(!c.trust_forwarded_proto);
+        assert_eq!(
+            c.http_header_read_timeout,
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(c.http_idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.max_connections, 4096);
+    }
+
+    #[test]
+    fn listener_settings_are_read_and_checked() {
+        let s = ServeArgs {
+            http_header_read_timeout: Some("2s".into()),
+            http_idle_timeout: Some("500ms".into()),
+            max_connections: Some("10".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&GlobalArgs::default(), &s).unwrap();
+        assert_eq!(
+            c.http_header_read_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(c.http_idle_timeout, std::time::Duration::from_millis(500));
+        assert_eq!(c.max_connections, 10);
+        for (s, env) in [
+            (
+                ServeArgs {
+                    http_header_read_timeout: Some("10".into()),
+                    ..ServeArgs::default()
+                },
+                "KEYWARD_HTTP_HEADER_READ_TIMEOUT",
+            ),
+            (
+                ServeArgs {
+                    http_idle_timeout: Some("never".into()),
+                    ..ServeArgs::default()
+                },
+                "KEYWARD_HTTP_IDLE_TIMEOUT",
+            ),
+            (
+                ServeArgs {
+                    max_connections: Some("0".into()),
+                    ..ServeArgs::default()
+                },
+                "KEYWARD_MAX_CONNECTIONS",
+            ),
+        ] {
+            let e = Config::resolve(&GlobalArgs::default(), &s)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(env), "{e}");
+        }
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct App {
     pub proxy: Proxy,
     /// The web console's sessions and sign-in throttles.
     pub console: ui::Console,
+    /// `?as_of=` replays running at once: each folds the log from seq 1.
+    pub replays: tokio::sync::Semaphore,
     ready: AtomicBool,
 }
 
@@ -84,6 +86,7 @@ impl App {
     ) -> App {
         App {
             console: ui::Console::new(&config),
+            replays: tokio::sync::Semaphore::new(http::keys::REPLAYS_AT_ONCE),
             config,
             store,
             live,

@@ -255,12 +255,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let router = crate::app(running.state.clone());
     let state = running.state.clone();
+    let limits = crate::http::listener::HttpLimits::of(&state.0.config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let server = crate::http::listener::serve(listener, router, limits, async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested: draining");
         state.0.set_ready(false);
@@ -268,7 +265,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let mut stop_rx2 = stop_rx.clone();
     tokio::select! {
-        res = server => res.context("the HTTP server failed")?,
+        () = server => {}
         _ = async {
             let _ = stop_rx2.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;

@@ -43,6 +43,13 @@ pub enum ApiError {
         detail: String,
         retry_after_secs: u64,
     },
+    /// 429 with a code of its own, for a refusal a client should tell apart from the
+    /// rate limit, e.g. `too_many_replays`.
+    Throttled {
+        code: &'static str,
+        detail: String,
+        retry_after_secs: u64,
+    },
     /// 502: an upstream (a provider being verified) could not be reached.
     BadGateway(String),
     /// 503: the store is down; nothing was written.
@@ -123,6 +130,9 @@ impl ApiError {
                 "too_many_requests",
                 "Too many requests",
             ),
+            ApiError::Throttled { code, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, code, "Too many requests")
+            }
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway", "Bad gateway"),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -174,6 +184,11 @@ impl IntoResponse for ApiError {
             ApiError::TooManyRequests {
                 detail,
                 retry_after_secs,
+            }
+            | ApiError::Throttled {
+                detail,
+                retry_after_secs,
+                ..
             } => {
                 retry_after = Some(retry_after_secs);
                 (detail, None, None)

@@ -537,14 +537,22 @@ pub struct KeyList {
     pub as_of: Option<String>,
 }
 
+/// `?as_of=` replays that may run at once on a node. Each folds the whole log from seq 1
+/// (a minute of CPU and a projection's memory on a long log), so they are admin-only and
+/// few; one more is refused with 429 `too_many_replays` rather than queued.
+pub const REPLAYS_AT_ONCE: usize = 2;
+/// What a refused replay is told to wait.
+const REPLAY_RETRY_AFTER_SECS: u64 = 10;
+
 /// List keys: every key for an admin ("Admin → API Keys"), the caller's own for a user
-/// ("My API Keys"). With `as_of`, the table as it was then.
+/// ("My API Keys"). With `as_of` (admins only), the table as it was then.
 #[utoipa::path(get, path = "/keys", tag = "keys", params(ListKeys),
     responses(
         (status = 200, body = KeyList),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn list_keys(
@@ -574,6 +582,11 @@ pub(crate) async fn list_keys(
             })
         })
         .transpose()?;
+    if as_of.is_some() && !caller.is_admin() {
+        return Err(ApiError::Forbidden(
+            "as_of is for admins: it rebuilds the whole log".to_owned(),
+        ));
+    }
     let needle = q.q.as_deref().map(str::to_lowercase);
     let select = |state: &Projections, now: Timestamp| -> KeyList {
         let mut keys: Vec<&Arc<KeyRecord>> = state
@@ -610,6 +623,13 @@ pub(crate) async fn list_keys(
     let list = match as_of {
         None => select(&app.0.live.read(), Utc::now()),
         Some(t) => {
+            let _slot = app.0.replays.try_acquire().map_err(|_| ApiError::Throttled {
+                code: "too_many_replays",
+                detail: format!(
+                    "{REPLAYS_AT_ONCE} as_of replays are already running on this node; retry later"
+                ),
+                retry_after_secs: REPLAY_RETRY_AFTER_SECS,
+            })?;
             let state = crate::history::replay(app.0.store.as_ref(), AsOf::Time(t))
                 .await
                 .map_err(|e| {
@@ -905,11 +925,12 @@ pub(crate) async fn rotate_key(
 
 // ---------- history and metrics ----------
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
-    /// Only events after this seq.
+    /// The `next_cursor` of the previous page: only events after this seq (`oldest`), or
+    /// before it (`newest`).
     pub cursor: Option<u64>,
     /// Page size, 1 to 1000; default 100.
     #[param(minimum = 1, maximum = 1000)]
@@ -918,13 +939,37 @@ pub struct EventsQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub event_type: Option<String>,
+    /// `oldest` first (the default) or `newest` first: the newest events of a busy key are
+    /// one page away, not at the end of its whole history.
+    #[param(inline)]
+    pub order: Option<EventOrder>,
+    /// Only the key's `lifecycle` (created, updated, rotated, expired, deleted, notices)
+    /// or its `usage` (uses and refusals); both by default.
+    #[param(inline)]
+    pub kind: Option<EventKind>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EventOrder {
+    #[default]
+    Oldest,
+    Newest,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Lifecycle,
+    Usage,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventPage {
-    /// Envelopes in seq order, as stored (see the audit export).
+    /// Envelopes as stored (see the audit export), in the order asked for.
     #[schema(value_type = Vec<Object>)]
     pub events: Vec<Envelope>,
+    /// Pass as `cursor` for the next page, in the same order; absent on the last page.
     pub next_cursor: Option<u64>,
 }
 
@@ -953,16 +998,32 @@ pub(crate) async fn key_events(
             field: Some("limit".into()),
         });
     }
-    let filter = EventFilter {
-        after_seq: q.cursor.unwrap_or(0),
-        streams: vec![
+    let streams = match q.kind {
+        None => vec![
             keyward_events::key_stream(&id),
             keyward_events::usage_stream(&id),
         ],
+        Some(EventKind::Lifecycle) => vec![keyward_events::key_stream(&id)],
+        Some(EventKind::Usage) => vec![keyward_events::usage_stream(&id)],
+    };
+    let order = q.order.unwrap_or_default();
+    let filter = EventFilter {
+        after_seq: match order {
+            EventOrder::Oldest => q.cursor.unwrap_or(0),
+            EventOrder::Newest => 0,
+        },
+        until_seq: match order {
+            EventOrder::Oldest => None,
+            EventOrder::Newest => q.cursor.map(|c| c.saturating_sub(1)),
+        },
+        streams,
         types: q.event_type.into_iter().collect(),
         ..EventFilter::default()
     };
-    let mut events = app.0.store.read(&filter, limit + 1).await?;
+    let mut events = match order {
+        EventOrder::Oldest => app.0.store.read(&filter, limit + 1).await?,
+        EventOrder::Newest => app.0.store.read_newest(&filter, limit + 1).await?,
+    };
     let more = events.len() > limit;
     events.truncate(limit);
     let next_cursor = if more {

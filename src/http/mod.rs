@@ -5,6 +5,7 @@ pub mod audit;
 pub mod caller;
 pub mod error;
 pub mod keys;
+pub mod listener;
 pub mod logs;
 pub mod me;
 pub mod ops;

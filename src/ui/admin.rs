@@ -776,6 +776,8 @@ async fn audit_page(
     };
     let mut newest: Vec<_> = events.iter().collect();
     newest.reverse();
+    // Rebuilding the log is for admins (the API refuses anyone else); the form is shown
+    // to them only.
     let table = match &as_of {
         None => None,
         Some(t) => {
@@ -816,7 +818,7 @@ async fn audit_page(
                 a.button href="/ui/audit/export" download="keyward-audit.ndjson" { "Download export" }
             }
         }
-        section.card aria-labelledby="asof-h" {
+        @if user.is_admin() { section.card aria-labelledby="asof-h" {
             h2 #asof-h { "The key table as of a past time" }
             form.filters method="get" action="/ui/audit" {
                 div.field {
@@ -834,13 +836,18 @@ async fn audit_page(
                     div #asof-table { (key_table(keys, &names, user.is_admin(), None, "/ui/audit")) }
                 }
             }
-        }
+        } } @else if let Some(Err(e)) = &table { (notice("error", &explain(e).1)) }
         section.card aria-labelledby="events-h" {
             h2 #events-h { "Latest events" }
             (event_table(&newest, &Actors::of(state)))
         }
     };
-    render(StatusCode::OK, page(user, Nav::Audit, "Audit", body))
+    // A refused or failed replay answers with its status, the rest of the page intact.
+    let status = match &table {
+        Some(Err(e)) => explain(e).0,
+        _ => StatusCode::OK,
+    };
+    render(status, page(user, Nav::Audit, "Audit", body))
 }
 
 pub async fn verify_chain(State(state): State<AppState>, p: Posted<Nothing>) -> Response {

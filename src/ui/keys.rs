@@ -21,7 +21,8 @@ use super::session::{ConsoleUser, Posted};
 use crate::AppState;
 use crate::http::error::{ApiError, Json, Query};
 use crate::http::keys::{
-    self as api, CreateKey, EventsQuery, KeyView, ListKeys, RotateKey, UpdateKey,
+    self as api, CreateKey, EventKind, EventOrder, EventsQuery, KeyView, ListKeys, RotateKey,
+    UpdateKey,
 };
 
 /// What the owner of a key may change without an admin, shown where they edit one.
@@ -879,10 +880,20 @@ pub async fn edit(
 
 // ---------- detail ----------
 
+/// The History section's page of a key's lifecycle events, newest first.
+const HISTORY_PAGE: usize = 50;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryQuery {
+    /// Only events older than this seq: the link to the next page.
+    before: Option<u64>,
+}
+
 pub async fn detail(
     State(state): State<AppState>,
     user: ConsoleUser,
     Path(id): Path<String>,
+    AxumQuery(history): AxumQuery<HistoryQuery>,
 ) -> Response {
     let key = match api::get_key(State(state.clone()), user.caller.clone(), Path(id.clone())).await
     {
@@ -894,14 +905,16 @@ pub async fn detail(
         user.caller.clone(),
         Path(id.clone()),
         Query(EventsQuery {
-            cursor: None,
-            limit: Some(1000),
-            event_type: None,
+            cursor: history.before,
+            limit: Some(HISTORY_PAGE),
+            order: Some(EventOrder::Newest),
+            kind: Some(EventKind::Lifecycle),
+            ..EventsQuery::default()
         }),
     )
     .await
     {
-        Ok(Json(p)) => p.events,
+        Ok(Json(p)) => p,
         Err(e) => return api_error_page(&user, &e),
     };
     let days = 30;
@@ -920,11 +933,7 @@ pub async fn detail(
     let names = provider_names(&state);
     let actors = Actors::of(&state);
     let back = format!("/ui/keys/{}", key.id);
-    let lifecycle: Vec<&Envelope> = events
-        .iter()
-        .filter(|e| !e.event_type.starts_with("key.used"))
-        .collect();
-    let uses = events.len() - lifecycle.len();
+    let lifecycle: Vec<&Envelope> = events.events.iter().collect();
     let body = html! {
         div.toolbar {
             p.lede { (status_badge(key.status)) " " code { (key.prefix) "…" } " · " (key.id) }
@@ -970,8 +979,14 @@ pub async fn detail(
         }
         section.card aria-labelledby="history-h" {
             h2 #history-h { "History" }
-            p.muted { (uses) " uses are in " a href={"/ui/logs?key_id=" (key.id)} { "Logs" } "." }
+            p.muted { "Newest first. Its " (key.usage.requests) " uses and " (key.usage.denied) " refusals are in " a href={"/ui/logs?key_id=" (key.id)} { "Logs" } "." }
             (event_table(&lifecycle, &actors))
+            @if history.before.is_some() || events.next_cursor.is_some() {
+                p {
+                    @if history.before.is_some() { a href={"/ui/keys/" (key.id) "#history-h"} { "← Newest events" } " " }
+                    @if let Some(c) = events.next_cursor { a href={"/ui/keys/" (key.id) "?before=" (c) "#history-h"} { "Older events →" } }
+                }
+            }
         }
         (action_dialogs(&user))
     };

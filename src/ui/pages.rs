@@ -147,7 +147,7 @@ pub fn explain(e: &ApiError) -> (StatusCode, String, Option<String>) {
         ApiError::Conflict { detail, .. } => (StatusCode::CONFLICT, detail.clone(), None),
         ApiError::PayloadTooLarge(d) => (StatusCode::PAYLOAD_TOO_LARGE, d.clone(), None),
         ApiError::UnsupportedMediaType(d) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, d.clone(), None),
-        ApiError::TooManyRequests { detail, .. } => {
+        ApiError::TooManyRequests { detail, .. } | ApiError::Throttled { detail, .. } => {
             (StatusCode::TOO_MANY_REQUESTS, detail.clone(), None)
         }
         ApiError::BadGateway(d) => (StatusCode::BAD_GATEWAY, d.clone(), None),

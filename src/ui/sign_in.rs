@@ -1,9 +1,10 @@
 //! Sign-in, sign-out, and the one-time set-up of the initial admin's password.
 
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use keyward_events::{Role, Scope};
 use keyward_projections::UserRecord;
@@ -13,7 +14,8 @@ use zeroize::Zeroizing;
 
 use super::pages::{bare, notice, render};
 use super::session::{
-    self, CSRF_FIELD, PRE_COOKIE, Posted, PrePosted, SESSION_COOKIE, clear_cookie, cookie,
+    self, Admit, Busy, CSRF_FIELD, PRE_COOKIE, Posted, PrePosted, SESSION_COOKIE, clear_cookie,
+    cookie,
 };
 use crate::AppState;
 use crate::auth;
@@ -120,46 +122,96 @@ fn find_user(state: &AppState, username: &str) -> Option<Arc<UserRecord>> {
         .cloned()
 }
 
+/// Whether a user could have this name: what user creation accepts. Anything else is
+/// refused before it is stored, hashed against or echoed back.
+fn possible_username(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= crate::names::MAX_USERNAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The client as the throttles count it: an IPv4 address or an IPv6 /64's prefix.
+fn client_label(ip: Option<IpAddr>) -> String {
+    ip.map_or_else(
+        || "unknown".to_owned(),
+        |ip| crate::http::proxy::limits::client_prefix(ip).to_string(),
+    )
+}
+
+const THROTTLED: &str = "Too many sign-in attempts. Wait a minute and try again.";
+const BUSY: &str = "The server is busy checking other sign-ins. Try again in a moment.";
+
+/// The sign-in, in the order that keeps a flood cheap: the client's throttle before
+/// anything about the attempt is kept; the username's shape before it is stored, hashed
+/// against or logged; the (username, client) throttle; then argon2, a bounded number at
+/// once. A log line names a known user by id and any other name by a keyed fingerprint.
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
     p: PrePosted<LoginForm>,
 ) -> Response {
-    let username = p.form.username.trim().to_owned();
-    if !state.0.console.admit_sign_in(&username, p.ip) {
-        tracing::warn!(%username, "console sign-in throttled");
-        return with_pre_token(&state, &headers, StatusCode::TOO_MANY_REQUESTS, |t| {
-            login_form(
-                t,
-                &username,
-                Some("Too many sign-in attempts. Wait a minute and try again."),
-            )
-        });
+    let console = &state.0.console;
+    let typed = p.form.username.trim();
+    let username = if possible_username(typed) { typed } else { "" };
+    let client = client_label(p.ip);
+    let page = |status: StatusCode, message: &str| {
+        with_pre_token(&state, &headers, status, |t| {
+            login_form(t, username, Some(message))
+        })
+    };
+    if let Admit::No { log } = console.admit_client(p.ip) {
+        if log {
+            tracing::warn!(%client, "console sign-in throttled for this client");
+        }
+        return page(StatusCode::TOO_MANY_REQUESTS, THROTTLED);
     }
-    let user = find_user(&state, &username);
-    let phc = user
-        .as_ref()
-        .and_then(|u| state.0.keyring.password_of(u))
-        .unwrap_or_else(|| decoy_hash().to_owned().into());
+    if username.is_empty() || p.form.password.0.chars().count() > MAX_PASSWORD {
+        // No user has this name, or this password: there is nothing to check.
+        tracing::info!(%client, username_fp = %console.fingerprint(typed), "console sign-in failed");
+        return page(StatusCode::UNAUTHORIZED, SIGN_IN_FAILED);
+    }
+    if let Admit::No { log } = console.admit_user(username, p.ip) {
+        if log {
+            tracing::warn!(%client, username_fp = %console.fingerprint(username), "console sign-in throttled for this username and client");
+        }
+        return page(StatusCode::TOO_MANY_REQUESTS, THROTTLED);
+    }
+    let user = find_user(&state, username);
+    let phc = user.as_ref().and_then(|u| state.0.keyring.password_of(u));
     let password = p.form.password;
-    let matches = tokio::task::spawn_blocking(move || {
-        crate::crypto::verify_password(&password.0, phc.expose())
-    })
-    .await
-    .unwrap_or(false);
+    let matches = match console
+        .password_work(move || {
+            // The decoy is hashed once, on the first sign-in, in an argon2 slot too.
+            let phc = phc.as_ref().map_or_else(|| decoy_hash(), |p| p.expose());
+            crate::crypto::verify_password(&password.0, phc)
+        })
+        .await
+    {
+        Ok(m) => m,
+        Err(Busy) => {
+            let mut res = page(StatusCode::SERVICE_UNAVAILABLE, BUSY);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            return res;
+        }
+    };
+    let known = user.as_ref().map(|u| u.user_id.clone());
     let user = user.filter(|u| matches && !u.disabled && u.password.is_some());
     let Some(user) = user else {
-        tracing::info!(%username, "console sign-in failed");
-        return with_pre_token(&state, &headers, StatusCode::UNAUTHORIZED, |t| {
-            login_form(t, &username, Some(SIGN_IN_FAILED))
-        });
+        match known {
+            Some(user_id) => tracing::info!(%user_id, %client, "console sign-in failed"),
+            None => {
+                tracing::info!(%client, username_fp = %console.fingerprint(username), "console sign-in failed");
+            }
+        }
+        return page(StatusCode::UNAUTHORIZED, SIGN_IN_FAILED);
     };
-    let token = state
-        .0
-        .console
-        .create(&user.user_id, user.password.as_ref().map(|p| p.identity()));
+    console.signed_in(username, p.ip);
+    let token = console.create(&user.user_id, user.password.as_ref().map(|p| p.identity()));
     tracing::info!(user_id = %user.user_id, "console sign-in");
-    let ttl = state.0.console.ttl().as_secs();
+    let ttl = console.ttl().as_secs();
     let target = if user.role == Role::Admin {
         "/ui/admin/keys"
     } else {
@@ -244,7 +296,12 @@ pub async fn setup(
             setup_form(t, Some((field, detail)))
         })
     };
-    if !state.0.console.admit_sign_in("initial-admin-setup", p.ip) {
+    // Per client, as sign-in: one bucket for the whole world would let anyone keep the
+    // initial admin from setting a password.
+    if let Admit::No { log } = state.0.console.admit_client(p.ip) {
+        if log {
+            tracing::warn!(client = %client_label(p.ip), "console set-up throttled for this client");
+        }
         return fail(
             StatusCode::TOO_MANY_REQUESTS,
             "",
@@ -300,15 +357,27 @@ pub async fn setup(
         );
     }
     let password = p.form.password;
-    let hashed =
-        tokio::task::spawn_blocking(move || crate::crypto::hash_password(&password.0)).await;
-    let Ok(Ok(phc)) = hashed else {
-        tracing::error!("password hashing failed during set-up");
-        return fail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "",
-            "Something went wrong; the server log has the details.",
-        );
+    let hashed = state
+        .0
+        .console
+        .password_work(move || crate::crypto::hash_password(&password.0))
+        .await;
+    let phc = match hashed {
+        Ok(Ok(phc)) => phc,
+        Err(Busy) => {
+            let mut res = fail(StatusCode::SERVICE_UNAVAILABLE, "", BUSY);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            return res;
+        }
+        Ok(Err(_)) => {
+            tracing::error!("password hashing failed during set-up");
+            return fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "",
+                "Something went wrong; the server log has the details.",
+            );
+        }
     };
     let actor = Actor {
         id: owner.user_id.clone(),

@@ -35,13 +35,13 @@ impl Console {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = keyward::app(gw.state.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await;
-        });
+        // The listener `serve` runs, with the configured timeouts and connection cap.
+        let server = tokio::spawn(keyward::http::listener::serve(
+            listener,
+            app,
+            keyward::http::listener::HttpLimits::of(&gw.state.0.config),
+            std::future::pending(),
+        ));
         set_password(&gw.state, &gw.admin_id, PASSWORD).await;
         Console {
             gw,

@@ -103,6 +103,20 @@ impl RateLimits {
     }
 }
 
+/// The client a throttle counts an address as: IPv4 as is, IPv6 by its /64, which one
+/// host can usually fill at will. Every per-client throttle (proxy and console) uses it.
+pub fn client_prefix(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(
+                seg[0], seg[1], seg[2], seg[3], 0, 0, 0, 0,
+            ))
+        }
+        v4 => v4,
+    }
+}
+
 /// Counts failed authentications per client IP. A window opens at an IP's first failure
 /// and lasts one second; past `per_second` failures in it, the IP is refused until it ends.
 pub struct AuthFailures {
@@ -129,17 +143,8 @@ impl AuthFailures {
         now.saturating_duration_since(start) < AUTH_FAILURE_WINDOW
     }
 
-    /// IPv6 clients are counted by their /64, which one host can usually fill at will.
     fn bucket(ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => {
-                let seg = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(
-                    seg[0], seg[1], seg[2], seg[3], 0, 0, 0, 0,
-                ))
-            }
-            v4 => v4,
-        }
+        client_prefix(ip)
     }
 
     /// Whether this IP already failed `per_second` times in its current window.

@@ -4,6 +4,7 @@ mod at_rest;
 mod brute;
 mod canary;
 mod crypto;
+mod exhaustion;
 mod restrictions;
 mod smuggling;
 mod ssrf;
