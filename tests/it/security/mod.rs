@@ -1,5 +1,6 @@
 //! The security suite: master-key handling, and the attacks a security team would try.
 
+mod admission;
 mod brute;
 mod canary;
 mod crypto;
