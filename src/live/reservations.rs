@@ -332,12 +332,12 @@ mod tests {
     fn a_panic_while_holding_a_reservation_gives_it_back() {
         let r = Arc::new(Reservations::default());
         let r2 = r.clone();
-        let res = std::panic::catch_unwind(move || {
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let _held = r2
                 .reserve("k", TokenBound::AtMost(3), admit_below(1))
                 .unwrap();
             panic!("boom");
-        });
+        }));
         assert!(res.is_err());
         assert_eq!(r.in_flight("k"), InFlight::default());
     }

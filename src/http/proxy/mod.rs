@@ -483,7 +483,7 @@ impl Ctx<'_> {
         &self,
         key_id: &str,
         provider_id: &str,
-        model: Option<&str>,
+        model: Option<(&str, bool)>,
         stream: bool,
         hold: Option<Reservation>,
     ) -> Meter {
@@ -493,7 +493,8 @@ impl Ctx<'_> {
                 appender: self.app.commands.appender.clone(),
                 key_id: key_id.to_owned(),
                 provider_id: provider_id.to_owned(),
-                model: model.map(upstream::recorded_model),
+                model: model.map(|(m, _)| upstream::recorded_model(m)),
+                model_named: model.is_some_and(|(_, named)| named),
                 endpoint: self.path.clone(),
                 stream,
                 client_ip: self.client_ip_text(),
@@ -516,7 +517,13 @@ impl Ctx<'_> {
             .key
             .quota()
             .map(|_| self.app.live.reservations().track(adm.key.key_id()));
-        let mut m = self.meter(adm.key.key_id(), provider, model, false, hold);
+        let mut m = self.meter(
+            adm.key.key_id(),
+            provider,
+            model.map(|m| (m, false)),
+            false,
+            hold,
+        );
         m.record(
             UsageOutcome::InvalidRequest,
             e.status.as_u16(),
@@ -591,10 +598,15 @@ impl Ctx<'_> {
             .with_header(axum::http::header::RETRY_AFTER, 1));
         }
 
+        // The model passed the key's allowlist and the provider's: it is named explicitly
+        // when either is a list (or an Azure deployment map), not "every model".
+        let named = !key.models().is_empty()
+            || !provider.models.is_empty()
+            || provider.kind == ProviderKind::AzureOpenai;
         let meter = self.meter(
             key.key_id(),
             &provider.provider_id,
-            Some(&model),
+            Some((&model, named)),
             scanned.stream,
             hold,
         );
@@ -1079,6 +1091,8 @@ struct MeterSpec {
     key_id: String,
     provider_id: String,
     model: Option<String>,
+    /// The provider or the key names the model: `/metrics` counts it under its name.
+    model_named: bool,
     endpoint: String,
     stream: bool,
     client_ip: Option<String>,
@@ -1143,7 +1157,7 @@ impl Meter {
             stream: s.stream,
             client_ip: s.client_ip.clone(),
         };
-        s.metrics.used(&used);
+        s.metrics.used(&used, s.model_named);
         NewEvent::new(
             &Event::KeyUsed(used),
             ExpectedVersion::Any,

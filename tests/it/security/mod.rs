@@ -4,5 +4,6 @@ mod admission;
 mod brute;
 mod canary;
 mod crypto;
+mod metrics_injection;
 mod smuggling;
 mod ssrf;
