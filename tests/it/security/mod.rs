@@ -7,3 +7,4 @@ mod crypto;
 mod metrics_injection;
 mod smuggling;
 mod ssrf;
+mod token_totals;
