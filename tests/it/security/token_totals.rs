@@ -13,7 +13,25 @@ use crate::proxy::{Gw, KeySpec, Reply, chat};
 
 #[tokio::test]
 async fn token_totals_saturate_in_logs_key_metrics_usage_and_metrics() {
-    let gw = Gw::start().await;
+    saturated_totals(Gw::start().await).await;
+}
+
+/// The same on PostgreSQL, which stores the counts in `jsonb`.
+#[tokio::test]
+async fn token_totals_saturate_on_postgres() {
+    let Some(db) = crate::pg::TestDb::create().await else {
+        return;
+    };
+    let url = db.url.clone();
+    let gw = Gw::start_with(|c| {
+        c.database_url = url;
+        c.master_keys = Some(crate::nodes::MASTER_KEYS.to_owned());
+    })
+    .await;
+    saturated_totals(gw).await;
+}
+
+async fn saturated_totals(gw: Gw) {
     let p = gw.openai(&["huge-usage"]).await;
     let (key_id, secret) = gw.key(KeySpec::on(&p)).await;
     for _ in 0..2 {
