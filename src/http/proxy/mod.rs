@@ -434,20 +434,19 @@ impl Ctx<'_> {
                 }
             })
         };
-        match reserved {
-            Ok(r) => Ok((headers, Some(r))),
-            Err(over) => {
-                self.deny(key.key_id(), DenyReason::Quota, model).await;
-                return Err(ProxyError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "insufficient_quota",
-                    "quota_exceeded",
-                    format!("this key's quota of {} is used up", over.what),
-                )
-                .with_header(header::RETRY_AFTER, over.retry_after_secs)
-                .with_headers(headers));
-            }
-        }
+        let over = match reserved {
+            Ok(r) => return Ok((headers, Some(r))),
+            Err(over) => over,
+        };
+        self.deny(key.key_id(), DenyReason::Quota, model).await;
+        Err(ProxyError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "quota_exceeded",
+            format!("this key's quota of {} is used up", over.what),
+        )
+        .with_header(header::RETRY_AFTER, over.retry_after_secs)
+        .with_headers(headers))
     }
 
     async fn rate_limit(

@@ -37,9 +37,12 @@ fn label_value(rest: &str) -> Option<(String, &str)> {
     None
 }
 
+/// A sample: its metric name, its labels (unescaped) and its value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// A sample line of the OpenMetrics text format, parsed strictly: its name, its labels,
 /// unescaped, and its value. `None` if the line is not one.
-fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
+fn parse_sample(line: &str) -> Option<Sample> {
     let name_end = line.find(['{', ' '])?;
     let (name, mut rest) = line.split_at(name_end);
     if name.is_empty()
@@ -72,7 +75,7 @@ fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
 }
 
 /// Every line parses; comments are the three kinds the format has; `# EOF` ends it.
-fn parse_exposition(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+fn parse_exposition(text: &str) -> Vec<Sample> {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
     let mut samples = Vec::new();
