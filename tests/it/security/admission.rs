@@ -190,3 +190,157 @@ async fn failed_and_abandoned_requests_give_their_place_back() {
         .await
         .assert_error(429, "quota_exceeded");
 }
+
+/// A provider on the mock and a key bound to it with `quota`, through node `n`.
+async fn quota_key_on(
+    n: &crate::nodes::Node,
+    mock: &crate::proxy::mock::Mock,
+    quota: Quota,
+) -> (String, String) {
+    use keyward::commands::{Actor, NewKey};
+    use keyward::crypto::ProviderSecret;
+    use keyward_events::{
+        Event, ExpectedVersion, NewEvent, ProviderCreated, ProviderKeyUpdated, ProviderKind, Scope,
+    };
+    let id = keyward::commands::new_provider_id();
+    let created = Event::ProviderCreated(ProviderCreated {
+        provider_id: id.clone(),
+        name: "mock".into(),
+        kind: ProviderKind::Openai,
+        base_url: mock.openai_base(),
+        config: Default::default(),
+        models: vec![],
+    });
+    let sealed = n.running.state.0.keyring.seal(
+        &id,
+        &ProviderSecret::new(crate::proxy::OPENAI_CREDENTIAL.to_owned()),
+    );
+    let key_updated = Event::ProviderKeyUpdated(ProviderKeyUpdated {
+        provider_id: id.clone(),
+        ciphertext: sealed.ciphertext,
+        nonce: sealed.nonce,
+        keyring_version: sealed.keyring_version,
+        fingerprint: sealed.fingerprint,
+        last4: sealed.last4,
+    });
+    n.cmds()
+        .submit(vec![
+            NewEvent::new(
+                &created,
+                ExpectedVersion::NoStream,
+                Utc::now(),
+                "system",
+                None,
+            ),
+            NewEvent::new(
+                &key_updated,
+                ExpectedVersion::Exact(1),
+                Utc::now(),
+                "system",
+                None,
+            ),
+        ])
+        .await
+        .unwrap();
+    let (key, secret) = n
+        .cmds()
+        .create_key(
+            &Actor::system(),
+            NewKey {
+                name: "shared quota".into(),
+                owner_id: n.admin_id(),
+                provider_ids: vec![id],
+                expires_at: Utc::now() + chrono::Duration::days(1),
+                scopes: vec![Scope::Chat],
+                models: vec![],
+                rate_limit: None,
+                quota: Some(quota),
+                ip_allowlist: vec![],
+                metadata: Default::default(),
+                rotated_from: None,
+            },
+        )
+        .await
+        .unwrap();
+    (key.key_id().to_owned(), secret.expose().to_owned())
+}
+
+async fn post_on(n: &crate::nodes::Node, secret: &str) -> Reply {
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt;
+    let mut req = post("/v1/chat/completions", secret, chat("m"));
+    req.extensions_mut()
+        .insert(ConnectInfo(std::net::SocketAddr::from(
+            crate::proxy::CLIENT,
+        )));
+    let res = keyward::app(n.running.state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    Reply::read(res).await
+}
+
+/// Across nodes, committed uses are shared through the log: a use on A counts on B once
+/// B has folded it.
+#[tokio::test]
+async fn committed_uses_count_on_every_node() {
+    let Some(db) = crate::pg::TestDb::create().await else {
+        return;
+    };
+    let mock = crate::proxy::mock::Mock::start().await;
+    let a = crate::nodes::Node::start(&db).await;
+    let b = crate::nodes::Node::start(&db).await;
+    let quota = Quota {
+        requests_per_day: Some(2),
+        ..Quota::default()
+    };
+    let (key_id, secret) = quota_key_on(&a, &mock, quota).await;
+    // The key reaches B through the log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.authenticate(&secret).is_err() {
+        assert!(std::time::Instant::now() < deadline, "B never saw the key");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    assert_eq!(post_on(&a, &secret).await.status, 200);
+    settled_on(&a, &key_id).await;
+    folded(&b, &key_id, 1).await;
+    assert_eq!(post_on(&b, &secret).await.status, 200);
+    settled_on(&b, &key_id).await;
+    folded(&a, &key_id, 2).await;
+    for n in [&a, &b] {
+        let r = post_on(n, &secret).await;
+        r.assert_error(429, "quota_exceeded");
+        assert_ne!(r.header("retry-after"), Some("1"));
+    }
+    assert_eq!(mock.seen().len(), 2);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Waits until node `n` has folded `want` uses of the key today.
+async fn folded(n: &crate::nodes::Node, key_id: &str, want: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let seen = || {
+        n.live()
+            .read()
+            .usage
+            .day(key_id, Utc::now().date_naive())
+            .requests
+    };
+    while seen() < want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {want} uses"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn settled_on(n: &crate::nodes::Node, key_id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while n.live().reservations().in_flight(key_id) != Default::default() {
+        assert!(tokio::time::Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
