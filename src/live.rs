@@ -6,6 +6,8 @@
 //! (other nodes' events), one at a time, each holding the write lock for the few
 //! microseconds it takes to fold one batch. No read waits on the database.
 
+pub mod reservations;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -14,6 +16,7 @@ use keyward_events::{ChainVerifier, Envelope, Head};
 use keyward_projections::{ApplyError, State};
 use parking_lot::{RwLock, RwLockReadGuard};
 
+use self::reservations::Reservations;
 use crate::store::appender::CommitSink;
 use crate::store::{EventStore, StoreError};
 
@@ -32,6 +35,9 @@ pub struct Live {
     /// full rebuild, later after a start from a snapshot. Only a verified state is
     /// snapshotted.
     verified: AtomicBool,
+    /// Uses of quota-bound keys this node admitted that the state does not count yet;
+    /// settled as their events are folded, under the same write lock.
+    reservations: Reservations,
 }
 
 /// What this node has seen of other writers' events: those it folded from the store
@@ -194,6 +200,7 @@ impl Live {
                 store,
                 tail: TailStats::default(),
                 verified: AtomicBool::new(verified),
+                reservations: Reservations::default(),
             },
             report,
         ))
@@ -232,6 +239,22 @@ impl Live {
         &self.tail
     }
 
+    /// The quota reservations of this node's requests in flight.
+    pub fn reservations(&self) -> &Reservations {
+        &self.reservations
+    }
+
+    /// A `key.used` of this node is in the state now: its reservation is settled. Called
+    /// in the write-lock hold that folded it, so a reader sees the use in exactly one of
+    /// the two.
+    fn settle(&self, env: &Envelope) {
+        if env.event_type == "key.used"
+            && let Some(key_id) = env.stream.strip_prefix("usage:")
+        {
+            self.reservations.settle(key_id, env.event_id);
+        }
+    }
+
     /// Folds whatever the store has beyond the live head (other nodes' events on a
     /// shared store). Returns the number of events applied.
     pub async fn catch_up(&self) -> Result<u64, LiveError> {
@@ -255,6 +278,8 @@ impl Live {
                 let mut state = self.state.write();
                 for env in page.iter().take_while(|e| until.is_none_or(|u| e.seq <= u)) {
                     state.apply(env)?;
+                    // The tail may fold this node's own events before its commit callback.
+                    self.settle(env);
                     applied += 1;
                     newest = Some(env);
                 }
@@ -279,6 +304,7 @@ impl Live {
             for (env, event) in slice.iter().zip(decoded) {
                 if env.seq > state.head.seq {
                     state.apply_predecoded(env, event)?;
+                    self.settle(env);
                 }
             }
         }

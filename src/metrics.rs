@@ -8,10 +8,20 @@
 //!
 //! Labels never carry a secret. Per-key labels (`key_id`) are opt-in, through
 //! `metrics_key_labels`, because they multiply every series by the number of keys.
+//!
+//! No client decides how many series there are or what a line says. prometheus-client
+//! writes label values as given, so every value that is not a constant here passes
+//! through [`label_value`] (quotes, backslashes and newlines escaped, other control
+//! characters replaced). A model counts under its own name only when the provider or the
+//! key names it explicitly; any other is `other`. The provider, model (and key) sets with
+//! their own series are capped at [`MAX_LABEL_SETS`], the request series at
+//! [`MAX_REQUEST_SERIES`] and the refusals' keys at [`MAX_LABEL_SETS`]: past a cap, counts go
+//! to series labelled `overflow`, never dropped.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
@@ -36,6 +46,61 @@ pub enum KeyLabels {
 
 type Labels = Vec<(&'static str, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+/// Token counts come from providers: a huge report saturates rather than wraps.
+type TokenCounter = Counter<u64, SaturatingU64>;
+
+/// A counter's value that stops at `u64::MAX`, as the usage projection's counters do.
+#[derive(Debug, Default)]
+pub struct SaturatingU64(AtomicU64);
+
+impl prometheus_client::metrics::counter::Atomic<u64> for SaturatingU64 {
+    fn inc(&self) -> u64 {
+        self.inc_by(1)
+    }
+
+    fn inc_by(&self, v: u64) -> u64 {
+        match self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(v))
+            }) {
+            Ok(prev) | Err(prev) => prev,
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The label value of a model that no provider or key of the request names explicitly.
+pub const OTHER_MODEL: &str = "other";
+/// The label values of the series past a cap.
+pub const OVERFLOW: &str = "overflow";
+/// Provider, model (and key) label sets with series of their own.
+pub const MAX_LABEL_SETS: usize = 1024;
+/// `keyward_proxy_requests` series (label set × outcome × status class) of their own.
+pub const MAX_REQUEST_SERIES: usize = 8192;
+
+/// A value from outside the code (an id, a model name) as it may stand between the
+/// quotes of a label: `\`, `"` and a newline escaped as the text format wants, any
+/// other control character replaced by `_`. Borrowed when there is nothing to change.
+pub fn label_value(v: &str) -> Cow<'_, str> {
+    if !v.chars().any(|c| c == '\\' || c == '"' || c.is_control()) {
+        return Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len() + 8);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push('_'),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// A model name comes from the request body; a client must not be able to mint series of
 /// unbounded length.
@@ -52,10 +117,16 @@ pub struct ProxyMetrics {
     requests: Family<Labels, Counter>,
     latency: HistogramFamily,
     upstream_latency: HistogramFamily,
-    tokens: Family<Labels, Counter>,
+    tokens: Family<Labels, TokenCounter>,
     refusals: Family<Labels, Counter>,
     auth_throttled: Counter,
     series: SeriesCache,
+    /// Where label sets past [`MAX_LABEL_SETS`] are counted.
+    overflow: OnceLock<Arc<Series>>,
+    /// Request series created for label sets other than the overflow's.
+    request_series: AtomicUsize,
+    /// Keys whose refusals have series of their own (per-key labels only).
+    refusal_keys: parking_lot::Mutex<HashSet<String>>,
 }
 
 fn outcome_name(o: UsageOutcome) -> &'static str {
@@ -113,16 +184,23 @@ struct Series {
     upstream_latency: Histogram,
     /// Created on the first request that reports tokens of the kind, as before: a key
     /// that never reports any has no zero series.
-    prompt: OnceLock<Counter>,
-    completion: OnceLock<Counter>,
+    prompt: OnceLock<TokenCounter>,
+    completion: OnceLock<TokenCounter>,
     /// By outcome and status class, each created on first use.
     requests: [OnceLock<Counter>; OUTCOMES * STATUS_CLASSES],
+    /// The overflow's series, whose request series are not counted against the cap.
+    overflow: bool,
 }
 
 impl Series {
     fn request(&self, metrics: &ProxyMetrics, outcome: UsageOutcome, status: u16) -> &Counter {
         let class = usize::from(status / 100).min(STATUS_CLASSES - 1);
         self.requests[outcome_slot(outcome) * STATUS_CLASSES + class].get_or_init(|| {
+            if !self.overflow
+                && metrics.request_series.fetch_add(1, Ordering::Relaxed) >= MAX_REQUEST_SERIES
+            {
+                return metrics.overflow().request(metrics, outcome, status).clone();
+            }
             let mut l = self.base.clone();
             l.push(("outcome", outcome_name(outcome).to_owned()));
             l.push(("status_class", status_class(status)));
@@ -136,13 +214,9 @@ impl Series {
     }
 }
 
-/// At most this many label sets keep their handles; past it, a request looks its series
-/// up in the families as it would without the cache. Models come from request bodies, so
-/// the number of label sets is the client's to choose.
-const MAX_CACHED_SERIES: usize = 4096;
-
-/// [`Series`] by a keyed hash of their labels. A hash that collides with another label
-/// set's is detected on lookup and served from the families.
+/// [`Series`] by a keyed hash of their labels: every label set with series of its own,
+/// at most [`MAX_LABEL_SETS`]. A hash that collides with another label set's is detected
+/// on lookup and counted under the overflow.
 #[derive(Default)]
 struct SeriesCache {
     hasher: std::hash::RandomState,
@@ -160,12 +234,24 @@ impl SeriesCache {
         map.get(&h).filter(|s| s.is(provider, model, key)).cloned()
     }
 
-    fn insert(&self, provider: &str, model: &str, key: Option<&str>, series: Arc<Series>) {
+    /// The label set's series: found, made by `make` while there is room, or `None`
+    /// (full, or its hash taken by another label set).
+    fn get_or_make(
+        &self,
+        provider: &str,
+        model: &str,
+        key: Option<&str>,
+        make: impl FnOnce() -> Arc<Series>,
+    ) -> Option<Arc<Series>> {
         let h = self.hash(provider, model, key);
         let mut map = self.map.write();
-        if map.len() < MAX_CACHED_SERIES {
-            map.entry(h).or_insert(series);
+        if let Some(s) = map.get(&h) {
+            return s.is(provider, model, key).then(|| s.clone());
         }
+        if map.len() >= MAX_LABEL_SETS {
+            return None;
+        }
+        Some(map.entry(h).or_insert_with(make).clone())
     }
 }
 
@@ -187,6 +273,9 @@ impl ProxyMetrics {
             refusals: Family::default(),
             auth_throttled: Counter::default(),
             series: SeriesCache::default(),
+            overflow: OnceLock::new(),
+            request_series: AtomicUsize::new(0),
+            refusal_keys: parking_lot::Mutex::new(HashSet::new()),
         }
     }
 
@@ -202,14 +291,21 @@ impl ProxyMetrics {
         labels
     }
 
-    /// One proxied request, as recorded in its `key.used`.
-    pub fn used(&self, u: &KeyUsed) {
-        let model = model_label(u.model.as_deref().unwrap_or_default());
-        let key = self.key_label(&u.key_id);
+    /// One proxied request, as recorded in its `key.used`. `model_named`: a provider or
+    /// the key names the model explicitly, so it is counted under its own name.
+    pub fn used(&self, u: &KeyUsed, model_named: bool) {
+        let model = match u.model.as_deref() {
+            Some(m) if model_named => label_value(model_label(m)),
+            Some(_) => Cow::Borrowed(OTHER_MODEL),
+            None => Cow::Borrowed(""),
+        };
+        let provider = label_value(&u.provider_id);
+        let key = self.key_label(&u.key_id).map(label_value);
+        let key = key.as_deref();
         let series = self
             .series
-            .get(&u.provider_id, model, key)
-            .unwrap_or_else(|| self.series_for(&u.provider_id, model, key));
+            .get(&provider, &model, key)
+            .unwrap_or_else(|| self.series_for(&provider, &model, key));
         series.request(self, u.outcome, u.status).inc();
         series.latency.observe(u.latency_us as f64 / 1e6);
         if let Some(up) = u.upstream_latency_us {
@@ -231,8 +327,22 @@ impl ProxyMetrics {
     }
 
     /// The handles of one provider, model (and key) from the families, kept for the next
-    /// request with the same labels while the cache has room.
+    /// request with the same labels; past [`MAX_LABEL_SETS`], the overflow's.
     fn series_for(&self, provider: &str, model: &str, key: Option<&str>) -> Arc<Series> {
+        self.series
+            .get_or_make(provider, model, key, || {
+                self.make_series(provider, model, key, false)
+            })
+            .unwrap_or_else(|| self.overflow().clone())
+    }
+
+    fn make_series(
+        &self,
+        provider: &str,
+        model: &str,
+        key: Option<&str>,
+        overflow: bool,
+    ) -> Arc<Series> {
         let base = Self::with_key(
             vec![
                 ("provider", provider.to_owned()),
@@ -240,25 +350,36 @@ impl ProxyMetrics {
             ],
             key,
         );
-        let series = Arc::new(Series {
+        Arc::new(Series {
             latency: self.latency.get_or_create(&base).clone(),
             upstream_latency: self.upstream_latency.get_or_create(&base).clone(),
             prompt: OnceLock::new(),
             completion: OnceLock::new(),
             requests: std::array::from_fn(|_| OnceLock::new()),
             base,
-        });
-        self.series.insert(provider, model, key, series.clone());
-        series
+            overflow,
+        })
+    }
+
+    fn overflow(&self) -> &Arc<Series> {
+        self.overflow.get_or_init(|| {
+            let key = self.key_label(OVERFLOW);
+            self.make_series(OVERFLOW, OVERFLOW, key, true)
+        })
     }
 
     /// A known key refused: rate limit, quota, scope, model, IP, expiry and so on. Every
     /// refusal counts, including those the `key.denied` throttle folds together.
     pub fn refused(&self, key_id: &str, reason: DenyReason) {
-        let l = Self::with_key(
-            vec![("reason", deny_reason_name(reason))],
-            self.key_label(key_id),
-        );
+        let key = self.key_label(key_id).map(|k| {
+            let mut seen = self.refusal_keys.lock();
+            if seen.contains(k) || seen.len() < MAX_LABEL_SETS && seen.insert(k.to_owned()) {
+                label_value(k)
+            } else {
+                Cow::Borrowed(OVERFLOW)
+            }
+        });
+        let l = Self::with_key(vec![("reason", deny_reason_name(reason))], key.as_deref());
         self.refusals.get_or_create(&l).inc();
     }
 
@@ -513,10 +634,10 @@ mod tests {
     fn counts_kept_through_the_cache_are_the_families_counts() {
         let m = ProxyMetrics::new(KeyLabels::KeyId);
         for _ in 0..3 {
-            m.used(&used("gpt-4o", UsageOutcome::Success, 200, 7));
+            m.used(&used("gpt-4o", UsageOutcome::Success, 200, 7), true);
         }
-        m.used(&used("gpt-4o", UsageOutcome::UpstreamError, 503, 0));
-        m.used(&used("o3", UsageOutcome::Success, 200, 0));
+        m.used(&used("gpt-4o", UsageOutcome::UpstreamError, 503, 0), true);
+        m.used(&used("o3", UsageOutcome::Success, 200, 0), true);
         let text = scrape(&m);
         let base = r#"provider="prv_1",model="gpt-4o",key_id="key_1""#;
         assert_eq!(
@@ -566,37 +687,147 @@ mod tests {
         );
     }
 
+    fn requests_series(model: &str) -> String {
+        format!(
+            "keyward_proxy_requests_total{{provider=\"prv_1\",model=\"{model}\",outcome=\"success\",status_class=\"2xx\"}}"
+        )
+    }
+
     #[test]
-    fn label_sets_past_the_cache_limit_are_still_counted() {
+    fn label_sets_past_the_cap_are_counted_under_overflow() {
         let m = ProxyMetrics::new(KeyLabels::None);
-        let n = MAX_CACHED_SERIES + 10;
+        let n = MAX_LABEL_SETS + 10;
         for i in 0..n {
-            m.used(&used(&format!("m{i}"), UsageOutcome::Success, 200, 0));
+            m.used(&used(&format!("m{i}"), UsageOutcome::Success, 200, 3), true);
         }
-        // The last models are past the cache: each is counted through the families.
-        m.used(&used(&format!("m{}", n - 1), UsageOutcome::Success, 200, 0));
-        assert_eq!(m.series.map.read().len(), MAX_CACHED_SERIES);
+        m.used(
+            &used(&format!("m{}", n - 1), UsageOutcome::Success, 200, 3),
+            true,
+        );
+        assert_eq!(m.series.map.read().len(), MAX_LABEL_SETS);
         let text = scrape(&m);
-        let series = |model: &str| {
-            format!(
-                "keyward_proxy_requests_total{{provider=\"prv_1\",model=\"{model}\",outcome=\"success\",status_class=\"2xx\"}}"
-            )
-        };
-        assert_eq!(sample(&text, &series("m0")), Some(1.0));
-        assert_eq!(sample(&text, &series(&format!("m{}", n - 1))), Some(2.0));
+        assert_eq!(sample(&text, &requests_series("m0")), Some(1.0));
+        assert_eq!(
+            sample(&text, &requests_series(&format!("m{}", n - 1))),
+            None
+        );
+        let overflow = r#"keyward_proxy_requests_total{provider="overflow",model="overflow",outcome="success",status_class="2xx"}"#;
+        assert_eq!(sample(&text, overflow), Some(11.0));
+        assert_eq!(
+            sample(
+                &text,
+                r#"keyward_proxy_tokens_total{provider="overflow",model="overflow",kind="prompt"}"#
+            ),
+            Some(33.0)
+        );
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with("keyward_proxy_requests_total"))
+            .count();
+        assert_eq!(lines, MAX_LABEL_SETS + 1);
+    }
+
+    #[test]
+    fn request_series_past_their_cap_are_counted_under_overflow() {
+        let m = ProxyMetrics::new(KeyLabels::None);
+        // Each label set with every status class: ten request series apiece.
+        let sets = MAX_REQUEST_SERIES / STATUS_CLASSES + 3;
+        assert!(sets <= MAX_LABEL_SETS);
+        for i in 0..sets {
+            for class in 0..STATUS_CLASSES as u16 {
+                m.used(
+                    &used(&format!("m{i}"), UsageOutcome::Success, class * 100 + 1, 0),
+                    true,
+                );
+            }
+        }
+        let text = scrape(&m);
+        let own = text
+            .lines()
+            .filter(|l| l.starts_with("keyward_proxy_requests_total{provider=\"prv_1\""))
+            .count();
+        assert_eq!(own, MAX_REQUEST_SERIES);
+        let overflow: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("keyward_proxy_requests_total{provider=\"overflow\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert_eq!(
+            overflow,
+            (sets * STATUS_CLASSES - MAX_REQUEST_SERIES) as f64
+        );
+    }
+
+    #[test]
+    fn label_values_cannot_break_the_exposition() {
+        let m = ProxyMetrics::new(KeyLabels::KeyId);
+        let evil = "x\"} 1\nkeyward_ready 0\n# EOF\n\\\r\u{1b}[31m";
+        let mut u = used(evil, UsageOutcome::Success, 200, 1);
+        u.provider_id = evil.into();
+        u.key_id = evil.into();
+        m.used(&u, true);
+        m.refused(evil, DenyReason::Quota);
+        let text = scrape(&m);
+        let escaped = r#"x\"} 1\nkeyward_ready 0\n# EOF\n\\__[31m"#;
+        assert_eq!(label_value(evil), escaped);
+        assert!(
+            !text.lines().any(|l| l.starts_with("keyward_ready")),
+            "{text}"
+        );
+        assert_eq!(text.lines().filter(|l| *l == "# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"));
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'));
+        assert_eq!(
+            sample(
+                &text,
+                &format!("keyward_proxy_refusals_total{{reason=\"quota\",key_id=\"{escaped}\"}}")
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn an_unnamed_model_is_other_and_token_counts_saturate() {
+        let m = ProxyMetrics::new(KeyLabels::None);
+        for i in 0..500 {
+            m.used(
+                &used(&format!("made-up-{i}"), UsageOutcome::Success, 200, 0),
+                false,
+            );
+        }
+        m.used(
+            &used("named", UsageOutcome::Success, 200, u64::MAX - 1),
+            true,
+        );
+        m.used(
+            &used("named", UsageOutcome::Success, 200, u64::MAX - 1),
+            true,
+        );
+        assert_eq!(m.series.map.read().len(), 2);
+        let text = scrape(&m);
+        assert_eq!(sample(&text, &requests_series("other")), Some(500.0));
+        assert_eq!(sample(&text, &requests_series("named")), Some(2.0));
+        let tokens = text
+            .lines()
+            .find(|l| l.starts_with(r#"keyward_proxy_tokens_total{provider="prv_1",model="named""#))
+            .unwrap();
+        assert!(tokens.ends_with(&format!(" {}", u64::MAX)), "{tokens}");
     }
 
     #[test]
     fn a_long_model_is_one_series_cut_at_a_char_boundary() {
         let m = ProxyMetrics::new(KeyLabels::None);
         let long = format!("{}é{}", "a".repeat(MODEL_LABEL_MAX - 1), "b".repeat(10));
-        m.used(&used(&long, UsageOutcome::Success, 200, 0));
-        m.used(&used(
-            &format!("{long}-other-suffix"),
-            UsageOutcome::Success,
-            200,
-            0,
-        ));
+        m.used(&used(&long, UsageOutcome::Success, 200, 0), true);
+        m.used(
+            &used(
+                &format!("{long}-other-suffix"),
+                UsageOutcome::Success,
+                200,
+                0,
+            ),
+            true,
+        );
         let cut = "a".repeat(MODEL_LABEL_MAX - 1);
         assert_eq!(model_label(&long), cut);
         let text = scrape(&m);

@@ -1175,13 +1175,17 @@ pub(crate) async fn key_metrics(
             let a = acc.entry(b).or_default();
             match env.decode() {
                 Ok(Event::KeyUsed(u)) => {
-                    a.p.requests += 1;
-                    a.p.errors += u64::from(u.outcome.is_error());
-                    a.p.prompt_tokens += u.prompt_tokens;
-                    a.p.completion_tokens += u.completion_tokens;
+                    a.p.requests = a.p.requests.saturating_add(1);
+                    a.p.errors = a.p.errors.saturating_add(u64::from(u.outcome.is_error()));
+                    a.p.prompt_tokens = a.p.prompt_tokens.saturating_add(u.prompt_tokens);
+                    a.p.completion_tokens =
+                        a.p.completion_tokens.saturating_add(u.completion_tokens);
                     a.latencies.push(u.latency_us);
                 }
-                Ok(Event::KeyDenied(d)) => a.p.denied += 1 + d.suppressed,
+                // Counts a provider reports can be anything: saturate, as the projection does.
+                Ok(Event::KeyDenied(d)) => {
+                    a.p.denied = a.p.denied.saturating_add(d.suppressed.saturating_add(1));
+                }
                 _ => {}
             }
         }
@@ -1194,7 +1198,7 @@ pub(crate) async fn key_metrics(
     while t < to {
         let mut a = acc.remove(&t).unwrap_or_default();
         a.p.start = time::format(&t);
-        a.p.tokens = a.p.prompt_tokens + a.p.completion_tokens;
+        a.p.tokens = a.p.prompt_tokens.saturating_add(a.p.completion_tokens);
         a.p.error_rate = if a.p.requests == 0 {
             0.0
         } else {

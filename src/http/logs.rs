@@ -192,7 +192,7 @@ fn row(env: &Envelope, event: Event, state: &Projections) -> Option<LogRow> {
             upstream_latency_ms: u.upstream_latency_us.map(|l| l as f64 / 1000.0),
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
-            tokens: u.prompt_tokens + u.completion_tokens,
+            tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
             stream: u.stream,
             client_ip: u.client_ip,
             ..base

@@ -1163,8 +1163,8 @@ pub fn chart(series: &[(NaiveDate, u64, u64)]) -> Markup {
     let bar = (slot * 0.7).max(1.0);
     let plot_h = h - bottom - top;
     let y = |v: u64| top + plot_h - (v as f64 / nice as f64) * plot_h;
-    let total: u64 = series.iter().map(|s| s.1).sum();
-    let errors: u64 = series.iter().map(|s| s.2).sum();
+    let total = series.iter().fold(0u64, |n, s| n.saturating_add(s.1));
+    let errors = series.iter().fold(0u64, |n, s| n.saturating_add(s.2));
     let first = series.first().map(|s| s.0.to_string()).unwrap_or_default();
     let last = series.last().map(|s| s.0.to_string()).unwrap_or_default();
     let desc = format!("{total} requests and {errors} errors from {first} to {last}");

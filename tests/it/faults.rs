@@ -183,7 +183,13 @@ async fn gateway(data_dir: Option<&Path>) -> (Gw, String, String, String) {
     .trim()
     .to_owned();
     let p = gw.openai(&[]).await;
-    let (_, secret) = gw.key(KeySpec::on(&p)).await;
+    // A quota far from full: its reservations must follow every use through the fault.
+    let mut spec = KeySpec::on(&p);
+    spec.quota = Some(keyward_events::Quota {
+        requests_per_day: Some(1_000_000),
+        ..keyward_events::Quota::default()
+    });
+    let (_, secret) = gw.key(spec).await;
     (gw, admin, p, secret)
 }
 
@@ -239,6 +245,14 @@ async fn survives<G>(
         served >= QUEUE,
         "served only {served} before the queue was full"
     );
+    // Each answered use is held against the quota until it is folded; the refused request
+    // gave its place back.
+    let key_id = match &gw.events("key.used", 1).await[0] {
+        keyward_events::Event::KeyUsed(u) => u.key_id.clone(),
+        other => panic!("{other:?}"),
+    };
+    let reservations = || gw.state.0.live.reservations().in_flight(&key_id);
+    assert_eq!(reservations().requests, served as u64);
     // With the queue full, a management call is refused in bounded time, not held.
     let r = tokio::time::timeout(
         Duration::from_secs(60),
@@ -262,6 +276,14 @@ async fn survives<G>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(used_count(&gw).await, 1 + served);
+    while reservations() != Default::default() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the committed uses were not settled: {:?}",
+            reservations()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let r = manage(&gw, &admin, &provider, "after-fault").await;
     assert_eq!(r.status.as_u16(), 201, "{}", r.text());
     let r = gw.post("/v1/chat/completions", &secret, chat("m")).await;

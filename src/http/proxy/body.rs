@@ -17,6 +17,9 @@ pub struct Scanned {
     pub stream: bool,
     /// The client asked for the final usage chunk itself.
     pub include_usage: bool,
+    /// The largest of `max_tokens` and `max_completion_tokens`, when one is a whole
+    /// number: what the quota reserves for the completion.
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -183,6 +186,16 @@ impl<'de> Visitor<'de> for Top<'_> {
                     self.walk.out.include_usage =
                         v.get("include_usage").and_then(Value::as_bool) == Some(true);
                 }
+                "max_tokens" | "max_completion_tokens" => {
+                    let v = map.next_value::<Value>()?;
+                    self.walk.path.push(Seg::Key(key));
+                    check_value(self.walk, &v)?;
+                    self.walk.path.pop();
+                    // Given twice, or both: the provider may read either, so the larger.
+                    if let Some(n) = v.as_u64() {
+                        self.walk.out.max_tokens = self.walk.out.max_tokens.max(Some(n));
+                    }
+                }
                 _ => {
                     self.walk.path.push(Seg::Key(key));
                     map.next_value_seed(Nested {
@@ -328,6 +341,17 @@ mod tests {
         assert!(s.stream && s.include_usage && !s.model_invalid);
         let s = scan(br#"{"model":7}"#).unwrap();
         assert!(s.model_invalid && s.model.is_none() && !s.stream);
+        assert_eq!(s.max_tokens, None);
+    }
+
+    #[test]
+    fn reads_the_largest_completion_bound() {
+        let s = scan(br#"{"model":"m","max_tokens":5,"max_completion_tokens":9}"#).unwrap();
+        assert_eq!(s.max_tokens, Some(9));
+        let s = scan(br#"{"model":"m","max_tokens":50,"max_tokens":9}"#).unwrap();
+        assert_eq!(s.max_tokens, Some(50));
+        let s = scan(br#"{"model":"m","max_tokens":"5"}"#).unwrap();
+        assert_eq!(s.max_tokens, None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! with every other surface that accepts a key.
 //!
 //! All of it is per node. With several nodes a key gets each node's rate limit; quotas
-//! come from the usage projection, which every node folds from the shared log.
+//! count the usage projection, which every node folds from the shared log, plus this
+//! node's own uses in flight ([`crate::live::reservations`]), not other nodes'.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,6 +20,8 @@ use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultDirectRateLimiter, Quota as GovQuota};
 use keyward_events::{DenyReason, KeyDenied, Quota, RateLimit};
 use keyward_projections::DayCounters;
+
+use crate::live::reservations::InFlight;
 use parking_lot::{Mutex, RwLock};
 
 use crate::time::Timestamp;
@@ -267,42 +270,67 @@ pub struct QuotaExceeded {
     pub retry_after_secs: u64,
 }
 
-/// Checks the day's and the month's counters (UTC) against the key's quota. Requests in
-/// flight are not counted yet, so a burst of concurrent requests can pass the last unit.
+/// Checks the day's and the month's counters (UTC), with this node's uses in flight
+/// added, against the key's quota. A quota that only the uses in flight fill is retried
+/// after a second: they settle as soon as they are recorded.
 pub fn check_quota(
     q: &Quota,
     now: Timestamp,
     day: DayCounters,
     month: DayCounters,
+    pending: InFlight,
 ) -> Option<QuotaExceeded> {
     let to_tomorrow = || secs_until(now, next_day(now.date_naive()));
     let to_next_month = || secs_until(now, next_month(now.date_naive()));
-    let over = |limit: Option<u64>, used: u64| limit.is_some_and(|l| used >= l);
-    if over(q.requests_per_day, day.requests) {
-        return Some(QuotaExceeded {
-            what: "requests per day",
-            retry_after_secs: to_tomorrow(),
-        });
-    }
-    if over(q.tokens_per_day, day.tokens()) {
-        return Some(QuotaExceeded {
-            what: "tokens per day",
-            retry_after_secs: to_tomorrow(),
-        });
-    }
-    if over(q.requests_per_month, month.requests) {
-        return Some(QuotaExceeded {
-            what: "requests per month",
-            retry_after_secs: to_next_month(),
-        });
-    }
-    if over(q.tokens_per_month, month.tokens()) {
-        return Some(QuotaExceeded {
-            what: "tokens per month",
-            retry_after_secs: to_next_month(),
-        });
-    }
-    None
+    let checks = [
+        (
+            q.requests_per_day,
+            day.requests,
+            pending.requests,
+            "requests per day",
+            true,
+        ),
+        (
+            q.tokens_per_day,
+            day.tokens(),
+            pending.tokens,
+            "tokens per day",
+            true,
+        ),
+        (
+            q.requests_per_month,
+            month.requests,
+            pending.requests,
+            "requests per month",
+            false,
+        ),
+        (
+            q.tokens_per_month,
+            month.tokens(),
+            pending.tokens,
+            "tokens per month",
+            false,
+        ),
+    ];
+    checks
+        .into_iter()
+        .find_map(|(limit, used, in_flight, what, daily)| {
+            let limit = limit?;
+            if used.saturating_add(in_flight) < limit {
+                return None;
+            }
+            let retry_after_secs = if used < limit {
+                1
+            } else if daily {
+                to_tomorrow()
+            } else {
+                to_next_month()
+            };
+            Some(QuotaExceeded {
+                what,
+                retry_after_secs,
+            })
+        })
 }
 
 fn next_day(d: NaiveDate) -> NaiveDate {
@@ -428,11 +456,12 @@ mod tests {
             tokens_per_month: Some(100),
             ..Quota::default()
         };
+        let none = InFlight::default();
         let mut day = DayCounters::default();
-        assert_eq!(check_quota(&q, now, day, day), None);
+        assert_eq!(check_quota(&q, now, day, day, none), None);
         day.requests = 2;
         assert_eq!(
-            check_quota(&q, now, day, DayCounters::default()),
+            check_quota(&q, now, day, DayCounters::default(), none),
             Some(QuotaExceeded {
                 what: "requests per day",
                 retry_after_secs: 3600
@@ -444,8 +473,61 @@ mod tests {
             ..DayCounters::default()
         };
         assert_eq!(
-            check_quota(&q, now, DayCounters::default(), month).map(|e| e.what),
+            check_quota(&q, now, DayCounters::default(), month, none).map(|e| e.what),
             Some("tokens per month")
+        );
+    }
+
+    #[test]
+    fn uses_in_flight_count_and_are_retried_after_a_second() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 31, 23, 0, 0).unwrap();
+        let q = Quota {
+            requests_per_day: Some(2),
+            tokens_per_month: Some(100),
+            ..Quota::default()
+        };
+        let day = DayCounters {
+            requests: 1,
+            ..DayCounters::default()
+        };
+        let one = InFlight {
+            requests: 1,
+            tokens: 0,
+        };
+        assert_eq!(
+            check_quota(&q, now, day, DayCounters::default(), one),
+            Some(QuotaExceeded {
+                what: "requests per day",
+                retry_after_secs: 1
+            })
+        );
+        let unbounded = InFlight {
+            requests: 0,
+            tokens: u64::MAX,
+        };
+        assert_eq!(
+            check_quota(&q, now, day, DayCounters::default(), unbounded),
+            Some(QuotaExceeded {
+                what: "tokens per month",
+                retry_after_secs: 1
+            })
+        );
+        // Saturated counters still refuse, with the wait until the quota resets.
+        let full = DayCounters {
+            prompt_tokens: u64::MAX,
+            completion_tokens: u64::MAX,
+            ..DayCounters::default()
+        };
+        assert_eq!(
+            check_quota(&q, now, DayCounters::default(), full, unbounded),
+            Some(QuotaExceeded {
+                what: "tokens per month",
+                retry_after_secs: 3600
+            })
+        );
+        assert_eq!(
+            check_quota(&q, now, DayCounters::default(), DayCounters::default(), one),
+            None
         );
     }
 }

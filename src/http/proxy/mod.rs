@@ -11,7 +11,8 @@
 //! 7. provider and model allowlist (403), a model no provider of the key serves (404);
 //! 8. the IP allowlist (403);
 //! 9. the per-key rate limit (429 with `Retry-After` and `x-ratelimit-*`);
-//! 10. the quota (429 `quota_exceeded`);
+//! 10. the quota (429 `quota_exceeded`), counting this node's requests in flight: an
+//!     admitted request holds its place until its use is folded;
 //! 11. the forward, with the decrypted credential in the provider's own header, and the
 //!     answer streamed back;
 //! 12. one `key.used` into the appender's queue.
@@ -43,7 +44,7 @@ use keyward_events::{
     DenyReason, Event, ExpectedVersion, KeyDenied, KeyUsed, NewEvent, ProviderKind, Scope,
     UsageOutcome,
 };
-use keyward_projections::{DayCounters, KeyRecord, ProviderRecord};
+use keyward_projections::{KeyRecord, ProviderRecord};
 use serde_json::{Value, json};
 use ulid::Ulid;
 
@@ -55,6 +56,7 @@ use self::upstream::{Dialect, Endpoint, Tokens};
 use crate::auth::{AuthError, authenticate, client_ip, ip_allowed, presented_key, scope_allows};
 use crate::config::Config;
 use crate::crypto::ProviderSecret;
+use crate::live::reservations::{Reservation, TokenBound};
 use crate::metrics::ProxyMetrics;
 use crate::store::appender::Appender;
 use crate::{App, AppState};
@@ -181,6 +183,7 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             app.proxy.auth_failures.prune(Instant::now());
             app.proxy.flush_denials(&app.commands.appender, false).await;
+            app.live.reservations().prune();
             let now = Utc::now();
             let live = app.live.read();
             app.proxy.rate.retain(|key_id| {
@@ -258,8 +261,6 @@ struct Admitted {
     key: Arc<KeyRecord>,
     /// The key's providers that are not deleted, in the key's order.
     providers: Vec<Arc<ProviderRecord>>,
-    /// Today's and this month's counters, when the key has a quota.
-    counters: Option<(DayCounters, DayCounters)>,
 }
 
 fn auth_error(e: &AuthError) -> ProxyError {
@@ -388,18 +389,9 @@ impl Ctx<'_> {
                 .filter(|p| !p.is_deleted())
                 .cloned()
                 .collect();
-            let counters = authed.key.quota().map(|_| {
-                let d = now.date_naive();
-                let id = authed.key.key_id();
-                (
-                    state.usage.day(id, d),
-                    state.usage.month(id, d.year(), d.month()),
-                )
-            });
             Ok(Admitted {
                 key: authed.key,
                 providers,
-                counters,
             })
         });
         let adm = match looked_up {
@@ -425,8 +417,15 @@ impl Ctx<'_> {
         Ok(adm)
     }
 
-    /// Steps 8 to 10. Returns the rate-limit headers for the response.
-    async fn limits(&self, adm: &Admitted, model: Option<&str>) -> Result<HeaderMap, ProxyError> {
+    /// Steps 8 to 10. Returns the rate-limit headers for the response and, for a key with
+    /// a quota, the request's place in it, which its [`Meter`] holds until its use is
+    /// recorded.
+    async fn limits(
+        &self,
+        adm: &Admitted,
+        model: Option<&str>,
+        tokens: TokenBound,
+    ) -> Result<(HeaderMap, Option<Reservation>), ProxyError> {
         let key = &adm.key;
         if !ip_allowed(key.ip_allowlist(), self.ip) {
             self.deny(key.key_id(), DenyReason::Ip, model).await;
@@ -436,20 +435,37 @@ impl Ctx<'_> {
             ));
         }
         let headers = self.rate_limit(adm, model).await?;
-        if let (Some(q), Some((day, month))) = (key.quota(), adm.counters)
-            && let Some(over) = limits::check_quota(&q, Utc::now(), day, month)
-        {
-            self.deny(key.key_id(), DenyReason::Quota, model).await;
-            return Err(ProxyError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "insufficient_quota",
-                "quota_exceeded",
-                format!("this key's quota of {} is used up", over.what),
-            )
-            .with_header(header::RETRY_AFTER, over.retry_after_secs)
-            .with_headers(headers));
-        }
-        Ok(headers)
+        let Some(q) = key.quota() else {
+            return Ok((headers, None));
+        };
+        let reserved = {
+            // The counters and the reservations are read in one hold of the state, which
+            // the fold of a use changes both of in one write hold.
+            let state = self.app.live.read();
+            let now = Utc::now();
+            let (id, d) = (key.key_id(), now.date_naive());
+            let day = state.usage.day(id, d);
+            let month = state.usage.month(id, d.year(), d.month());
+            self.app.live.reservations().reserve(id, tokens, |pending| {
+                match limits::check_quota(&q, now, day, month, pending) {
+                    Some(over) => Err(over),
+                    None => Ok(()),
+                }
+            })
+        };
+        let over = match reserved {
+            Ok(r) => return Ok((headers, Some(r))),
+            Err(over) => over,
+        };
+        self.deny(key.key_id(), DenyReason::Quota, model).await;
+        Err(ProxyError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "quota_exceeded",
+            format!("this key's quota of {} is used up", over.what),
+        )
+        .with_header(header::RETRY_AFTER, over.retry_after_secs)
+        .with_headers(headers))
     }
 
     async fn rate_limit(
@@ -481,19 +497,30 @@ impl Ctx<'_> {
         }
     }
 
-    fn meter(&self, key_id: &str, provider_id: &str, model: Option<&str>, stream: bool) -> Meter {
-        Meter::new(MeterSpec {
-            appender: self.app.commands.appender.clone(),
-            key_id: key_id.to_owned(),
-            provider_id: provider_id.to_owned(),
-            model: model.map(upstream::recorded_model),
-            endpoint: self.path.clone(),
-            stream,
-            client_ip: self.client_ip_text(),
-            request_id: self.request_id.clone(),
-            started: self.started,
-            metrics: self.proxy().metrics.clone(),
-        })
+    fn meter(
+        &self,
+        key_id: &str,
+        provider_id: &str,
+        model: Option<(&str, bool)>,
+        stream: bool,
+        hold: Option<Reservation>,
+    ) -> Meter {
+        Meter::new(
+            hold,
+            MeterSpec {
+                appender: self.app.commands.appender.clone(),
+                key_id: key_id.to_owned(),
+                provider_id: provider_id.to_owned(),
+                model: model.map(|(m, _)| upstream::recorded_model(m)),
+                model_named: model.is_some_and(|(_, named)| named),
+                endpoint: self.path.clone(),
+                stream,
+                client_ip: self.client_ip_text(),
+                request_id: self.request_id.clone(),
+                started: self.started,
+                metrics: self.proxy().metrics.clone(),
+            },
+        )
     }
 
     /// A request refused for its body, after the key was admitted: counted against the
@@ -503,7 +530,18 @@ impl Ctx<'_> {
             return limited;
         }
         let provider = adm.key.provider_ids().next().unwrap_or("");
-        let mut m = self.meter(adm.key.key_id(), provider, model, false);
+        // Not admitted to the provider, yet counted by a quota like any use.
+        let hold = adm
+            .key
+            .quota()
+            .map(|_| self.app.live.reservations().track(adm.key.key_id()));
+        let mut m = self.meter(
+            adm.key.key_id(),
+            provider,
+            model.map(|m| (m, false)),
+            false,
+            hold,
+        );
         m.record(
             UsageOutcome::InvalidRequest,
             e.status.as_u16(),
@@ -563,7 +601,8 @@ impl Ctx<'_> {
                 .await;
             return Err(upstream::model_not_found());
         };
-        let rl_headers = self.limits(&adm, Some(&model)).await?;
+        let bound = token_bound(self.endpoint, &provider, &scanned, bytes.len());
+        let (rl_headers, hold) = self.limits(&adm, Some(&model), bound).await?;
         // Every use is recorded; with the queue full (the store has stopped taking writes)
         // this one could not be, so it is refused before it reaches the provider.
         if self.app.commands.appender.is_full() {
@@ -577,11 +616,17 @@ impl Ctx<'_> {
             .with_header(axum::http::header::RETRY_AFTER, 1));
         }
 
+        // The model passed the key's allowlist and the provider's: it is named explicitly
+        // when either is a list (or an Azure deployment map), not "every model".
+        let named = !key.models().is_empty()
+            || !provider.models.is_empty()
+            || provider.kind == ProviderKind::AzureOpenai;
         let meter = self.meter(
             key.key_id(),
             &provider.provider_id,
-            Some(&model),
+            Some((&model, named)),
             scanned.stream,
+            hold,
         );
         let mut res = self
             .send(headers, bytes, &scanned, &model, &provider, meter)
@@ -846,9 +891,9 @@ impl Ctx<'_> {
                 "this key is not bound to any provider",
             ));
         }
-        let rl_headers = self.limits(&adm, None).await?;
+        let (rl_headers, hold) = self.limits(&adm, None, TokenBound::AtMost(0)).await?;
         let first = adm.providers[0].provider_id.clone();
-        let mut meter = self.meter(key.key_id(), &first, None, false);
+        let mut meter = self.meter(key.key_id(), &first, None, false, hold);
         let mut ids: Vec<(String, String)> = Vec::new();
         let mut upstream_latency = None;
         for p in &adm.providers {
@@ -961,6 +1006,23 @@ impl Ctx<'_> {
     }
 }
 
+/// What a request reserves of its key's token quota while in flight: what the provider
+/// may generate (the body's `max_tokens` or `max_completion_tokens`, or on Anthropic the
+/// default Keyward sends), plus its prompt at about four bytes a token. A chat request
+/// with no bound on its completion holds the rest of the quota until its use is recorded.
+fn token_bound(ep: Endpoint, p: &ProviderRecord, scanned: &Scanned, body_len: usize) -> TokenBound {
+    let prompt = (body_len as u64).div_ceil(4);
+    let completion = match ep {
+        Endpoint::Embeddings | Endpoint::Models => Some(0),
+        Endpoint::Chat | Endpoint::Messages => scanned.max_tokens.or_else(|| {
+            (p.kind == ProviderKind::Anthropic).then(|| upstream::default_max_tokens(p))
+        }),
+    };
+    completion.map_or(TokenBound::Unbounded, |c| {
+        TokenBound::AtMost(prompt.saturating_add(c))
+    })
+}
+
 fn address_refused() -> ProxyError {
     ProxyError::bad_gateway(
         "upstream_address_refused",
@@ -1047,6 +1109,8 @@ struct MeterSpec {
     key_id: String,
     provider_id: String,
     model: Option<String>,
+    /// The provider or the key names the model: `/metrics` counts it under its name.
+    model_named: bool,
     endpoint: String,
     stream: bool,
     client_ip: Option<String>,
@@ -1060,6 +1124,9 @@ struct MeterSpec {
 /// upstream latency seen so far, so that no admitted request goes unrecorded.
 pub struct Meter {
     spec: Option<MeterSpec>,
+    /// The request's place in its key's quota; given back once the use is queued (the
+    /// ledger counts the queued use then, until its fold).
+    hold: Option<Reservation>,
     pub(crate) tokens_so_far: Tokens,
     pub(crate) upstream_so_far: Option<Duration>,
 }
@@ -1067,14 +1134,20 @@ pub struct Meter {
 /// The status recorded for a client that went away: nginx's "client closed request".
 pub const CLIENT_CLOSED_STATUS: u16 = 499;
 
+/// Prompt plus completion, as a token quota counts them (saturating, as the projection).
+fn total(t: Tokens) -> u64 {
+    t.prompt.saturating_add(t.completion)
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Meter {
-    fn new(spec: MeterSpec) -> Meter {
+    fn new(hold: Option<Reservation>, spec: MeterSpec) -> Meter {
         Meter {
             spec: Some(spec),
+            hold,
             tokens_so_far: Tokens::default(),
             upstream_so_far: None,
         }
@@ -1102,7 +1175,7 @@ impl Meter {
             stream: s.stream,
             client_ip: s.client_ip.clone(),
         };
-        s.metrics.used(&used);
+        s.metrics.used(&used, s.model_named);
         NewEvent::new(
             &Event::KeyUsed(used),
             ExpectedVersion::Any,
@@ -1132,11 +1205,20 @@ impl Meter {
             "proxied"
         );
         let ev = Meter::event(s, outcome, status, tokens, upstream);
+        // Counted from before it is queued; if the wait below is cut short, `recorded`
+        // withdraws it and the hold stays for the use the guard records instead.
+        let recorded = self
+            .hold
+            .as_ref()
+            .map(|h| h.record(ev.event_id, total(tokens)));
         if s.appender.record(ev).await.is_err() {
             tracing::warn!(request_id = %s.request_id, "the usage queue is closed; a use was not recorded");
+        } else if let Some(r) = recorded {
+            r.queued();
         }
         // Only now: if the wait above is cut short, the guard still records the use.
         self.spec = None;
+        self.hold = None;
     }
 }
 
@@ -1151,6 +1233,10 @@ impl Drop for Meter {
             self.upstream_so_far,
         );
         tracing::debug!(request_id = %s.request_id, key_id = %s.key_id, "the client went away");
+        let recorded = self
+            .hold
+            .take()
+            .map(|h| h.record(ev.event_id, total(self.tokens_so_far)));
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
@@ -1158,6 +1244,8 @@ impl Drop for Meter {
                         tracing::warn!(
                             "the usage queue is closed; a client_closed use was not recorded"
                         );
+                    } else if let Some(r) = recorded {
+                        r.queued();
                     }
                 });
             }

@@ -44,7 +44,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test]
 async fn metrics_move_with_the_traffic_and_show_no_secret() {
     let gw = Gw::start().await;
-    let p = gw.openai(&[]).await;
+    let p = gw.openai(&["gpt-4o-mini"]).await;
     let (key_id, secret) = gw.key(KeySpec::on(&p)).await;
     let mut limited = KeySpec::on(&p);
     limited.rate_limit = Some(RateLimit {

@@ -1,7 +1,7 @@
 //! An in-process mock of the providers on 127.0.0.1:0: OpenAI-style, Azure-style and
 //! Anthropic-style routes answering with the shared wire-format fixtures. The model named
 //! in a request picks a behaviour: `slow`, `stall`, `drip`, `error-500`, `error-401`,
-//! `claude-error`; anything else answers normally.
+//! `huge-usage`, `claude-error`; anything else answers normally.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -199,6 +199,7 @@ async fn openai_chat(
             .to_string(),
         ),
         "error-401" => json_response(StatusCode::UNAUTHORIZED, OPENAI_401),
+        "huge-usage" => json_response(StatusCode::OK, huge_usage()),
         "stall" => sse(vec![openai_chunk("Hel")], Duration::ZERO, true),
         "drip" => sse(
             (0..100).map(|i| openai_chunk(&format!("t{i} "))).collect(),
@@ -215,6 +216,17 @@ async fn openai_chat(
         }
         _ => json_response(StatusCode::OK, CHAT),
     }
+}
+
+/// The chat fixture with counts no real provider reports: their sum wraps a `u64`.
+pub const HUGE_PROMPT: u64 = u64::MAX - 5;
+pub const HUGE_COMPLETION: u64 = i64::MAX as u64;
+
+fn huge_usage() -> String {
+    let mut v: Value = serde_json::from_str(CHAT).unwrap();
+    v["usage"] = json!({"prompt_tokens": HUGE_PROMPT, "completion_tokens": HUGE_COMPLETION,
+                        "total_tokens": HUGE_PROMPT});
+    v.to_string()
 }
 
 async fn embeddings(
