@@ -206,8 +206,9 @@ impl std::fmt::Debug for WebhookSecret {
     }
 }
 
-/// Where expiry notices go, and when.
-#[derive(Clone, Debug)]
+/// Where expiry notices go, and when. Its `Debug` shows only the URL's origin: a
+/// webhook's path or query often is its secret.
+#[derive(Clone)]
 pub struct NoticeWebhook {
     pub url: String,
     pub secret: WebhookSecret,
@@ -215,6 +216,17 @@ pub struct NoticeWebhook {
     pub within: Duration,
     /// How often the notifier looks for due notices.
     pub interval: std::time::Duration,
+}
+
+impl std::fmt::Debug for NoticeWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoticeWebhook")
+            .field("url", &crate::redact::endpoint(&self.url))
+            .field("secret", &self.secret)
+            .field("within", &self.within)
+            .field("interval", &self.interval)
+            .finish()
+    }
 }
 
 /// A setting with a wrong value: names the flag, the variable and the file key.

@@ -17,6 +17,7 @@ pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod provider_check;
+pub mod redact;
 pub mod server;
 pub mod snapshot;
 pub mod store;

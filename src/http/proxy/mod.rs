@@ -79,13 +79,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(config: &Config) -> anyhow::Result<Proxy> {
-        let client = reqwest::Client::builder()
+        // No environment proxy, no redirects, the guard's resolver.
+        let client = config
+            .upstream_allow
+            .client_builder()
             .connect_timeout(config.upstream_connect_timeout)
-            // A redirect could carry the credential header to another host.
-            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .dns_resolver(config.upstream_allow.resolver())
             .build()?;
         let check_client = crate::provider_check::client(&config.upstream_allow)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -672,7 +672,7 @@ impl Ctx<'_> {
                 .await);
             }
             Ok(Err(e)) => {
-                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, error = %e, "the provider could not be reached");
+                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, error = %crate::redact::http_error(&e), "the provider could not be reached");
                 let (err, outcome) = if e.is_timeout() {
                     (
                         ProxyError::upstream_timeout(),
@@ -720,7 +720,7 @@ impl Ctx<'_> {
                 secret,
                 up_started,
             );
-            let mut res = Response::new(Body::from_stream(pump.into_stream()));
+            let mut res = Response::new(Body::from_stream(pump.spawn()));
             *res.status_mut() = status;
             let h = res.headers_mut();
             h.extend(out_headers);
@@ -915,7 +915,7 @@ impl Ctx<'_> {
                 ));
             }
             Ok(Err(e)) => {
-                tracing::warn!(provider_id = %p.provider_id, error = %e, "the provider's model list could not be fetched");
+                tracing::warn!(provider_id = %p.provider_id, error = %crate::redact::http_error(&e), "the provider's model list could not be fetched");
                 return Err((
                     ProxyError::upstream_unavailable(),
                     UsageOutcome::UpstreamUnavailable,
@@ -1007,7 +1007,7 @@ async fn read_upstream(
             Err(_) => return Err(UsageOutcome::UpstreamTimeout),
             Ok(None) => return Ok(buf.freeze()),
             Ok(Some(Err(e))) => {
-                tracing::warn!(error = %e, "the provider's answer broke off");
+                tracing::warn!(error = %crate::redact::http_error(&e), "the provider's answer broke off");
                 return Err(UsageOutcome::UpstreamUnavailable);
             }
             Ok(Some(Ok(b))) => {
