@@ -5,3 +5,4 @@ mod canary;
 mod crypto;
 mod smuggling;
 mod ssrf;
+mod way_out;
