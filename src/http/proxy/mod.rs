@@ -736,7 +736,12 @@ impl Ctx<'_> {
             return Ok(res);
         }
 
-        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        // The provider's header is passed on only when it holds no secret.
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .filter(|v| upstream::clean_header(v, secret.expose()))
+            .cloned();
         let deadline = up_started + self.proxy().max_duration;
         let body = match read_upstream(resp, self.proxy().idle_timeout, deadline).await {
             Ok(b) => b,
@@ -938,6 +943,9 @@ impl Ctx<'_> {
             tracing::info!(provider_id = %p.provider_id, status = status.as_u16(), "the provider refused to list its models");
             return Err(bad());
         }
+        // The ids go to the client: a provider that echoes its credential in one does not
+        // hand it over.
+        let body = upstream::scrub_credential(&body, secret.expose()).map_or(body, Bytes::from);
         upstream::listed_models(&body).ok_or_else(bad)
     }
 }

@@ -68,13 +68,19 @@ async fn echo_provider() -> std::net::SocketAddr {
             String::from_utf8_lossy(&body)
         );
         let error = json!({"error": {"message": msg, "type": "invalid_request_error", "code": "invalid_api_key", "param": cred}});
+        // Set after the JSON body's own, so it replaces it.
+        let content_type = [("content-type", format!("application/json; profile=\"{cred}\""))];
         if method == Method::GET {
             if cred.contains("refused") {
-                return (StatusCode::UNAUTHORIZED, echo, axum::Json(error)).into_response();
+                return (StatusCode::UNAUTHORIZED, echo, content_type, axum::Json(error)).into_response();
             }
             return (
                 echo,
-                axum::Json(json!({"object": "list", "data": [{"id": "echo-ok", "object": "model"}]})),
+                content_type,
+                axum::Json(json!({"object": "list", "data": [
+                    {"id": "echo-ok", "object": "model"},
+                    {"id": format!("echo-{cred}"), "object": "model"},
+                ]})),
             )
                 .into_response();
         }
@@ -107,9 +113,10 @@ async fn echo_provider() -> std::net::SocketAddr {
             .and_then(|s| s.parse::<u16>().ok())
             .and_then(|s| StatusCode::from_u16(s).ok());
         match status {
-            Some(s) => (s, echo, axum::Json(error)).into_response(),
+            Some(s) => (s, echo, content_type, axum::Json(error)).into_response(),
             None => (
                 echo,
+                content_type,
                 axum::Json(json!({"id": "c1", "object": "chat.completion", "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": said}, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})),
@@ -345,6 +352,39 @@ async fn no_secret_reaches_logs_responses_events_metrics_or_the_export() {
     assert_eq!(r.status, 500);
     let r = send(&app, request(Method::GET, "/v1/models", &gateway, None)).await;
     seen.add("models", &r);
+    // A provider with no model list of its own: `/v1/models` asks it, and it lists a model
+    // named after its credential.
+    let body = json!({"name": "echo-lists", "kind": "openai", "base_url": format!("http://{echo}/v1"),
+        "api_key": PROVIDER_CANARY});
+    let r = send(
+        &app,
+        request(
+            Method::POST,
+            "/api/v1/providers",
+            &admin,
+            Some(body.to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    seen.add("create listing provider", &r);
+    let lister = r.json()["id"].as_str().unwrap().to_owned();
+    let r = send(
+        &app,
+        request(
+            Method::POST,
+            "/api/v1/keys",
+            &admin,
+            Some(json!({"name": "canary-lister", "provider_id": lister, "expires_in": "1d", "scopes": ["read"]}).to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let lister_key = r.json()["secret"].as_str().unwrap().to_owned();
+    let r = send(&app, request(Method::GET, "/v1/models", &lister_key, None)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("echo-[redacted]"), "{}", r.text());
+    seen.add("models listed by the provider", &r);
 
     // Streams with the credential in every kind of SSE line: OpenAI passed through (with and
     // without the usage chunk asked for), Anthropic passed through, Anthropic translated.
@@ -623,6 +663,7 @@ async fn no_secret_reaches_logs_responses_events_metrics_or_the_export() {
     for canary in [
         gateway.as_str(),
         anthropic_key.as_str(),
+        lister_key.as_str(),
         admin.as_str(),
         PROVIDER_CANARY,
         ANTHROPIC_CANARY,
