@@ -112,7 +112,9 @@ mod tests {
     #[test]
     fn database_urls_keep_where_and_lose_every_secret() {
         assert_eq!(
-            database_url("postgres://app:s3cret-PW@db.internal:5433/keyward?sslmode=require&password=qs-secret&application_name=kw"),
+            database_url(
+                "postgres://app:s3cret-PW@db.internal:5433/keyward?sslmode=require&password=qs-secret&application_name=kw"
+            ),
             "postgres://app:***@db.internal:5433/keyward?sslmode=require&password=***&application_name=kw"
         );
         assert_eq!(
@@ -158,7 +160,10 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("PATH-SECRET"), "reqwest adds the URL");
+        assert!(
+            e.to_string().contains("PATH-SECRET"),
+            "reqwest adds the URL"
+        );
         let text = http_error(&e);
         assert!(
             !text.contains("SECRET") && text.contains(&format!("127.0.0.1:{port}")),

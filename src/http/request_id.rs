@@ -35,8 +35,28 @@ const MAX_CLIENT_RUN: usize = 26;
 const MAX_MIXED_CASE_RUN: usize = 12;
 /// Prefixes of well-known credentials, Keyward's own first. Compared without case.
 const SECRET_MARKERS: &[&str] = &[
-    "kw_", "sk-", "sk_", "pk_", "rk_", "ghp_", "gho_", "ghs_", "github_pat", "glpat", "xox",
-    "akia", "asia", "aiza", "hf_", "bearer", "basic", "token", "secret", "passw", "key-", "key_",
+    "kw_",
+    "sk-",
+    "sk_",
+    "pk_",
+    "rk_",
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "github_pat",
+    "glpat",
+    "xox",
+    "akia",
+    "asia",
+    "aiza",
+    "hf_",
+    "bearer",
+    "basic",
+    "token",
+    "secret",
+    "passw",
+    "key-",
+    "key_",
 ];
 
 /// Whether a client's request id may be kept: 1 to 64 characters of letters, digits and

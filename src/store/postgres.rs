@@ -126,7 +126,10 @@ fn known_params_only(url: &str) -> String {
                     && k.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
                 let name = if plain { k.as_ref() } else { "[redacted]" };
-                tracing::warn!(parameter = name, "ignoring an unknown parameter of the database URL");
+                tracing::warn!(
+                    parameter = name,
+                    "ignoring an unknown parameter of the database URL"
+                );
             }
             keep
         })
@@ -546,6 +549,9 @@ mod tests {
             known_params_only("postgres://u@h/db?pasword=s3cret"),
             "postgres://u@h/db"
         );
-        assert_eq!(known_params_only("postgres://u:p@h/db"), "postgres://u:p@h/db");
+        assert_eq!(
+            known_params_only("postgres://u:p@h/db"),
+            "postgres://u:p@h/db"
+        );
     }
 }

@@ -229,7 +229,10 @@ impl Pump {
         self.parser.clear();
         self.outcome = None;
         self.fail(Cut::Overran);
-        let queued = self.out.pop_front().is_some_and(|ev| tx.try_send(ev).is_ok());
+        let queued = self
+            .out
+            .pop_front()
+            .is_some_and(|ev| tx.try_send(ev).is_ok());
         if !queued {
             cut.store(true, Ordering::Release);
         }

@@ -186,7 +186,10 @@ fn anthropic_stream(cred: &str) -> Vec<String> {
         delta[at..].to_owned(),
         format!("retry: {cred}\n\n"),
         format!("event: {cred}\n\n"),
-        ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
         ev(
             "message_delta",
             json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}),
@@ -453,7 +456,11 @@ async fn no_secret_reaches_logs_responses_events_metrics_or_the_export() {
         )
         .await;
         assert_eq!(r.status, 200, "{what}: {}", r.text());
-        assert_eq!(r.header("content-type"), Some("text/event-stream"), "{what}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/event-stream"),
+            "{what}"
+        );
         // The stream came whole, and the credential was in it to be scrubbed.
         assert!(r.text().contains(end), "{what}: {}", r.text());
         assert!(r.text().contains("[redacted]"), "{what}: {}", r.text());

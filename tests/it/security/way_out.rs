@@ -320,7 +320,11 @@ fn environment_proxies_are_ignored_by_every_outbound_client() {
     ] {
         cmd.env(var, &url);
     }
-    let out = cmd.env_remove("NO_PROXY").env_remove("no_proxy").output().unwrap();
+    let out = cmd
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("1 passed"),
@@ -351,11 +355,7 @@ async fn child_outbound_clients_under_environment_proxies() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = gw
-        .post(
-            "/v1/chat/completions",
-            &secret,
-            streaming("gpt-4o-mini"),
-        )
+        .post("/v1/chat/completions", &secret, streaming("gpt-4o-mini"))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // The client of live credential checks.
@@ -420,9 +420,10 @@ async fn a_secret_in_x_request_id_is_neither_kept_nor_echoed() {
             .header("x-request-id", id)
             .body(axum::body::Body::empty())
             .unwrap();
-        req.extensions_mut().insert(axum::extract::ConnectInfo(
-            SocketAddr::from(crate::proxy::CLIENT),
-        ));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(SocketAddr::from(
+                crate::proxy::CLIENT,
+            )));
         let r = Reply::read(gw.call(req).await).await;
         assert_eq!(r.status, 200, "{what}: {}", r.text());
         assert!(r.header("x-request-id").unwrap().starts_with("req_"));
@@ -446,7 +447,12 @@ async fn a_secret_in_x_request_id_is_neither_kept_nor_echoed() {
     gw.events("key.used", 4).await;
     let ids = stored_ids().await;
     assert!(ids.contains(&ours) && !ids.iter().any(|i| i == "trace-4711"));
-    assert!(logs.text().contains("client_request_id=\"trace-4711\"") || logs.text().contains("client_request_id=trace-4711"), "{}", logs.text());
+    assert!(
+        logs.text().contains("client_request_id=\"trace-4711\"")
+            || logs.text().contains("client_request_id=trace-4711"),
+        "{}",
+        logs.text()
+    );
 
     logs.assert_absent(&[secret.as_str(), admin.as_str(), OPENAI_CREDENTIAL]);
 }
@@ -497,7 +503,10 @@ async fn webhook_and_provider_failures_log_no_secret_of_their_urls() {
 
     let text = logs.text();
     let port = closed.rsplit(':').next().unwrap();
-    assert!(text.contains(&format!("127.0.0.1:{port}")), "the host is still named");
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")),
+        "the host is still named"
+    );
     logs.assert_absent(&[
         "PROVIDER-PATH-SECRET",
         "PROVIDER-QUERY-SECRET",
@@ -526,6 +535,9 @@ fn a_database_url_is_named_without_its_passwords() {
         "the message still says which database: {stderr}"
     );
     for s in ["USERINFO-SECRET", "QUERY-SECRET", "TYPO-SECRET"] {
-        assert!(!stderr.contains(s) && !stdout.contains(s), "{s}:\n{stdout}{stderr}");
+        assert!(
+            !stderr.contains(s) && !stdout.contains(s),
+            "{s}:\n{stdout}{stderr}"
+        );
     }
 }
