@@ -238,8 +238,8 @@ impl std::fmt::Debug for WebhookSecret {
     }
 }
 
-/// Where expiry notices go, and when. Its `Debug` shows only the URL's origin: a path or a
-/// query may hold a token.
+/// Where expiry notices go, and when. Its `Debug` shows only the URL's origin: a
+/// webhook's path or query often is its secret.
 #[derive(Clone)]
 pub struct NoticeWebhook {
     pub url: String,
@@ -258,37 +258,10 @@ fn set_or_not(v: Option<&str>) -> &'static str {
     }
 }
 
-/// The scheme, host and port of a URL, for `Debug`: its path, query and any userinfo may
-/// hold a secret.
-pub fn url_origin(u: &str) -> String {
-    match url::Url::parse(u) {
-        Ok(p) => format!("{}/…", p.origin().ascii_serialization()),
-        Err(_) => "<unparsable URL>".to_owned(),
-    }
-}
-
-/// A database URL for `Debug`: a SQLite path as it is; of any other URL the scheme, host,
-/// port and path, without the userinfo or the query (`?password=` is accepted there).
-fn database_url_for_debug(u: &str) -> String {
-    if sqlite_path(u).is_some() {
-        return u.to_owned();
-    }
-    match url::Url::parse(u) {
-        Ok(p) => format!(
-            "{}://{}{}{}",
-            p.scheme(),
-            p.host_str().unwrap_or(""),
-            p.port().map(|n| format!(":{n}")).unwrap_or_default(),
-            p.path()
-        ),
-        Err(_) => "<unparsable URL>".to_owned(),
-    }
-}
-
 impl std::fmt::Debug for NoticeWebhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NoticeWebhook")
-            .field("url", &url_origin(&self.url))
+            .field("url", &crate::redact::endpoint(&self.url))
             .field("secret", &self.secret)
             .field("within", &self.within)
             .field("interval", &self.interval)
@@ -303,7 +276,7 @@ impl std::fmt::Debug for GlobalArgs {
             .field("data_dir", &self.data_dir)
             .field(
                 "database_url",
-                &self.database_url.as_deref().map(database_url_for_debug),
+                &self.database_url.as_deref().map(crate::redact::database_url),
             )
             .field("master_keys", &set_or_not(self.master_keys.as_deref()))
             .field("log_format", &self.log_format)
@@ -318,7 +291,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("listen", &self.listen)
             .field(
                 "notify_webhook_url",
-                &self.notify_webhook_url.as_deref().map(url_origin),
+                &self.notify_webhook_url.as_deref().map(crate::redact::endpoint),
             )
             .field(
                 "notify_webhook_secret",
@@ -333,7 +306,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("data_dir", &self.data_dir)
-            .field("database_url", &database_url_for_debug(&self.database_url))
+            .field("database_url", &crate::redact::database_url(&self.database_url))
             .field("master_keys", &set_or_not(self.master_keys.as_deref()))
             .field("log_format", &self.log_format)
             .field("log", &self.log)

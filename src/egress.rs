@@ -13,6 +13,12 @@
 //! carry. Names are judged by what they resolve to, when a provider is registered and
 //! again at every connection (the HTTP clients resolve through [`GuardedResolver`]), so a
 //! DNS answer that changes later does not open a way in.
+//!
+//! Every outbound HTTP client of Keyward starts from [`client_builder`]: environment
+//! proxies (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and their lower-case forms) are
+//! ignored, because through a proxy the provider's name is resolved by the proxy, never by
+//! the guard, and the request with its credential goes wherever the proxy sends it.
+//! Keyward has no egress proxy setting: it connects directly, or not at all.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -192,12 +198,27 @@ impl EgressPolicy {
         Ok(())
     }
 
+    /// The builder of a client that reaches providers: [`client_builder`] with this
+    /// policy's resolver.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        client_builder().dns_resolver(self.resolver())
+    }
+
     /// A DNS resolver for reqwest that drops every address this policy refuses.
     pub fn resolver(&self) -> Arc<GuardedResolver> {
         Arc::new(GuardedResolver {
             policy: self.clone(),
         })
     }
+}
+
+/// Where every outbound HTTP client of Keyward starts: no environment proxy (it would
+/// bypass the guard) and no redirects (one could carry a credential header to another
+/// host). A unit test checks that no client in `src` is built any other way.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 /// Resolves through the system resolver and keeps only the addresses the policy permits;
@@ -240,6 +261,44 @@ impl reqwest::dns::Resolve for GuardedResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client built anywhere else could honour an environment proxy and skip the guard.
+    #[test]
+    fn every_outbound_client_is_built_from_client_builder() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        assert!(files.len() > 20, "{files:?}");
+        for f in files {
+            if f.ends_with("egress.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&f).unwrap();
+            for needle in [
+                "Client::builder(",
+                "Client::new(",
+                "ClientBuilder::new(",
+                "reqwest::get(",
+                "reqwest::Proxy",
+            ] {
+                assert!(
+                    !text.contains(needle),
+                    "{} builds an HTTP client itself ({needle}); use egress::client_builder",
+                    f.display()
+                );
+            }
+        }
+    }
 
     fn url(s: &str) -> reqwest::Url {
         reqwest::Url::parse(s).unwrap()

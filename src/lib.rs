@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod names;
 pub mod notify;
 pub mod provider_check;
+pub mod redact;
 pub mod server;
 pub mod snapshot;
 pub mod store;

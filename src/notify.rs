@@ -180,7 +180,7 @@ async fn deliver(client: reqwest::Client, hook: Webhook, key_id: String, body: s
                 tracing::warn!(%key_id, status = r.status().as_u16(), attempt, "the notice webhook refused a notice")
             }
             Err(e) => {
-                tracing::warn!(%key_id, error = %e, attempt, "cannot reach the notice webhook")
+                tracing::warn!(%key_id, error = %crate::redact::http_error(&e), attempt, "cannot reach the notice webhook")
             }
         }
         if attempt < ATTEMPTS {
@@ -191,21 +191,24 @@ async fn deliver(client: reqwest::Client, hook: Webhook, key_id: String, body: s
     tracing::error!(%key_id, kind = %body["type"], "an expiry notice could not be delivered; it is not retried");
 }
 
+/// The webhook's HTTP client: timeouts, no redirects, no environment proxy.
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    crate::egress::client_builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
 pub fn spawn(
     cmds: Commands,
     hook: Webhook,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let client = match reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-        {
+        let client = match client() {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "cannot build the notice webhook client; no notices will be sent");
+                tracing::error!(error = %crate::redact::http_error(&e), "cannot build the notice webhook client; no notices will be sent");
                 return;
             }
         };

@@ -50,17 +50,22 @@ pub enum CheckError {
     Request(String),
 }
 
-/// The HTTP client for provider checks: connection pool, timeouts, no redirects, and a
-/// resolver that refuses the addresses the egress policy does not permit.
+/// The HTTP client for provider checks: connection pool, timeouts, no redirects, no
+/// environment proxy, and a resolver that refuses the addresses the egress policy does not
+/// permit.
 pub fn client(policy: &EgressPolicy) -> Result<reqwest::Client, CheckError> {
-    reqwest::Client::builder()
+    policy
+        .client_builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(policy.resolver())
         .user_agent(concat!("keyward/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| CheckError::Request(format!("cannot build the HTTP client: {e}")))
+        .map_err(|e| {
+            CheckError::Request(format!(
+                "cannot build the HTTP client: {}",
+                crate::redact::http_error(&e)
+            ))
+        })
 }
 
 /// The models endpoint of a provider and the headers that carry its credential.

@@ -499,14 +499,8 @@ fn check_passwords(users: &keyward_projections::Users, keyring: &Keyring) {
     }
 }
 
-/// A database URL with any password removed, for messages.
+/// A database URL for messages: its password, in the user info or as `?password=`, and
+/// any query value not known to be plain, replaced by `***`.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+    crate::redact::database_url(url)
 }

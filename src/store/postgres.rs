@@ -86,11 +86,71 @@ pub struct PostgresStore {
     serialise: bool,
 }
 
+/// Query parameters sqlx reads from a PostgreSQL URL.
+const PG_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// The URL without the query parameters sqlx does not know: sqlx logs each of those with
+/// its value ("ignoring unrecognized connect parameter"), and a misspelt `?passwd=` is a
+/// password. Each is left out with a warning that names only the parameter.
+fn known_params_only(url: &str) -> String {
+    let Ok(mut u) = reqwest::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if u.query().is_none() {
+        return url.to_owned();
+    }
+    let known = |k: &str| PG_PARAMS.contains(&k) || k.starts_with("options[");
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| {
+            let keep = known(k);
+            if !keep {
+                let plain = k.len() <= 32
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+                let name = if plain { k.as_ref() } else { "[redacted]" };
+                tracing::warn!(
+                    parameter = name,
+                    "ignoring an unknown parameter of the database URL"
+                );
+            }
+            keep
+        })
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if pairs.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
 impl PostgresStore {
     /// Connects to a `postgres://…` URL and runs the migrations. Several nodes may do so
     /// at once: sqlx's migrator holds an advisory lock of its own while it migrates.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let options = PgConnectOptions::from_str(url)
+        let url = known_params_only(url);
+        let options = PgConnectOptions::from_str(&url)
             .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
         Self::connect_with(options).await
     }
@@ -516,4 +576,25 @@ fn corrupt(seq: u64, e: sqlx::Error) -> StoreError {
 fn to_i64(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v)
         .map_err(|_| StoreError::Unavailable(format!("{v} does not fit PostgreSQL's BIGINT")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_url_parameters_never_reach_sqlx() {
+        assert_eq!(
+            known_params_only("postgres://u@h/db?sslmode=require&passwd=s3cret&application_name=a"),
+            "postgres://u@h/db?sslmode=require&application_name=a"
+        );
+        assert_eq!(
+            known_params_only("postgres://u@h/db?pasword=s3cret"),
+            "postgres://u@h/db"
+        );
+        assert_eq!(
+            known_params_only("postgres://u:p@h/db"),
+            "postgres://u:p@h/db"
+        );
+    }
 }

@@ -279,9 +279,7 @@ async fn manage(ctx: Arc<Ctx>, seed: u64) {
 /// One proxy worker: chat completions with a random live key; counts the 200s.
 async fn traffic(ctx: Arc<Ctx>, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut n = 0u64;
     while !ctx.stop.load(Ordering::Relaxed) {
-        n += 1;
         let pick = {
             let a = ctx.acked.lock();
             (!a.secrets.is_empty()).then(|| a.secrets[rng.gen_range(0..a.secrets.len())].clone())
@@ -294,18 +292,23 @@ async fn traffic(ctx: Arc<Ctx>, seed: u64) {
             .http
             .post(format!("{}/v1/chat/completions", ctx.base))
             .bearer_auth(&secret)
-            .header("x-request-id", format!("crash-{seed}-{n}"))
             .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await;
         let Ok(r) = r else { continue };
         let status = r.status().as_u16();
+        // Keyward's own request id, which its `key.used` records.
+        let id = r
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         // The answer counts once its body has arrived whole.
         if r.bytes().await.is_err() {
             continue;
         }
-        if status == 200 {
-            ctx.acked.lock().answered.push(format!("crash-{seed}-{n}"));
+        if let (200, Some(id)) = (status, id) {
+            ctx.acked.lock().answered.push(id);
         }
     }
 }

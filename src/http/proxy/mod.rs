@@ -80,13 +80,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(config: &Config) -> anyhow::Result<Proxy> {
-        let client = reqwest::Client::builder()
+        // No environment proxy, no redirects, the guard's resolver.
+        let client = config
+            .upstream_allow
+            .client_builder()
             .connect_timeout(config.upstream_connect_timeout)
-            // A redirect could carry the credential header to another host.
-            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .dns_resolver(config.upstream_allow.resolver())
             .build()?;
         let check_client = crate::provider_check::client(&config.upstream_allow)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -736,7 +736,7 @@ impl Ctx<'_> {
                 .await);
             }
             Ok(Err(e)) => {
-                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, error = %e, "the provider could not be reached");
+                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, error = %crate::redact::http_error(&e), "the provider could not be reached");
                 let (err, outcome) = if e.is_timeout() {
                     (
                         ProxyError::upstream_timeout(),
@@ -784,7 +784,7 @@ impl Ctx<'_> {
                 secret,
                 up_started,
             );
-            let mut res = Response::new(Body::from_stream(pump.into_stream()));
+            let mut res = Response::new(Body::from_stream(pump.spawn()));
             *res.status_mut() = status;
             let h = res.headers_mut();
             h.extend(out_headers);
@@ -800,7 +800,12 @@ impl Ctx<'_> {
             return Ok(res);
         }
 
-        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        // The provider's header is passed on only when it holds no secret.
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .filter(|v| upstream::clean_header(v, secret.expose()))
+            .cloned();
         let deadline = up_started + self.proxy().max_duration;
         let body = match read_upstream(resp, self.proxy().idle_timeout, deadline).await {
             Ok(b) => b,
@@ -979,7 +984,7 @@ impl Ctx<'_> {
                 ));
             }
             Ok(Err(e)) => {
-                tracing::warn!(provider_id = %p.provider_id, error = %e, "the provider's model list could not be fetched");
+                tracing::warn!(provider_id = %p.provider_id, error = %crate::redact::http_error(&e), "the provider's model list could not be fetched");
                 return Err((
                     ProxyError::upstream_unavailable(),
                     UsageOutcome::UpstreamUnavailable,
@@ -1002,6 +1007,9 @@ impl Ctx<'_> {
             tracing::info!(provider_id = %p.provider_id, status = status.as_u16(), "the provider refused to list its models");
             return Err(bad());
         }
+        // The ids go to the client: a provider that echoes its credential in one does not
+        // hand it over.
+        let body = upstream::scrub_credential(&body, secret.expose()).map_or(body, Bytes::from);
         upstream::listed_models(&body).ok_or_else(bad)
     }
 }
@@ -1088,7 +1096,7 @@ async fn read_upstream(
             Err(_) => return Err(UsageOutcome::UpstreamTimeout),
             Ok(None) => return Ok(buf.freeze()),
             Ok(Some(Err(e))) => {
-                tracing::warn!(error = %e, "the provider's answer broke off");
+                tracing::warn!(error = %crate::redact::http_error(&e), "the provider's answer broke off");
                 return Err(UsageOutcome::UpstreamUnavailable);
             }
             Ok(Some(Ok(b))) => {

@@ -1,8 +1,14 @@
 //! An incremental parser for server-sent events: bytes go in as the network delivers them,
 //! and whole events come out, each with its raw bytes so that a pass-through can forward it
-//! unchanged. Only the event being received is buffered, never the whole stream.
+//! unchanged. Only the event being received is buffered, never the whole stream, and the
+//! caller bounds that: [`MAX_EVENT_BYTES`] per event.
 
 use bytes::{Bytes, BytesMut};
+
+/// The largest event the proxy holds while waiting for its blank line. A provider's real
+/// events are a few KiB (a tool call's arguments arrive as many small deltas); one that
+/// sends more without ending the event is cut off rather than buffered without bound.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SseEvent {
@@ -44,6 +50,17 @@ impl SseParser {
             }
             self.scanned = nl + 1;
         }
+    }
+
+    /// How many bytes of an unfinished event are held.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Drops whatever is held, when the stream is abandoned.
+    pub fn clear(&mut self) {
+        self.buf = BytesMut::new();
+        self.scanned = 0;
     }
 
     /// Whatever remains when the stream ends without a final blank line.

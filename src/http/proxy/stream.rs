@@ -1,24 +1,43 @@
 //! The response body of a streamed request: provider chunks in, SSE events out, one at a
 //! time, with the usage followed along the way and one `key.used` recorded at the end.
 //!
+//! A task of its own owns the provider's stream and hands events to the client's body
+//! through a short queue. The client's pace therefore cannot hold the provider's stream
+//! open: a client that stops reading fills the queue, and at `upstream_max_duration` the
+//! task records the use, drops the provider's connection and ends, whether or not the
+//! client ever reads again.
+//!
 //! The event is recorded before the body's end is sent, so a client that has seen the
 //! whole response knows its use is queued. If the body is dropped first (the client went
-//! away), the [`Meter`] records `client_closed` with the tokens seen so far.
+//! away), the task notices, and the [`Meter`] records `client_closed` with the tokens seen
+//! so far.
+//!
+//! Every byte that reaches the client passes the credential scrub: data, comments,
+//! `event:`/`id:`/`retry:` lines and `[DONE]` alike (the scrub works on whole events, so a
+//! credential split across two network chunks is still found).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use keyward_events::UsageOutcome;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::Meter;
 use super::anthropic::{self, StreamMeter, StreamTranslator};
-use super::sse::{SseEvent, SseParser, data_event, named_event};
+use super::sse::{MAX_EVENT_BYTES, SseEvent, SseParser, data_event, named_event};
 use super::upstream::{Tokens, scrub, scrub_credential};
 use crate::crypto::ProviderSecret;
+
+/// How many events wait for a client that reads slowly. Past that the task waits too, until
+/// the deadline; with [`MAX_EVENT_BYTES`] per event this bounds what one stream holds.
+const QUEUED_EVENTS: usize = 16;
 
 pub type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
@@ -44,7 +63,7 @@ struct OpenAiMeter {
 pub struct Pump {
     upstream: Upstream,
     idle: Duration,
-    /// The answer is cut off here even if chunks keep coming.
+    /// The answer is cut off here even if chunks keep coming, or the client stops reading.
     deadline: Instant,
     parser: SseParser,
     mode: Mode,
@@ -54,12 +73,55 @@ pub struct Pump {
     outcome: Option<UsageOutcome>,
     /// The provider sent an error event inside the stream.
     upstream_error: bool,
-    /// The stream was cut off at the deadline, not for a pause.
-    overran: bool,
     credential: ProviderSecret,
     upstream_started: Instant,
     upstream_latency: Option<Duration>,
     meter: Meter,
+}
+
+/// Why a stream ends early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    /// The provider sent nothing for longer than the idle timeout.
+    Idle,
+    /// The answer ran past the maximum duration (the provider kept sending, or the client
+    /// stopped reading).
+    Overran,
+    /// The provider's stream broke off or ended before it was complete.
+    BrokeOff,
+    /// The provider sent an event larger than [`MAX_EVENT_BYTES`].
+    Oversized,
+}
+
+impl Cut {
+    fn outcome(self) -> UsageOutcome {
+        match self {
+            Cut::Idle | Cut::Overran => UsageOutcome::UpstreamTimeout,
+            Cut::BrokeOff => UsageOutcome::UpstreamUnavailable,
+            Cut::Oversized => UsageOutcome::UpstreamError,
+        }
+    }
+
+    fn code_and_message(self) -> (&'static str, &'static str) {
+        match self {
+            Cut::Overran => (
+                "upstream_timeout",
+                "the provider's answer ran past the maximum duration",
+            ),
+            Cut::Idle => (
+                "upstream_timeout",
+                "the provider stopped sending for longer than the idle timeout",
+            ),
+            Cut::BrokeOff => (
+                "upstream_unavailable",
+                "the provider's stream broke off before it was complete",
+            ),
+            Cut::Oversized => (
+                "upstream_invalid_response",
+                "the provider sent a stream event larger than 1 MiB; the stream was cut off",
+            ),
+        }
+    }
 }
 
 impl Pump {
@@ -83,7 +145,6 @@ impl Pump {
             out: VecDeque::new(),
             outcome: None,
             upstream_error: false,
-            overran: false,
             credential,
             upstream_started,
             upstream_latency: None,
@@ -91,10 +152,28 @@ impl Pump {
         }
     }
 
-    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
-        futures::stream::unfold(self, |mut p| async move {
-            let b = p.next().await?;
-            Some((Ok(b), p))
+    /// Starts the task that owns the provider's stream, and returns the client's body. The
+    /// body ends with an error (the client's connection is aborted rather than ended
+    /// cleanly) when the stream was cut off and its error event could not be queued.
+    pub fn spawn(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+        let (tx, rx) = mpsc::channel(QUEUED_EVENTS);
+        let cut = Arc::new(AtomicBool::new(false));
+        tokio::spawn(
+            self.run(tx, cut.clone())
+                .instrument(tracing::Span::current()),
+        );
+        futures::stream::unfold(Some((rx, cut)), |state| async move {
+            let (mut rx, cut) = state?;
+            match rx.recv().await {
+                Some(b) => Some((Ok(b), Some((rx, cut)))),
+                None if cut.load(Ordering::Acquire) => Some((
+                    Err(std::io::Error::other(
+                        "the stream was cut off at the maximum duration",
+                    )),
+                    None,
+                )),
+                None => None,
+            }
         })
     }
 
@@ -109,77 +188,127 @@ impl Pump {
         }
     }
 
-    async fn next(&mut self) -> Option<Bytes> {
+    /// The task: reads the provider, queues events for the client, records the use. Ends
+    /// at the latest at the deadline, whatever the client does.
+    async fn run(mut self, tx: mpsc::Sender<Bytes>, cut: Arc<AtomicBool>) {
+        let deadline = tokio::time::Instant::from_std(self.deadline);
         loop {
             if let Some(b) = self.out.pop_front() {
-                return Some(b);
+                match tokio::time::timeout_at(deadline, tx.send(b)).await {
+                    Ok(Ok(())) => continue,
+                    // The client went away: dropping the meter records `client_closed`.
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        self.cut_off_unread(&tx, &cut).await;
+                        return;
+                    }
+                }
             }
             if let Some(outcome) = self.outcome {
                 let tokens = self.tokens();
                 self.meter
                     .record(outcome, 200, tokens, self.upstream_latency)
                     .await;
-                return None;
+                return;
             }
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(self.idle.min(left), self.upstream.next()).await {
-                Err(_) if left <= self.idle => {
-                    tracing::warn!("the provider's stream ran past the maximum duration");
-                    self.overran = true;
-                    self.fail(UsageOutcome::UpstreamTimeout);
-                }
-                Err(_) => self.fail(UsageOutcome::UpstreamTimeout),
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "the provider's stream broke off");
-                    self.fail(UsageOutcome::UpstreamUnavailable);
-                }
-                Ok(None) => {
-                    if let Some(ev) = self.parser.finish() {
-                        self.handle(ev);
-                    }
-                    self.upstream_latency = Some(self.upstream_started.elapsed());
-                    let complete = match &self.mode {
-                        Mode::AnthropicToOpenAi(t) => t.done,
-                        _ => true,
-                    };
-                    if self.upstream_error {
-                        self.outcome = Some(UsageOutcome::UpstreamError);
-                    } else if complete {
-                        self.outcome = Some(UsageOutcome::Success);
-                    } else {
-                        self.fail(UsageOutcome::UpstreamUnavailable);
-                    }
-                }
-                Ok(Some(Ok(chunk))) => {
-                    self.parser.push(&chunk);
-                    while let Some(ev) = self.parser.next_event() {
-                        self.handle(ev);
-                    }
-                }
+            tokio::select! {
+                biased;
+                () = tx.closed() => return,
+                () = self.step() => {}
             }
-            self.meter.tokens_so_far = self.tokens();
-            self.meter.upstream_so_far = Some(self.upstream_started.elapsed());
         }
     }
 
+    /// The deadline passed while the client left events unread: the stream ends here, the
+    /// provider's connection is dropped with the task, and the use is recorded now.
+    async fn cut_off_unread(&mut self, tx: &mpsc::Sender<Bytes>, cut: &AtomicBool) {
+        tracing::warn!(
+            "the client did not read the stream before the maximum duration; it is cut off"
+        );
+        self.out.clear();
+        self.parser.clear();
+        self.outcome = None;
+        self.fail(Cut::Overran);
+        let queued = self
+            .out
+            .pop_front()
+            .is_some_and(|ev| tx.try_send(ev).is_ok());
+        if !queued {
+            cut.store(true, Ordering::Release);
+        }
+        let tokens = self.tokens();
+        self.meter
+            .record(
+                UsageOutcome::UpstreamTimeout,
+                200,
+                tokens,
+                self.upstream_latency,
+            )
+            .await;
+    }
+
+    /// Waits for the provider's next chunk (or its end, or a timeout) and handles it.
+    async fn step(&mut self) {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(self.idle.min(left), self.upstream.next()).await {
+            Err(_) if left <= self.idle => {
+                tracing::warn!("the provider's stream ran past the maximum duration");
+                self.fail(Cut::Overran);
+            }
+            Err(_) => self.fail(Cut::Idle),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %crate::redact::http_error(&e), "the provider's stream broke off");
+                self.fail(Cut::BrokeOff);
+            }
+            Ok(None) => {
+                if let Some(ev) = self.parser.finish() {
+                    self.handle(ev);
+                }
+                self.upstream_latency = Some(self.upstream_started.elapsed());
+                let complete = match &self.mode {
+                    Mode::AnthropicToOpenAi(t) => t.done,
+                    _ => true,
+                };
+                if self.upstream_error {
+                    self.outcome = Some(UsageOutcome::UpstreamError);
+                } else if complete {
+                    self.outcome = Some(UsageOutcome::Success);
+                } else {
+                    self.fail(Cut::BrokeOff);
+                }
+            }
+            Ok(Some(Ok(chunk))) => {
+                self.parser.push(&chunk);
+                while let Some(ev) = self.parser.next_event() {
+                    if ev.raw.len() > MAX_EVENT_BYTES {
+                        self.oversized();
+                        break;
+                    }
+                    self.handle(ev);
+                }
+                if self.outcome.is_none() && self.parser.pending() > MAX_EVENT_BYTES {
+                    self.oversized();
+                }
+            }
+        }
+        self.meter.tokens_so_far = self.tokens();
+        self.meter.upstream_so_far = Some(self.upstream_started.elapsed());
+    }
+
+    fn oversized(&mut self) {
+        tracing::warn!(
+            limit = MAX_EVENT_BYTES,
+            "the provider sent a stream event larger than the limit; the stream is cut off"
+        );
+        self.parser.clear();
+        self.fail(Cut::Oversized);
+    }
+
     /// Ends the stream with an error event in the client's dialect.
-    fn fail(&mut self, outcome: UsageOutcome) {
+    fn fail(&mut self, why: Cut) {
         self.upstream_latency = Some(self.upstream_started.elapsed());
-        self.outcome = Some(outcome);
-        let (code, message) = match outcome {
-            UsageOutcome::UpstreamTimeout if self.overran => (
-                "upstream_timeout",
-                "the provider's answer ran past the maximum duration",
-            ),
-            UsageOutcome::UpstreamTimeout => (
-                "upstream_timeout",
-                "the provider stopped sending for longer than the idle timeout",
-            ),
-            _ => (
-                "upstream_unavailable",
-                "the provider's stream broke off before it was complete",
-            ),
-        };
+        self.outcome = Some(why.outcome());
+        let (code, message) = why.code_and_message();
         let ev = match self.mode {
             Mode::Anthropic => named_event(
                 "error",
@@ -205,7 +334,9 @@ impl Pump {
             Mode::OpenAi { strip_usage } => {
                 let strip = *strip_usage;
                 if ev.data.is_empty() || ev.data == "[DONE]" {
-                    self.out.push_back(ev.raw);
+                    // Comments, `event:`/`id:`/`retry:`-only events and `[DONE]` are the
+                    // provider's bytes too: scrubbed like any other.
+                    self.push_clean(ev.raw);
                     return;
                 }
                 let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);

@@ -280,12 +280,7 @@ pub fn default_max_tokens(p: &ProviderRecord) -> u64 {
 /// Upstream response headers passed on to the client: a few informational ones, and
 /// none that carries the credential or a key, whatever the provider put in it.
 pub fn response_headers(upstream: &HeaderMap, out: &mut HeaderMap, credential: &str) {
-    let clean = |v: &HeaderValue| {
-        let b = v.as_bytes();
-        memchr::memmem::find(b, b"kw_").is_none()
-            && (credential.len() < MIN_CREDENTIAL
-                || memchr::memmem::find(b, credential.as_bytes()).is_none())
-    };
+    let clean = |v: &HeaderValue| clean_header(v, credential);
     for name in ["openai-processing-ms", "openai-version"] {
         if let Some(v) = upstream.get(name).filter(|v| clean(v)) {
             out.insert(HeaderName::from_static(name), v.clone());
@@ -298,6 +293,15 @@ pub fn response_headers(upstream: &HeaderMap, out: &mut HeaderMap, credential: &
     {
         out.insert(HeaderName::from_static("x-upstream-request-id"), v.clone());
     }
+}
+
+/// Whether a provider's header value may reach the client: it holds neither the credential
+/// nor anything `kw_`.
+pub fn clean_header(v: &HeaderValue, credential: &str) -> bool {
+    let b = v.as_bytes();
+    memchr::memmem::find(b, b"kw_").is_none()
+        && (credential.len() < MIN_CREDENTIAL
+            || memchr::memmem::find(b, credential.as_bytes()).is_none())
 }
 
 const REDACTED: &[u8] = b"[redacted]";

@@ -2,7 +2,9 @@
 //! every failure path is driven (bad input on every management route, in the path, the
 //! query and the body; refused and malformed proxy calls; a provider that answers 4xx and
 //! 5xx echoing the credential and the client's body in its body and headers; a provider
-//! that refuses a credential at registration; a panicking handler). Then no canary may
+//! that refuses a credential at registration; a panicking handler; streamed answers, OpenAI
+//! and Anthropic, passed through and translated, that echo the credential in every kind of
+//! SSE line, with CRLF endings and split across two network chunks). Then no canary may
 //! appear in any log line (at TRACE, every crate), any response body or header after the
 //! one that created it, any stored event, `/metrics`, or the audit export.
 
@@ -12,8 +14,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
 use axum::response::IntoResponse;
+use futures::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -21,6 +24,8 @@ use tower::ServiceExt;
 use crate::proxy::{CLIENT, Gw, Reply, chat};
 
 const PROVIDER_CANARY: &str = "sk-canary-PROVIDERqZ7xW2vK9mT4nR8bL3";
+/// The credential of the Anthropic provider, whose streams are passed through and translated.
+const ANTHROPIC_CANARY: &str = "sk-ant-canary-ANTHROPICpQ4sD8fG1hJ6kL";
 /// The echo provider refuses a credential containing `refused`.
 const REFUSED_CANARY: &str = "sk-canary-refusedHj5Yt8Wq2Zx6Lp9Mn4";
 const MODELS: &[&str] = &[
@@ -44,7 +49,7 @@ impl Write for Buf {
 /// A provider that echoes whatever credential it was sent, and the client's body, in its
 /// error bodies and in response headers. The model picks the status.
 async fn echo_provider() -> std::net::SocketAddr {
-    let app = Router::new().fallback(|method: Method, headers: HeaderMap, body: Bytes| async move {
+    let app = Router::new().fallback(|method: Method, uri: Uri, headers: HeaderMap, body: Bytes| async move {
         let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
         let cred = [h("authorization"), h("x-api-key"), h("api-key")]
             .into_iter()
@@ -63,13 +68,19 @@ async fn echo_provider() -> std::net::SocketAddr {
             String::from_utf8_lossy(&body)
         );
         let error = json!({"error": {"message": msg, "type": "invalid_request_error", "code": "invalid_api_key", "param": cred}});
+        // Set after the JSON body's own, so it replaces it.
+        let content_type = [("content-type", format!("application/json; profile=\"{cred}\""))];
         if method == Method::GET {
             if cred.contains("refused") {
-                return (StatusCode::UNAUTHORIZED, echo, axum::Json(error)).into_response();
+                return (StatusCode::UNAUTHORIZED, echo, content_type, axum::Json(error)).into_response();
             }
             return (
                 echo,
-                axum::Json(json!({"object": "list", "data": [{"id": "echo-ok", "object": "model"}]})),
+                content_type,
+                axum::Json(json!({"object": "list", "data": [
+                    {"id": "echo-ok", "object": "model"},
+                    {"id": format!("echo-{cred}"), "object": "model"},
+                ]})),
             )
                 .into_response();
         }
@@ -79,13 +90,21 @@ async fn echo_provider() -> std::net::SocketAddr {
         // the credential is what it must never carry back.
         let said = format!("the key I was called with is {cred}");
         if model == "echo-sse" {
-            let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "model": "echo-sse",
-                "choices": [{"index": 0, "delta": {"content": said}, "finish_reason": null}]});
-            let sse = format!("data: {chunk}\n\ndata: {error}\n\ndata: [DONE]\n\n");
+            let chunks = if uri.path().ends_with("/messages") {
+                anthropic_stream(&cred)
+            } else {
+                openai_stream(&cred, &said, &error)
+            };
+            // Each part a network chunk of its own, a moment apart: the credential is split
+            // between two of them.
+            let body = futures::stream::iter(chunks).then(|c| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                Ok::<_, std::convert::Infallible>(Bytes::from(c))
+            });
             return (
                 [("content-type", "text/event-stream")],
                 echo,
-                sse,
+                Body::from_stream(body),
             )
                 .into_response();
         }
@@ -94,9 +113,10 @@ async fn echo_provider() -> std::net::SocketAddr {
             .and_then(|s| s.parse::<u16>().ok())
             .and_then(|s| StatusCode::from_u16(s).ok());
         match status {
-            Some(s) => (s, echo, axum::Json(error)).into_response(),
+            Some(s) => (s, echo, content_type, axum::Json(error)).into_response(),
             None => (
                 echo,
+                content_type,
                 axum::Json(json!({"id": "c1", "object": "chat.completion", "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": said}, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})),
@@ -110,6 +130,73 @@ async fn echo_provider() -> std::net::SocketAddr {
         let _ = axum::serve(l, app).await;
     });
     addr
+}
+
+/// An OpenAI stream with the credential in every kind of line: a comment, `event:`, `id:`
+/// and `retry:` lines (alone and in an event with data), `data:`, an error event, a comment
+/// before `[DONE]`; LF and CRLF endings; and once split across two network chunks.
+fn openai_stream(cred: &str, said: &str, error: &Value) -> Vec<String> {
+    let chunk = |content: &str| {
+        json!({"id": "c1", "object": "chat.completion.chunk", "model": "echo-sse",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]})
+        .to_string()
+    };
+    let split = chunk(&format!("again: {cred}"));
+    // The middle of the credential, where the canary check's own needle is taken from.
+    let at = split.find(cred).unwrap() + cred.len() / 2;
+    vec![
+        format!(": keep-alive {cred}\n\n"),
+        format!(": {cred}\r\n\r\n"),
+        format!("event: {cred}\n\n"),
+        format!("id: {cred}\r\nretry: {cred}\r\n\r\n"),
+        format!("retry: {cred}\n\n"),
+        format!("event: delta\nid: {cred}\ndata: {}\n\n", chunk(said)),
+        format!("data: {}\r\n\r\n", chunk(said)),
+        format!("data: {}", &split[..at]),
+        format!("{}\n\n", &split[at..]),
+        format!("data: {error}\n\n"),
+        format!(": {cred}\ndata: [DONE]\n\n"),
+        format!("id: {cred}\n"),
+    ]
+}
+
+/// An Anthropic stream, complete, with the credential in comments, `id:` and `retry:`
+/// lines, in a text delta split across two network chunks, and CRLF endings.
+fn anthropic_stream(cred: &str) -> Vec<String> {
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let delta = ev(
+        "content_block_delta",
+        json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": format!("the key I was called with is {cred}")}}),
+    );
+    let at = delta.find(cred).unwrap() + cred.len() / 2;
+    vec![
+        format!(": {cred}\n\n"),
+        format!(
+            "event: message_start\r\ndata: {}\r\n\r\n",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                "model": "echo-sse", "content": [], "usage": {"input_tokens": 1, "output_tokens": 0}}})
+        ),
+        format!("id: {cred}\nevent: ping\ndata: {{\"type\":\"ping\"}}\n\n"),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        delta[..at].to_owned(),
+        delta[at..].to_owned(),
+        format!("retry: {cred}\n\n"),
+        format!("event: {cred}\n\n"),
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        ev(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}),
+        ),
+        ev("message_stop", json!({"type": "message_stop"})),
+        format!(": {cred}\n"),
+    ]
 }
 
 /// Everything a client saw, by the request that got it: status, headers and body.
@@ -268,6 +355,117 @@ async fn no_secret_reaches_logs_responses_events_metrics_or_the_export() {
     assert_eq!(r.status, 500);
     let r = send(&app, request(Method::GET, "/v1/models", &gateway, None)).await;
     seen.add("models", &r);
+    // A provider with no model list of its own: `/v1/models` asks it, and it lists a model
+    // named after its credential.
+    let body = json!({"name": "echo-lists", "kind": "openai", "base_url": format!("http://{echo}/v1"),
+        "api_key": PROVIDER_CANARY});
+    let r = send(
+        &app,
+        request(
+            Method::POST,
+            "/api/v1/providers",
+            &admin,
+            Some(body.to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    seen.add("create listing provider", &r);
+    let lister = r.json()["id"].as_str().unwrap().to_owned();
+    let r = send(
+        &app,
+        request(
+            Method::POST,
+            "/api/v1/keys",
+            &admin,
+            Some(json!({"name": "canary-lister", "provider_id": lister, "expires_in": "1d", "scopes": ["read"]}).to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let lister_key = r.json()["secret"].as_str().unwrap().to_owned();
+    let r = send(&app, request(Method::GET, "/v1/models", &lister_key, None)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("echo-[redacted]"), "{}", r.text());
+    seen.add("models listed by the provider", &r);
+
+    // Streams with the credential in every kind of SSE line: OpenAI passed through (with and
+    // without the usage chunk asked for), Anthropic passed through, Anthropic translated.
+    let body = json!({"name": "echo-anthropic", "kind": "anthropic", "base_url": format!("http://{echo}"),
+        "api_key": ANTHROPIC_CANARY, "models": ["echo-sse"]});
+    let r = send(
+        &app,
+        request(
+            Method::POST,
+            "/api/v1/providers",
+            &admin,
+            Some(body.to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    seen.add("create anthropic provider", &r);
+    let anthropic_id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = send(
+        &app,
+        request(
+            Method::POST,
+            "/api/v1/keys",
+            &admin,
+            Some(json!({"name": "canary-anthropic", "provider_id": anthropic_id, "expires_in": "1d", "scopes": ["chat"]}).to_string()),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let anthropic_key = r.json()["secret"].as_str().unwrap().to_owned();
+    let messages = json!([{"role": "user", "content": "Hello"}]);
+    let streamed = [
+        (
+            "openai stream",
+            gateway.as_str(),
+            "/v1/chat/completions",
+            json!({"model": "echo-sse", "stream": true, "messages": messages}),
+            "[DONE]",
+        ),
+        (
+            "openai stream with usage",
+            gateway.as_str(),
+            "/v1/chat/completions",
+            json!({"model": "echo-sse", "stream": true, "stream_options": {"include_usage": true}, "messages": messages}),
+            "[DONE]",
+        ),
+        (
+            "anthropic stream",
+            anthropic_key.as_str(),
+            "/v1/messages",
+            json!({"model": "echo-sse", "max_tokens": 10, "stream": true, "messages": messages}),
+            "message_stop",
+        ),
+        (
+            "anthropic translated stream",
+            anthropic_key.as_str(),
+            "/v1/chat/completions",
+            json!({"model": "echo-sse", "stream": true, "messages": messages}),
+            "[DONE]",
+        ),
+    ];
+    for (what, key, path, body, end) in streamed {
+        let r = send(
+            &app,
+            request(Method::POST, path, key, Some(body.to_string())),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/event-stream"),
+            "{what}"
+        );
+        // The stream came whole, and the credential was in it to be scrubbed.
+        assert!(r.text().contains(end), "{what}: {}", r.text());
+        assert!(r.text().contains("[redacted]"), "{what}: {}", r.text());
+        seen.add(what, &r);
+    }
 
     // Refused and malformed proxy calls.
     let mut flipped = gateway.clone().into_bytes();
@@ -471,8 +669,11 @@ async fn no_secret_reaches_logs_responses_events_metrics_or_the_export() {
     assert!(logs.contains("TRACE"), "no trace-level line was captured");
     for canary in [
         gateway.as_str(),
+        anthropic_key.as_str(),
+        lister_key.as_str(),
         admin.as_str(),
         PROVIDER_CANARY,
+        ANTHROPIC_CANARY,
         REFUSED_CANARY,
     ] {
         for needle in needles(canary) {

@@ -11,3 +11,4 @@ mod restrictions;
 mod smuggling;
 mod ssrf;
 mod token_totals;
+mod way_out;
