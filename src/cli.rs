@@ -1,4 +1,5 @@
-//! The command line: `serve`, `bootstrap`, `migrate`, `audit`, `keys` and `providers`.
+//! The command line: `serve`, `bootstrap`, `migrate`, `audit`, `keys`, `providers` and the
+//! test tool `mock-provider`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -62,6 +63,14 @@ pub enum Command {
     Providers {
         #[command(subcommand)]
         command: ProvidersCommand,
+    },
+    /// A test tool: a mock OpenAI- and Anthropic-compatible provider with canned answers
+    /// (chat, streamed or not, embeddings, models, messages, with usage), on loopback only,
+    /// to try Keyward with no internet. No model runs.
+    MockProvider {
+        /// A loopback address and port.
+        #[arg(long, default_value = crate::mock_provider::DEFAULT_LISTEN)]
+        listen: String,
     },
 }
 
@@ -168,6 +177,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 "created admin key {} for {username}; the secret above is shown only once",
                 b.key_id
             );
+            Ok(0)
+        }
+        Command::MockProvider { listen } => {
+            crate::mock_provider::run(&listen).await?;
             Ok(0)
         }
         Command::Openapi => {
