@@ -53,9 +53,7 @@ const DIMENSIONS: usize = 16;
 /// Why the mock did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MockError {
-    #[error(
-        "--listen {0:?} is not an address: give a loopback IP and port, e.g. {DEFAULT_LISTEN}"
-    )]
+    #[error("--listen {0:?} is not an address: give a loopback IP and port, e.g. {DEFAULT_LISTEN}")]
     NotAnAddress(String),
     #[error(
         "--listen {0}: the mock provider is a test tool and listens on loopback only \
@@ -186,7 +184,10 @@ fn completion_tokens() -> u64 {
 fn json_response(status: StatusCode, v: &Value) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         v.to_string(),
     )
         .into_response()
@@ -223,7 +224,13 @@ fn has_bearer(h: &HeaderMap) -> bool {
     bearer || !header_str(h, "api-key").is_empty()
 }
 
-fn openai_error(status: StatusCode, kind: &str, code: Option<&str>, param: Option<&str>, message: &str) -> Response {
+fn openai_error(
+    status: StatusCode,
+    kind: &str,
+    code: Option<&str>,
+    param: Option<&str>,
+    message: &str,
+) -> Response {
     json_response(
         status,
         &json!({"error": {"message": message, "type": kind, "param": param, "code": code}}),
@@ -348,7 +355,10 @@ async fn chat(headers: HeaderMap, body: Bytes) -> Response {
         }
         format!("data: {c}\n\n")
     };
-    let mut frames = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut frames = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     frames.extend(reply_chunks().map(|w| chunk(json!({"content": w}), Value::Null)));
     frames.push(chunk(json!({}), json!("stop")));
     if include_usage {
