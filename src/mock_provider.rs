@@ -116,11 +116,25 @@ pub async fn run(listen: &str) -> Result<(), anyhow::Error> {
     let addr = listener.local_addr()?;
     eprintln!("{}", banner(addr));
     axum::serve(listener, router())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(stopped())
         .await?;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM: the mock stops and exits 0, like `serve`.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The mock's routes.

@@ -980,7 +980,7 @@ async fn browser_flows() {
             std::env::var("CI").as_deref() != Ok("true"),
             "CI must run the browser flows: {why}"
         );
-        eprintln!("skipping the browser flows: {why}");
+        crate::skip::skipped("ui::browser_flows", &why);
         return;
     }
     let c = Console::start().await;
