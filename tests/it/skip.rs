@@ -24,9 +24,12 @@ pub fn ci() -> bool {
 
 /// Records that `test` did not run, and why.
 pub fn skipped(test: &str, reason: &str) {
+    skipped_to(&log_path(), test, reason);
+}
+
+fn skipped_to(path: &std::path::Path, test: &str, reason: &str) {
     let line = format!("SKIPPED: {test}: {}", reason.replace('\n', " "));
     eprintln!("{line}");
-    let path = log_path();
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -34,7 +37,7 @@ pub fn skipped(test: &str, reason: &str) {
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
+        .open(path)
     {
         let _ = f.write_all(format!("{line}\n").as_bytes());
     }
@@ -43,4 +46,26 @@ pub fn skipped(test: &str, reason: &str) {
 /// The running test's name (`module::test`), from the thread the harness names after it.
 pub fn current_test() -> String {
     std::thread::current().name().unwrap_or("a test").to_owned()
+}
+
+#[test]
+fn a_skip_is_one_line_in_the_log_that_scripts_test_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sub/test-skips.log");
+    skipped_to(&log, "pg::a", "PostgreSQL at x is unreachable\n(refused)");
+    skipped_to(&log, "ui::browser_flows", "node is missing");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text,
+        "SKIPPED: pg::a: PostgreSQL at x is unreachable (refused)\n\
+         SKIPPED: ui::browser_flows: node is missing\n"
+    );
+    // scripts/test counts the lines that start with the marker.
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test")).unwrap();
+    assert!(
+        script.contains("grep -c '^SKIPPED: '"),
+        "scripts/test no longer counts skips"
+    );
+    assert!(script.contains("KEYWARD_SKIP_LOG"));
 }
