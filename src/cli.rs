@@ -282,6 +282,14 @@ async fn reseal(state: &crate::AppState) -> anyhow::Result<(usize, u32)> {
     Ok((stale.len(), current))
 }
 
+/// A key owner's username as of the replayed state; the user id if the user is unknown.
+fn owner_name(state: &State, id: &str) -> String {
+    state
+        .users
+        .get(id)
+        .map_or_else(|| id.to_owned(), |u| u.username.clone())
+}
+
 fn print_expiring(
     state: &State,
     now: crate::time::Timestamp,
@@ -296,12 +304,7 @@ fn print_expiring(
         .filter(|k| ends_at(k) <= until)
         .collect();
     keys.sort_by(|a, b| ends_at(a).cmp(&ends_at(b)).then(a.key_id().cmp(b.key_id())));
-    let owner = |id: &str| {
-        state
-            .users
-            .get(id)
-            .map_or_else(|| id.to_owned(), |u| u.username.clone())
-    };
+    let owner = |id: &str| owner_name(state, id);
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => {
@@ -399,7 +402,18 @@ async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Res
             let state = crate::history::replay(store.as_ref(), as_of).await?;
             let at = match as_of {
                 AsOf::Time(t) => t,
-                AsOf::Seq(_) => chrono::Utc::now(),
+                // The whole log: the table now.
+                AsOf::Seq(u64::MAX) => chrono::Utc::now(),
+                // Up to a seq: the table when that event was written, so statuses are
+                // those it had then.
+                AsOf::Seq(_) => match state.head.seq {
+                    0 => chrono::Utc::now(),
+                    n => store
+                        .read_from(n - 1, 1)
+                        .await?
+                        .first()
+                        .map_or_else(chrono::Utc::now, |e| e.occurred_at),
+                },
             };
             print_keys(&state, at, format)?;
             Ok(0)
@@ -451,7 +465,8 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
                 .iter()
                 .map(|k| {
                     json!({
-                        "key_id": k.key_id(), "name": k.name(), "owner_id": k.owner_id(), "prefix": k.prefix(),
+                        "key_id": k.key_id(), "name": k.name(), "owner_id": k.owner_id(),
+                        "owner": owner_name(state, k.owner_id()), "prefix": k.prefix(),
                         "status": k.status(at), "expires_at": crate::time::format(&k.expires_at),
                         "scopes": k.scopes(), "provider_ids": k.provider_ids().collect::<Vec<_>>(),
                     })
@@ -474,7 +489,7 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
             )?;
             writeln!(
                 out,
-                "{:<31} {:<24} {:<31} {:<8} {:<27} PREFIX",
+                "{:<31} {:<24} {:<16} {:<8} {:<27} PREFIX",
                 "KEY", "NAME", "OWNER", "STATUS", "EXPIRES"
             )?;
             for k in keys {
@@ -485,12 +500,13 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
                     KeyStatus::Deleted => "deleted",
                 };
                 let name: String = k.name().chars().take(24).collect();
+                let who: String = owner_name(state, k.owner_id()).chars().take(16).collect();
                 writeln!(
                     out,
-                    "{:<31} {:<24} {:<31} {:<8} {:<27} {}",
+                    "{:<31} {:<24} {:<16} {:<8} {:<27} {}",
                     k.key_id(),
                     name,
-                    k.owner_id(),
+                    who,
                     status,
                     crate::time::format(&k.expires_at),
                     k.prefix()
