@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::config::{Config, GlobalArgs, ServeArgs};
 use crate::notify::ends_at;
+use crate::provider_check::count;
 use crate::store::{self, EventFilter, EventStore};
 
 #[derive(Debug, Parser)]
@@ -191,7 +192,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let config = Config::resolve(&cli.global, &ServeArgs::default())?;
             let store = open(&config).await?;
             let head = store.head().await?;
-            println!("migrations applied; the log holds {} events", head.seq);
+            println!(
+                "migrations applied; the log holds {}",
+                count(head.seq as usize, "event", "events")
+            );
             Ok(0)
         }
         Command::Audit { command } => {
@@ -449,8 +453,10 @@ async fn verify(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>) -> anyh
         return Ok(1);
     }
     println!(
-        "ok: {} events verified; head seq {} hash {}",
-        report.checked, report.head.seq, report.head.hash
+        "ok: {} verified; head seq {} hash {}",
+        count(report.checked as usize, "event", "events"),
+        report.head.seq,
+        report.head.hash
     );
     Ok(0)
 }
