@@ -34,6 +34,7 @@ one() { # label binary
     w=$(mktemp -d /tmp/keyward-ab.XXXXXX)
     "$MOCK" mock-provider --listen "127.0.0.1:$MOCK_PORT" 2>/dev/null &
     mock=$!
+    wait_http "http://127.0.0.1:$MOCK_PORT/healthz"
     KEYWARD_DATA_DIR=$w/d KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=warn \
         KEYWARD_UPSTREAM_ALLOW=127.0.0.0/8 "$2" serve >"$w/keyward.log" 2>&1 &
     kw=$!

@@ -58,7 +58,7 @@ trap cleanup EXIT
 # ---- the mock upstream: `keyward mock-provider`, the built-in test tool ----
 "$BIN/keyward" mock-provider --listen "127.0.0.1:$MOCK_PORT" 2>"$WORK/mock.log" &
 PIDS+=($!)
-wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
+wait_http "http://127.0.0.1:$MOCK_PORT/healthz"
 
 # ---- nginx ----
 mkdir -p "$WORK/nginx"
@@ -90,7 +90,7 @@ http {
 }
 CONF
 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK/nginx" -e "$WORK/nginx/error.log"
-wait_http "http://127.0.0.1:$NGINX_PORT/v1/models"
+wait_http "http://127.0.0.1:$NGINX_PORT/healthz"
 
 # ---- Keyward ----
 DATA=$WORK/keyward-data
@@ -116,7 +116,9 @@ KW_ANSWERED=0
 # with errors in it measures nothing.
 run() {
     local target=$1 name=$2; shift 2
-    local auth=()
+    # The mock wants a credential, as a provider does: the provider's for direct and nginx
+    # (the one Keyward's provider record holds), the Keyward key for Keyward.
+    local auth=(-H "Authorization: Bearer sk-bench")
     [[ $target == keyward ]] && auth=(-H "Authorization: Bearer $SECRET")
     if ! oha --no-tui --output-format json --wait-ongoing-requests-after-deadline \
         -z "${DUR:-${SECONDS_PER}s}" -m POST -T application/json -d "$BODY" "${auth[@]}" "$@" \

@@ -25,6 +25,7 @@ W=$(mktemp -d /tmp/keyward-instr.XXXXXX)
 "$MOCK" mock-provider --listen "127.0.0.1:$MOCK_PORT" 2>/dev/null &
 MOCK_PID=$!
 trap 'kill $MOCK_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+wait_http "http://127.0.0.1:$MOCK_PORT/healthz"
 KEYWARD_DATA_DIR=$W/d KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=warn \
     KEYWARD_UPSTREAM_ALLOW=127.0.0.0/8 valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$W/callgrind.out" "$BIN" serve >"$W/keyward.log" 2>&1 &

@@ -14,6 +14,9 @@
 //! - `POST /v1/messages`: an Anthropic message, or with `"stream": true` Anthropic's event
 //!   sequence (`message_start` … `message_stop`).
 //!
+//! `GET /healthz` answers `{"status":"ok"}` without a credential, for scripts that wait
+//! for it to start.
+//!
 //! Every answer has a usage block: about one token per four characters of the input, and
 //! one per word of the canned reply (one per streamed content chunk). A request without a
 //! credential gets the provider's 401; a body that is not JSON, or lacks `model` (or
@@ -144,6 +147,7 @@ pub fn router() -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(messages))
+        .route("/healthz", get(healthz))
         .fallback(not_found)
 }
 
@@ -269,6 +273,14 @@ fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response {
     )
 }
 
+/// For scripts waiting for the mock to start: no credential needed.
+async fn healthz() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"status": "ok", "mock_provider": true}),
+    )
+}
+
 async fn not_found() -> Response {
     openai_error(
         StatusCode::NOT_FOUND,
@@ -276,7 +288,7 @@ async fn not_found() -> Response {
         Some("unknown_url"),
         None,
         "The mock provider answers POST /v1/chat/completions, POST /v1/embeddings, \
-         GET /v1/models and POST /v1/messages.",
+         GET /v1/models, POST /v1/messages and GET /healthz.",
     )
 }
 

@@ -210,6 +210,9 @@ async fn a_request_without_a_credential_gets_the_providers_401() {
     assert_eq!(r.json()["error"]["type"], "authentication_error");
     let r = direct(post("/v1/chat/completions", &[BEARER], json!("nonsense"))).await;
     assert_eq!(r.status, 400);
+    let r = direct(Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
     let r = direct(Request::get("/v2/other").body(Body::empty()).unwrap()).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "unknown_url");
