@@ -15,8 +15,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/scripts/bench-lib.sh"
 OLD=$1 NEW=$2 ROUNDS=${3:-3} S=${4:-4}
 export PATH="$HOME/.cargo/bin:$PATH"
-(cd "$ROOT" && cargo build --release --example mock_upstream >/dev/null)
-MOCK=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/mock_upstream
+# The upstream is this tree's `keyward mock-provider` (a test tool), whichever binaries are measured.
+(cd "$ROOT" && cargo build --release --bin keyward >/dev/null)
+MOCK=${CARGO_TARGET_DIR:-$ROOT/target}/release/keyward
 MOCK_PORT=18090 KW_PORT=18092
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 
@@ -31,8 +32,9 @@ print("%6.0f req/s  p50 %5.0f us  p99 %6.0f us  %s" % (s["requestsPerSec"], p["p
 one() { # label binary
     local w mock kw secret
     w=$(mktemp -d /tmp/keyward-ab.XXXXXX)
-    "$MOCK" "$MOCK_PORT" 2>/dev/null &
+    "$MOCK" mock-provider --listen "127.0.0.1:$MOCK_PORT" 2>/dev/null &
     mock=$!
+    wait_http "http://127.0.0.1:$MOCK_PORT/healthz"
     KEYWARD_DATA_DIR=$w/d KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=warn \
         KEYWARD_UPSTREAM_ALLOW=127.0.0.0/8 "$2" serve >"$w/keyward.log" 2>&1 &
     kw=$!

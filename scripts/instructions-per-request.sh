@@ -17,13 +17,15 @@ source "$ROOT/scripts/bench-lib.sh"
 BIN=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/keyward}
 N=${2:-2000}
 export PATH="$HOME/.cargo/bin:$PATH"
-(cd "$ROOT" && cargo build --release --example mock_upstream >/dev/null)
-MOCK=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/mock_upstream
+# The upstream is this tree's `keyward mock-provider` (a test tool), whichever binaries are measured.
+(cd "$ROOT" && cargo build --release --bin keyward >/dev/null)
+MOCK=${CARGO_TARGET_DIR:-$ROOT/target}/release/keyward
 MOCK_PORT=18095 KW_PORT=18096
 W=$(mktemp -d /tmp/keyward-instr.XXXXXX)
-"$MOCK" "$MOCK_PORT" 2>/dev/null &
+"$MOCK" mock-provider --listen "127.0.0.1:$MOCK_PORT" 2>/dev/null &
 MOCK_PID=$!
 trap 'kill $MOCK_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+wait_http "http://127.0.0.1:$MOCK_PORT/healthz"
 KEYWARD_DATA_DIR=$W/d KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=warn \
     KEYWARD_UPSTREAM_ALLOW=127.0.0.0/8 valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$W/callgrind.out" "$BIN" serve >"$W/keyward.log" 2>&1 &

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `bootstrap`, `migrate`, `audit`, `keys` and `providers`.
+//! The command line: `serve`, `bootstrap`, `migrate`, `audit`, `keys`, `providers` and the
+//! test tool `mock-provider`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use serde_json::json;
 
 use crate::config::{Config, GlobalArgs, ServeArgs};
 use crate::notify::ends_at;
+use crate::provider_check::count;
 use crate::store::{self, EventFilter, EventStore};
 
 #[derive(Debug, Parser)]
@@ -62,6 +64,14 @@ pub enum Command {
     Providers {
         #[command(subcommand)]
         command: ProvidersCommand,
+    },
+    /// A test tool: a mock OpenAI- and Anthropic-compatible provider with canned answers
+    /// (chat, streamed or not, embeddings, models, messages, with usage), on loopback only,
+    /// to try Keyward with no internet. No model runs.
+    MockProvider {
+        /// A loopback address and port.
+        #[arg(long, default_value = crate::mock_provider::DEFAULT_LISTEN)]
+        listen: String,
     },
 }
 
@@ -172,6 +182,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
+        Command::MockProvider { listen } => {
+            crate::mock_provider::run(&listen).await?;
+            Ok(0)
+        }
         Command::Openapi => {
             print!("{}", crate::http::api::openapi_json());
             Ok(0)
@@ -180,7 +194,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let config = Config::resolve(&cli.global, &ServeArgs::default())?;
             let store = open(&config).await?;
             let head = store.head().await?;
-            println!("migrations applied; the log holds {} events", head.seq);
+            println!(
+                "migrations applied; the log holds {}",
+                count(head.seq as usize, "event", "events")
+            );
             Ok(0)
         }
         Command::Audit { command } => {
@@ -312,6 +329,14 @@ async fn reseal(state: &crate::AppState) -> anyhow::Result<(usize, usize, u32)> 
     Ok((stale.len(), stale_users.len(), current))
 }
 
+/// A key owner's username as of the replayed state; the user id if the user is unknown.
+fn owner_name(state: &State, id: &str) -> String {
+    state
+        .users
+        .get(id)
+        .map_or_else(|| id.to_owned(), |u| u.username.clone())
+}
+
 fn print_expiring(
     state: &State,
     now: crate::time::Timestamp,
@@ -326,12 +351,7 @@ fn print_expiring(
         .filter(|k| ends_at(k) <= until)
         .collect();
     keys.sort_by(|a, b| ends_at(a).cmp(&ends_at(b)).then(a.key_id().cmp(b.key_id())));
-    let owner = |id: &str| {
-        state
-            .users
-            .get(id)
-            .map_or_else(|| id.to_owned(), |u| u.username.clone())
-    };
+    let owner = |id: &str| owner_name(state, id);
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => {
@@ -429,7 +449,18 @@ async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Res
             let state = crate::history::replay(store.as_ref(), as_of).await?;
             let at = match as_of {
                 AsOf::Time(t) => t,
-                AsOf::Seq(_) => chrono::Utc::now(),
+                // The whole log: the table now.
+                AsOf::Seq(u64::MAX) => chrono::Utc::now(),
+                // Up to a seq: the table when that event was written, so statuses are
+                // those it had then.
+                AsOf::Seq(_) => match state.head.seq {
+                    0 => chrono::Utc::now(),
+                    n => store
+                        .read_from(n - 1, 1)
+                        .await?
+                        .first()
+                        .map_or_else(chrono::Utc::now, |e| e.occurred_at),
+                },
             };
             print_keys(&state, at, format)?;
             Ok(0)
@@ -465,8 +496,10 @@ async fn verify(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>) -> anyh
         return Ok(1);
     }
     println!(
-        "ok: {} events verified; head seq {} hash {}",
-        report.checked, report.head.seq, report.head.hash
+        "ok: {} verified; head seq {} hash {}",
+        count(report.checked as usize, "event", "events"),
+        report.head.seq,
+        report.head.hash
     );
     Ok(0)
 }
@@ -481,7 +514,8 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
                 .iter()
                 .map(|k| {
                     json!({
-                        "key_id": k.key_id(), "name": k.name(), "owner_id": k.owner_id(), "prefix": k.prefix(),
+                        "key_id": k.key_id(), "name": k.name(), "owner_id": k.owner_id(),
+                        "owner": owner_name(state, k.owner_id()), "prefix": k.prefix(),
                         "status": k.status(at), "expires_at": crate::time::format(&k.expires_at),
                         "scopes": k.scopes(), "provider_ids": k.provider_ids().collect::<Vec<_>>(),
                     })
@@ -504,7 +538,7 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
             )?;
             writeln!(
                 out,
-                "{:<31} {:<24} {:<31} {:<8} {:<27} PREFIX",
+                "{:<31} {:<24} {:<16} {:<8} {:<27} PREFIX",
                 "KEY", "NAME", "OWNER", "STATUS", "EXPIRES"
             )?;
             for k in keys {
@@ -515,12 +549,13 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
                     KeyStatus::Deleted => "deleted",
                 };
                 let name: String = k.name().chars().take(24).collect();
+                let who: String = owner_name(state, k.owner_id()).chars().take(16).collect();
                 writeln!(
                     out,
-                    "{:<31} {:<24} {:<31} {:<8} {:<27} {}",
+                    "{:<31} {:<24} {:<16} {:<8} {:<27} {}",
                     k.key_id(),
                     name,
-                    k.owner_id(),
+                    who,
                     status,
                     crate::time::format(&k.expires_at),
                     k.prefix()

@@ -15,6 +15,7 @@ pub mod history;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod mock_provider;
 pub mod names;
 pub mod notify;
 pub mod provider_check;

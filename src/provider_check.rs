@@ -113,6 +113,15 @@ pub fn models_request(
     Ok((url, headers))
 }
 
+/// `1 model`, `3 models`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 fn url(s: &str) -> Result<reqwest::Url, CheckError> {
     reqwest::Url::parse(s)
         .map_err(|e| CheckError::Request(format!("the base URL does not make a valid URL: {e}")))
@@ -160,7 +169,10 @@ pub async fn check(
             ok: true,
             status: Some(code),
             detail: Some(match models {
-                Some(n) => format!("the credential works; the provider lists {n} models"),
+                Some(n) => format!(
+                    "the credential works; the provider lists {}",
+                    count(n, "model", "models")
+                ),
                 None => "the credential works".to_owned(),
             }),
         });
@@ -294,6 +306,13 @@ pub fn scrub(text: &str, secret: &ProviderSecret) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_agree_in_number() {
+        assert_eq!(count(0, "model", "models"), "0 models");
+        assert_eq!(count(1, "model", "models"), "1 model");
+        assert_eq!(count(3, "model", "models"), "3 models");
+    }
 
     #[test]
     fn scrub_removes_the_key_and_partial_echoes() {

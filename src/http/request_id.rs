@@ -148,7 +148,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         async move {
             let res = next.run(req).await;
             let status = res.status().as_u16();
-            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let latency_ms = millis(started.elapsed());
             if quiet {
                 tracing::debug!(status, latency_ms, "request finished");
             } else {
@@ -166,6 +166,12 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         res.headers_mut().insert(CLIENT_HEADER, v);
     }
     res
+}
+
+/// Milliseconds to the microsecond, for a log line: `2.396`, not `2.3961400000000004`
+/// (a whole number of microseconds divided by 1000 prints as its short decimal).
+pub fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 #[cfg(test)]
@@ -205,6 +211,18 @@ mod tests {
             "é",
         ] {
             assert!(!client_id_safe(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn latencies_are_logged_to_the_microsecond_without_float_noise() {
+        use std::time::Duration;
+        assert_eq!(millis(Duration::from_nanos(2_396_140)).to_string(), "2.396");
+        assert_eq!(millis(Duration::from_micros(400)).to_string(), "0.4");
+        for us in (0..200_000u64).step_by(7) {
+            let text = millis(Duration::from_micros(us)).to_string();
+            let decimals = text.split('.').nth(1).map_or(0, str::len);
+            assert!(decimals <= 3, "{us} us logged as {text}");
         }
     }
 

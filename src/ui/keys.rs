@@ -176,7 +176,9 @@ async fn keys_page(
             parse_status(q.status.as_deref()),
         )
     } else {
-        (None, None, None)
+        // "My API Keys" is the caller's own keys, an admin's too: the API lists every
+        // key for an admin unless asked for one owner.
+        (Some(user.caller.user_id.clone()), None, None)
     };
     let keys = match list(state, user, owner.clone(), provider.clone(), st, None).await {
         Ok(k) => k,
@@ -193,7 +195,7 @@ async fn keys_page(
     } else {
         ("My API Keys", Nav::MyKeys)
     };
-    let filtered = owner.is_some() || provider.is_some() || st.is_some();
+    let filtered = admin_view && (owner.is_some() || provider.is_some() || st.is_some());
     let body = html! {
         @if let Some((kind, text)) = &extras.notice { (notice(kind, text)) }
         div.toolbar {
@@ -299,17 +301,17 @@ pub fn key_table(
                         th scope="col" { "Expiry" }
                         th scope="col" { "Status" }
                         th scope="col" { "Deleted" }
-                        @if actions.is_some() { th scope="col" { span.sr-only { "Actions" } } }
+                        @if actions.is_some() { th.actions scope="col" { span.sr-only { "Actions" } } }
                     }
                 }
                 tbody {
                     @for k in keys {
                         tr data-key-id=(k.id) data-key-name=(k.name) {
                             td { a href={"/ui/keys/" (k.id)} { (k.name) } }
-                            @if owner_column { td { (k.owner.as_deref().unwrap_or(&k.owner_id)) } }
-                            td { (provider_label(k, names)) }
+                            @if owner_column { td.wrap { (k.owner.as_deref().unwrap_or(&k.owner_id)) } }
+                            td.wrap { (provider_label(k, names)) }
                             td { code { (k.prefix) "…" } }
-                            td { (scopes_text(&k.scopes)) }
+                            td.wrap { (scopes_text(&k.scopes)) }
                             td.num { (k.usage.requests) }
                             td { @match &k.last_used_at { Some(t) => (day(t)), None => span.muted { "—" } } }
                             td { (day(&k.expires_at)) }

@@ -276,7 +276,30 @@ fn setup_form(token: &str, error: Option<(&str, &str)>) -> Markup {
 }
 
 pub async fn setup_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    // The page is for an admin without a password; once every admin has one, it is closed
+    // and says so instead of showing a form that can only answer 409.
+    let open = state
+        .0
+        .live
+        .read()
+        .users
+        .iter()
+        .any(|u| u.role == Role::Admin && !u.disabled && u.password.is_none());
+    if !open {
+        return render(StatusCode::OK, setup_done());
+    }
     with_pre_token(&state, &headers, StatusCode::OK, |t| setup_form(t, None))
+}
+
+fn setup_done() -> Markup {
+    bare(
+        "Set-up is done",
+        html! {
+            (notice("ok", "The admin password is set: sign in with it."))
+            p { "To change a password, ask an admin (Users), or run " code { "keyward bootstrap --password-stdin" } " with " code { "serve" } " stopped." }
+            p { a.button.primary href="/ui/login" { "Sign in" } }
+        },
+    )
 }
 
 #[derive(Debug, Deserialize)]

@@ -143,3 +143,39 @@ async fn a_wrong_setting_stops_the_start_naming_it() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("KEYWARD_LISTEN"), "{}", stderr(&o));
 }
+
+/// `replay --until-seq N` is the table when event N was written, not now; `replay` names
+/// owners by username, as `keys expiring` does.
+#[tokio::test]
+async fn replay_until_a_seq_is_as_of_that_events_time_and_names_owners() {
+    let dir = stopped_app().await;
+    let o = keyward(dir.path(), &["audit", "export", "--from-seq", "2"]);
+    let second: Envelope = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    let o = keyward(
+        dir.path(),
+        &["audit", "replay", "--until-seq", "2", "--format", "json"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        table["as_of"],
+        keyward::time::format(&second.occurred_at),
+        "{table}"
+    );
+    assert_eq!(table["keys"][0]["owner"], "admin", "{table}");
+
+    let o = keyward(dir.path(), &["audit", "replay", "--until-seq", "2"]);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(&format!(
+            "as of {} (seq 2)",
+            keyward::time::format(&second.occurred_at)
+        )),
+        "{out}"
+    );
+    let row = out.lines().nth(2).unwrap();
+    assert!(row.contains(" admin "), "{out}");
+    assert!(!row.contains("usr_"), "owners are names, not ids: {out}");
+}

@@ -30,7 +30,10 @@ fn ci() -> bool {
 /// Skips a test whose fault cannot be made here, or fails it under CI.
 fn unavailable(what: &str, why: &str) {
     assert!(!ci(), "CI=true but {what} is not possible here: {why}");
-    eprintln!("SKIPPED: {what} is not possible on this machine: {why}");
+    crate::skip::skipped(
+        &crate::skip::current_test(),
+        &format!("{what} is not possible on this machine: {why}"),
+    );
 }
 
 fn sh(cmd: &str, args: &[&str]) -> Result<(), String> {

@@ -27,8 +27,9 @@ pub async fn pg_url_or_skip() -> Option<String> {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("PostgreSQL at {url} is unreachable and CI=true, so this fails: {reason}");
     }
-    eprintln!(
-        "skipping a PostgreSQL test: {url} is unreachable ({reason}); set KEYWARD_TEST_PG_URL"
+    crate::skip::skipped(
+        &crate::skip::current_test(),
+        &format!("PostgreSQL at {url} is unreachable ({reason}); set KEYWARD_TEST_PG_URL"),
     );
     None
 }

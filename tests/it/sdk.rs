@@ -21,9 +21,12 @@ async fn the_official_python_sdks_work_against_keyward() {
             "{} is missing under CI: scripts/test creates it",
             python.display()
         );
-        eprintln!(
-            "skipping the SDK test: {} is missing; run scripts/test to create it",
-            python.display()
+        crate::skip::skipped(
+            "sdk::the_official_python_sdks_work_against_keyward",
+            &format!(
+                "{} is missing; run scripts/test to create it",
+                python.display()
+            ),
         );
         return;
     }

@@ -298,6 +298,30 @@ await flow("09-audit-as-of", async () => {
   assert.equal(await page.locator("#asof-table tr", { hasText: "alice-notebook" }).count(), 0, "created later");
 });
 
+await flow("12-own-keys-and-1280px", async () => {
+  // An admin's "My API Keys" is their own keys, with no Owner column.
+  await page.goto(`${BASE}/ui/keys`);
+  await page.getByRole("heading", { name: "My API Keys" }).waitFor();
+  assert.ok((await page.locator("tr[data-key-id]").count()) > 0, "the admin's own keys");
+  assert.equal(await page.locator("tr[data-key-id]", { hasText: "alice-notebook" }).count(), 0, "not alice's");
+  assert.equal(await page.locator("th", { hasText: "Owner" }).count(), 0);
+  // At 1280 px the admin's table, Owner column included, shows every row's actions.
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.goto(`${BASE}/ui/admin/keys`);
+  const fit = await page.evaluate(() => {
+    const wrap = document.querySelector(".tablewrap").getBoundingClientRect();
+    return [...document.querySelectorAll("td.actions")].map((td) => {
+      const r = td.getBoundingClientRect();
+      return { left: r.left, right: r.right, wrapRight: wrap.right, width: innerWidth };
+    });
+  });
+  assert.ok(fit.length > 0, "rows with actions");
+  for (const c of fit) {
+    assert.ok(c.right <= c.wrapRight + 1 && c.right <= c.width, `an Actions cell is cut off: ${JSON.stringify(c)}`);
+  }
+});
+await page.setViewportSize({ width: 1440, height: 900 });
+
 // For the README: the admin's table with every status.
 await page.goto(`${BASE}/ui/admin/keys`);
 await shot("11-admin-keys");

@@ -300,6 +300,18 @@ fn too_large() -> ProxyError {
     )
 }
 
+/// A key's scopes for a refusal: `` `read`, `chat` ``, or `none`.
+fn scope_list(scopes: &[Scope]) -> String {
+    if scopes.is_empty() {
+        return "none".to_owned();
+    }
+    scopes
+        .iter()
+        .map(|s| format!("`{}`", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn scan_error(e: ScanError) -> ProxyError {
     match e {
         ScanError::Syntax => ProxyError::bad_request("invalid_json", "the body is not valid JSON"),
@@ -409,7 +421,8 @@ impl Ctx<'_> {
             return Err(ProxyError::forbidden(
                 "insufficient_scope",
                 format!(
-                    "this key's scopes do not allow this endpoint; it needs `{}`",
+                    "this key's scopes ({}) do not allow this endpoint; it needs `{}`",
+                    scope_list(adm.key.scopes()),
                     needed.as_str()
                 ),
             ));
@@ -431,7 +444,11 @@ impl Ctx<'_> {
             self.deny(key.key_id(), DenyReason::Ip, model).await;
             return Err(ProxyError::forbidden(
                 "ip_not_allowed",
-                "this key may not be used from this address",
+                format!(
+                    "this key may not be used from {}: the address is outside its IP allowlist",
+                    self.client_ip_text()
+                        .unwrap_or_else(|| "an unknown address".to_owned())
+                ),
             ));
         }
         let headers = self.rate_limit(adm, model).await?;
@@ -584,7 +601,10 @@ impl Ctx<'_> {
                 .await;
             return Err(ProxyError::forbidden(
                 "provider_not_allowed",
-                "this key is not bound to a provider that offers this endpoint",
+                format!(
+                    "this key is not bound to a provider that offers {}",
+                    self.path
+                ),
             ));
         }
         if !key.models().is_empty() && !key.models().contains(&model) {
@@ -592,14 +612,17 @@ impl Ctx<'_> {
                 .await;
             return Err(ProxyError::forbidden(
                 "model_not_allowed",
-                "this key may not use this model",
+                format!(
+                    "this key may not use the model `{}`",
+                    upstream::named_model(&model)
+                ),
             )
             .with_param("model"));
         }
         let Some(provider) = upstream::choose(&offering, self.endpoint, &model).cloned() else {
             self.deny(key.key_id(), DenyReason::Model, Some(&model))
                 .await;
-            return Err(upstream::model_not_found());
+            return Err(upstream::model_not_found(&model));
         };
         let bound = token_bound(self.endpoint, &provider, &scanned, bytes.len());
         let (rl_headers, hold) = self.limits(&adm, Some(&model), bound).await?;

@@ -132,7 +132,7 @@ pub fn url(p: &ProviderRecord, ep: Endpoint, model: &str) -> Result<(Url, Dialec
             Ok((join(&p.base_url, path)?, dialect))
         }
         ProviderKind::AzureOpenai => {
-            let deployment = azure_deployment(p, model).ok_or_else(model_not_found)?;
+            let deployment = azure_deployment(p, model).ok_or_else(|| model_not_found(model))?;
             let mut segs = vec!["openai", "deployments", deployment];
             segs.extend_from_slice(last);
             let mut url = join(&p.base_url, &segs)?;
@@ -151,14 +151,33 @@ pub fn url(p: &ProviderRecord, ep: Endpoint, model: &str) -> Result<(Url, Dialec
     }
 }
 
-pub fn model_not_found() -> ProxyError {
+pub fn model_not_found(model: &str) -> ProxyError {
     ProxyError::new(
         axum::http::StatusCode::NOT_FOUND,
         super::error::INVALID_REQUEST,
         "model_not_found",
-        "the model does not exist or this key cannot use it",
+        format!(
+            "the model `{}` does not exist or this key cannot use it",
+            named_model(model)
+        ),
     )
     .with_param("model")
+}
+
+/// Longest model name a refusal repeats, in characters.
+const NAMED_MODEL_MAX: usize = 64;
+
+/// The client's model name as a refusal may repeat it: key-free as [`recorded_model`]
+/// makes it, and cut to 64 characters, so an error body never carries a pasted key or
+/// echoes a huge field back.
+pub fn named_model(model: &str) -> String {
+    let clean = recorded_model(model);
+    if clean.chars().count() <= NAMED_MODEL_MAX {
+        return clean;
+    }
+    let mut cut: String = clean.chars().take(NAMED_MODEL_MAX).collect();
+    cut.push('…');
+    cut
 }
 
 /// Request headers never sent upstream: hop-by-hop ones, the client's credentials, and
@@ -574,6 +593,27 @@ mod tests {
         let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(out.contains_key("user-agent") && out.contains_key("x-stainless-lang"));
+    }
+
+    #[test]
+    fn named_models_are_key_free_and_short() {
+        assert_eq!(named_model("gpt-4o-mini"), "gpt-4o-mini");
+        let key = keyward_test_key();
+        let named = named_model(&format!("gpt-{key}"));
+        assert!(!named.contains(&key), "{named}");
+        let long = "m".repeat(500);
+        let named = named_model(&long);
+        assert_eq!(named.chars().count(), NAMED_MODEL_MAX + 1);
+        assert!(named.ends_with('…'));
+        // Multi-byte characters are cut between characters, not inside one.
+        assert_eq!(
+            named_model(&"é".repeat(100)).chars().count(),
+            NAMED_MODEL_MAX + 1
+        );
+    }
+
+    fn keyward_test_key() -> String {
+        crate::crypto::Secret::generate().expose().to_owned()
     }
 
     #[test]

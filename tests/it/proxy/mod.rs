@@ -6,6 +6,7 @@ mod faults;
 mod logs;
 mod metrics;
 pub mod mock;
+mod named_refusals;
 mod openai;
 mod refusals;
 mod streaming;
