@@ -276,7 +276,10 @@ impl std::fmt::Debug for GlobalArgs {
             .field("data_dir", &self.data_dir)
             .field(
                 "database_url",
-                &self.database_url.as_deref().map(crate::redact::database_url),
+                &self
+                    .database_url
+                    .as_deref()
+                    .map(crate::redact::database_url),
             )
             .field("master_keys", &set_or_not(self.master_keys.as_deref()))
             .field("log_format", &self.log_format)
@@ -291,7 +294,10 @@ impl std::fmt::Debug for ServeArgs {
             .field("listen", &self.listen)
             .field(
                 "notify_webhook_url",
-                &self.notify_webhook_url.as_deref().map(crate::redact::endpoint),
+                &self
+                    .notify_webhook_url
+                    .as_deref()
+                    .map(crate::redact::endpoint),
             )
             .field(
                 "notify_webhook_secret",
@@ -306,7 +312,10 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("data_dir", &self.data_dir)
-            .field("database_url", &crate::redact::database_url(&self.database_url))
+            .field(
+                "database_url",
+                &crate::redact::database_url(&self.database_url),
+            )
             .field("master_keys", &set_or_not(self.master_keys.as_deref()))
             .field("log_format", &self.log_format)
             .field("log", &self.log)
