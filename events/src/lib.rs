@@ -8,6 +8,7 @@ pub mod canonical;
 pub mod chain;
 pub mod envelope;
 pub mod hash;
+pub mod merkle;
 pub mod time;
 pub mod types;
 pub mod upcast;
