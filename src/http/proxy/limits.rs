@@ -169,8 +169,15 @@ impl AuthFailures {
             return;
         };
         let mut map = self.by_ip.lock();
-        if map.len() >= AUTH_FAILURE_IPS_MAX {
+        if map.len() >= AUTH_FAILURE_IPS_MAX && !map.contains_key(&ip) {
             map.retain(|_, (start, _)| Self::open(*start, now));
+            if map.len() >= AUTH_FAILURE_IPS_MAX {
+                // More clients failed within one window than the table holds: the
+                // newcomer is not tracked, so that memory stays bounded. The clients
+                // already counted stay throttled, and nobody is refused for an address
+                // the table never saw fail.
+                return;
+            }
         }
         let e = map.entry(ip).or_insert((now, 0));
         if !Self::open(e.0, now) {
@@ -412,6 +419,32 @@ mod tests {
         f.failed(b, t0);
         assert!(f.blocked(Some("2001:db8:1:2::77".parse().unwrap()), t0));
         assert!(!f.blocked(Some("2001:db8:1:3::1".parse().unwrap()), t0));
+    }
+
+    #[test]
+    fn the_auth_failure_table_has_a_hard_cap_within_one_window() {
+        let f = AuthFailures::new(1);
+        let t0 = Instant::now();
+        let first: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000)));
+        for i in 0..(AUTH_FAILURE_IPS_MAX as u32 + 5_000) {
+            f.failed(
+                Some(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))),
+                t0,
+            );
+        }
+        assert_eq!(f.by_ip.lock().len(), AUTH_FAILURE_IPS_MAX);
+        assert_eq!(f.entries.load(Ordering::Relaxed), AUTH_FAILURE_IPS_MAX);
+        // Those counted stay blocked; one the table could not hold is not refused.
+        assert!(f.blocked(first, t0));
+        let untracked = Some(IpAddr::V4(std::net::Ipv4Addr::from(
+            0x0a00_0000 + AUTH_FAILURE_IPS_MAX as u32 + 1,
+        )));
+        assert!(!f.blocked(untracked, t0));
+        // Once the window ends, room is made again.
+        let later = t0 + AUTH_FAILURE_WINDOW;
+        f.failed(untracked, later);
+        assert_eq!(f.by_ip.lock().len(), 1);
+        assert!(f.blocked(untracked, later));
     }
 
     fn denied(reason: DenyReason) -> KeyDenied {

@@ -1078,6 +1078,9 @@ async fn fail(meter: &mut Meter, e: ProxyError, outcome: UsageOutcome) -> ProxyE
 }
 
 /// The client's body, at most `limit` bytes.
+/// The most [`read_body`] reserves before the body's bytes arrive.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -1086,7 +1089,11 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let mut buf = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+    // A declared length is reserved only up to a bound: a client that declares 32 MiB
+    // and sends nothing must not hold 32 MiB per connection.
+    let mut buf = BytesMut::with_capacity(
+        declared.map_or(8 * 1024, |n| (n as usize).min(INITIAL_BODY_CAPACITY)),
+    );
     let mut data = body.into_data_stream();
     while let Some(chunk) = data.next().await {
         let chunk = chunk.map_err(|_| {
