@@ -9,6 +9,7 @@ pub mod chain;
 pub mod envelope;
 pub mod hash;
 pub mod merkle;
+pub mod note;
 pub mod time;
 pub mod types;
 pub mod upcast;
