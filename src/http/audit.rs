@@ -1,13 +1,16 @@
 //! The audit log: events by cursor with filters, an NDJSON export, the chain verification
-//! and the checkpoint. Admins see every event; a user sees the events of their own keys
-//! (`key:<id>` and `usage:<id>`, deleted keys included) and nothing else.
+//! and the checkpoint. Admins and auditors see every event; a user sees the events of
+//! their own keys (`key:<id>` and `usage:<id>`, deleted keys included) and nothing else.
+//!
+//! Taking a copy of or a view into the history (an export, an as-of replay, a proof, the
+//! checkpoint) is itself recorded, before the answer is served: [`record_audit_read`].
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
-use keyward_events::{EVENT_TYPES, Envelope};
+use keyward_events::{AuditRead, AuditReadKind, EVENT_TYPES, Envelope, Event};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -15,7 +18,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::audit;
-use crate::http::caller::{Admin, Caller};
+use crate::http::caller::{Caller, Reader};
 use crate::http::error::{ApiError, Json, Problem, query_with_lists};
 use crate::http::keys::EventPage;
 use crate::store::EventFilter;
@@ -27,6 +30,63 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit_export))
         .routes(routes!(audit_verify))
         .routes(routes!(audit_checkpoint))
+}
+
+// ---------- recording reads ----------
+
+/// One read of the audit history, as [`record_audit_read`] records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOf {
+    pub kind: AuditReadKind,
+    /// What was asked for: the query string (see [`filter_text`]).
+    pub filter: Option<String>,
+    /// The range read: events after this seq…
+    pub after_seq: Option<u64>,
+    /// …up to and including this one.
+    pub until_seq: Option<u64>,
+}
+
+/// The longest filter text recorded; a longer query is cut (on a character boundary) and
+/// marked with `…`.
+const MAX_FILTER_TEXT: usize = 1024;
+
+/// The filter of a read as recorded: the request's query string. The management API takes
+/// its key in a header and its routes refuse unknown parameters, so a query holds only
+/// filters, never a secret. `None` when there is none.
+pub fn filter_text(uri: &Uri) -> Option<String> {
+    let q = uri.query().filter(|q| !q.is_empty())?;
+    if q.len() <= MAX_FILTER_TEXT {
+        return Some(q.to_owned());
+    }
+    let mut end = MAX_FILTER_TEXT;
+    while !q.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!("{}…", &q[..end]))
+}
+
+/// Appends one `audit.read` (who, what, which range) and waits for its commit, before the
+/// read is answered. If it cannot be appended the read is refused with 503: a copy of the
+/// log nobody can account for is not handed out (fail closed).
+pub async fn record_audit_read(
+    app: &AppState,
+    caller: &Caller,
+    read: ReadOf,
+) -> Result<(), ApiError> {
+    let event = Event::AuditRead(AuditRead {
+        user_id: Some(caller.user_id.clone()),
+        kind: read.kind,
+        filter: read.filter,
+        after_seq: read.after_seq,
+        until_seq: read.until_seq,
+    });
+    match app.0.commands.record(&caller.actor(), &event).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, kind = read.kind.as_str(), "cannot record a read of the audit history; refusing it");
+            Err(ApiError::Unavailable)
+        }
+    }
 }
 
 const MAX_LIMIT: usize = 1000;
@@ -59,7 +119,7 @@ pub(crate) fn parse_time(field: &str, s: Option<&str>) -> Result<Option<Timestam
 /// The streams a caller may read: `None` for everything (an admin), otherwise the key and
 /// usage streams of the keys they own, deleted ones included.
 pub(crate) fn visible_streams(app: &AppState, caller: &Caller) -> Option<Vec<String>> {
-    if caller.is_admin() {
+    if caller.reads_everything() {
         return None;
     }
     let state = app.0.live.read();
@@ -283,6 +343,7 @@ pub(crate) async fn audit_export(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let q: ExportQuery = query_with_lists(&uri, &["type"])?;
+    let after_seq = q.cursor.unwrap_or(0);
     let filter = filter_for(
         &app,
         &caller,
@@ -295,9 +356,24 @@ pub(crate) async fn audit_export(
             to: q.to,
         },
     )?;
+    // The export ends at the head as it is now, and says so in its record: the record
+    // itself, appended next, is not part of it.
+    let head = app.0.store.head().await?.seq;
+    record_audit_read(
+        &app,
+        &caller,
+        ReadOf {
+            kind: AuditReadKind::Export,
+            filter: filter_text(&uri),
+            after_seq: Some(after_seq),
+            until_seq: Some(head),
+        },
+    )
+    .await?;
     let body = match filter {
         None => Body::empty(),
-        Some(filter) => {
+        Some(mut filter) => {
+            filter.until_seq = Some(head);
             let mut pages = Box::pin(audit::pages(app.0.store.clone(), filter, EXPORT_PAGE));
             // The first page is read before answering, so that a store that is down is a
             // 503 rather than a 200 with a cut-off body.
@@ -344,7 +420,8 @@ pub struct ChainVerification {
     pub reason: Option<String>,
 }
 
-/// Recompute every event's hash in order and check the links between them (admin only).
+/// Recompute every event's hash in order and check the links between them (admins and
+/// auditors).
 #[utoipa::path(get, path = "/audit/verify", tag = "audit",
     responses(
         (status = 200, body = ChainVerification),
@@ -354,7 +431,7 @@ pub struct ChainVerification {
     ))]
 pub(crate) async fn audit_verify(
     State(app): State<AppState>,
-    Admin(_caller): Admin,
+    Reader(_caller): Reader,
 ) -> Result<Json<ChainVerification>, ApiError> {
     let r = audit::verify_chain(app.0.store.as_ref(), None).await?;
     Ok(Json(ChainVerification {
@@ -379,7 +456,8 @@ pub struct Checkpoint {
     pub at: String,
 }
 
-/// The head seq and hash (admin only).
+/// The head seq and hash (admins and auditors). Each request is recorded as an
+/// `audit.read` of kind `checkpoint`.
 #[utoipa::path(get, path = "/audit/checkpoint", tag = "audit",
     responses(
         (status = 200, body = Checkpoint),
@@ -389,9 +467,20 @@ pub struct Checkpoint {
     ))]
 pub(crate) async fn audit_checkpoint(
     State(app): State<AppState>,
-    Admin(_caller): Admin,
+    Reader(caller): Reader,
 ) -> Result<Json<Checkpoint>, ApiError> {
     let cp = audit::checkpoint(app.0.store.as_ref()).await?;
+    record_audit_read(
+        &app,
+        &caller,
+        ReadOf {
+            kind: AuditReadKind::Checkpoint,
+            filter: None,
+            after_seq: None,
+            until_seq: Some(cp.head.seq),
+        },
+    )
+    .await?;
     Ok(Json(Checkpoint {
         seq: cp.head.seq,
         hash: cp.head.hash.to_hex(),

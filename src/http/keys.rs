@@ -450,6 +450,7 @@ pub(crate) async fn create_key(
     caller: Caller,
     Json(req): Json<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    caller.require_writer()?;
     let now = Utc::now();
     let name = check_name(&req.name)?;
     let owner_id = match req.owner_id {
@@ -544,8 +545,9 @@ pub const REPLAYS_AT_ONCE: usize = 2;
 /// What a refused replay is told to wait.
 const REPLAY_RETRY_AFTER_SECS: u64 = 10;
 
-/// List keys: every key for an admin ("Admin → API Keys"), the caller's own for a user
-/// ("My API Keys"). With `as_of` (admins only), the table as it was then.
+/// List keys: every key for an admin or an auditor ("Admin → API Keys"), the caller's own
+/// for a user ("My API Keys"). With `as_of` (admins and auditors), the table as it was
+/// then; each such request is recorded as an `audit.read` of kind `as_of`.
 #[utoipa::path(get, path = "/keys", tag = "keys", params(ListKeys),
     responses(
         (status = 200, body = KeyList),
@@ -567,7 +569,7 @@ pub(crate) async fn list_keys(
             field: Some("limit".into()),
         });
     }
-    let owner_filter = if caller.is_admin() {
+    let owner_filter = if caller.reads_everything() {
         q.owner_id.clone()
     } else {
         Some(caller.user_id.clone())
@@ -582,9 +584,9 @@ pub(crate) async fn list_keys(
             })
         })
         .transpose()?;
-    if as_of.is_some() && !caller.is_admin() {
+    if as_of.is_some() && !caller.reads_everything() {
         return Err(ApiError::Forbidden(
-            "as_of is for admins: it rebuilds the whole log".to_owned(),
+            "as_of is for admins and auditors: it rebuilds the whole log".to_owned(),
         ));
     }
     let needle = q.q.as_deref().map(str::to_lowercase);
@@ -630,6 +632,18 @@ pub(crate) async fn list_keys(
                 ),
                 retry_after_secs: REPLAY_RETRY_AFTER_SECS,
             })?;
+            // Recorded before the table is rebuilt: who looked at the past, as of when.
+            crate::http::audit::record_audit_read(
+                &app,
+                &caller,
+                crate::http::audit::ReadOf {
+                    kind: keyward_events::AuditReadKind::AsOf,
+                    filter: Some(as_of_filter(&q)),
+                    after_seq: None,
+                    until_seq: None,
+                },
+            )
+            .await?;
             let state = crate::history::replay(app.0.store.as_ref(), AsOf::Time(t))
                 .await
                 .map_err(|e| {
@@ -640,6 +654,21 @@ pub(crate) async fn list_keys(
         }
     };
     Ok(Json(list))
+}
+
+/// The filter of an as-of listing as recorded: the query's parameters, as given.
+fn as_of_filter(q: &ListKeys) -> String {
+    let pairs: Vec<(&str, String)> = [
+        ("as_of", q.as_of.clone()),
+        ("owner_id", q.owner_id.clone()),
+        ("provider_id", q.provider_id.clone()),
+        ("q", q.q.clone()),
+        ("cursor", q.cursor.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
+    serde_urlencoded::to_string(pairs).unwrap_or_default()
 }
 
 // ---------- one key ----------
@@ -729,6 +758,7 @@ pub(crate) async fn update_key(
     Path(id): Path<String>,
     Json(req): Json<UpdateKey>,
 ) -> Result<Json<KeyView>, ApiError> {
+    caller.require_writer()?;
     find(&app, &caller, &id)?;
     let now = Utc::now();
     let patch = KeyUpdated {
@@ -788,6 +818,7 @@ pub(crate) async fn expire_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
+    caller.require_writer()?;
     let k = app
         .0
         .commands
@@ -812,6 +843,7 @@ pub(crate) async fn delete_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
+    caller.require_writer()?;
     let k = app
         .0
         .commands
@@ -875,6 +907,7 @@ pub(crate) async fn rotate_key(
     Path(id): Path<String>,
     Json(req): Json<RotateKey>,
 ) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
+    caller.require_writer()?;
     let old = find(&app, &caller, &id)?;
     let now = Utc::now();
     let grace = match req.grace_period.as_deref().map(str::trim) {
