@@ -156,8 +156,8 @@ pub enum Failure {
     #[error("seq {seq}: follows seq {prev}; seqs must increase")]
     OutOfOrder { seq: u64, prev: u64 },
     #[error(
-        "seq {seq}: expected seq {expected}; a complete export has no gaps (a line was \
-         deleted, or this is a filtered export)"
+        "seq {seq}: expected seq {expected}: events are missing (lines deleted), or this is a \
+         filtered export, which must carry an inclusion proof on every event"
     )]
     Gap { seq: u64, expected: u64 },
     #[error("seq {seq}: prev_hash does not match the hash of seq {prev}")]
@@ -375,12 +375,13 @@ impl Run<'_> {
             }
             if self.contiguous {
                 self.contiguous = false;
-                // The export turned out filtered: an earlier event without a proof is
-                // the first that cannot be checked.
+                // Not the whole log, and an event so far (this one, if it is the first)
+                // has no proof: lines are missing, or the export is filtered without
+                // proofs; either way nothing vouches for this gap.
                 if self.opts.mode == Mode::Auto
-                    && let Some(s) = self.first_unproven
+                    && (self.first_unproven.is_some() || (self.last.is_none() && proof.is_none()))
                 {
-                    return Err(self.fail(Failure::MissingProof { seq: s }));
+                    return Err(self.fail(Failure::Gap { seq, expected }));
                 }
             }
         }
