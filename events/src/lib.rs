@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod export;
 pub mod hash;
 pub mod merkle;
+pub mod note;
 pub mod time;
 pub mod types;
 pub mod upcast;
