@@ -280,7 +280,12 @@ mod tests {
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["seq"], 7);
         let mut from_json = Vec::new();
-        write_event_json(&mut from_json, &serde_json::to_vec(&e).unwrap(), Some(&proof)).unwrap();
+        write_event_json(
+            &mut from_json,
+            &serde_json::to_vec(&e).unwrap(),
+            Some(&proof),
+        )
+        .unwrap();
         assert_eq!(from_json, text.as_bytes());
         assert_eq!(
             parse_line(text.trim_end()).unwrap(),
@@ -336,7 +341,10 @@ mod tests {
         let no_seq = line.replacen("\"seq\":7,", "", 1);
         let bad_hash = line.replacen(&e.hash.to_hex(), "zz", 1);
         for bad in [extra, no_seq, bad_hash] {
-            assert!(matches!(parse_line(&bad), Err(ExportError::Json(_))), "{bad}");
+            assert!(
+                matches!(parse_line(&bad), Err(ExportError::Json(_))),
+                "{bad}"
+            );
         }
         assert!(matches!(
             parse_line("{\"checkpoint\":\"x\",\"y\":1}"),
@@ -359,7 +367,8 @@ mod tests {
         let mut e = env();
         assert!(!is_redacted(&e));
         e.event_type = "user.created".into();
-        e.data = json!({"user_id": "u", "username": "n", "role": "user", "password_hash": "<redacted>"});
+        e.data =
+            json!({"user_id": "u", "username": "n", "role": "user", "password_hash": "<redacted>"});
         assert!(is_redacted(&e));
         e.schema = 2;
         assert!(!is_redacted(&e));

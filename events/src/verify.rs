@@ -27,11 +27,11 @@
 use std::fmt;
 use std::io::{BufRead, Read};
 
+use crate::Envelope;
 use crate::chain::Head;
 use crate::export::{self, ExportError, Line, MAX_LINE};
 use crate::hash::Hash32;
 use crate::merkle::{self, CompactRange, ProofError};
-use crate::Envelope;
 
 /// How the export is to be read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -256,7 +256,10 @@ impl Anchor {
 
 /// Opens a checkpoint note, checking its signature when a key is given.
 fn open_anchor(text: &str, key: Option<&str>, source: Source) -> Result<Anchor, Failure> {
-    let bad = |reason: String| Failure::Checkpoint { which: source, reason };
+    let bad = |reason: String| Failure::Checkpoint {
+        which: source,
+        reason,
+    };
     let (cp, signature) = note_glue::open(text, key).map_err(bad)?;
     Ok(Anchor {
         report: CheckpointReport {
@@ -436,7 +439,10 @@ impl Run<'_> {
                 }
             }
             if let Some(source) = mismatch {
-                return Err(self.fail(Failure::RootMismatch { size, which: source }));
+                return Err(self.fail(Failure::RootMismatch {
+                    size,
+                    which: source,
+                }));
             }
         }
         self.first_seq.get_or_insert(seq);
@@ -455,43 +461,50 @@ impl Run<'_> {
             failure,
             checked,
         };
-        let complete = self.contiguous && self.opts.mode != Mode::Filtered;
-        if complete {
-            let last = self.last.map_or(0, |h| h.seq);
-            for a in self.anchors() {
-                if last < a.size() {
-                    return Err(end(Failure::Truncated {
-                        last,
-                        size: a.size(),
-                        which: a.report.source,
-                    }));
-                }
-            }
-            // A checkpoint of size 0 is the empty tree.
-            for a in self.anchors_mut() {
+        let last = self.last.map_or(0, |h| h.seq);
+        // Contiguous from seq 1 but shorter than a checkpoint: a cut tail, unless every
+        // event carries a proof (the filtered export of events that happen to be the first
+        // ones, say one key's history). `--complete` always calls it a cut tail.
+        let short = self
+            .anchors()
+            .find(|a| a.size() > last)
+            .map(|a| (a.size(), a.report.source));
+        let all_proven = self.events > 0 && self.first_unproven.is_none();
+        let complete = self.contiguous
+            && match self.opts.mode {
+                Mode::Filtered => false,
+                Mode::Complete => true,
+                Mode::Auto => short.is_none() || !all_proven,
+            };
+        if complete && let Some((size, which)) = short {
+            return Err(end(Failure::Truncated { last, size, which }));
+        }
+        let proof_anchor = self
+            .proof_anchor()
+            .map(|a| (a.report.source, a.size(), a.root()));
+        let (proofs, contiguous) = (self.proofs, self.contiguous);
+        for a in self.anchors_mut() {
+            if contiguous && a.size() <= last {
                 if a.size() == 0 {
-                    a.report.root_status = if a.root() == merkle::empty_root() {
-                        RootStatus::Matched
-                    } else {
-                        let source = a.report.source;
-                        return Err(end(Failure::RootMismatch { size: 0, which: source }));
-                    };
-                }
-            }
-        } else {
-            let proof_anchor = self.proof_anchor().map(|a| (a.report.source, a.size(), a.root()));
-            let proofs = self.proofs;
-            for a in self.anchors_mut() {
-                a.report.root_status = match proof_anchor {
-                    Some((s, size, root))
-                        if proofs > 0
-                            && (s == a.report.source || (size == a.size() && root == a.root())) =>
-                    {
-                        RootStatus::ProofsChecked
+                    // The empty tree, which no event was folded into.
+                    if a.root() != merkle::empty_root() {
+                        let which = a.report.source;
+                        return Err(end(Failure::RootMismatch { size: 0, which }));
                     }
-                    _ => RootStatus::NotComparable,
-                };
+                    a.report.root_status = RootStatus::Matched;
+                }
+                // Otherwise compared while folding: a mismatch has already failed.
+                continue;
             }
+            a.report.root_status = match proof_anchor {
+                Some((s, size, root))
+                    if proofs > 0
+                        && (s == a.report.source || (size == a.size() && root == a.root())) =>
+                {
+                    RootStatus::ProofsChecked
+                }
+                _ => RootStatus::NotComparable,
+            };
         }
         let checkpoints = self
             .export_cp
@@ -591,7 +604,11 @@ impl fmt::Display for Report {
             "ok: {} events checked in {} lines ({} export)",
             self.events,
             self.lines,
-            if self.complete { "complete" } else { "filtered" }
+            if self.complete {
+                "complete"
+            } else {
+                "filtered"
+            }
         )?;
         match (self.first_seq, self.head) {
             (Some(_), Some(head)) if self.complete => writeln!(
@@ -601,8 +618,8 @@ impl fmt::Display for Report {
             )?,
             (Some(first), Some(head)) => writeln!(
                 f,
-                "events: seqs {first}..{} (not contiguous: the chain cannot be checked, only \
-                 {} links between consecutive events); last hash {}",
+                "events: seqs {first}..{}, not the whole log: the chain cannot be checked \
+                 (only the {} links between consecutive events were); last hash {}",
                 head.seq, self.links, head.hash
             )?,
             _ => writeln!(f, "events: none")?,
@@ -667,6 +684,7 @@ impl fmt::Display for Report {
 mod note_glue {
     use super::Signature;
     use crate::hash::Hash32;
+    use crate::note::{self, Checkpoint, NoteVerifier};
 
     pub(super) struct Opened {
         pub origin: String,
@@ -674,7 +692,31 @@ mod note_glue {
         pub root: Hash32,
     }
 
-    pub(super) fn open(_text: &str, _key: Option<&str>) -> Result<(Opened, Signature), String> {
-        Err("signed notes are not supported by this build yet".into())
+    /// Opens a checkpoint note. With a key, its signature by that key must verify; without
+    /// one, only its body is read.
+    pub(super) fn open(text: &str, key: Option<&str>) -> Result<(Opened, Signature), String> {
+        let (cp, sig) = match key {
+            Some(k) => {
+                let v = NoteVerifier::from_text(k)
+                    .map_err(|e| format!("the public key is not usable: {e}"))?;
+                let (_, cp) = note::open(text, &[v]).map_err(|e| e.to_string())?;
+                (cp, Signature::Verified)
+            }
+            None => {
+                let split = text
+                    .rfind("\n\n")
+                    .ok_or("not a signed note: no blank line before the signatures")?;
+                let cp = Checkpoint::parse(&text[..split + 1]).map_err(|e| e.to_string())?;
+                (cp, Signature::NotChecked)
+            }
+        };
+        Ok((
+            Opened {
+                origin: cp.origin,
+                size: cp.size,
+                root: cp.root,
+            },
+            sig,
+        ))
     }
 }
