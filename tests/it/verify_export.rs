@@ -36,7 +36,11 @@ async fn a_real_export_verifies_offline_and_a_changed_byte_fails_naming_its_seq(
         let mut lines: Vec<String> = export.lines().map(str::to_owned).collect();
         let at = lines[1].find("\"stream_version\":").unwrap() + "\"stream_version\":".len();
         let mut bytes = lines[1].clone().into_bytes();
-        bytes[at] = if bytes[at] == b'9' { b'8' } else { bytes[at] + 1 };
+        bytes[at] = if bytes[at] == b'9' {
+            b'8'
+        } else {
+            bytes[at] + 1
+        };
         lines[1] = String::from_utf8(bytes).unwrap();
         lines.join("\n") + "\n"
     };
@@ -68,5 +72,9 @@ async fn a_real_export_verifies_offline_and_a_changed_byte_fails_naming_its_seq(
         &["audit", "verify", "--export", "/nonexistent/x.ndjson"],
     );
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
-    assert!(stderr(&o).contains("cannot open the export"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot open the export"),
+        "{}",
+        stderr(&o)
+    );
 }
