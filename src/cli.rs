@@ -99,10 +99,30 @@ pub enum KeysCommand {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Recompute every hash in order; exits 1 and names the first bad seq if the chain breaks.
+    /// With `--export FILE`, verifies an NDJSON export offline instead, with no database
+    /// (the same as the `keyward-verify` binary of the keyward-events crate).
     Verify {
         /// A checkpoint (from `audit checkpoint`) the log must still agree with.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// An export (`audit export`, `GET /api/v1/audit/export`) to verify offline; `-`
+        /// reads stdin. Needs no database.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// The checkpoint public key (`<name>+<hash>+<base64>`, from `audit public-key`),
+        /// or a file holding it.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// With --export: the export must be the whole log from seq 1.
+        #[arg(long, requires = "export", conflicts_with = "filtered")]
+        complete: bool,
+        /// With --export: every event must carry an inclusion proof.
+        #[arg(long, requires = "export")]
+        filtered: bool,
+        /// With --export: refuse lines whose hash cannot be recomputed (schema 1 password
+        /// hashes the export redacted).
+        #[arg(long, requires = "export")]
+        strict: bool,
     },
     /// The key table as it was at a point in the log.
     Replay {
@@ -200,6 +220,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
+        // Offline: no config, no store.
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    export: Some(export),
+                    checkpoint,
+                    public_key,
+                    complete,
+                    filtered,
+                    strict,
+                },
+        } => verify_export_offline(
+            &export,
+            checkpoint.as_deref(),
+            public_key.as_deref(),
+            complete,
+            filtered,
+            strict,
+        ),
         Command::Audit { command } => {
             let config = Config::resolve(&cli.global, &ServeArgs::default())?;
             let store = open(&config).await?;
@@ -432,7 +471,7 @@ async fn open(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
 
 async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Result<i32> {
     match command {
-        AuditCommand::Verify { checkpoint } => verify(store, checkpoint).await,
+        AuditCommand::Verify { checkpoint, .. } => verify(store, checkpoint).await,
         AuditCommand::Replay {
             as_of,
             until_seq,
@@ -610,4 +649,66 @@ async fn export(
         b.finish_and_clear();
     }
     Ok(())
+}
+
+/// `audit verify --export`: the offline verifier of the keyward-events crate, with no
+/// config and no store. Exits 1 naming the first bad seq.
+fn verify_export_offline(
+    export: &std::path::Path,
+    checkpoint: Option<&std::path::Path>,
+    public_key: Option<&str>,
+    complete: bool,
+    filtered: bool,
+    strict: bool,
+) -> anyhow::Result<i32> {
+    use keyward_events::verify::{Mode, Options};
+    let checkpoint = checkpoint
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the checkpoint {}", p.display()))
+        })
+        .transpose()?;
+    let public_key = public_key
+        .map(|k| {
+            let path = std::path::Path::new(k);
+            if path.is_file() {
+                std::fs::read_to_string(path)
+                    .map(|s| s.trim().to_owned())
+                    .with_context(|| format!("cannot read the public key {k}"))
+            } else {
+                Ok(k.trim().to_owned())
+            }
+        })
+        .transpose()?;
+    let opts = Options {
+        mode: match (complete, filtered) {
+            (true, _) => Mode::Complete,
+            (_, true) => Mode::Filtered,
+            _ => Mode::Auto,
+        },
+        checkpoint,
+        public_key,
+        strict,
+    };
+    let result = if export == std::path::Path::new("-") {
+        keyward_events::verify::verify_export(std::io::stdin().lock(), &opts)
+    } else {
+        let f = std::fs::File::open(export)
+            .with_context(|| format!("cannot open the export {}", export.display()))?;
+        keyward_events::verify::verify_export(std::io::BufReader::with_capacity(1 << 20, f), &opts)
+    };
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            Ok(0)
+        }
+        Err(e) => {
+            match e.seq() {
+                Some(seq) => println!("FAILED at seq {seq}: {e}"),
+                None => println!("FAILED: {e}"),
+            }
+            println!("({} events passed before the failure)", e.checked);
+            Ok(1)
+        }
+    }
 }

@@ -7,12 +7,14 @@
 pub mod canonical;
 pub mod chain;
 pub mod envelope;
+pub mod export;
 pub mod hash;
 pub mod merkle;
 pub mod note;
 pub mod time;
 pub mod types;
 pub mod upcast;
+pub mod verify;
 
 pub use chain::{ChainBreak, ChainVerifier, Head};
 pub use envelope::{Envelope, ExpectedVersion, NewEvent};

@@ -28,3 +28,4 @@ mod snapshot;
 mod store;
 mod ui;
 mod users;
+mod verify_export;
