@@ -12,6 +12,7 @@ mod faults;
 mod foundation;
 mod keys;
 mod matrix;
+mod merkle;
 mod mock_provider;
 mod nodes;
 mod openapi;
