@@ -30,6 +30,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit_export))
         .routes(routes!(audit_verify))
         .routes(routes!(audit_checkpoint))
+        .routes(routes!(audit_inclusion_proof))
+        .routes(routes!(audit_consistency_proof))
 }
 
 // ---------- recording reads ----------
@@ -485,5 +487,180 @@ pub(crate) async fn audit_checkpoint(
         seq: cp.head.seq,
         hash: cp.head.hash.to_hex(),
         at: time::format(&cp.at),
+    }))
+}
+
+// ---------- Merkle proofs (issue 17) ----------
+
+impl From<audit::TreeError> for ApiError {
+    fn from(e: audit::TreeError) -> Self {
+        match e {
+            audit::TreeError::Unavailable(s) => s.into(),
+            audit::TreeError::OutOfRange {
+                field,
+                value,
+                reason,
+            } => ApiError::coded_field(
+                axum::http::StatusCode::BAD_REQUEST,
+                "out_of_range",
+                field,
+                format!("{field} {value} is out of range: {reason}"),
+            ),
+            audit::TreeError::Corrupt(cause) => {
+                ApiError::Internal(format!("the Merkle tree is corrupt: {cause}"))
+            }
+        }
+    }
+}
+
+/// A query string read after the caller is known, so that an anonymous request is a 401
+/// whatever its parameters; a missing or non-numeric parameter is a 400 naming it.
+fn proof_query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|axum::extract::Query(v)| v)
+        .map_err(|rej| crate::http::error::query_rejection(&rej))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct InclusionQuery {
+    /// The event to prove: its seq, from 1.
+    #[param(minimum = 1)]
+    pub seq: u64,
+    /// The size of the tree to prove it in: 1 to the log's head, and at least `seq`.
+    /// Default: the head when the request is served (the answer says which size it used).
+    /// Ask for the size of a checkpoint you hold to check the proof against its root.
+    #[param(minimum = 1)]
+    pub tree_size: Option<u64>,
+}
+
+/// That one event is in the tree over the first `tree_size` events (RFC 9162 §2.1.3).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InclusionProof {
+    pub seq: u64,
+    pub tree_size: u64,
+    /// `seq - 1`: the leaf's index in the tree.
+    pub leaf_index: u64,
+    /// The event's chain hash (hex): the leaf's data.
+    pub event_hash: String,
+    /// SHA-256(0x00 || event hash), hex.
+    pub leaf_hash: String,
+    /// The root of the tree of `tree_size` leaves, hex.
+    pub root: String,
+    /// The audit path, from the leaf up, hex.
+    pub proof: Vec<String>,
+}
+
+fn hexes(hashes: &[keyward_events::Hash32]) -> Vec<String> {
+    hashes.iter().map(keyward_events::Hash32::to_hex).collect()
+}
+
+/// The inclusion proof of event `seq` in the Merkle tree over the first `tree_size`
+/// events (RFC 6962 shape: leaf i is SHA-256(0x00 || hash of event seq i+1)). Verify it
+/// with RFC 9162's algorithm against the root of a signed checkpoint of that size.
+/// Out-of-range values are 400 `out_of_range` naming `seq` or `tree_size`: seq 0, a seq
+/// above the tree size, a tree size above the log's head.
+#[utoipa::path(get, path = "/audit/proof/inclusion", tag = "audit", params(InclusionQuery),
+    responses(
+        (status = 200, body = InclusionProof),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn audit_inclusion_proof(
+    State(app): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Json<InclusionProof>, ApiError> {
+    caller.require_admin()?; // READER (issue 17)
+    let q: InclusionQuery = proof_query(&uri)?;
+    let store = app.0.store.as_ref();
+    let tree_size = match q.tree_size {
+        Some(n) => n,
+        None => store.tree_size().await?,
+    };
+    if tree_size == 0 && q.seq != 0 {
+        return Err(audit::TreeError::OutOfRange {
+            field: "tree_size",
+            value: 0,
+            reason: "the empty tree includes no event".to_owned(),
+        }
+        .into());
+    }
+    let p = audit::inclusion(store, q.seq, tree_size).await?;
+    // AUDIT-READ (issue 17): Proof
+    Ok(Json(InclusionProof {
+        seq: q.seq,
+        tree_size: p.tree_size,
+        leaf_index: p.leaf_index,
+        event_hash: p.event_hash.to_hex(),
+        leaf_hash: p.leaf_hash.to_hex(),
+        root: p.root.to_hex(),
+        proof: hexes(&p.proof),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConsistencyQuery {
+    /// The size of the older tree, from 1 (every tree extends the empty one; RFC 9162
+    /// has no proof for it).
+    #[param(minimum = 1)]
+    pub from: u64,
+    /// The size of the newer tree: `from` to the log's head. Default: the head when the
+    /// request is served (the answer says which size it used).
+    #[param(minimum = 1)]
+    pub to: Option<u64>,
+}
+
+/// That the tree over the first `to` events extends the one over the first `from`
+/// (RFC 9162 §2.1.4).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsistencyProof {
+    pub from: u64,
+    pub to: u64,
+    /// The root of the tree of `from` leaves, hex.
+    pub from_root: String,
+    /// The root of the tree of `to` leaves, hex.
+    pub to_root: String,
+    /// The consistency proof, hex; empty when `from` equals `to`.
+    pub proof: Vec<String>,
+}
+
+/// The proof that the Merkle tree over the first `to` events extends the one over the
+/// first `from`: a checkpoint of size `from` held elsewhere is a prefix of today's log.
+/// Out-of-range values are 400 `out_of_range` naming `from` or `to`: from 0, from above
+/// to, to above the log's head.
+#[utoipa::path(get, path = "/audit/proof/consistency", tag = "audit", params(ConsistencyQuery),
+    responses(
+        (status = 200, body = ConsistencyProof),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn audit_consistency_proof(
+    State(app): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Json<ConsistencyProof>, ApiError> {
+    caller.require_admin()?; // READER (issue 17)
+    let q: ConsistencyQuery = proof_query(&uri)?;
+    let store = app.0.store.as_ref();
+    let to = match q.to {
+        Some(n) => n,
+        None => store.tree_size().await?,
+    };
+    let p = audit::consistency(store, q.from, to).await?;
+    // AUDIT-READ (issue 17): Proof
+    Ok(Json(ConsistencyProof {
+        from: p.from,
+        to: p.to,
+        from_root: p.from_root.to_hex(),
+        to_root: p.to_root.to_hex(),
+        proof: hexes(&p.proof),
     }))
 }

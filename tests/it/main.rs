@@ -13,6 +13,7 @@ mod faults;
 mod foundation;
 mod keys;
 mod matrix;
+mod merkle;
 mod mock_provider;
 mod nodes;
 mod openapi;
