@@ -574,7 +574,7 @@ pub(crate) async fn audit_inclusion_proof(
     caller: Caller,
     uri: Uri,
 ) -> Result<Json<InclusionProof>, ApiError> {
-    caller.require_admin()?; // READER (issue 17)
+    caller.require_reads_everything()?;
     let q: InclusionQuery = proof_query(&uri)?;
     let store = app.0.store.as_ref();
     let tree_size = match q.tree_size {
@@ -590,7 +590,17 @@ pub(crate) async fn audit_inclusion_proof(
         .into());
     }
     let p = audit::inclusion(store, q.seq, tree_size).await?;
-    // AUDIT-READ (issue 17): Proof
+    record_audit_read(
+        &app,
+        &caller,
+        ReadOf {
+            kind: AuditReadKind::Proof,
+            filter: filter_text(&uri),
+            after_seq: Some(q.seq - 1),
+            until_seq: Some(p.tree_size),
+        },
+    )
+    .await?;
     Ok(Json(InclusionProof {
         seq: q.seq,
         tree_size: p.tree_size,
@@ -647,7 +657,7 @@ pub(crate) async fn audit_consistency_proof(
     caller: Caller,
     uri: Uri,
 ) -> Result<Json<ConsistencyProof>, ApiError> {
-    caller.require_admin()?; // READER (issue 17)
+    caller.require_reads_everything()?;
     let q: ConsistencyQuery = proof_query(&uri)?;
     let store = app.0.store.as_ref();
     let to = match q.to {
@@ -655,7 +665,17 @@ pub(crate) async fn audit_consistency_proof(
         None => store.tree_size().await?,
     };
     let p = audit::consistency(store, q.from, to).await?;
-    // AUDIT-READ (issue 17): Proof
+    record_audit_read(
+        &app,
+        &caller,
+        ReadOf {
+            kind: AuditReadKind::Proof,
+            filter: filter_text(&uri),
+            after_seq: Some(p.from),
+            until_seq: Some(p.to),
+        },
+    )
+    .await?;
     Ok(Json(ConsistencyProof {
         from: p.from,
         to: p.to,
