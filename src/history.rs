@@ -119,17 +119,32 @@ pub async fn replay_with(
 ) -> anyhow::Result<Replayed> {
     // The newest seq a snapshot may be at, and the ranges to read after it: up to a seq
     // (`Some`) or to the end of the log (`None`).
-    let (start_at_most, hi) = match (as_of, bounds) {
-        (AsOf::Seq(n), _) => (n, None),
-        (AsOf::Time(_), Some(b)) => (b.lo, (b.hi < b.covered).then_some(b)),
-        (AsOf::Time(_), None) => (0, None),
+    let start_at_most = match (as_of, bounds) {
+        (AsOf::Seq(n), _) => n,
+        (AsOf::Time(_), Some(b)) => b.lo,
+        (AsOf::Time(_), None) => 0,
     };
     let base = match kept {
         Some(k) if start_at_most > 0 => newest_snapshot(store, k, start_at_most, false).await?,
         _ => None,
     };
-    let from_snapshot = base.as_ref().map(|l| l.state.head.seq);
-    let mut state = base.map(|l| l.state).unwrap_or_default();
+    replay_from(store, base.map(|l| l.state), bounds, as_of).await
+}
+
+/// [`replay_with`] from a base already chosen: a state (from a snapshot the log holds)
+/// that holds only events the replay folds, or `None` for seq 1.
+pub async fn replay_from(
+    store: &dyn EventStore,
+    base: Option<State>,
+    bounds: Option<Bounds>,
+    as_of: AsOf,
+) -> anyhow::Result<Replayed> {
+    let hi = match (as_of, bounds) {
+        (AsOf::Time(_), Some(b)) => (b.hi < b.covered).then_some(b),
+        _ => None,
+    };
+    let from_snapshot = base.as_ref().map(|s| s.head.seq);
+    let mut state = base.unwrap_or_default();
     let mut read = 0;
     let after = state.head.seq;
     match (as_of, hi) {
