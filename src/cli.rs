@@ -242,7 +242,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit { command } => {
             let config = Config::resolve(&cli.global, &ServeArgs::default())?;
             let store = open(&config).await?;
-            audit(store, command).await
+            audit(store, &config, command).await
         }
         Command::Providers {
             command: ProvidersCommand::Reseal,
@@ -469,7 +469,68 @@ async fn open(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
     })
 }
 
-async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Result<i32> {
+/// The kept projection snapshots a replay may start from: none when snapshots are off or
+/// no keyring is at hand to check their MACs (no `KEYWARD_MASTER_KEYS` and no
+/// development key file; a replay never generates one).
+fn kept_snapshots(config: &Config) -> Option<crate::history::Kept> {
+    if config.snapshot_every == 0 {
+        return None;
+    }
+    if config.master_keys.is_none()
+        && (config.sqlite_path().is_none()
+            || !config
+                .data_dir
+                .join(crate::server::DEV_MASTER_KEY_FILE)
+                .exists())
+    {
+        return None;
+    }
+    let ring = crate::server::load_keyring(config).ok()?;
+    Some(crate::history::Kept {
+        dir: config.data_dir.clone(),
+        keys: ring.snapshot_mac_keys(),
+    })
+}
+
+/// `audit replay`: from the newest kept snapshot at or before the point, when one is
+/// usable. For a time, the timeline of the newest usable snapshot tells which one holds
+/// only events that occurred by then; the events after it are read and filtered.
+async fn replay_for_cli(
+    store: &dyn EventStore,
+    config: &Config,
+    as_of: AsOf,
+) -> anyhow::Result<State> {
+    let Some(kept) = kept_snapshots(config) else {
+        return crate::history::replay(store, as_of).await;
+    };
+    let r = match as_of {
+        AsOf::Seq(_) => crate::history::replay_with(store, Some(&kept), None, as_of).await?,
+        AsOf::Time(t) => {
+            match crate::history::newest_snapshot(store, &kept, u64::MAX, false).await? {
+                None => crate::history::replay_from(store, None, None, as_of).await?,
+                Some(newest) => {
+                    let bounds = newest.timeline.bounds(t);
+                    if newest.state.head.seq <= bounds.lo {
+                        crate::history::replay_from(store, Some(newest.state), Some(bounds), as_of)
+                            .await?
+                    } else {
+                        drop(newest);
+                        crate::history::replay_with(store, Some(&kept), Some(bounds), as_of)
+                            .await?
+                    }
+                }
+            }
+        }
+    };
+    tracing::debug!(from_snapshot = r.from_snapshot, read = r.read, "replayed");
+    Ok(r.state)
+}
+
+async fn audit(
+    store: Arc<dyn EventStore>,
+    config: &Config,
+    command: AuditCommand,
+) -> anyhow::Result<i32> {
     match command {
         AuditCommand::Verify { checkpoint, .. } => verify(store, checkpoint).await,
         AuditCommand::Replay {
@@ -485,7 +546,8 @@ async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Res
                 (None, Some(n)) => AsOf::Seq(n),
                 (None, None) => AsOf::Seq(u64::MAX),
             };
-            let state = crate::history::replay(store.as_ref(), as_of).await?;
+            // AUDIT-READ (issue 17): AsOf
+            let state = replay_for_cli(store.as_ref(), config, as_of).await?;
             let at = match as_of {
                 AsOf::Time(t) => t,
                 // The whole log: the table now.
