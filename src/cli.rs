@@ -546,7 +546,20 @@ async fn audit(
                 (None, Some(n)) => AsOf::Seq(n),
                 (None, None) => AsOf::Seq(u64::MAX),
             };
-            // AUDIT-READ (issue 17): AsOf
+            let filter = match as_of {
+                AsOf::Time(t) => format!("--as-of {}", crate::time::format(&t)),
+                AsOf::Seq(u64::MAX) => "(the whole log)".to_owned(),
+                AsOf::Seq(n) => format!("--until-seq {n}"),
+            };
+            let kind = match as_of {
+                AsOf::Time(_) => keyward_events::AuditReadKind::AsOf,
+                AsOf::Seq(_) => keyward_events::AuditReadKind::Replay,
+            };
+            let until = match as_of {
+                AsOf::Seq(n) if n != u64::MAX => Some(n),
+                _ => None,
+            };
+            record_cli_read(config, store.as_ref(), kind, filter, None, until).await?;
             let state = replay_for_cli(store.as_ref(), config, as_of).await?;
             let at = match as_of {
                 AsOf::Time(t) => t,
@@ -567,6 +580,19 @@ async fn audit(
             Ok(0)
         }
         AuditCommand::Export { from_seq, types } => {
+            let mut filter = format!("--from-seq {from_seq}");
+            for t in &types {
+                filter.push_str(&format!(" --type {t}"));
+            }
+            record_cli_read(
+                config,
+                store.as_ref(),
+                keyward_events::AuditReadKind::Export,
+                filter,
+                Some(from_seq.saturating_sub(1)),
+                None,
+            )
+            .await?;
             export(store, from_seq, types).await?;
             Ok(0)
         }
@@ -665,6 +691,67 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
         }
     }
     Ok(())
+}
+
+/// Records a read of the audit history made on the host (`audit export`, `audit replay`)
+/// as one `audit.read` by the actor `cli:<login>`, before anything is read. On PostgreSQL
+/// it is appended like any write. On SQLite only one process may append to the file: with
+/// `serve` stopped the command takes the data dir's lock and appends; while `serve` holds
+/// the lock the read cannot be recorded from here, and stderr says so. (Whoever can run
+/// this command can read the database file itself, so the host's reads are recorded as a
+/// courtesy; the reads that are recorded without fail are those through the API and the
+/// console, which is where a reader without host access comes in.)
+async fn record_cli_read(
+    config: &Config,
+    store: &dyn EventStore,
+    kind: keyward_events::AuditReadKind,
+    filter: String,
+    after_seq: Option<u64>,
+    until_seq: Option<u64>,
+) -> anyhow::Result<()> {
+    let _lock = if config.sqlite_path().is_some() {
+        match crate::server::lock_data_dir(&config.data_dir) {
+            Ok(lock) => Some(lock),
+            Err(_) => {
+                eprintln!(
+                    "note: `keyward serve` holds {}, so this read is not recorded in the log \
+                     (reads through the API and the console are)",
+                    config.data_dir.display()
+                );
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    let login = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let event = keyward_events::Event::AuditRead(keyward_events::AuditRead {
+        user_id: None,
+        kind,
+        filter: Some(filter),
+        after_seq,
+        until_seq,
+    });
+    let new = keyward_events::NewEvent::new(
+        &event,
+        keyward_events::ExpectedVersion::Any,
+        chrono::Utc::now(),
+        format!("cli:{login}"),
+        None,
+    );
+    let mut results = store
+        .append(vec![vec![new]])
+        .await
+        .context("cannot record this read of the audit log (audit.read); nothing was read")?;
+    match results.pop() {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(anyhow::anyhow!(
+            "cannot record this read of the audit log (audit.read): {e}; nothing was read"
+        )),
+        None => bail!("cannot record this read of the audit log: the append returned nothing"),
+    }
 }
 
 async fn export(
