@@ -520,7 +520,6 @@ impl Writer {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let poll = POLL.min(self.interval);
-            self.write_if_due(false).await;
             loop {
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,

@@ -229,20 +229,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .clone()
         .map(|hook| crate::notify::spawn(commands.clone(), hook, stop_rx.clone()));
     let sweeper = (stop, crate::sweeper::spawn(commands.clone(), stop_rx));
-    let checkpoints = checkpoint_start.as_ref().and_then(|(key, dir, check)| {
-        check.problem.is_none().then(|| {
-            let (stop, rx) = tokio::sync::watch::channel(false);
-            let writer = crate::checkpoint::Writer::new(
-                &config,
-                key.clone(),
-                dir.clone(),
-                store.clone(),
-                live.clone(),
-                check.clone(),
-            );
-            (stop, writer.spawn(rx))
-        })
-    });
+    let mut checkpoints = None;
+    if let Some((key, dir, check)) = &checkpoint_start
+        && check.problem.is_none()
+    {
+        let mut writer = crate::checkpoint::Writer::new(
+            &config,
+            key.clone(),
+            dir.clone(),
+            store.clone(),
+            live.clone(),
+            check.clone(),
+        );
+        // The log as it starts is published before anything is served.
+        writer.write_if_due(true).await;
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        checkpoints = Some((stop, writer.spawn(rx)));
+    }
     let mut app = App::new(config, store, live, commands, keyring, proxy);
     app.checkpoint_key = checkpoint_start.map(|(key, _, _)| key);
     app.set_ready(true);
