@@ -238,7 +238,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 bail!(
                     "no checkpoint key: set KEYWARD_CHECKPOINT_KEY (--checkpoint-key or --checkpoint-key-file); \
                      on SQLite `serve` generates a development key into {}",
-                    config.data_dir.join(crate::checkpoint::DEV_KEY_FILE).display()
+                    config
+                        .data_dir
+                        .join(crate::checkpoint::DEV_KEY_FILE)
+                        .display()
                 );
             };
             println!("{}", key.verifier());

@@ -5,6 +5,7 @@
 
 mod api;
 mod audit;
+mod checkpoint;
 mod cli;
 mod common;
 mod crash;
