@@ -102,7 +102,10 @@ pub enum AuditCommand {
     /// With `--export FILE`, verifies an NDJSON export offline instead, with no database
     /// (the same as the `keyward-verify` binary of the keyward-events crate).
     Verify {
-        /// A checkpoint (from `audit checkpoint`) the log must still agree with.
+        /// A signed checkpoint (a `.note` that `serve` wrote) the log must still agree with:
+        /// its signature must verify, the log must reach its size, and its first `size`
+        /// events must hash to its root. An unsigned head from `audit checkpoint` (JSON) is
+        /// accepted too.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
         /// An export (`audit export`, `GET /api/v1/audit/export`) to verify offline; `-`
@@ -123,6 +126,15 @@ pub enum AuditCommand {
         /// hashes the export redacted).
         #[arg(long, requires = "export")]
         strict: bool,
+    },
+    /// Print the public key that verifies this service's signed checkpoints.
+    PublicKey,
+    /// Generate a new checkpoint signing key: prints the signer key (a secret, for
+    /// KEYWARD_CHECKPOINT_KEY) on the first line and its public key on the second.
+    GenerateCheckpointKey {
+        /// The key's name, e.g. `keyward/example.com`: no spaces and no `+`.
+        #[arg(long)]
+        name: String,
     },
     /// The key table as it was at a point in the log.
     Replay {
@@ -239,10 +251,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             filtered,
             strict,
         ),
+        Command::Audit {
+            command: AuditCommand::GenerateCheckpointKey { name },
+        } => {
+            let signer = keyward_events::note::NoteSigner::generate(&name)
+                .map_err(|e| anyhow::anyhow!("--name {name:?}: {e}"))?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", signer.to_text().as_str())?;
+            writeln!(out, "{}", signer.verifier())?;
+            eprintln!(
+                "the first line is the signer key: a secret, for KEYWARD_CHECKPOINT_KEY (or a file for \
+                 --checkpoint-key-file); the second is its public key, for auditors"
+            );
+            Ok(0)
+        }
+        Command::Audit {
+            command: AuditCommand::PublicKey,
+        } => {
+            let config = Config::resolve(&cli.global, &ServeArgs::default())?;
+            let Some(key) = crate::checkpoint::load_key(&config, false)? else {
+                bail!(
+                    "no checkpoint key: set KEYWARD_CHECKPOINT_KEY (--checkpoint-key or --checkpoint-key-file); \
+                     on SQLite `serve` generates a development key into {}",
+                    config
+                        .data_dir
+                        .join(crate::checkpoint::DEV_KEY_FILE)
+                        .display()
+                );
+            };
+            println!("{}", key.verifier());
+            Ok(0)
+        }
         Command::Audit { command } => {
             let config = Config::resolve(&cli.global, &ServeArgs::default())?;
             let store = open(&config).await?;
-            audit(store, &config, command).await
+            audit(&config, store, command).await
         }
         Command::Providers {
             command: ProvidersCommand::Reseal,
@@ -527,12 +570,20 @@ async fn replay_for_cli(
 }
 
 async fn audit(
-    store: Arc<dyn EventStore>,
     config: &Config,
+    store: Arc<dyn EventStore>,
     command: AuditCommand,
 ) -> anyhow::Result<i32> {
     match command {
+        AuditCommand::Verify {
+            checkpoint: Some(path),
+            public_key,
+            ..
+        } if !is_json_head(&path) => verify_signed(config, store, &path, public_key).await,
         AuditCommand::Verify { checkpoint, .. } => verify(store, checkpoint).await,
+        AuditCommand::PublicKey | AuditCommand::GenerateCheckpointKey { .. } => {
+            bail!("handled before the store is opened")
+        }
         AuditCommand::Replay {
             as_of,
             until_seq,
@@ -603,6 +654,84 @@ async fn audit(
             Ok(0)
         }
     }
+}
+
+/// Whether a `--checkpoint` file is the unsigned JSON head of `audit checkpoint` rather
+/// than a signed note.
+fn is_json_head(path: &std::path::Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| b.iter().find(|c| !c.is_ascii_whitespace()).copied())
+        == Some(b'{')
+}
+
+/// `audit verify --checkpoint NOTE`: the note's signature, then the chain, then that the
+/// log reaches the checkpoint's size and its first `size` events hash to its root.
+async fn verify_signed(
+    config: &Config,
+    store: Arc<dyn EventStore>,
+    path: &std::path::Path,
+    public_key: Option<String>,
+) -> anyhow::Result<i32> {
+    let verifier = match public_key {
+        Some(arg) => keyward_events::note::NoteVerifier::from_text(&public_key_text(&arg)?)
+            .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?,
+        None => match crate::checkpoint::load_key(config, false)? {
+            Some(key) => key.verifier(),
+            None => bail!(
+                "no public key to check the checkpoint with: give --public-key, or configure KEYWARD_CHECKPOINT_KEY"
+            ),
+        },
+    };
+    let cp = match crate::checkpoint::open_file(path, &[verifier]) {
+        Ok(cp) => cp,
+        Err(e) => {
+            println!("FAILED: {e:#}");
+            return Ok(1);
+        }
+    };
+    let report = crate::audit::verify_chain(store.as_ref(), None).await?;
+    if let Some(f) = &report.failure {
+        println!("FAILED: {}", f.reason);
+        return Ok(1);
+    }
+    let file = path.display().to_string();
+    let consistency = crate::checkpoint::consistency(store.as_ref(), &cp).await?;
+    if let Some(problem) = consistency.problem(&cp, &file) {
+        println!("FAILED: {problem}");
+        return Ok(1);
+    }
+    // The store's own tree must prove it too: the RFC 9162 consistency proof from the
+    // checkpoint's size to the head, checked against the checkpoint's root.
+    if cp.size > 0 && report.head.seq >= cp.size {
+        let proven = match crate::audit::consistency(store.as_ref(), cp.size, report.head.seq).await {
+            Ok(c) => keyward_events::merkle::verify_consistency(
+                c.from,
+                c.to,
+                &cp.root,
+                &c.to_root,
+                &c.proof,
+            )
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = proven {
+            println!(
+                "FAILED: the store's Merkle tree does not prove the head consistent with the checkpoint {file}: {e}"
+            );
+            return Ok(1);
+        }
+    }
+    println!(
+        "ok: {} verified; head seq {} hash {}; consistent with the signed checkpoint {file} ({} of {}, root {})",
+        count(report.checked as usize, "event", "events"),
+        report.head.seq,
+        report.head.hash,
+        count(cp.size as usize, "event", "events"),
+        cp.origin,
+        cp.root.to_hex()
+    );
+    Ok(0)
 }
 
 async fn verify(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>) -> anyhow::Result<i32> {
@@ -802,6 +931,18 @@ async fn export(
 
 /// `audit verify --export`: the offline verifier of the keyward-events crate, with no
 /// config and no store. Exits 1 naming the first bad seq.
+/// `--public-key`: the key's text, or a file holding it.
+fn public_key_text(k: &str) -> anyhow::Result<String> {
+    let path = std::path::Path::new(k);
+    if path.is_file() {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .with_context(|| format!("cannot read the public key {k}"))
+    } else {
+        Ok(k.trim().to_owned())
+    }
+}
+
 fn verify_export_offline(
     export: &std::path::Path,
     checkpoint: Option<&std::path::Path>,
@@ -817,18 +958,7 @@ fn verify_export_offline(
                 .with_context(|| format!("cannot read the checkpoint {}", p.display()))
         })
         .transpose()?;
-    let public_key = public_key
-        .map(|k| {
-            let path = std::path::Path::new(k);
-            if path.is_file() {
-                std::fs::read_to_string(path)
-                    .map(|s| s.trim().to_owned())
-                    .with_context(|| format!("cannot read the public key {k}"))
-            } else {
-                Ok(k.trim().to_owned())
-            }
-        })
-        .transpose()?;
+    let public_key = public_key.map(public_key_text).transpose()?;
     let opts = Options {
         mode: match (complete, filtered) {
             (true, _) => Mode::Complete,

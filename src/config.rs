@@ -33,6 +33,18 @@ pub struct GlobalArgs {
         hide_env_values = true
     )]
     pub master_keys: Option<String>,
+    /// The Ed25519 key that signs audit checkpoints, as a C2SP signer key
+    /// `PRIVATE+KEY+<name>+<hash>+<base64>` (`keyward audit generate-checkpoint-key`).
+    #[arg(
+        long,
+        env = "KEYWARD_CHECKPOINT_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub checkpoint_key: Option<String>,
+    /// A file holding the checkpoint signer key (instead of `--checkpoint-key`).
+    #[arg(long, env = "KEYWARD_CHECKPOINT_KEY_FILE", global = true)]
+    pub checkpoint_key_file: Option<PathBuf>,
     /// `pretty` (default) or `json`.
     #[arg(long, env = "KEYWARD_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -130,7 +142,31 @@ pub struct ServeArgs {
     /// older ones are deleted. At least 1.
     #[arg(long, env = "KEYWARD_SNAPSHOTS_KEEP")]
     pub snapshots_keep: Option<String>,
-    /// Start even though the audit chain does not verify. Loudly.
+    /// Where signed checkpoints are written: `<data dir>/checkpoints` on SQLite; on
+    /// PostgreSQL none are written unless this is set.
+    #[arg(long, env = "KEYWARD_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// The checkpoint's origin line (the log's name); defaults to the key's name.
+    #[arg(long, env = "KEYWARD_CHECKPOINT_ORIGIN")]
+    pub checkpoint_origin: Option<String>,
+    /// Write a signed checkpoint after this many new events (100000).
+    #[arg(long, env = "KEYWARD_CHECKPOINT_EVERY")]
+    pub checkpoint_every: Option<String>,
+    /// Write a signed checkpoint at least this often while the log grows, e.g. `60s`.
+    #[arg(long, env = "KEYWARD_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Option<String>,
+    /// Where each new checkpoint is POSTed (a witness or an archive); none without it.
+    #[arg(long, env = "KEYWARD_CHECKPOINT_WITNESS_URL")]
+    pub checkpoint_witness_url: Option<String>,
+    /// The HMAC-SHA256 key that signs each POST to the witness (`x-keyward-signature`).
+    #[arg(
+        long,
+        env = "KEYWARD_CHECKPOINT_WITNESS_SECRET",
+        hide_env_values = true
+    )]
+    pub checkpoint_witness_secret: Option<String>,
+    /// Start even though the audit chain does not verify, or the log is behind or
+    /// inconsistent with the newest signed checkpoint. Loudly.
     #[arg(long)]
     pub allow_broken_chain: bool,
 }
@@ -171,6 +207,42 @@ struct FileConfig {
     upstream_allow: Option<String>,
     snapshot_every: Option<usize>,
     snapshots_keep: Option<usize>,
+    checkpoint_key: Option<String>,
+    checkpoint_key_file: Option<PathBuf>,
+    checkpoint_dir: Option<PathBuf>,
+    checkpoint_origin: Option<String>,
+    checkpoint_every: Option<usize>,
+    checkpoint_interval: Option<String>,
+    checkpoint_witness_url: Option<String>,
+    checkpoint_witness_secret: Option<String>,
+}
+
+/// The checkpoint settings of the file, taken out before the rest is read.
+#[derive(Default)]
+struct FileCheckpoint {
+    checkpoint_key: Option<String>,
+    checkpoint_key_file: Option<PathBuf>,
+    checkpoint_dir: Option<PathBuf>,
+    checkpoint_origin: Option<String>,
+    checkpoint_every: Option<usize>,
+    checkpoint_interval: Option<String>,
+    checkpoint_witness_url: Option<String>,
+    checkpoint_witness_secret: Option<String>,
+}
+
+impl FileCheckpoint {
+    fn take(f: &mut FileConfig) -> FileCheckpoint {
+        FileCheckpoint {
+            checkpoint_key: f.checkpoint_key.take(),
+            checkpoint_key_file: f.checkpoint_key_file.take(),
+            checkpoint_dir: f.checkpoint_dir.take(),
+            checkpoint_origin: f.checkpoint_origin.take(),
+            checkpoint_every: f.checkpoint_every.take(),
+            checkpoint_interval: f.checkpoint_interval.take(),
+            checkpoint_witness_url: f.checkpoint_witness_url.take(),
+            checkpoint_witness_secret: f.checkpoint_witness_secret.take(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,8 +295,68 @@ pub struct Config {
     pub snapshot_every: usize,
     /// Snapshots kept in `<data dir>/snapshots`, the newest; at least 1.
     pub snapshots_keep: usize,
+    /// Signed checkpoints: the key, where they go and how often.
+    pub checkpoint: CheckpointConfig,
     pub allow_broken_chain: bool,
 }
+
+/// The checkpoint signer key text. Its `Debug` prints nothing; zeroed on drop.
+#[derive(Clone)]
+pub struct CheckpointKeyText(zeroize::Zeroizing<String>);
+
+impl CheckpointKeyText {
+    pub fn new(s: String) -> Self {
+        CheckpointKeyText(zeroize::Zeroizing::new(s))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CheckpointKeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointKeyText(<redacted>)")
+    }
+}
+
+/// Signed checkpoints (see `crate::checkpoint`).
+#[derive(Clone, Debug)]
+pub struct CheckpointConfig {
+    /// The configured signer key (flag, variable or key file), already checked to parse.
+    /// `None`: on SQLite the development key `<data dir>/checkpoint.key` is used (made on
+    /// first start); on PostgreSQL no checkpoints are written.
+    pub key: Option<CheckpointKeyText>,
+    /// The origin line; `None`: the key's name.
+    pub origin: Option<String>,
+    /// Where checkpoints are written; `None`: none are written (PostgreSQL without
+    /// `--checkpoint-dir`).
+    pub dir: Option<PathBuf>,
+    /// New events that make a checkpoint due.
+    pub every: u64,
+    /// Time after which a checkpoint is due if the log grew at all.
+    pub interval: std::time::Duration,
+    /// Where each checkpoint is POSTed, signed like the expiry notices.
+    pub witness: Option<Witness>,
+}
+
+/// A URL each new checkpoint is POSTed to. Its `Debug` shows only the URL's origin.
+#[derive(Clone)]
+pub struct Witness {
+    pub url: String,
+    pub secret: WebhookSecret,
+}
+
+impl std::fmt::Debug for Witness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Witness")
+            .field("url", &crate::redact::endpoint(&self.url))
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 100_000;
+pub const DEFAULT_CHECKPOINT_INTERVAL: &str = "60s";
 
 /// The key that signs expiry notices. Its `Debug` prints nothing.
 #[derive(Clone)]
@@ -289,6 +421,11 @@ impl std::fmt::Debug for GlobalArgs {
                     .map(crate::redact::database_url),
             )
             .field("master_keys", &set_or_not(self.master_keys.as_deref()))
+            .field(
+                "checkpoint_key",
+                &set_or_not(self.checkpoint_key.as_deref()),
+            )
+            .field("checkpoint_key_file", &self.checkpoint_key_file)
             .field("log_format", &self.log_format)
             .field("log", &self.log)
             .finish()
@@ -309,6 +446,17 @@ impl std::fmt::Debug for ServeArgs {
             .field(
                 "notify_webhook_secret",
                 &set_or_not(self.notify_webhook_secret.as_deref()),
+            )
+            .field(
+                "checkpoint_witness_url",
+                &self
+                    .checkpoint_witness_url
+                    .as_deref()
+                    .map(crate::redact::endpoint),
+            )
+            .field(
+                "checkpoint_witness_secret",
+                &set_or_not(self.checkpoint_witness_secret.as_deref()),
             )
             .field("allow_broken_chain", &self.allow_broken_chain)
             .finish_non_exhaustive()
@@ -332,6 +480,7 @@ impl std::fmt::Debug for Config {
             .field("upstream_allow", &self.upstream_allow)
             .field("snapshot_every", &self.snapshot_every)
             .field("snapshots_keep", &self.snapshots_keep)
+            .field("checkpoint", &self.checkpoint)
             .field("allow_broken_chain", &self.allow_broken_chain)
             .finish_non_exhaustive()
     }
@@ -382,6 +531,14 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "upstream-allow" => "KEYWARD_UPSTREAM_ALLOW",
         "snapshot-every" => "KEYWARD_SNAPSHOT_EVERY",
         "snapshots-keep" => "KEYWARD_SNAPSHOTS_KEEP",
+        "checkpoint-key" => "KEYWARD_CHECKPOINT_KEY",
+        "checkpoint-key-file" => "KEYWARD_CHECKPOINT_KEY_FILE",
+        "checkpoint-dir" => "KEYWARD_CHECKPOINT_DIR",
+        "checkpoint-origin" => "KEYWARD_CHECKPOINT_ORIGIN",
+        "checkpoint-every" => "KEYWARD_CHECKPOINT_EVERY",
+        "checkpoint-interval" => "KEYWARD_CHECKPOINT_INTERVAL",
+        "checkpoint-witness-url" => "KEYWARD_CHECKPOINT_WITNESS_URL",
+        "checkpoint-witness-secret" => "KEYWARD_CHECKPOINT_WITNESS_SECRET",
         "config" => "KEYWARD_CONFIG",
         _ => "",
     };
@@ -415,6 +572,14 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "upstream-allow" => "upstream_allow",
         "snapshot-every" => "snapshot_every",
         "snapshots-keep" => "snapshots_keep",
+        "checkpoint-key" => "checkpoint_key",
+        "checkpoint-key-file" => "checkpoint_key_file",
+        "checkpoint-dir" => "checkpoint_dir",
+        "checkpoint-origin" => "checkpoint_origin",
+        "checkpoint-every" => "checkpoint_every",
+        "checkpoint-interval" => "checkpoint_interval",
+        "checkpoint-witness-url" => "checkpoint_witness_url",
+        "checkpoint-witness-secret" => "checkpoint_witness_secret",
         other => other,
     };
     ConfigError {
@@ -440,6 +605,8 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let mut file = file;
+        let file_checkpoint = FileCheckpoint::take(&mut file);
 
         let data_dir = g
             .data_dir
@@ -680,6 +847,13 @@ impl Config {
                 .unwrap_or(""),
         )
         .map_err(|r| bad("upstream-allow", r))?;
+        let checkpoint = resolve_checkpoint(
+            g,
+            s,
+            file_checkpoint,
+            &data_dir,
+            database_url.starts_with("sqlite:"),
+        )?;
         let notify = match (notify_url, notify_secret) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -745,6 +919,7 @@ impl Config {
             upstream_allow,
             snapshot_every,
             snapshots_keep,
+            checkpoint,
             allow_broken_chain: s.allow_broken_chain,
         })
     }
@@ -753,6 +928,135 @@ impl Config {
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         sqlite_path(&self.database_url)
     }
+}
+
+/// The checkpoint settings. The key is checked to parse here, so that a wrong key stops
+/// the start naming the setting (and never quoting the key).
+fn resolve_checkpoint(
+    g: &GlobalArgs,
+    s: &ServeArgs,
+    mut file: FileCheckpoint,
+    data_dir: &Path,
+    sqlite: bool,
+) -> Result<CheckpointConfig, ConfigError> {
+    let key_text = g.checkpoint_key.clone().or(file.checkpoint_key.take());
+    let key_file = g
+        .checkpoint_key_file
+        .clone()
+        .or(file.checkpoint_key_file.take());
+    let key = match (key_text, key_file) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "checkpoint-key-file",
+                "give the checkpoint key either as text (--checkpoint-key) or as a file, not both",
+            ));
+        }
+        (Some(text), None) => {
+            let text = CheckpointKeyText::new(text.trim().to_owned());
+            keyward_events::note::NoteSigner::from_text(text.expose())
+                .map_err(|e| bad("checkpoint-key", e.to_string()))?;
+            Some(text)
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                bad(
+                    "checkpoint-key-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let text = CheckpointKeyText::new(text.trim().to_owned());
+            keyward_events::note::NoteSigner::from_text(text.expose())
+                .map_err(|e| bad("checkpoint-key-file", format!("{}: {e}", path.display())))?;
+            Some(text)
+        }
+        (None, None) => None,
+    };
+    let origin = s
+        .checkpoint_origin
+        .clone()
+        .or(file.checkpoint_origin.take());
+    if let Some(o) = &origin
+        && (o.is_empty() || o.chars().any(char::is_control))
+    {
+        return Err(bad(
+            "checkpoint-origin",
+            "must be one non-empty line without control characters",
+        ));
+    }
+    let dir = s
+        .checkpoint_dir
+        .clone()
+        .or(file.checkpoint_dir.take())
+        .or_else(|| sqlite.then(|| data_dir.join(crate::checkpoint::DIR)));
+    if dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+        return Err(bad("checkpoint-dir", "must not be empty"));
+    }
+    let every = number(
+        s.checkpoint_every.as_deref(),
+        file.checkpoint_every,
+        DEFAULT_CHECKPOINT_EVERY as usize,
+        "checkpoint-every",
+        1,
+        usize::MAX,
+    )? as u64;
+    let interval = std_duration(
+        s.checkpoint_interval.as_deref(),
+        file.checkpoint_interval.take(),
+        DEFAULT_CHECKPOINT_INTERVAL,
+        "checkpoint-interval",
+    )?;
+    let url = s
+        .checkpoint_witness_url
+        .clone()
+        .or(file.checkpoint_witness_url.take());
+    let secret = s
+        .checkpoint_witness_secret
+        .clone()
+        .or(file.checkpoint_witness_secret.take());
+    let witness = match (url, secret) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(bad(
+                "checkpoint-witness-url",
+                "a witness secret is set but no witness URL",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(bad(
+                "checkpoint-witness-secret",
+                "the witness needs a secret to sign its POSTs",
+            ));
+        }
+        (Some(url), Some(secret)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(
+                    "checkpoint-witness-url",
+                    format!(
+                        "{:?} is not an http:// or https:// URL",
+                        crate::redact::endpoint(&url)
+                    ),
+                ));
+            }
+            if secret.len() < 16 {
+                return Err(bad(
+                    "checkpoint-witness-secret",
+                    "must be at least 16 characters",
+                ));
+            }
+            Some(Witness {
+                url,
+                secret: WebhookSecret::new(secret),
+            })
+        }
+    };
+    Ok(CheckpointConfig {
+        key,
+        origin,
+        dir,
+        every,
+        interval,
+        witness,
+    })
 }
 
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {

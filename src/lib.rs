@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -75,6 +76,8 @@ pub struct App {
     pub console: ui::Console,
     /// `?as_of=` replays running at once: each folds the log from seq 1.
     pub replays: tokio::sync::Semaphore,
+    /// The key that signs audit checkpoints, when there is one (`crate::checkpoint`).
+    pub checkpoint_key: Option<Arc<checkpoint::CheckpointKey>>,
     ready: AtomicBool,
 }
 
@@ -96,6 +99,7 @@ impl App {
             commands,
             keyring,
             proxy,
+            checkpoint_key: None,
             ready: AtomicBool::new(false),
         }
     }

@@ -45,6 +45,12 @@ pub struct Running {
     snapshots: Option<(Arc<Snapshots>, tokio::task::JoinHandle<()>)>,
     /// After a start from a snapshot: verifies the chain up to it in the background.
     prefix_check: Option<tokio::task::JoinHandle<()>>,
+    /// The signed checkpoint writer and its own stop: it writes a last checkpoint once
+    /// every queued event is committed.
+    checkpoints: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
     _lock: Option<File>,
 }
 
@@ -65,6 +71,10 @@ impl Running {
         self.appender.shutdown().await;
         if let Some(tail) = self.tail {
             tail.shutdown().await;
+        }
+        if let Some((stop, task)) = self.checkpoints {
+            let _ = stop.send(true);
+            let _ = task.await;
         }
         if let Some(check) = self.prefix_check {
             check.abort();
@@ -116,6 +126,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             redact_url(&config.database_url)
         )
     })?;
+
+    let checkpoint_start = start_checkpoints(&config, store.as_ref()).await?;
 
     let snapshot_keys = keyring.snapshot_mac_keys();
     // The newest kept snapshot that passes its checks and that the log holds (each one
@@ -222,7 +234,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .clone()
         .map(|hook| crate::notify::spawn(commands.clone(), hook, stop_rx.clone()));
     let sweeper = (stop, crate::sweeper::spawn(commands.clone(), stop_rx));
-    let app = App::new(config, store, live, commands, keyring, proxy);
+    let mut checkpoints = None;
+    if let Some((key, dir, check)) = &checkpoint_start
+        && check.problem.is_none()
+    {
+        let mut writer = crate::checkpoint::Writer::new(
+            &config,
+            key.clone(),
+            dir.clone(),
+            store.clone(),
+            live.clone(),
+            check.clone(),
+        );
+        // The log as it starts is published before anything is served.
+        writer.write_if_due(true).await;
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        checkpoints = Some((stop, writer.spawn(rx)));
+    }
+    let mut app = App::new(config, store, live, commands, keyring, proxy);
+    app.checkpoint_key = checkpoint_start.map(|(key, _, _)| key);
     app.set_ready(true);
     let state = AppState(Arc::new(app));
     let proxy_janitor = crate::http::proxy::spawn_sweeper(state.clone());
@@ -230,6 +260,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .snapshot
         .map(|head| tokio::spawn(check_prefix(state.clone(), head)));
     Ok(Running {
+        checkpoints,
         snapshots,
         prefix_check,
         state,
@@ -291,6 +322,54 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("usage queue drained; bye");
     Ok(())
+}
+
+/// The checkpoint key, and the start check of the log against the newest signed checkpoint
+/// (see [`crate::checkpoint`]). `None` when no checkpoints are written (PostgreSQL without
+/// a key or a directory), with a warning.
+async fn start_checkpoints(
+    config: &Config,
+    store: &dyn EventStore,
+) -> anyhow::Result<
+    Option<(
+        Arc<crate::checkpoint::CheckpointKey>,
+        PathBuf,
+        crate::checkpoint::StartCheck,
+    )>,
+> {
+    let key = crate::checkpoint::load_key(config, true)?;
+    let (key, dir) = match (key, &config.checkpoint.dir) {
+        (Some(key), Some(dir)) => (key, dir.clone()),
+        (None, _) => {
+            tracing::warn!(
+                "no checkpoint key (KEYWARD_CHECKPOINT_KEY): no signed checkpoints are written, and the log is not checked against any at start"
+            );
+            return Ok(None);
+        }
+        (Some(_), None) => {
+            tracing::warn!(
+                "no checkpoint directory (KEYWARD_CHECKPOINT_DIR): no signed checkpoints are written, and the log is not checked against any at start"
+            );
+            return Ok(None);
+        }
+    };
+    let check =
+        crate::checkpoint::check_at_start(store, &key, &dir, config.allow_broken_chain).await?;
+    match (&check.problem, &check.checked) {
+        (Some(problem), _) => tracing::error!(
+            problem = %problem,
+            "THE LOG DISAGREES WITH ITS NEWEST SIGNED CHECKPOINT: {problem}. Serving anyway because \
+             --allow-broken-chain was given; no new checkpoint is signed while it disagrees. \
+             The log cannot be trusted until this is investigated."
+        ),
+        (None, Some((path, cp))) => tracing::info!(
+            size = cp.size,
+            path = %path.display(),
+            "the log is consistent with its newest signed checkpoint"
+        ),
+        (None, None) => {}
+    }
+    Ok(Some((key, dir, check)))
 }
 
 /// Verifies the chain under the snapshot this node started from, while it serves. A break
@@ -369,6 +448,7 @@ pub const DATA_DIR_FILES: &[&str] = &[
     DEV_MASTER_KEY_FILE,
     bootstrap::INITIAL_ADMIN_KEY_FILE,
     snapshot::FILE,
+    crate::checkpoint::DEV_KEY_FILE,
 ];
 
 /// Sets every file of [`DATA_DIR_FILES`] that exists to 0600: a data dir made by hand, or

@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::AppState;
-use crate::http::{audit, keys, logs, me, providers, users};
+use crate::http::{audit, checkpoint, keys, logs, me, providers, users};
 
 /// Management requests are small; anything larger is refused with 413.
 pub const MANAGEMENT_BODY_LIMIT: usize = 256 * 1024;
@@ -64,6 +64,7 @@ fn api_router() -> OpenApiRouter<AppState> {
             .merge(providers::router())
             .merge(users::router())
             .merge(audit::router())
+            .merge(checkpoint::router())
             .merge(logs::router())
             .merge(me::router()),
     )

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod audit;
 pub mod caller;
+pub mod checkpoint;
 pub mod error;
 pub mod keys;
 pub mod listener;

@@ -6,6 +6,7 @@
 mod api;
 mod audit;
 mod auditor;
+mod checkpoint;
 mod cli;
 mod common;
 mod crash;

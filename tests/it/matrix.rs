@@ -31,6 +31,8 @@ const EXPECTED: &[(&str, &str, u16, u16)] = &[
     ("delete", "/api/v1/keys/{id}", 200, 200),
     ("delete", "/api/v1/providers/{id}", 403, 404),
     ("get", "/api/v1/audit/checkpoint", 403, 200),
+    ("get", "/api/v1/audit/checkpoint/latest", 403, 200),
+    ("get", "/api/v1/audit/public-key", 403, 200),
     ("get", "/api/v1/audit/events", 200, 200),
     ("get", "/api/v1/audit/export", 200, 200),
     ("get", "/api/v1/audit/verify", 403, 200),
@@ -74,6 +76,8 @@ fn admin_only(path: &str) -> bool {
         || path.starts_with("/api/v1/users")
         || path == "/api/v1/audit/verify"
         || path == "/api/v1/audit/checkpoint"
+        || path == "/api/v1/audit/checkpoint/latest"
+        || path == "/api/v1/audit/public-key"
 }
 
 #[tokio::test]

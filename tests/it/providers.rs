@@ -683,7 +683,9 @@ fn admin_only_operations() -> Vec<(Method, String)> {
         let admin_only = path.starts_with("/api/v1/providers")
             || path.starts_with("/api/v1/users")
             || path == "/api/v1/audit/verify"
-            || path == "/api/v1/audit/checkpoint";
+            || path == "/api/v1/audit/checkpoint"
+            || path == "/api/v1/audit/checkpoint/latest"
+            || path == "/api/v1/audit/public-key";
         if !admin_only {
             continue;
         }
@@ -712,8 +714,9 @@ async fn a_non_admin_gets_403_on_every_admin_route_and_writes_nothing() {
     let pid = p["id"].as_str().unwrap().to_owned();
     let (user_id, user_key) = user_with_full_key(&t, "mallory").await;
     let ops = admin_only_operations();
-    // providers: 2 + 3 + 1 + 1; users: 2 + 2; audit: verify and checkpoint.
-    assert_eq!(ops.len(), 13, "{ops:?}");
+    // providers: 2 + 3 + 1 + 1; users: 2 + 2; audit: verify, checkpoint, the latest
+    // signed checkpoint and its public key.
+    assert_eq!(ops.len(), 15, "{ops:?}");
     let h = head(&t);
     for (method, path) in ops {
         // Real ids too, so a 404 cannot hide a missing role check.

@@ -282,6 +282,7 @@ const RUNNING_FILES: &[&str] = &[
     "keyward.lock",
     "master.key",
     "initial-admin-key",
+    "checkpoint.key",
 ];
 
 #[cfg(unix)]
