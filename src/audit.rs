@@ -319,6 +319,52 @@ pub async fn inclusion(store: &dyn EventStore, seq: u64, size: u64) -> Result<In
     })
 }
 
+/// Events whose inclusion proofs are read in one query by [`inclusion_proofs`].
+pub const PROOFS_PER_READ: usize = 256;
+
+/// The inclusion proofs of `events` (each of seq at most `size`) in the tree of the first
+/// `size` events, whose root is `root`: the nodes of up to [`PROOFS_PER_READ`] proofs are
+/// read in one query, and each proof is checked against the event's own hash and `root`
+/// before it is handed out, so a tree row that disagrees with the events is an error here
+/// rather than a bad proof in an export.
+pub async fn inclusion_proofs(
+    store: &dyn EventStore,
+    events: &[Envelope],
+    size: u64,
+    root: &Hash32,
+) -> Result<Vec<Vec<Hash32>>, TreeError> {
+    let mut out = Vec::with_capacity(events.len());
+    for chunk in events.chunks(PROOFS_PER_READ) {
+        let plans = chunk
+            .iter()
+            .map(|env| {
+                if env.seq == 0 || env.seq > size {
+                    return Err(out_of_range(
+                        "seq",
+                        env.seq,
+                        format!("the tree of size {size} holds seqs 1 to {size}"),
+                    ));
+                }
+                merkle::inclusion_plan(env.seq - 1, size)
+                    .map_err(|e| TreeError::Corrupt(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&ProofPlan> = plans.iter().collect();
+        let (proofs, _) = assemble(store, &refs, &[]).await?;
+        for (env, proof) in chunk.iter().zip(proofs) {
+            merkle::verify_inclusion(&merkle::leaf_hash(&env.hash), env.seq - 1, size, &proof, root)
+                .map_err(|e| {
+                    TreeError::Corrupt(format!(
+                        "the stored tree does not prove the event of seq {} against the root of size {size}: {e}",
+                        env.seq
+                    ))
+                })?;
+            out.push(proof);
+        }
+    }
+    Ok(out)
+}
+
 /// The proof that the tree of the first `to` events extends the tree of the first
 /// `from` (RFC 9162 §2.1.4). `from` must be at least 1: every tree extends the empty one,
 /// and RFC 9162 defines no proof for it.

@@ -305,6 +305,60 @@ pub fn open_file(path: &Path, verifiers: &[NoteVerifier]) -> anyhow::Result<Chec
     Ok(cp)
 }
 
+/// Why an export with proofs cannot be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportSignError {
+    #[error(transparent)]
+    Tree(#[from] crate::audit::TreeError),
+    /// The store's tree does not extend the latest published checkpoint.
+    #[error("{0}")]
+    Inconsistent(String),
+    #[error("cannot sign the checkpoint: {0}")]
+    Sign(String),
+}
+
+/// Signs, for an export that carries proofs, a checkpoint of the log's first `size`
+/// events (`size` at most the store's tree size), with the root from the store's tree.
+/// When a checkpoint was published in `dir` (`latest.note`, opened with the key), the
+/// store's tree must prove this one consistent with it, so the export's checkpoint extends
+/// what witnesses already hold. Returns the checkpoint and its signed note.
+pub async fn sign_for_export(
+    store: &dyn EventStore,
+    key: &CheckpointKey,
+    dir: Option<&Path>,
+    size: u64,
+) -> Result<(Checkpoint, String), ExportSignError> {
+    let root = crate::audit::tree_root(store, size).await?;
+    if let Some(dir) = dir {
+        let latest = dir.join(LATEST);
+        if latest.exists() {
+            let published = open_file(&latest, &[key.verifier()])
+                .map_err(|e| ExportSignError::Inconsistent(format!("{e:#}")))?;
+            if published.size > 0 && published.size <= size {
+                let c = crate::audit::consistency(store, published.size, size).await?;
+                keyward_events::merkle::verify_consistency(
+                    published.size,
+                    size,
+                    &published.root,
+                    &root,
+                    &c.proof,
+                )
+                .map_err(|e| {
+                    ExportSignError::Inconsistent(format!(
+                        "the store's tree at size {size} does not extend the published checkpoint of size {}: {e}",
+                        published.size
+                    ))
+                })?;
+            }
+        }
+    }
+    let cp = Checkpoint::new(key.origin.clone(), size, root);
+    let note = cp
+        .sign(&key.signer)
+        .map_err(|e| ExportSignError::Sign(e.to_string()))?;
+    Ok((cp, note))
+}
+
 /// What the start check found.
 #[derive(Clone)]
 pub struct StartCheck {

@@ -311,6 +311,11 @@ pub struct ExportQuery {
     pub from: Option<String>,
     #[param(format = DateTime)]
     pub to: Option<String>,
+    /// Start the export with a checkpoint signed now (`{"checkpoint":"<signed note>"}`)
+    /// and give each event its inclusion proof against it (`inclusion_proof`), so that a
+    /// filtered export verifies event by event offline (`keyward-verify`). 409
+    /// `no_checkpoint_key` when this service signs no checkpoints.
+    pub with_proofs: Option<bool>,
 }
 
 fn ndjson(page: &[Envelope]) -> Bytes {
@@ -322,6 +327,27 @@ fn ndjson(page: &[Envelope]) -> Bytes {
         }
     }
     Bytes::from(buf)
+}
+
+/// The lines of a page of an export with proofs: each event's readable envelope with its
+/// inclusion proof in the tree of `size` events whose root is `root`.
+async fn ndjson_with_proofs(
+    store: &dyn crate::store::EventStore,
+    page: &[Envelope],
+    size: u64,
+    root: &keyward_events::Hash32,
+) -> Result<Bytes, audit::TreeError> {
+    let proofs = audit::inclusion_proofs(store, page, size, root).await?;
+    let mut buf = Vec::with_capacity(page.len() * 1024);
+    for (env, proof) in page.iter().zip(&proofs) {
+        // Writing to memory cannot fail: every field is plain data.
+        let _ = keyward_events::export::write_event_line(
+            &mut buf,
+            &keyward_events::upcast::readable(env),
+            Some(proof),
+        );
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// The events as NDJSON, one envelope per line as stored, so that the lines can be
@@ -359,8 +385,27 @@ pub(crate) async fn audit_export(
         },
     )?;
     // The export ends at the head as it is now, and says so in its record: the record
-    // itself, appended next, is not part of it.
-    let head = app.0.store.head().await?.seq;
+    // itself, appended next, is not part of it. With proofs it ends at the tree's size,
+    // which the checkpoint signed for it covers.
+    let with_proofs = q.with_proofs.unwrap_or(false);
+    let signing = if with_proofs {
+        let key = app.0.checkpoint_key.clone().ok_or_else(|| {
+            ApiError::coded_field(
+                axum::http::StatusCode::CONFLICT,
+                "no_checkpoint_key",
+                "with_proofs",
+                "this service signs no checkpoints (no checkpoint key is configured), so an export cannot carry proofs",
+            )
+        })?;
+        Some(key)
+    } else {
+        None
+    };
+    let head = if with_proofs {
+        app.0.store.tree_size().await?
+    } else {
+        app.0.store.head().await?.seq
+    };
     record_audit_read(
         &app,
         &caller,
@@ -372,9 +417,55 @@ pub(crate) async fn audit_export(
         },
     )
     .await?;
-    let body = match filter {
-        None => Body::empty(),
-        Some(mut filter) => {
+    let signed = match &signing {
+        None => None,
+        Some(key) => {
+            let dir = app.0.config.checkpoint.dir.clone();
+            match crate::checkpoint::sign_for_export(
+                app.0.store.as_ref(),
+                key,
+                dir.as_deref(),
+                head,
+            )
+            .await
+            {
+                Ok(signed) => Some(signed),
+                Err(crate::checkpoint::ExportSignError::Tree(e)) => return Err(e.into()),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot sign a checkpoint for an export with proofs");
+                    return Err(ApiError::Internal(e.to_string()));
+                }
+            }
+        }
+    };
+    let body = match (filter, signed) {
+        (None, None) => Body::empty(),
+        (None, Some((_, note))) => Body::from(keyward_events::export::checkpoint_line(&note) + "\n"),
+        (Some(mut filter), Some((cp, note))) => {
+            filter.until_seq = Some(head);
+            let store = app.0.store.clone();
+            let mut pages = Box::pin(audit::pages(store.clone(), filter, EXPORT_PAGE));
+            let first = pages.try_next().await?;
+            let first = match first {
+                Some(page) => Some(ndjson_with_proofs(store.as_ref(), &page, cp.size, &cp.root).await?),
+                None => None,
+            };
+            let rest = pages
+                .map_err(audit::TreeError::from)
+                .and_then(move |page| {
+                    let store = store.clone();
+                    async move { ndjson_with_proofs(store.as_ref(), &page, cp.size, &cp.root).await }
+                })
+                .inspect_err(|e| {
+                    tracing::error!(error = %e, "the audit export with proofs stopped mid-stream");
+                });
+            let head_line = Bytes::from(keyward_events::export::checkpoint_line(&note) + "\n");
+            Body::from_stream(
+                futures::stream::iter([Ok(head_line)].into_iter().chain(first.map(Ok)))
+                    .chain(rest),
+            )
+        }
+        (Some(mut filter), None) => {
             filter.until_seq = Some(head);
             let mut pages = Box::pin(audit::pages(app.0.store.clone(), filter, EXPORT_PAGE));
             // The first page is read before answering, so that a store that is down is a
