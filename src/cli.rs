@@ -203,7 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit { command } => {
             let config = Config::resolve(&cli.global, &ServeArgs::default())?;
             let store = open(&config).await?;
-            audit(store, command).await
+            audit(&config, store, command).await
         }
         Command::Providers {
             command: ProvidersCommand::Reseal,
@@ -430,7 +430,55 @@ async fn open(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
     })
 }
 
-async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Result<i32> {
+/// The actor of the reads the command line records.
+pub const CLI_ACTOR: &str = "cli";
+
+/// Records a read of the audit history by the command line (an `audit.read`, actor `cli`)
+/// before anything of it is printed; a read that cannot be recorded is refused. On SQLite
+/// the data dir's lock decides: while `serve` holds it, `serve` alone appends to the chain
+/// (a second writer would race its head), so the read is not recorded, and a warning says
+/// so; the API's export, which `serve` records, is the way to a recorded copy then.
+async fn record_read(
+    config: &Config,
+    store: &dyn EventStore,
+    read: keyward_events::AuditRead,
+) -> anyhow::Result<()> {
+    let _lock = if config.sqlite_path().is_some() {
+        match crate::server::lock_data_dir(&config.data_dir) {
+            Ok(f) => Some(f),
+            Err(_) => {
+                eprintln!(
+                    "warning: `serve` is running on this data dir, so this read of the audit history is not recorded in the log;                      GET /api/v1/audit/export records the reads it serves"
+                );
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    let event = keyward_events::Event::AuditRead(read);
+    let ev = keyward_events::NewEvent::new(
+        &event,
+        keyward_events::ExpectedVersion::Any,
+        chrono::Utc::now(),
+        CLI_ACTOR,
+        None,
+    );
+    match store.append(vec![vec![ev]]).await {
+        Ok(mut results) => match results.pop() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => bail!("cannot record this read of the audit history: {e}"),
+            None => bail!("cannot record this read of the audit history"),
+        },
+        Err(e) => bail!("cannot record this read of the audit history, so it is refused: {e}"),
+    }
+}
+
+async fn audit(
+    config: &Config,
+    store: Arc<dyn EventStore>,
+    command: AuditCommand,
+) -> anyhow::Result<i32> {
     match command {
         AuditCommand::Verify { checkpoint } => verify(store, checkpoint).await,
         AuditCommand::Replay {
@@ -446,6 +494,27 @@ async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Res
                 (None, Some(n)) => AsOf::Seq(n),
                 (None, None) => AsOf::Seq(u64::MAX),
             };
+            let filter = match as_of {
+                AsOf::Time(t) => Some(format!("as_of={}", crate::time::format(&t))),
+                AsOf::Seq(u64::MAX) => None,
+                AsOf::Seq(n) => Some(format!("until_seq={n}")),
+            };
+            let head = store.head().await?.seq;
+            record_read(
+                config,
+                store.as_ref(),
+                keyward_events::AuditRead {
+                    user_id: None,
+                    kind: keyward_events::AuditReadKind::Replay,
+                    filter,
+                    after_seq: None,
+                    until_seq: Some(match as_of {
+                        AsOf::Seq(n) => n.min(head),
+                        AsOf::Time(_) => head,
+                    }),
+                },
+            )
+            .await?;
             let state = crate::history::replay(store.as_ref(), as_of).await?;
             let at = match as_of {
                 AsOf::Time(t) => t,
@@ -466,7 +535,26 @@ async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Res
             Ok(0)
         }
         AuditCommand::Export { from_seq, types } => {
-            export(store, from_seq, types).await?;
+            let head = store.head().await?.seq;
+            let mut filter: Vec<(&str, String)> = Vec::new();
+            if from_seq > 0 {
+                filter.push(("from_seq", from_seq.to_string()));
+            }
+            filter.extend(types.iter().map(|t| ("type", t.clone())));
+            record_read(
+                config,
+                store.as_ref(),
+                keyward_events::AuditRead {
+                    user_id: None,
+                    kind: keyward_events::AuditReadKind::Export,
+                    filter: (!filter.is_empty())
+                        .then(|| serde_urlencoded::to_string(&filter).unwrap_or_default()),
+                    after_seq: Some(from_seq.saturating_sub(1)),
+                    until_seq: Some(head),
+                },
+            )
+            .await?;
+            export(store, from_seq, head, types).await?;
             Ok(0)
         }
         AuditCommand::Checkpoint => {
@@ -566,14 +654,16 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
     Ok(())
 }
 
+/// The events after `from_seq - 1` up to `until` (the head before this read was
+/// recorded: the record is not part of the export).
 async fn export(
     store: Arc<dyn EventStore>,
     from_seq: u64,
+    until: u64,
     types: Vec<String>,
 ) -> anyhow::Result<()> {
-    let head = store.head().await?;
     let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(head.seq.saturating_sub(from_seq));
+        let b = indicatif::ProgressBar::new(until.saturating_sub(from_seq));
         b.set_style(
             indicatif::ProgressStyle::with_template(
                 "{bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
@@ -586,7 +676,7 @@ async fn export(
     };
     let filter = EventFilter {
         after_seq: from_seq.saturating_sub(1),
-        until_seq: Some(head.seq),
+        until_seq: Some(until),
         types,
         ..EventFilter::default()
     };

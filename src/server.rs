@@ -387,7 +387,7 @@ pub fn private_data_files(dir: &Path) {
 
 /// One `serve` per data dir: a second one would race the first for the SQLite writer and
 /// the hash chain's head.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+pub(crate) fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join(LOCK_FILE);
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);
