@@ -143,7 +143,9 @@ pub async fn all_keys(
     if !user.reads_everything() {
         return api_error_page(
             &user,
-            &ApiError::Forbidden("this page needs the admin role (or, to read it, the auditor role)".to_owned()),
+            &ApiError::Forbidden(
+                "this page needs the admin role (or, to read it, the auditor role)".to_owned(),
+            ),
         );
     }
     let extras = Extras {

@@ -75,7 +75,10 @@ async fn export_writes_every_event_as_ndjson_and_filters_by_type() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(envs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(
+        envs.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
     assert!(envs[1..].iter().all(|e| e.event_type == "audit.read"));
 }
 
