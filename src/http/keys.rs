@@ -545,9 +545,11 @@ pub const REPLAYS_AT_ONCE: usize = 2;
 /// What a refused replay is told to wait.
 const REPLAY_RETRY_AFTER_SECS: u64 = 10;
 
-/// List keys: every key for an admin or an auditor ("Admin → API Keys"), the caller's own
-/// for a user ("My API Keys"). With `as_of` (admins and auditors), the table as it was
-/// then; each such request is recorded as an `audit.read` of kind `as_of`.
+/// List keys: every key for an admin or an auditor, the caller's own for a user.
+///
+/// "Admin → API Keys" and "My API Keys". With `as_of` (admins and auditors), the table as
+/// it was then; each such request is recorded first as an `audit.read` of kind `as_of`
+/// (503 when it cannot be).
 #[utoipa::path(get, path = "/keys", tag = "keys", params(ListKeys),
     responses(
         (status = 200, body = KeyList),
