@@ -569,6 +569,51 @@ async fn replay_for_cli(
     Ok(r.state)
 }
 
+/// The actor of the reads the command line records.
+pub const CLI_ACTOR: &str = "cli";
+
+/// Records a read of the audit history by the command line (an `audit.read`, actor `cli`)
+/// before anything of it is printed; a read that cannot be recorded is refused. On SQLite
+/// the data dir's lock decides: while `serve` holds it, `serve` alone appends to the chain
+/// (a second writer would race its head), so the read is not recorded, and a warning says
+/// so; the API's export, which `serve` records, is the way to a recorded copy then.
+async fn record_read(
+    config: &Config,
+    store: &dyn EventStore,
+    read: keyward_events::AuditRead,
+) -> anyhow::Result<()> {
+    let _lock = if config.sqlite_path().is_some() {
+        match crate::server::lock_data_dir(&config.data_dir) {
+            Ok(f) => Some(f),
+            Err(_) => {
+                eprintln!(
+                    "warning: `serve` is running on this data dir, so this read of the audit history is not recorded in the log; \
+                     GET /api/v1/audit/export records the reads it serves"
+                );
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    let event = keyward_events::Event::AuditRead(read);
+    let ev = keyward_events::NewEvent::new(
+        &event,
+        keyward_events::ExpectedVersion::Any,
+        chrono::Utc::now(),
+        CLI_ACTOR,
+        None,
+    );
+    match store.append(vec![vec![ev]]).await {
+        Ok(mut results) => match results.pop() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => bail!("cannot record this read of the audit history: {e}"),
+            None => bail!("cannot record this read of the audit history"),
+        },
+        Err(e) => bail!("cannot record this read of the audit history, so it is refused: {e}"),
+    }
+}
+
 async fn audit(
     config: &Config,
     store: Arc<dyn EventStore>,
@@ -598,19 +643,29 @@ async fn audit(
                 (None, None) => AsOf::Seq(u64::MAX),
             };
             let filter = match as_of {
-                AsOf::Time(t) => format!("--as-of {}", crate::time::format(&t)),
-                AsOf::Seq(u64::MAX) => "(the whole log)".to_owned(),
-                AsOf::Seq(n) => format!("--until-seq {n}"),
+                AsOf::Time(t) => Some(format!("as_of={}", crate::time::format(&t))),
+                AsOf::Seq(u64::MAX) => None,
+                AsOf::Seq(n) => Some(format!("until_seq={n}")),
             };
-            let kind = match as_of {
-                AsOf::Time(_) => keyward_events::AuditReadKind::AsOf,
-                AsOf::Seq(_) => keyward_events::AuditReadKind::Replay,
-            };
-            let until = match as_of {
-                AsOf::Seq(n) if n != u64::MAX => Some(n),
-                _ => None,
-            };
-            record_cli_read(config, store.as_ref(), kind, filter, None, until).await?;
+            let head = store.head().await?.seq;
+            record_read(
+                config,
+                store.as_ref(),
+                keyward_events::AuditRead {
+                    user_id: None,
+                    kind: match as_of {
+                        AsOf::Time(_) => keyward_events::AuditReadKind::AsOf,
+                        AsOf::Seq(_) => keyward_events::AuditReadKind::Replay,
+                    },
+                    filter,
+                    after_seq: None,
+                    until_seq: Some(match as_of {
+                        AsOf::Seq(n) => n.min(head),
+                        AsOf::Time(_) => head,
+                    }),
+                },
+            )
+            .await?;
             let state = replay_for_cli(store.as_ref(), config, as_of).await?;
             let at = match as_of {
                 AsOf::Time(t) => t,
@@ -631,20 +686,26 @@ async fn audit(
             Ok(0)
         }
         AuditCommand::Export { from_seq, types } => {
-            let mut filter = format!("--from-seq {from_seq}");
-            for t in &types {
-                filter.push_str(&format!(" --type {t}"));
+            let head = store.head().await?.seq;
+            let mut filter: Vec<(&str, String)> = Vec::new();
+            if from_seq > 0 {
+                filter.push(("from_seq", from_seq.to_string()));
             }
-            record_cli_read(
+            filter.extend(types.iter().map(|t| ("type", t.clone())));
+            record_read(
                 config,
                 store.as_ref(),
-                keyward_events::AuditReadKind::Export,
-                filter,
-                Some(from_seq.saturating_sub(1)),
-                None,
+                keyward_events::AuditRead {
+                    user_id: None,
+                    kind: keyward_events::AuditReadKind::Export,
+                    filter: (!filter.is_empty())
+                        .then(|| serde_urlencoded::to_string(&filter).unwrap_or_default()),
+                    after_seq: Some(from_seq.saturating_sub(1)),
+                    until_seq: Some(head),
+                },
             )
             .await?;
-            export(store, from_seq, types).await?;
+            export(store, from_seq, head, types).await?;
             Ok(0)
         }
         AuditCommand::Checkpoint => {
@@ -822,75 +883,16 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
     Ok(())
 }
 
-/// Records a read of the audit history made on the host (`audit export`, `audit replay`)
-/// as one `audit.read` by the actor `cli:<login>`, before anything is read. On PostgreSQL
-/// it is appended like any write. On SQLite only one process may append to the file: with
-/// `serve` stopped the command takes the data dir's lock and appends; while `serve` holds
-/// the lock the read cannot be recorded from here, and stderr says so. (Whoever can run
-/// this command can read the database file itself, so the host's reads are recorded as a
-/// courtesy; the reads that are recorded without fail are those through the API and the
-/// console, which is where a reader without host access comes in.)
-async fn record_cli_read(
-    config: &Config,
-    store: &dyn EventStore,
-    kind: keyward_events::AuditReadKind,
-    filter: String,
-    after_seq: Option<u64>,
-    until_seq: Option<u64>,
-) -> anyhow::Result<()> {
-    let _lock = if config.sqlite_path().is_some() {
-        match crate::server::lock_data_dir(&config.data_dir) {
-            Ok(lock) => Some(lock),
-            Err(_) => {
-                eprintln!(
-                    "note: `keyward serve` holds {}, so this read is not recorded in the log \
-                     (reads through the API and the console are)",
-                    config.data_dir.display()
-                );
-                return Ok(());
-            }
-        }
-    } else {
-        None
-    };
-    let login = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".to_owned());
-    let event = keyward_events::Event::AuditRead(keyward_events::AuditRead {
-        user_id: None,
-        kind,
-        filter: Some(filter),
-        after_seq,
-        until_seq,
-    });
-    let new = keyward_events::NewEvent::new(
-        &event,
-        keyward_events::ExpectedVersion::Any,
-        chrono::Utc::now(),
-        format!("cli:{login}"),
-        None,
-    );
-    let mut results = store
-        .append(vec![vec![new]])
-        .await
-        .context("cannot record this read of the audit log (audit.read); nothing was read")?;
-    match results.pop() {
-        Some(Ok(_)) => Ok(()),
-        Some(Err(e)) => Err(anyhow::anyhow!(
-            "cannot record this read of the audit log (audit.read): {e}; nothing was read"
-        )),
-        None => bail!("cannot record this read of the audit log: the append returned nothing"),
-    }
-}
-
+/// The events after `from_seq - 1` up to `until` (the head before this read was
+/// recorded: the record is not part of the export).
 async fn export(
     store: Arc<dyn EventStore>,
     from_seq: u64,
+    until: u64,
     types: Vec<String>,
 ) -> anyhow::Result<()> {
-    let head = store.head().await?;
     let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(head.seq.saturating_sub(from_seq));
+        let b = indicatif::ProgressBar::new(until.saturating_sub(from_seq));
         b.set_style(
             indicatif::ProgressStyle::with_template(
                 "{bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
@@ -903,7 +905,7 @@ async fn export(
     };
     let filter = EventFilter {
         after_seq: from_seq.saturating_sub(1),
-        until_seq: Some(head.seq),
+        until_seq: Some(until),
         types,
         ..EventFilter::default()
     };

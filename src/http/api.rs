@@ -30,8 +30,8 @@ pub const MANAGEMENT_BODY_LIMIT: usize = 256 * 1024;
     security(("bearer" = [])),
     tags(
         (name = "keys", description = "Keyward keys: create, list, rotate, expire, delete"),
-        (name = "providers", description = "Provider credentials (admin only)"),
-        (name = "users", description = "Users and roles (admin only)"),
+        (name = "providers", description = "Provider credentials (admins change them, auditors read them)"),
+        (name = "users", description = "Users and roles: admin, user, auditor (admins change them, auditors read them)"),
         (name = "audit", description = "The hash-chained event log and the request log"),
         (name = "me", description = "The caller")
     )

@@ -355,7 +355,9 @@ async fn ndjson_with_proofs(
 /// One exception: a `user.created` or `user.updated` of schema 1 held a password hash in
 /// plaintext, and its value is replaced by `<redacted>`; such a line no longer verifies on
 /// its own (`/audit/verify` checks the stored bytes). Streamed page by page up to the head
-/// at the time of the request; same filters and visibility as `/audit/events`.
+/// at the time of the request; same filters and visibility as `/audit/events`. Each export
+/// is recorded first, as an `audit.read` of kind `export` with the query and the range
+/// (503 when it cannot be); the record is not part of the export.
 #[utoipa::path(get, path = "/audit/export", tag = "audit", params(ExportQuery),
     responses(
         (status = 200, description = "One event envelope per line", body = String,
@@ -513,8 +515,7 @@ pub struct ChainVerification {
     pub reason: Option<String>,
 }
 
-/// Recompute every event's hash in order and check the links between them (admins and
-/// auditors).
+/// Recompute every event's hash and check the links between them (admins, auditors).
 #[utoipa::path(get, path = "/audit/verify", tag = "audit",
     responses(
         (status = 200, body = ChainVerification),
@@ -549,8 +550,10 @@ pub struct Checkpoint {
     pub at: String,
 }
 
-/// The head seq and hash (admins and auditors). Each request is recorded as an
-/// `audit.read` of kind `checkpoint`.
+/// The head seq and hash (admins and auditors).
+///
+/// Each request is recorded as an `audit.read` of kind `checkpoint` before it is answered;
+/// 503 when it cannot be.
 #[utoipa::path(get, path = "/audit/checkpoint", tag = "audit",
     responses(
         (status = 200, body = Checkpoint),

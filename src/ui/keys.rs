@@ -143,7 +143,9 @@ pub async fn all_keys(
     if !user.reads_everything() {
         return api_error_page(
             &user,
-            &ApiError::Forbidden("this page needs the admin or the auditor role".to_owned()),
+            &ApiError::Forbidden(
+                "this page needs the admin role (or, to read it, the auditor role)".to_owned(),
+            ),
         );
     }
     let extras = Extras {
@@ -1162,6 +1164,17 @@ fn summary(e: &Envelope) -> String {
                 "deleted".to_owned()
             }
         }
+        Event::AuditRead(r) => {
+            let range = match (r.after_seq, r.until_seq) {
+                (Some(a), Some(u)) => format!(", seq {} to {u}", a + 1),
+                (None, Some(u)) => format!(", up to seq {u}"),
+                _ => String::new(),
+            };
+            let filter = r.filter.map(|f| format!(" ({f})")).unwrap_or_default();
+            format!("{}{filter}{range}", word(&r.kind))
+        }
+        Event::UserSignedIn(s) => format!("console session {}", s.session),
+        Event::UserSignedOut(s) => format!("console session {} ended", s.session),
         _ => String::new(),
     }
 }

@@ -69,8 +69,17 @@ async fn export_writes_every_event_as_ndjson_and_filters_by_type() {
         .collect();
     assert_eq!(types, vec!["key.created"]);
 
+    // From seq 2: the key, then the two exports above, each recorded as an `audit.read`.
     let o = keyward(dir.path(), &["audit", "export", "--from-seq", "2"]);
-    assert_eq!(stdout(&o).lines().count(), 1);
+    let envs: Vec<Envelope> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        envs.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    assert!(envs[1..].iter().all(|e| e.event_type == "audit.read"));
 }
 
 #[tokio::test]

@@ -292,7 +292,11 @@ async fn another_users_ids_in_a_query_reveal_nothing() {
                 assert!(!text.contains(&alice_id), "{ctx}");
                 // An export is recorded (one `audit.read`, on the `audit` stream Bob cannot
                 // read); nothing else is written.
-                let wrote = if template == "/api/v1/audit/export" { 1 } else { 0 };
+                let wrote = if template == "/api/v1/audit/export" {
+                    1
+                } else {
+                    0
+                };
                 assert_eq!(t.running.state.0.live.head().seq, head + wrote, "{ctx}");
                 tried.push(format!("{method} {template}?{name}"));
             }
