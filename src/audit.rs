@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use futures::Stream;
-use keyward_events::{ChainVerifier, Envelope, Head};
+use keyward_events::merkle::{self, CompactRange, NodeId, ProofPlan};
+use keyward_events::{ChainVerifier, Envelope, Hash32, Head};
 
 use crate::store::{EventFilter, EventStore, StoreError};
 use crate::time::Timestamp;
@@ -38,6 +39,10 @@ impl ChainReport {
 
 /// Recomputes every hash up to the current head, in order, one page at a time. With a
 /// checkpoint, the log must still hold the checkpoint's hash at its seq and reach it.
+///
+/// It also rebuilds the Merkle tree from the events and checks every node the store
+/// keeps for it within the head (see [`crate::store::tree`]) against it: a node that
+/// differs or is missing is a failure at the seq of the event that completed it.
 pub async fn verify_chain(
     store: &dyn EventStore,
     checkpoint: Option<Head>,
@@ -53,10 +58,12 @@ pub async fn verify_chain(
         checked: v.checked(),
         failure: Some(ChainFailure { seq, reason }),
     };
+    let mut tree = CompactRange::new();
     loop {
         let page = store.read(&filter, PAGE).await?;
         let Some(last) = page.last() else { break };
         filter.after_seq = last.seq;
+        let mut nodes: Vec<(NodeId, Hash32)> = Vec::new();
         for env in &page {
             if let Err(brk) = v.push(env) {
                 return Ok(fail(
@@ -77,6 +84,10 @@ pub async fn verify_chain(
                     ),
                 ));
             }
+            crate::store::tree::push_events(&mut tree, [&env.hash], &mut nodes);
+        }
+        if let Some((seq, reason)) = check_stored_nodes(store, &nodes).await? {
+            return Ok(fail(&v, seq, reason));
         }
     }
     let end = v.head().seq;
@@ -105,6 +116,256 @@ pub async fn verify_chain(
         head,
         checked: v.checked(),
         failure: None,
+    })
+}
+
+/// The first of `nodes` (recomputed from the events) that the store keeps otherwise, as
+/// the seq of the event that completed it and why.
+async fn check_stored_nodes(
+    store: &dyn EventStore,
+    nodes: &[(NodeId, Hash32)],
+) -> Result<Option<(u64, String)>, StoreError> {
+    if nodes.is_empty() {
+        return Ok(None);
+    }
+    let ids: Vec<NodeId> = nodes.iter().map(|(id, _)| *id).collect();
+    let stored = store.tree_nodes(&ids).await?;
+    for (id, want) in nodes {
+        let why = match stored.get(id) {
+            Some(got) if got == want => continue,
+            Some(_) => "differs from the tree recomputed from the events: the tree was rewritten",
+            None => "is missing from the store",
+        };
+        return Ok(Some((
+            id.end(),
+            format!(
+                "the Merkle tree's node at level {}, index {} (seqs {} to {}) {why}",
+                id.level,
+                id.index,
+                id.start() + 1,
+                id.end()
+            ),
+        )));
+    }
+    Ok(None)
+}
+
+// ---------- the Merkle tree: roots and proofs ----------
+
+/// Why a root or a proof cannot be given.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error(transparent)]
+    Unavailable(#[from] StoreError),
+    /// A seq or a size the log does not have (or that means nothing, like seq 0). `field`
+    /// names the request parameter: `seq`, `tree_size`, `from` or `to`.
+    #[error("{field} {value} is out of range: {reason}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        reason: String,
+    },
+    /// The store's tree is missing nodes or does not hold together.
+    #[error("the Merkle tree is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// An inclusion proof with what it proves: leaf `leaf_index` (the event of seq
+/// `leaf_index + 1`, whose chain hash is `event_hash`) is in the tree of `tree_size`
+/// leaves whose root is `root`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inclusion {
+    pub tree_size: u64,
+    pub leaf_index: u64,
+    pub event_hash: Hash32,
+    pub leaf_hash: Hash32,
+    pub root: Hash32,
+    pub proof: Vec<Hash32>,
+}
+
+/// A consistency proof with the two roots it links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consistency {
+    pub from: u64,
+    pub to: u64,
+    pub from_root: Hash32,
+    pub to_root: Hash32,
+    pub proof: Vec<Hash32>,
+}
+
+fn out_of_range(field: &'static str, value: u64, reason: impl Into<String>) -> TreeError {
+    TreeError::OutOfRange {
+        field,
+        value,
+        reason: reason.into(),
+    }
+}
+
+/// Checks that the store's tree reaches `size`, naming `field` if not.
+async fn within_tree(
+    store: &dyn EventStore,
+    field: &'static str,
+    size: u64,
+) -> Result<u64, TreeError> {
+    let built = store.tree_size().await?;
+    if size > built {
+        return Err(out_of_range(
+            field,
+            size,
+            format!("the log holds {built} events"),
+        ));
+    }
+    Ok(built)
+}
+
+/// Reads every node the plans name in one round trip and assembles each.
+async fn assemble(
+    store: &dyn EventStore,
+    plans: &[&ProofPlan],
+    extra: &[NodeId],
+) -> Result<(Vec<Vec<Hash32>>, std::collections::HashMap<NodeId, Hash32>), TreeError> {
+    let mut ids: Vec<NodeId> = plans.iter().flat_map(|p| p.nodes()).collect();
+    ids.extend_from_slice(extra);
+    ids.sort_unstable();
+    ids.dedup();
+    let nodes = store.tree_nodes(&ids).await?;
+    let proofs = plans
+        .iter()
+        .map(|p| {
+            p.assemble(|id| nodes.get(&id).copied())
+                .map_err(|e| TreeError::Corrupt(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((proofs, nodes))
+}
+
+fn root_of(size: u64, assembled: &[Hash32]) -> Hash32 {
+    if size == 0 {
+        merkle::empty_root()
+    } else {
+        assembled.first().copied().unwrap_or_else(merkle::empty_root)
+    }
+}
+
+/// The root of the tree over the first `size` events (the empty tree's for 0).
+pub async fn tree_root(store: &dyn EventStore, size: u64) -> Result<Hash32, TreeError> {
+    within_tree(store, "tree_size", size).await?;
+    let plan = merkle::root_plan(size);
+    let (proofs, _) = assemble(store, &[&plan], &[]).await?;
+    Ok(root_of(size, &proofs[0]))
+}
+
+/// The inclusion proof of event `seq` in the tree of the first `size` events.
+pub async fn inclusion_proof(
+    store: &dyn EventStore,
+    seq: u64,
+    size: u64,
+) -> Result<Vec<Hash32>, TreeError> {
+    Ok(inclusion(store, seq, size).await?.proof)
+}
+
+/// The inclusion proof of event `seq` in the tree of the first `size` events, with the
+/// leaf and the root, all read in one query and checked against each other.
+pub async fn inclusion(store: &dyn EventStore, seq: u64, size: u64) -> Result<Inclusion, TreeError> {
+    if seq == 0 {
+        return Err(out_of_range("seq", seq, "seqs start at 1"));
+    }
+    within_tree(store, "tree_size", size).await?;
+    if seq > size {
+        return Err(out_of_range(
+            "seq",
+            seq,
+            format!("the tree of size {size} holds seqs 1 to {size}"),
+        ));
+    }
+    let index = seq - 1;
+    let plan =
+        merkle::inclusion_plan(index, size).map_err(|e| TreeError::Corrupt(e.to_string()))?;
+    let root_plan = merkle::root_plan(size);
+    let leaf = NodeId { level: 0, index };
+    let (proofs, nodes) = assemble(store, &[&plan, &root_plan], &[leaf]).await?;
+    let root = root_of(size, &proofs[1]);
+    let leaf_hash = *nodes
+        .get(&leaf)
+        .ok_or_else(|| TreeError::Corrupt(format!("the event of seq {seq} is missing")))?;
+    let event_hash = store
+        .read(
+            &EventFilter {
+                after_seq: index,
+                until_seq: Some(seq),
+                ..EventFilter::default()
+            },
+            1,
+        )
+        .await?
+        .first()
+        .map(|env| env.hash)
+        .ok_or_else(|| TreeError::Corrupt(format!("the event of seq {seq} is missing")))?;
+    if merkle::leaf_hash(&event_hash) != leaf_hash {
+        return Err(TreeError::Corrupt(format!(
+            "the event of seq {seq} changed while its proof was made"
+        )));
+    }
+    let proof = proofs.into_iter().next().unwrap_or_default();
+    merkle::verify_inclusion(&leaf_hash, index, size, &proof, &root)
+        .map_err(|e| TreeError::Corrupt(format!("the proof made does not verify: {e}")))?;
+    Ok(Inclusion {
+        tree_size: size,
+        leaf_index: index,
+        event_hash,
+        leaf_hash,
+        root,
+        proof,
+    })
+}
+
+/// The proof that the tree of the first `to` events extends the tree of the first
+/// `from` (RFC 9162 §2.1.4). `from` must be at least 1: every tree extends the empty one,
+/// and RFC 9162 defines no proof for it.
+pub async fn consistency_proof(
+    store: &dyn EventStore,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Hash32>, TreeError> {
+    Ok(consistency(store, from, to).await?.proof)
+}
+
+/// [`consistency_proof`] with the two roots, all read in one query and checked against
+/// each other.
+pub async fn consistency(
+    store: &dyn EventStore,
+    from: u64,
+    to: u64,
+) -> Result<Consistency, TreeError> {
+    if from == 0 {
+        return Err(out_of_range(
+            "from",
+            from,
+            "a tree of size 0 is extended by every tree; proofs start from size 1",
+        ));
+    }
+    within_tree(store, "to", to).await?;
+    if from > to {
+        return Err(out_of_range(
+            "from",
+            from,
+            format!("from must not exceed to ({to})"),
+        ));
+    }
+    let plan = merkle::consistency_plan(from, to).map_err(|e| TreeError::Corrupt(e.to_string()))?;
+    let (from_plan, to_plan) = (merkle::root_plan(from), merkle::root_plan(to));
+    let (proofs, _) = assemble(store, &[&plan, &from_plan, &to_plan], &[]).await?;
+    let from_root = root_of(from, &proofs[1]);
+    let to_root = root_of(to, &proofs[2]);
+    let proof = proofs.into_iter().next().unwrap_or_default();
+    merkle::verify_consistency(from, to, &from_root, &to_root, &proof)
+        .map_err(|e| TreeError::Corrupt(format!("the proof made does not verify: {e}")))?;
+    Ok(Consistency {
+        from,
+        to,
+        from_root,
+        to_root,
+        proof,
     })
 }
 

@@ -242,7 +242,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit { command } => {
             let config = Config::resolve(&cli.global, &ServeArgs::default())?;
             let store = open(&config).await?;
-            audit(store, command).await
+            audit(store, &config, command).await
         }
         Command::Providers {
             command: ProvidersCommand::Reseal,
@@ -469,7 +469,68 @@ async fn open(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
     })
 }
 
-async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Result<i32> {
+/// The kept projection snapshots a replay may start from: none when snapshots are off or
+/// no keyring is at hand to check their MACs (no `KEYWARD_MASTER_KEYS` and no
+/// development key file; a replay never generates one).
+fn kept_snapshots(config: &Config) -> Option<crate::history::Kept> {
+    if config.snapshot_every == 0 {
+        return None;
+    }
+    if config.master_keys.is_none()
+        && (config.sqlite_path().is_none()
+            || !config
+                .data_dir
+                .join(crate::server::DEV_MASTER_KEY_FILE)
+                .exists())
+    {
+        return None;
+    }
+    let ring = crate::server::load_keyring(config).ok()?;
+    Some(crate::history::Kept {
+        dir: config.data_dir.clone(),
+        keys: ring.snapshot_mac_keys(),
+    })
+}
+
+/// `audit replay`: from the newest kept snapshot at or before the point, when one is
+/// usable. For a time, the timeline of the newest usable snapshot tells which one holds
+/// only events that occurred by then; the events after it are read and filtered.
+async fn replay_for_cli(
+    store: &dyn EventStore,
+    config: &Config,
+    as_of: AsOf,
+) -> anyhow::Result<State> {
+    let Some(kept) = kept_snapshots(config) else {
+        return crate::history::replay(store, as_of).await;
+    };
+    let r = match as_of {
+        AsOf::Seq(_) => crate::history::replay_with(store, Some(&kept), None, as_of).await?,
+        AsOf::Time(t) => {
+            match crate::history::newest_snapshot(store, &kept, u64::MAX, false).await? {
+                None => crate::history::replay_from(store, None, None, as_of).await?,
+                Some(newest) => {
+                    let bounds = newest.timeline.bounds(t);
+                    if newest.state.head.seq <= bounds.lo {
+                        crate::history::replay_from(store, Some(newest.state), Some(bounds), as_of)
+                            .await?
+                    } else {
+                        drop(newest);
+                        crate::history::replay_with(store, Some(&kept), Some(bounds), as_of)
+                            .await?
+                    }
+                }
+            }
+        }
+    };
+    tracing::debug!(from_snapshot = r.from_snapshot, read = r.read, "replayed");
+    Ok(r.state)
+}
+
+async fn audit(
+    store: Arc<dyn EventStore>,
+    config: &Config,
+    command: AuditCommand,
+) -> anyhow::Result<i32> {
     match command {
         AuditCommand::Verify { checkpoint, .. } => verify(store, checkpoint).await,
         AuditCommand::Replay {
@@ -485,7 +546,21 @@ async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Res
                 (None, Some(n)) => AsOf::Seq(n),
                 (None, None) => AsOf::Seq(u64::MAX),
             };
-            let state = crate::history::replay(store.as_ref(), as_of).await?;
+            let filter = match as_of {
+                AsOf::Time(t) => format!("--as-of {}", crate::time::format(&t)),
+                AsOf::Seq(u64::MAX) => "(the whole log)".to_owned(),
+                AsOf::Seq(n) => format!("--until-seq {n}"),
+            };
+            let kind = match as_of {
+                AsOf::Time(_) => keyward_events::AuditReadKind::AsOf,
+                AsOf::Seq(_) => keyward_events::AuditReadKind::Replay,
+            };
+            let until = match as_of {
+                AsOf::Seq(n) if n != u64::MAX => Some(n),
+                _ => None,
+            };
+            record_cli_read(config, store.as_ref(), kind, filter, None, until).await?;
+            let state = replay_for_cli(store.as_ref(), config, as_of).await?;
             let at = match as_of {
                 AsOf::Time(t) => t,
                 // The whole log: the table now.
@@ -505,6 +580,19 @@ async fn audit(store: Arc<dyn EventStore>, command: AuditCommand) -> anyhow::Res
             Ok(0)
         }
         AuditCommand::Export { from_seq, types } => {
+            let mut filter = format!("--from-seq {from_seq}");
+            for t in &types {
+                filter.push_str(&format!(" --type {t}"));
+            }
+            record_cli_read(
+                config,
+                store.as_ref(),
+                keyward_events::AuditReadKind::Export,
+                filter,
+                Some(from_seq.saturating_sub(1)),
+                None,
+            )
+            .await?;
             export(store, from_seq, types).await?;
             Ok(0)
         }
@@ -603,6 +691,67 @@ fn print_keys(state: &State, at: crate::time::Timestamp, format: Format) -> anyh
         }
     }
     Ok(())
+}
+
+/// Records a read of the audit history made on the host (`audit export`, `audit replay`)
+/// as one `audit.read` by the actor `cli:<login>`, before anything is read. On PostgreSQL
+/// it is appended like any write. On SQLite only one process may append to the file: with
+/// `serve` stopped the command takes the data dir's lock and appends; while `serve` holds
+/// the lock the read cannot be recorded from here, and stderr says so. (Whoever can run
+/// this command can read the database file itself, so the host's reads are recorded as a
+/// courtesy; the reads that are recorded without fail are those through the API and the
+/// console, which is where a reader without host access comes in.)
+async fn record_cli_read(
+    config: &Config,
+    store: &dyn EventStore,
+    kind: keyward_events::AuditReadKind,
+    filter: String,
+    after_seq: Option<u64>,
+    until_seq: Option<u64>,
+) -> anyhow::Result<()> {
+    let _lock = if config.sqlite_path().is_some() {
+        match crate::server::lock_data_dir(&config.data_dir) {
+            Ok(lock) => Some(lock),
+            Err(_) => {
+                eprintln!(
+                    "note: `keyward serve` holds {}, so this read is not recorded in the log \
+                     (reads through the API and the console are)",
+                    config.data_dir.display()
+                );
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    let login = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let event = keyward_events::Event::AuditRead(keyward_events::AuditRead {
+        user_id: None,
+        kind,
+        filter: Some(filter),
+        after_seq,
+        until_seq,
+    });
+    let new = keyward_events::NewEvent::new(
+        &event,
+        keyward_events::ExpectedVersion::Any,
+        chrono::Utc::now(),
+        format!("cli:{login}"),
+        None,
+    );
+    let mut results = store
+        .append(vec![vec![new]])
+        .await
+        .context("cannot record this read of the audit log (audit.read); nothing was read")?;
+    match results.pop() {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(anyhow::anyhow!(
+            "cannot record this read of the audit log (audit.read): {e}; nothing was read"
+        )),
+        None => bail!("cannot record this read of the audit log: the append returned nothing"),
+    }
 }
 
 async fn export(

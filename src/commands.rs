@@ -326,6 +326,19 @@ impl Commands {
     pub async fn submit(&self, unit: Vec<NewEvent>) -> Result<Vec<Envelope>, CommandError> {
         Ok(self.appender.submit(unit).await?)
     }
+
+    /// Appends one event that decides nothing (a read of the audit history, a console
+    /// sign-in) and waits for its commit: it expects no stream version.
+    pub async fn record(&self, actor: &Actor, event: &Event) -> Result<Envelope, CommandError> {
+        let mut envs = self
+            .submit(vec![self.event(actor, event, ExpectedVersion::Any)])
+            .await?;
+        envs.pop().ok_or_else(|| {
+            CommandError::Append(AppendError::Store(StoreError::Unavailable(
+                "the append returned no event".to_owned(),
+            )))
+        })
+    }
 }
 
 /// The claim a decision about a user takes (see [`Claims`]).
@@ -1007,7 +1020,10 @@ impl Commands {
                     "you cannot disable yourself; ask another admin".to_owned(),
                 ));
             }
-            if patch.role == Some(Role::User) && self.reread_user(user_id)?.role == Role::Admin {
+            // To any other role, the auditor's too: it changes nothing either.
+            if patch.role.is_some_and(|r| r != Role::Admin)
+                && self.reread_user(user_id)?.role == Role::Admin
+            {
                 return Err(CommandError::Conflict(
                     "you cannot remove your own admin role; ask another admin".to_owned(),
                 ));

@@ -126,6 +126,10 @@ pub struct ServeArgs {
     /// shutdown), and start from it; `0` turns snapshots off.
     #[arg(long, env = "KEYWARD_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<String>,
+    /// How many projection snapshots to keep (the newest), for fast `?as_of=` replays;
+    /// older ones are deleted. At least 1.
+    #[arg(long, env = "KEYWARD_SNAPSHOTS_KEEP")]
+    pub snapshots_keep: Option<String>,
     /// Start even though the audit chain does not verify. Loudly.
     #[arg(long)]
     pub allow_broken_chain: bool,
@@ -166,6 +170,7 @@ struct FileConfig {
     notify_interval: Option<String>,
     upstream_allow: Option<String>,
     snapshot_every: Option<usize>,
+    snapshots_keep: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +221,8 @@ pub struct Config {
     pub upstream_allow: crate::egress::EgressPolicy,
     /// New events between two projection snapshots; 0 when snapshots are off.
     pub snapshot_every: usize,
+    /// Snapshots kept in `<data dir>/snapshots`, the newest; at least 1.
+    pub snapshots_keep: usize,
     pub allow_broken_chain: bool,
 }
 
@@ -324,6 +331,7 @@ impl std::fmt::Debug for Config {
             .field("notify", &self.notify)
             .field("upstream_allow", &self.upstream_allow)
             .field("snapshot_every", &self.snapshot_every)
+            .field("snapshots_keep", &self.snapshots_keep)
             .field("allow_broken_chain", &self.allow_broken_chain)
             .finish_non_exhaustive()
     }
@@ -373,6 +381,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "notify-interval" => "KEYWARD_NOTIFY_INTERVAL",
         "upstream-allow" => "KEYWARD_UPSTREAM_ALLOW",
         "snapshot-every" => "KEYWARD_SNAPSHOT_EVERY",
+        "snapshots-keep" => "KEYWARD_SNAPSHOTS_KEEP",
         "config" => "KEYWARD_CONFIG",
         _ => "",
     };
@@ -405,6 +414,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "notify-interval" => "notify_interval",
         "upstream-allow" => "upstream_allow",
         "snapshot-every" => "snapshot_every",
+        "snapshots-keep" => "snapshots_keep",
         other => other,
     };
     ConfigError {
@@ -524,6 +534,14 @@ impl Config {
             "snapshot-every",
             0,
             usize::MAX,
+        )?;
+        let snapshots_keep = number(
+            s.snapshots_keep.as_deref(),
+            file.snapshots_keep,
+            crate::snapshot::KEEP_DEFAULT,
+            "snapshots-keep",
+            1,
+            100_000,
         )?;
         let body_limit_bytes = number(
             s.body_limit_bytes.as_deref(),
@@ -726,6 +744,7 @@ impl Config {
             notify,
             upstream_allow,
             snapshot_every,
+            snapshots_keep,
             allow_broken_chain: s.allow_broken_chain,
         })
     }

@@ -25,6 +25,7 @@ pub mod snapshot;
 pub mod store;
 pub mod sweeper;
 pub mod tail;
+pub mod timeline;
 pub mod ui;
 
 /// The allocator the service runs with: `main` installs it as the global allocator, and

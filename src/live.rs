@@ -19,6 +19,7 @@ use parking_lot::{RwLock, RwLockReadGuard};
 use self::reservations::Reservations;
 use crate::store::appender::CommitSink;
 use crate::store::{EventStore, StoreError};
+use crate::timeline::{Bounds, Timeline};
 
 const PAGE: usize = 10_000;
 /// Events folded per write-lock hold on the commit path.
@@ -26,6 +27,10 @@ const APPLY_SLICE: usize = 64;
 
 pub struct Live {
     state: RwLock<State>,
+    /// When the folded events occurred, by block of seqs (for as-of replays). Updated
+    /// under the state's write lock, so a reader holding the state's lock sees the two
+    /// at the same head.
+    timeline: parking_lot::Mutex<Timeline>,
     /// Serialises appliers (the appender and, on PostgreSQL, the tail) so events are
     /// folded strictly in seq order.
     apply: tokio::sync::Mutex<()>,
@@ -141,17 +146,32 @@ impl Live {
         snapshot: Option<State>,
         allow_broken_chain: bool,
     ) -> Result<(Live, RebuildReport), LiveError> {
+        let snapshot = snapshot.map(|state| crate::snapshot::Loaded {
+            timeline: Timeline::unknown(state.head.seq),
+            state,
+        });
+        Self::rebuild_from_loaded(store, snapshot, allow_broken_chain).await
+    }
+
+    /// [`rebuild_from`](Self::rebuild_from) with the snapshot's timeline.
+    pub async fn rebuild_from_loaded(
+        store: Arc<dyn EventStore>,
+        snapshot: Option<crate::snapshot::Loaded>,
+        allow_broken_chain: bool,
+    ) -> Result<(Live, RebuildReport), LiveError> {
         let started = std::time::Instant::now();
         let mut state = State::default();
+        let mut timeline = Timeline::default();
         let mut verifier = ChainVerifier::new();
         let mut report = RebuildReport::default();
         if let Some(snap) = snapshot {
-            let head = snap.head;
+            let head = snap.state.head;
             match log_hash_at(store.as_ref(), head.seq).await? {
                 Some(h) if h == head.hash && head.seq > 0 => {
                     verifier = ChainVerifier::resume(head);
                     report.snapshot = Some(head);
-                    state = snap;
+                    state = snap.state;
+                    timeline = snap.timeline;
                 }
                 found => tracing::warn!(
                     snapshot_seq = head.seq,
@@ -187,6 +207,7 @@ impl Live {
                 } else {
                     state.apply(env)?;
                 }
+                timeline.record(env.seq, env.occurred_at);
                 report.events += 1;
             }
         }
@@ -196,6 +217,7 @@ impl Live {
         Ok((
             Live {
                 state: RwLock::new(state),
+                timeline: parking_lot::Mutex::new(timeline),
                 apply: tokio::sync::Mutex::new(()),
                 store,
                 tail: TailStats::default(),
@@ -224,6 +246,21 @@ impl Live {
             return None;
         }
         Some(self.state.read().clone())
+    }
+
+    /// [`verified_copy`](Self::verified_copy) with the timeline of the same seqs.
+    pub fn verified_copy_with_timeline(&self) -> Option<(State, Timeline)> {
+        if !self.is_verified() {
+            return None;
+        }
+        let state = self.state.read();
+        let timeline = self.timeline.lock().prefix(state.head.seq);
+        Some((state.clone(), timeline))
+    }
+
+    /// Where the events that occurred by `t` are in the log folded so far.
+    pub fn timeline_bounds(&self, t: crate::time::Timestamp) -> Bounds {
+        self.timeline.lock().bounds(t)
     }
 
     /// A shared view of the projections. Hold it briefly: clone out what you need.
@@ -276,8 +313,10 @@ impl Live {
             let mut newest = None;
             {
                 let mut state = self.state.write();
+                let mut timeline = self.timeline.lock();
                 for env in page.iter().take_while(|e| until.is_none_or(|u| e.seq <= u)) {
                     state.apply(env)?;
+                    timeline.record(env.seq, env.occurred_at);
                     // The tail may fold this node's own events before its commit callback.
                     self.settle(env);
                     applied += 1;
@@ -301,9 +340,11 @@ impl Live {
             // write lock, so proxy lookups wait only for the map updates themselves.
             let decoded: Vec<_> = slice.iter().map(Envelope::decode).collect();
             let mut state = self.state.write();
+            let mut timeline = self.timeline.lock();
             for (env, event) in slice.iter().zip(decoded) {
                 if env.seq > state.head.seq {
                     state.apply_predecoded(env, event)?;
+                    timeline.record(env.seq, env.occurred_at);
                     self.settle(env);
                 }
             }
@@ -332,7 +373,7 @@ impl CommitSink for Live {
 }
 
 /// The stored hash of the event at `seq`, if the log has it.
-async fn log_hash_at(
+pub async fn log_hash_at(
     store: &dyn EventStore,
     seq: u64,
 ) -> Result<Option<keyward_events::Hash32>, StoreError> {

@@ -118,21 +118,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })?;
 
     let snapshot_keys = keyring.snapshot_mac_keys();
+    // The newest kept snapshot that passes its checks and that the log holds (each one
+    // skipped is logged), else the format-1 file of earlier versions.
     let snapshot = if config.snapshot_every > 0 {
-        let dir = config.data_dir.clone();
-        let keys = snapshot_keys.clone();
-        match tokio::task::spawn_blocking(move || snapshot::load(&dir, &keys)).await? {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, path = %snapshot::path(&config.data_dir).display(), "ignoring the projection snapshot; folding the whole log");
-                None
-            }
+        let kept = crate::history::Kept {
+            dir: config.data_dir.clone(),
+            keys: snapshot_keys.clone(),
+        };
+        let found = crate::history::newest_snapshot(store.as_ref(), &kept, u64::MAX, true)
+            .await
+            .with_context(cannot_open)?;
+        if found.is_none() && snapshot::path(&config.data_dir).exists() {
+            tracing::warn!(dir = %config.data_dir.display(), "no projection snapshot is usable; folding the whole log");
         }
+        found
     } else {
         None
     };
     let (live, report) =
-        Live::rebuild_from(store.clone(), snapshot, config.allow_broken_chain).await?;
+        Live::rebuild_from_loaded(store.clone(), snapshot, config.allow_broken_chain).await?;
     if let Some(seq) = report.broken_at {
         tracing::error!(
             first_bad_seq = seq,
@@ -207,6 +211,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.data_dir.clone(),
             snapshot_keys,
             config.snapshot_every as u64,
+            config.snapshots_keep,
             report.snapshot.map_or(0, |h| h.seq),
         ));
         let task = s.clone().spawn(live.clone(), stop_rx.clone());
@@ -371,9 +376,12 @@ pub const DATA_DIR_FILES: &[&str] = &[
 /// are created 0600 in the first place. A failure is logged, not fatal.
 pub fn private_data_files(dir: &Path) {
     #[cfg(unix)]
-    for name in DATA_DIR_FILES {
+    for path in DATA_DIR_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .chain(snapshot::kept(dir).into_iter().map(|seq| snapshot::kept_path(dir, seq)))
+    {
         use std::os::unix::fs::PermissionsExt;
-        let path = dir.join(name);
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
@@ -387,7 +395,7 @@ pub fn private_data_files(dir: &Path) {
 
 /// One `serve` per data dir: a second one would race the first for the SQLite writer and
 /// the hash chain's head.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+pub(crate) fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join(LOCK_FILE);
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);

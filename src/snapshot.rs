@@ -16,8 +16,20 @@
 //! (see `server`) has since verified. So a valid MAC also attests that the chain up to the
 //! snapshot's seq verified when it was written.
 //!
-//! File layout: `MAGIC (8) | seq (u64 LE) | hash (32) | MAC (32) | image`, where the image
-//! is [`State::to_snapshot`] and the MAC is keyed blake3 over everything but itself.
+//! Snapshots are kept by seq, `<data dir>/snapshots/<seq, 20 digits>.snapshot`, the newest
+//! `--snapshots-keep` of them (24 by default); older ones are deleted as new ones are
+//! written. A start uses the newest one that passes the checks above; an `?as_of=` or
+//! `keyward audit replay` uses the newest one at or before the point asked for (see
+//! `history`), and folds only the events after it. Each file carries the
+//! [`Timeline`] of its prefix, so that a replay as of a time knows which snapshot holds
+//! only events that occurred by then.
+//!
+//! File layout (format 2): `MAGIC (8) | seq (u64 LE) | hash (32) | MAC (32) |
+//! timeline length (u64 LE) | timeline | image`, where the image is [`State::to_snapshot`]
+//! and the MAC (the file's checksum, keyed) is keyed blake3 over everything but itself.
+//! Format 1, the single `projections.snapshot` of earlier versions, is
+//! `MAGIC | seq | hash | MAC | image`; it is still read at start when no kept snapshot is
+//! usable, and deleted once a kept one is written.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,9 +38,17 @@ use keyward_events::{Hash32, Head};
 use keyward_projections::State;
 
 use crate::crypto::SnapshotMacKeys;
+use crate::timeline::Timeline;
 
+/// The single snapshot of earlier versions (format 1).
 pub const FILE: &str = "projections.snapshot";
-const MAGIC: &[u8; 8] = b"KWSNAP\x00\x01";
+/// The directory of kept snapshots, in the data dir.
+pub const DIR: &str = "snapshots";
+const EXT: &str = ".snapshot";
+/// How many snapshots are kept unless configured.
+pub const KEEP_DEFAULT: usize = 24;
+const MAGIC_V1: &[u8; 8] = b"KWSNAP\x00\x01";
+const MAGIC: &[u8; 8] = b"KWSNAP\x00\x02";
 const HEADER: usize = 8 + 8 + 32 + 32;
 
 /// Why a snapshot file was not used. Each is logged as a warning, never fatal.
@@ -52,38 +72,119 @@ pub enum Rejected {
     Image(#[from] keyward_projections::SnapshotError),
     #[error("its header says seq {header} but its image holds seq {image}")]
     HeadMismatch { header: u64, image: u64 },
+    #[error("its name says seq {name} but its header says seq {header}")]
+    NameMismatch { name: u64, header: u64 },
+    #[error("its timeline is malformed or does not end at its seq")]
+    Timeline,
 }
 
+/// A snapshot that passed its own checks: the state and the timeline of its prefix. The
+/// caller still has to check that the log holds `state.head`.
+#[derive(Debug)]
+pub struct Loaded {
+    pub state: State,
+    pub timeline: Timeline,
+}
+
+/// The directory of kept snapshots.
+pub fn kept_dir(dir: &Path) -> PathBuf {
+    dir.join(DIR)
+}
+
+/// Where the kept snapshot at `seq` is.
+pub fn kept_path(dir: &Path, seq: u64) -> PathBuf {
+    kept_dir(dir).join(format!("{seq:020}{EXT}"))
+}
+
+/// The seqs of the kept snapshots in `dir`, ascending. Other files are ignored.
+pub fn kept(dir: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(kept_dir(dir)) else {
+        return Vec::new();
+    };
+    let mut seqs: Vec<u64> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name();
+            let stem = name.to_str()?.strip_suffix(EXT)?;
+            (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| stem.parse().ok())
+                .flatten()
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// The newest kept snapshot's file, or the format-1 file's path when none is kept.
 pub fn path(dir: &Path) -> PathBuf {
-    dir.join(FILE)
+    match kept(dir).last() {
+        Some(&seq) => kept_path(dir, seq),
+        None => dir.join(FILE),
+    }
 }
 
-fn mac(key: &[u8; 32], seq: u64, hash: &Hash32, image: &[u8]) -> [u8; 32] {
+fn mac(key: &[u8; 32], magic: &[u8; 8], seq: u64, hash: &Hash32, body: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_keyed(key);
-    h.update(MAGIC);
+    h.update(magic);
     h.update(&seq.to_le_bytes());
     h.update(&hash.0);
-    h.update(image);
+    h.update(body);
     *h.finalize().as_bytes()
 }
 
-/// Reads and checks the snapshot in `dir`. `Ok(None)` when there is none. The caller
-/// still has to check that the log holds the returned head.
-pub fn load(dir: &Path, keys: &SnapshotMacKeys) -> Result<Option<State>, Rejected> {
-    let path = path(dir);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(Rejected::Io { path, source }),
-    };
-    decode(&bytes, keys).map(Some)
+fn read(path: PathBuf) -> Result<Option<Vec<u8>>, Rejected> {
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Rejected::Io { path, source }),
+    }
 }
 
-/// Checks the magic and the MAC, then decodes the image.
-pub fn decode(bytes: &[u8], keys: &SnapshotMacKeys) -> Result<State, Rejected> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(Rejected::Magic);
+/// Reads and checks the format-1 snapshot in `dir`. `Ok(None)` when there is none.
+pub fn load_legacy(dir: &Path, keys: &SnapshotMacKeys) -> Result<Option<Loaded>, Rejected> {
+    read(dir.join(FILE))?
+        .map(|bytes| decode(&bytes, keys))
+        .transpose()
+}
+
+/// Reads and checks the kept snapshot at `seq`. `Ok(None)` when there is none.
+pub fn load_kept(dir: &Path, seq: u64, keys: &SnapshotMacKeys) -> Result<Option<Loaded>, Rejected> {
+    let Some(bytes) = read(kept_path(dir, seq))? else {
+        return Ok(None);
+    };
+    let loaded = decode(&bytes, keys)?;
+    if loaded.state.head.seq != seq {
+        return Err(Rejected::NameMismatch {
+            name: seq,
+            header: loaded.state.head.seq,
+        });
     }
+    Ok(Some(loaded))
+}
+
+/// Reads and checks the newest usable snapshot in `dir` (kept ones first, newest first,
+/// then the format-1 file), logging each one skipped. The caller still has to check
+/// that the log holds the returned head.
+pub fn load(dir: &Path, keys: &SnapshotMacKeys) -> Result<Option<State>, Rejected> {
+    for seq in kept(dir).into_iter().rev() {
+        match load_kept(dir, seq, keys) {
+            Ok(Some(l)) => return Ok(Some(l.state)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, path = %kept_path(dir, seq).display(), "skipping a projection snapshot")
+            }
+        }
+    }
+    Ok(load_legacy(dir, keys)?.map(|l| l.state))
+}
+
+/// Checks the magic and the MAC, then decodes the timeline and the image.
+pub fn decode(bytes: &[u8], keys: &SnapshotMacKeys) -> Result<Loaded, Rejected> {
+    let magic: &[u8; 8] = match bytes.get(..8) {
+        Some(m) if m == MAGIC => MAGIC,
+        Some(m) if m == MAGIC_V1 => MAGIC_V1,
+        _ => return Err(Rejected::Magic),
+    };
     if bytes.len() < HEADER {
         return Err(Rejected::Truncated);
     }
@@ -92,9 +193,9 @@ pub fn decode(bytes: &[u8], keys: &SnapshotMacKeys) -> Result<State, Rejected> {
     let seq = u64::from_le_bytes(seq);
     let hash = Hash32::from_slice(&bytes[16..48]).ok_or(Rejected::Truncated)?;
     let stored_mac = &bytes[48..80];
-    let image = &bytes[HEADER..];
+    let body = &bytes[HEADER..];
     let ok = keys.all().any(|k| {
-        let m = mac(k, seq, &hash, image);
+        let m = mac(k, magic, seq, &hash, body);
         // Constant time: the MAC is the only thing standing between a writer of the data
         // dir and a forged state.
         constant_time_eq(&m, stored_mac)
@@ -102,6 +203,20 @@ pub fn decode(bytes: &[u8], keys: &SnapshotMacKeys) -> Result<State, Rejected> {
     if !ok {
         return Err(Rejected::Mac);
     }
+    let (timeline, image) = if magic == MAGIC {
+        let len = body
+            .get(..8)
+            .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok())
+            .ok_or(Rejected::Truncated)?;
+        let tl = body.get(8..8usize.saturating_add(len)).ok_or(Rejected::Truncated)?;
+        let (timeline, used) = Timeline::decode(tl).ok_or(Rejected::Timeline)?;
+        if used != len || timeline.covered() != seq {
+            return Err(Rejected::Timeline);
+        }
+        (timeline, &body[8 + len..])
+    } else {
+        (Timeline::unknown(seq), body)
+    };
     let state = State::from_snapshot(image)?;
     if state.head.seq != seq || state.head.hash != hash {
         return Err(Rejected::HeadMismatch {
@@ -109,47 +224,80 @@ pub fn decode(bytes: &[u8], keys: &SnapshotMacKeys) -> Result<State, Rejected> {
             image: state.head.seq,
         });
     }
-    Ok(state)
+    Ok(Loaded { state, timeline })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The file's bytes for `image`, the encoding of a state whose head is `head`.
-pub fn encode(head: Head, image: &[u8], keys: &SnapshotMacKeys) -> Option<Vec<u8>> {
+/// The file's bytes for `image`, the encoding of a state whose head is `head`, with the
+/// timeline of seqs 1 to `head.seq`.
+pub fn encode(
+    head: Head,
+    timeline: &Timeline,
+    image: &[u8],
+    keys: &SnapshotMacKeys,
+) -> Option<Vec<u8>> {
     let key = keys.current()?;
-    let mut out = Vec::with_capacity(HEADER + image.len());
+    let mut tl = Vec::new();
+    timeline.prefix(head.seq).encode(&mut tl);
+    let mut body = Vec::with_capacity(8 + tl.len() + image.len());
+    body.extend_from_slice(&(tl.len() as u64).to_le_bytes());
+    body.extend_from_slice(&tl);
+    body.extend_from_slice(image);
+    let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&head.seq.to_le_bytes());
     out.extend_from_slice(&head.hash.0);
-    out.extend_from_slice(&mac(key, head.seq, &head.hash, image));
-    out.extend_from_slice(image);
+    out.extend_from_slice(&mac(key, MAGIC, head.seq, &head.hash, &body));
+    out.extend_from_slice(&body);
     Some(out)
 }
 
-/// Encodes `state` and replaces the snapshot in `dir` atomically: a temporary file,
-/// fsynced, renamed over the old one, and the directory fsynced. A crash leaves the old
-/// snapshot or the new one, never a torn file under the real name. Returns its size.
+/// Private directory creation, as `serve` makes the data dir.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+/// [`write_kept`] with a timeline of unknown times and every older snapshot kept (a
+/// state built outside `serve`, e.g. by a benchmark).
 pub fn write(dir: &Path, state: &State, keys: &SnapshotMacKeys) -> std::io::Result<usize> {
+    write_kept(dir, state, &Timeline::unknown(state.head.seq), keys, usize::MAX)
+}
+
+/// Encodes `state` and writes it as the kept snapshot at its seq, atomically: a
+/// temporary file, fsynced, renamed to its name, and the directory fsynced. A crash
+/// leaves the snapshot whole or absent, never torn under its real name. Then only the
+/// newest `keep` are kept, and the format-1 file is deleted. Returns the size written.
+pub fn write_kept(
+    dir: &Path,
+    state: &State,
+    timeline: &Timeline,
+    keys: &SnapshotMacKeys,
+    keep: usize,
+) -> std::io::Result<usize> {
     let image = state.to_snapshot();
-    let bytes = encode(state.head, &image, keys)
+    let bytes = encode(state.head, timeline, &image, keys)
         .ok_or_else(|| std::io::Error::other("the keyring is empty"))?;
     drop(image);
-    if !dir.exists() {
-        // A PostgreSQL node has no data dir of its own until its first snapshot: private,
-        // as `serve` makes it for SQLite.
-        let mut b = std::fs::DirBuilder::new();
-        b.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            b.mode(0o700);
-        }
-        b.create(dir)?;
-    }
-    let tmp = dir.join(format!(
-        "{FILE}.tmp-{}-{}",
+    // A PostgreSQL node has no data dir of its own until its first snapshot: private, as
+    // `serve` makes it for SQLite.
+    private_dir(dir)?;
+    let kdir = kept_dir(dir);
+    private_dir(&kdir)?;
+    let tmp = kdir.join(format!(
+        ".tmp-{}-{}",
         std::process::id(),
         ulid::Ulid::new()
     ));
@@ -164,13 +312,34 @@ pub fn write(dir: &Path, state: &State, keys: &SnapshotMacKeys) -> std::io::Resu
         let mut f = opts.open(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path(dir))?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::rename(&tmp, kept_path(dir, state.head.seq))?;
+        std::fs::File::open(&kdir)?.sync_all()
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    written.map(|()| bytes.len())
+    written?;
+    prune(dir, keep);
+    Ok(bytes.len())
+}
+
+/// Deletes all but the newest `keep` kept snapshots, and the format-1 file. Failures
+/// are logged: an extra file costs disk, not correctness.
+pub fn prune(dir: &Path, keep: usize) {
+    let seqs = kept(dir);
+    let old = seqs.len().saturating_sub(keep.max(1));
+    for seq in &seqs[..old] {
+        let p = kept_path(dir, *seq);
+        if let Err(e) = std::fs::remove_file(&p) {
+            tracing::warn!(error = %e, path = %p.display(), "cannot delete an old projection snapshot");
+        }
+    }
+    let legacy = dir.join(FILE);
+    if legacy.exists()
+        && let Err(e) = std::fs::remove_file(&legacy)
+    {
+        tracing::warn!(error = %e, path = %legacy.display(), "cannot delete the format-1 projection snapshot");
+    }
 }
 
 /// Writes snapshots of the live projections: every `every` new events (checked every few
@@ -179,6 +348,7 @@ pub struct Snapshots {
     dir: PathBuf,
     keys: SnapshotMacKeys,
     every: u64,
+    keep: usize,
     /// The seq of the newest snapshot written or started from.
     last: std::sync::atomic::AtomicU64,
     /// One write at a time: the periodic one and the shutdown one must not interleave.
@@ -189,11 +359,18 @@ pub struct Snapshots {
 const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Snapshots {
-    pub fn new(dir: PathBuf, keys: SnapshotMacKeys, every: u64, last: u64) -> Snapshots {
+    pub fn new(
+        dir: PathBuf,
+        keys: SnapshotMacKeys,
+        every: u64,
+        keep: usize,
+        last: u64,
+    ) -> Snapshots {
         Snapshots {
             dir,
             keys,
             every,
+            keep,
             last: std::sync::atomic::AtomicU64::new(last),
             writing: tokio::sync::Mutex::new(()),
         }
@@ -210,7 +387,7 @@ impl Snapshots {
             return;
         }
         let started = std::time::Instant::now();
-        let Some(state) = live.verified_copy() else {
+        let Some((state, timeline)) = live.verified_copy_with_timeline() else {
             tracing::debug!("not snapshotting: the chain under the live state is not verified yet");
             return;
         };
@@ -218,7 +395,11 @@ impl Snapshots {
         let head = state.head;
         let dir = self.dir.clone();
         let keys = self.keys.clone();
-        let written = tokio::task::spawn_blocking(move || write(&dir, &state, &keys)).await;
+        let keep = self.keep;
+        let written = tokio::task::spawn_blocking(move || {
+            write_kept(&dir, &state, &timeline, &keys, keep)
+        })
+        .await;
         match written {
             Ok(Ok(bytes)) => {
                 self.last.store(head.seq, Ordering::Release);

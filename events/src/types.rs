@@ -49,6 +49,12 @@ pub enum Event {
     ProviderKeyUpdated(ProviderKeyUpdated),
     #[serde(rename = "provider.verified")]
     ProviderVerified(ProviderVerified),
+    #[serde(rename = "audit.read")]
+    AuditRead(AuditRead),
+    #[serde(rename = "user.signed_in")]
+    UserSignedIn(UserSignedIn),
+    #[serde(rename = "user.signed_out")]
+    UserSignedOut(UserSignedOut),
 }
 
 /// Every type name, in the order of the table in DESIGN.md.
@@ -70,6 +76,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "provider.deleted",
     "provider.key_updated",
     "provider.verified",
+    "audit.read",
+    "user.signed_in",
+    "user.signed_out",
 ];
 
 impl Event {
@@ -92,6 +101,9 @@ impl Event {
             Event::ProviderDeleted(_) => "provider.deleted",
             Event::ProviderKeyUpdated(_) => "provider.key_updated",
             Event::ProviderVerified(_) => "provider.verified",
+            Event::AuditRead(_) => "audit.read",
+            Event::UserSignedIn(_) => "user.signed_in",
+            Event::UserSignedOut(_) => "user.signed_out",
         }
     }
 
@@ -122,6 +134,9 @@ impl Event {
             Event::ProviderDeleted(e) => provider_stream(&e.provider_id),
             Event::ProviderKeyUpdated(e) => provider_stream(&e.provider_id),
             Event::ProviderVerified(e) => provider_stream(&e.provider_id),
+            Event::AuditRead(_) => AUDIT_STREAM.to_owned(),
+            Event::UserSignedIn(e) => session_stream(&e.user_id),
+            Event::UserSignedOut(e) => session_stream(&e.user_id),
         }
     }
 
@@ -170,12 +185,32 @@ pub fn provider_stream(provider_id: &str) -> String {
 pub fn user_stream(user_id: &str) -> String {
     format!("user:{user_id}")
 }
+/// The stream of `audit.read`: who read the audit history, in one place.
+pub const AUDIT_STREAM: &str = "audit";
+/// Console sign-ins and sign-outs, on their own stream so that they never move the
+/// version a command on the user (`user:<id>`) expects.
+pub fn session_stream(user_id: &str) -> String {
+    format!("session:{user_id}")
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Admin,
     User,
+    /// Reads everything an admin reads (keys, providers masked, users, logs, the audit
+    /// history, exports, replays, checkpoints, proofs) and changes nothing.
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+            Role::Auditor => "auditor",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -574,6 +609,71 @@ pub struct ProviderVerified {
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+// ---- reads of the audit history, console sessions ----
+
+/// What part of the audit history was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditReadKind {
+    /// An NDJSON export (API, console or CLI).
+    Export,
+    /// The key table rebuilt as of a past time (`?as_of=`).
+    AsOf,
+    /// The key table replayed from the log (`keyward audit replay`).
+    Replay,
+    /// An inclusion or consistency proof.
+    Proof,
+    /// The log's checkpoint.
+    Checkpoint,
+}
+
+impl AuditReadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditReadKind::Export => "export",
+            AuditReadKind::AsOf => "as_of",
+            AuditReadKind::Replay => "replay",
+            AuditReadKind::Proof => "proof",
+            AuditReadKind::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+/// `audit.read`: someone took a copy of, or a view into, the audit history. Appended
+/// before the answer is served, so "who took a copy of the log" has an answer. The actor
+/// is in the envelope; `user_id` repeats it for a user (absent for the command line).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub kind: AuditReadKind,
+    /// The filter as asked for (a query string, or the command's options); never a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// The range read: events after this seq…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+    /// …up to and including this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_seq: Option<u64>,
+}
+
+/// `user.signed_in`: a console session began. `session` names the session without being
+/// it: a keyed hash of the session token, 16 hex digits, the same in the matching
+/// `user.signed_out`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserSignedIn {
+    pub user_id: String,
+    pub session: String,
+}
+
+/// `user.signed_out`: a console session was ended by its user.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserSignedOut {
+    pub user_id: String,
+    pub session: String,
 }
 
 /// `Option<Option<T>>` where an absent field is `None` and an explicit `null` is

@@ -63,6 +63,9 @@ fn decode_current(event_type: &str, data: &Value) -> Result<Event, serde_json::E
         "provider.deleted" => Event::ProviderDeleted(ProviderDeleted::deserialize(data)?),
         "provider.key_updated" => Event::ProviderKeyUpdated(ProviderKeyUpdated::deserialize(data)?),
         "provider.verified" => Event::ProviderVerified(ProviderVerified::deserialize(data)?),
+        "audit.read" => Event::AuditRead(AuditRead::deserialize(data)?),
+        "user.signed_in" => Event::UserSignedIn(UserSignedIn::deserialize(data)?),
+        "user.signed_out" => Event::UserSignedOut(UserSignedOut::deserialize(data)?),
         // The caller checked the type against `current_schema`; keep both lists in step.
         other => {
             return Err(serde::de::Error::custom(format!("no decoder for {other}")));

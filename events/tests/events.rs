@@ -241,6 +241,21 @@ fn every_type_has_a_schema_and_round_trips_through_its_envelope() {
             status: Some(401),
             detail: None,
         }),
+        Event::AuditRead(AuditRead {
+            user_id: Some("usr_1".into()),
+            kind: AuditReadKind::Export,
+            filter: Some("type=key.created".into()),
+            after_seq: Some(0),
+            until_seq: Some(41),
+        }),
+        Event::UserSignedIn(UserSignedIn {
+            user_id: "usr_1".into(),
+            session: "0123456789abcdef".into(),
+        }),
+        Event::UserSignedOut(UserSignedOut {
+            user_id: "usr_1".into(),
+            session: "0123456789abcdef".into(),
+        }),
     ];
     let names: Vec<_> = events.iter().map(Event::type_name).collect();
     assert_eq!(names, EVENT_TYPES);

@@ -118,6 +118,9 @@ impl State {
             | Event::UserUpdated(_)
             | Event::UserDisabled(_)
             | Event::UserEnabled(_) => self.users.apply(env, event),
+            // Reads of the audit history and console sessions change no key, provider or
+            // user: only the head moves.
+            Event::AuditRead(_) | Event::UserSignedIn(_) | Event::UserSignedOut(_) => {}
         }
         self.head = Head {
             seq: env.seq,

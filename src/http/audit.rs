@@ -1,13 +1,16 @@
 //! The audit log: events by cursor with filters, an NDJSON export, the chain verification
-//! and the checkpoint. Admins see every event; a user sees the events of their own keys
-//! (`key:<id>` and `usage:<id>`, deleted keys included) and nothing else.
+//! and the checkpoint. Admins and auditors see every event; a user sees the events of
+//! their own keys (`key:<id>` and `usage:<id>`, deleted keys included) and nothing else.
+//!
+//! Taking a copy of or a view into the history (an export, an as-of replay, a proof, the
+//! checkpoint) is itself recorded, before the answer is served: [`record_audit_read`].
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
-use keyward_events::{EVENT_TYPES, Envelope};
+use keyward_events::{AuditRead, AuditReadKind, EVENT_TYPES, Envelope, Event};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -15,7 +18,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::audit;
-use crate::http::caller::{Admin, Caller};
+use crate::http::caller::{Caller, Reader};
 use crate::http::error::{ApiError, Json, Problem, query_with_lists};
 use crate::http::keys::EventPage;
 use crate::store::EventFilter;
@@ -27,6 +30,65 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit_export))
         .routes(routes!(audit_verify))
         .routes(routes!(audit_checkpoint))
+        .routes(routes!(audit_inclusion_proof))
+        .routes(routes!(audit_consistency_proof))
+}
+
+// ---------- recording reads ----------
+
+/// One read of the audit history, as [`record_audit_read`] records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOf {
+    pub kind: AuditReadKind,
+    /// What was asked for: the query string (see [`filter_text`]).
+    pub filter: Option<String>,
+    /// The range read: events after this seq…
+    pub after_seq: Option<u64>,
+    /// …up to and including this one.
+    pub until_seq: Option<u64>,
+}
+
+/// The longest filter text recorded; a longer query is cut (on a character boundary) and
+/// marked with `…`.
+const MAX_FILTER_TEXT: usize = 1024;
+
+/// The filter of a read as recorded: the request's query string. The management API takes
+/// its key in a header and its routes refuse unknown parameters, so a query holds only
+/// filters, never a secret. `None` when there is none.
+pub fn filter_text(uri: &Uri) -> Option<String> {
+    let q = uri.query().filter(|q| !q.is_empty())?;
+    if q.len() <= MAX_FILTER_TEXT {
+        return Some(q.to_owned());
+    }
+    let mut end = MAX_FILTER_TEXT;
+    while !q.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!("{}…", &q[..end]))
+}
+
+/// Appends one `audit.read` (who, what, which range) and waits for its commit, before the
+/// read is answered. If it cannot be appended the read is refused with 503: a copy of the
+/// log nobody can account for is not handed out (fail closed).
+pub async fn record_audit_read(
+    app: &AppState,
+    caller: &Caller,
+    read: ReadOf,
+) -> Result<(), ApiError> {
+    let event = Event::AuditRead(AuditRead {
+        user_id: Some(caller.user_id.clone()),
+        kind: read.kind,
+        filter: read.filter,
+        after_seq: read.after_seq,
+        until_seq: read.until_seq,
+    });
+    match app.0.commands.record(&caller.actor(), &event).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, kind = read.kind.as_str(), "cannot record a read of the audit history; refusing it");
+            Err(ApiError::Unavailable)
+        }
+    }
 }
 
 const MAX_LIMIT: usize = 1000;
@@ -59,7 +121,7 @@ pub(crate) fn parse_time(field: &str, s: Option<&str>) -> Result<Option<Timestam
 /// The streams a caller may read: `None` for everything (an admin), otherwise the key and
 /// usage streams of the keys they own, deleted ones included.
 pub(crate) fn visible_streams(app: &AppState, caller: &Caller) -> Option<Vec<String>> {
-    if caller.is_admin() {
+    if caller.reads_everything() {
         return None;
     }
     let state = app.0.live.read();
@@ -283,6 +345,7 @@ pub(crate) async fn audit_export(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let q: ExportQuery = query_with_lists(&uri, &["type"])?;
+    let after_seq = q.cursor.unwrap_or(0);
     let filter = filter_for(
         &app,
         &caller,
@@ -295,9 +358,24 @@ pub(crate) async fn audit_export(
             to: q.to,
         },
     )?;
+    // The export ends at the head as it is now, and says so in its record: the record
+    // itself, appended next, is not part of it.
+    let head = app.0.store.head().await?.seq;
+    record_audit_read(
+        &app,
+        &caller,
+        ReadOf {
+            kind: AuditReadKind::Export,
+            filter: filter_text(&uri),
+            after_seq: Some(after_seq),
+            until_seq: Some(head),
+        },
+    )
+    .await?;
     let body = match filter {
         None => Body::empty(),
-        Some(filter) => {
+        Some(mut filter) => {
+            filter.until_seq = Some(head);
             let mut pages = Box::pin(audit::pages(app.0.store.clone(), filter, EXPORT_PAGE));
             // The first page is read before answering, so that a store that is down is a
             // 503 rather than a 200 with a cut-off body.
@@ -344,7 +422,8 @@ pub struct ChainVerification {
     pub reason: Option<String>,
 }
 
-/// Recompute every event's hash in order and check the links between them (admin only).
+/// Recompute every event's hash in order and check the links between them (admins and
+/// auditors).
 #[utoipa::path(get, path = "/audit/verify", tag = "audit",
     responses(
         (status = 200, body = ChainVerification),
@@ -354,7 +433,7 @@ pub struct ChainVerification {
     ))]
 pub(crate) async fn audit_verify(
     State(app): State<AppState>,
-    Admin(_caller): Admin,
+    Reader(_caller): Reader,
 ) -> Result<Json<ChainVerification>, ApiError> {
     let r = audit::verify_chain(app.0.store.as_ref(), None).await?;
     Ok(Json(ChainVerification {
@@ -379,7 +458,8 @@ pub struct Checkpoint {
     pub at: String,
 }
 
-/// The head seq and hash (admin only).
+/// The head seq and hash (admins and auditors). Each request is recorded as an
+/// `audit.read` of kind `checkpoint`.
 #[utoipa::path(get, path = "/audit/checkpoint", tag = "audit",
     responses(
         (status = 200, body = Checkpoint),
@@ -389,12 +469,218 @@ pub struct Checkpoint {
     ))]
 pub(crate) async fn audit_checkpoint(
     State(app): State<AppState>,
-    Admin(_caller): Admin,
+    Reader(caller): Reader,
 ) -> Result<Json<Checkpoint>, ApiError> {
     let cp = audit::checkpoint(app.0.store.as_ref()).await?;
+    record_audit_read(
+        &app,
+        &caller,
+        ReadOf {
+            kind: AuditReadKind::Checkpoint,
+            filter: None,
+            after_seq: None,
+            until_seq: Some(cp.head.seq),
+        },
+    )
+    .await?;
     Ok(Json(Checkpoint {
         seq: cp.head.seq,
         hash: cp.head.hash.to_hex(),
         at: time::format(&cp.at),
+    }))
+}
+
+// ---------- Merkle proofs (issue 17) ----------
+
+impl From<audit::TreeError> for ApiError {
+    fn from(e: audit::TreeError) -> Self {
+        match e {
+            audit::TreeError::Unavailable(s) => s.into(),
+            audit::TreeError::OutOfRange {
+                field,
+                value,
+                reason,
+            } => ApiError::coded_field(
+                axum::http::StatusCode::BAD_REQUEST,
+                "out_of_range",
+                field,
+                format!("{field} {value} is out of range: {reason}"),
+            ),
+            audit::TreeError::Corrupt(cause) => {
+                ApiError::Internal(format!("the Merkle tree is corrupt: {cause}"))
+            }
+        }
+    }
+}
+
+/// A query string read after the caller is known, so that an anonymous request is a 401
+/// whatever its parameters; a missing or non-numeric parameter is a 400 naming it.
+fn proof_query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|axum::extract::Query(v)| v)
+        .map_err(|rej| crate::http::error::query_rejection(&rej))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct InclusionQuery {
+    /// The event to prove: its seq, from 1.
+    #[param(minimum = 1)]
+    pub seq: u64,
+    /// The size of the tree to prove it in: 1 to the log's head, and at least `seq`.
+    /// Default: the head when the request is served (the answer says which size it used).
+    /// Ask for the size of a checkpoint you hold to check the proof against its root.
+    #[param(minimum = 1)]
+    pub tree_size: Option<u64>,
+}
+
+/// That one event is in the tree over the first `tree_size` events (RFC 9162 §2.1.3).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InclusionProof {
+    pub seq: u64,
+    pub tree_size: u64,
+    /// `seq - 1`: the leaf's index in the tree.
+    pub leaf_index: u64,
+    /// The event's chain hash (hex): the leaf's data.
+    pub event_hash: String,
+    /// SHA-256(0x00 || event hash), hex.
+    pub leaf_hash: String,
+    /// The root of the tree of `tree_size` leaves, hex.
+    pub root: String,
+    /// The audit path, from the leaf up, hex.
+    pub proof: Vec<String>,
+}
+
+fn hexes(hashes: &[keyward_events::Hash32]) -> Vec<String> {
+    hashes.iter().map(keyward_events::Hash32::to_hex).collect()
+}
+
+/// The inclusion proof of event `seq` in the Merkle tree over the first `tree_size`
+/// events (RFC 6962 shape: leaf i is SHA-256(0x00 || hash of event seq i+1)). Verify it
+/// with RFC 9162's algorithm against the root of a signed checkpoint of that size.
+/// Out-of-range values are 400 `out_of_range` naming `seq` or `tree_size`: seq 0, a seq
+/// above the tree size, a tree size above the log's head.
+#[utoipa::path(get, path = "/audit/proof/inclusion", tag = "audit", params(InclusionQuery),
+    responses(
+        (status = 200, body = InclusionProof),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn audit_inclusion_proof(
+    State(app): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Json<InclusionProof>, ApiError> {
+    caller.require_reads_everything()?;
+    let q: InclusionQuery = proof_query(&uri)?;
+    let store = app.0.store.as_ref();
+    let tree_size = match q.tree_size {
+        Some(n) => n,
+        None => store.tree_size().await?,
+    };
+    if tree_size == 0 && q.seq != 0 {
+        return Err(audit::TreeError::OutOfRange {
+            field: "tree_size",
+            value: 0,
+            reason: "the empty tree includes no event".to_owned(),
+        }
+        .into());
+    }
+    let p = audit::inclusion(store, q.seq, tree_size).await?;
+    record_audit_read(
+        &app,
+        &caller,
+        ReadOf {
+            kind: AuditReadKind::Proof,
+            filter: filter_text(&uri),
+            after_seq: Some(q.seq - 1),
+            until_seq: Some(p.tree_size),
+        },
+    )
+    .await?;
+    Ok(Json(InclusionProof {
+        seq: q.seq,
+        tree_size: p.tree_size,
+        leaf_index: p.leaf_index,
+        event_hash: p.event_hash.to_hex(),
+        leaf_hash: p.leaf_hash.to_hex(),
+        root: p.root.to_hex(),
+        proof: hexes(&p.proof),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConsistencyQuery {
+    /// The size of the older tree, from 1 (every tree extends the empty one; RFC 9162
+    /// has no proof for it).
+    #[param(minimum = 1)]
+    pub from: u64,
+    /// The size of the newer tree: `from` to the log's head. Default: the head when the
+    /// request is served (the answer says which size it used).
+    #[param(minimum = 1)]
+    pub to: Option<u64>,
+}
+
+/// That the tree over the first `to` events extends the one over the first `from`
+/// (RFC 9162 §2.1.4).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsistencyProof {
+    pub from: u64,
+    pub to: u64,
+    /// The root of the tree of `from` leaves, hex.
+    pub from_root: String,
+    /// The root of the tree of `to` leaves, hex.
+    pub to_root: String,
+    /// The consistency proof, hex; empty when `from` equals `to`.
+    pub proof: Vec<String>,
+}
+
+/// The proof that the Merkle tree over the first `to` events extends the one over the
+/// first `from`: a checkpoint of size `from` held elsewhere is a prefix of today's log.
+/// Out-of-range values are 400 `out_of_range` naming `from` or `to`: from 0, from above
+/// to, to above the log's head.
+#[utoipa::path(get, path = "/audit/proof/consistency", tag = "audit", params(ConsistencyQuery),
+    responses(
+        (status = 200, body = ConsistencyProof),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn audit_consistency_proof(
+    State(app): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Json<ConsistencyProof>, ApiError> {
+    caller.require_reads_everything()?;
+    let q: ConsistencyQuery = proof_query(&uri)?;
+    let store = app.0.store.as_ref();
+    let to = match q.to {
+        Some(n) => n,
+        None => store.tree_size().await?,
+    };
+    let p = audit::consistency(store, q.from, to).await?;
+    record_audit_read(
+        &app,
+        &caller,
+        ReadOf {
+            kind: AuditReadKind::Proof,
+            filter: filter_text(&uri),
+            after_seq: Some(p.from),
+            until_seq: Some(p.to),
+        },
+    )
+    .await?;
+    Ok(Json(ConsistencyProof {
+        from: p.from,
+        to: p.to,
+        from_root: p.from_root.to_hex(),
+        to_root: p.to_root.to_hex(),
+        proof: hexes(&p.proof),
     }))
 }

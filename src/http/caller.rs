@@ -24,13 +24,49 @@ pub struct Caller {
     pub request_id: Option<String>,
 }
 
+/// The problem `code` of a write refused to an auditor.
+pub const READ_ONLY_CODE: &str = "auditor_read_only";
+
 impl Caller {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
 
-    /// Admin-only functions are refused with 403 to everyone else.
+    pub fn is_auditor(&self) -> bool {
+        self.role == Role::Auditor
+    }
+
+    /// Whether the caller reads every object: an admin or an auditor.
+    pub fn reads_everything(&self) -> bool {
+        self.is_admin() || self.is_auditor()
+    }
+
+    /// Reads of everything (users, providers, the whole log) are refused with 403 to a
+    /// plain user.
+    pub fn require_reads_everything(&self) -> Result<(), ApiError> {
+        if self.reads_everything() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this needs the admin or the auditor role".to_owned(),
+            ))
+        }
+    }
+
+    /// Every change is refused with 403 `auditor_read_only` to an auditor, on their own
+    /// objects too: the role reads and changes nothing.
+    pub fn require_writer(&self) -> Result<(), ApiError> {
+        if self.is_auditor() {
+            Err(read_only())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Admin-only functions are refused with 403 to everyone else (an auditor with
+    /// `auditor_read_only`: they are all changes).
     pub fn require_admin(&self) -> Result<(), ApiError> {
+        self.require_writer()?;
         if self.is_admin() {
             Ok(())
         } else {
@@ -43,7 +79,7 @@ impl Caller {
     /// Whether the caller may see objects owned by `owner_id`. Objects a caller may not see
     /// are reported as not found, never as forbidden, so ids cannot be probed.
     pub fn can_see(&self, owner_id: &str) -> bool {
-        self.is_admin() || self.user_id == owner_id
+        self.reads_everything() || self.user_id == owner_id
     }
 
     /// The actor recorded in events: the user, acting through a key.
@@ -112,14 +148,28 @@ impl FromRequestParts<AppState> for Caller {
                 retry_after_secs: secs,
             });
         }
-        Ok(Caller {
+        let caller = Caller {
             user_id: authed.owner.user_id.clone(),
             username: authed.owner.username.clone(),
             role: authed.owner.role,
             key_id: key_id.to_owned(),
             request_id,
-        })
+        };
+        // Every method but a read is a change, and an auditor makes none: refused here,
+        // before the body is read, whatever the route (each write handler checks again).
+        if !parts.method.is_safe() {
+            caller.require_writer()?;
+        }
+        Ok(caller)
     }
+}
+
+fn read_only() -> ApiError {
+    ApiError::coded(
+        StatusCode::FORBIDDEN,
+        READ_ONLY_CODE,
+        "the auditor role reads everything and changes nothing; an admin makes changes",
+    )
 }
 
 /// Records the refusal as the proxy does (a throttled `key.denied` on the key's usage
@@ -154,6 +204,24 @@ fn unauthorized(e: AuthError) -> ApiError {
         other => other.to_string(),
     };
     ApiError::Unauthorized(detail)
+}
+
+/// A caller who reads everything: an admin or an auditor. Refused with 403 to a user
+/// before the handler runs.
+#[derive(Clone, Debug)]
+pub struct Reader(pub Caller);
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require_reads_everything()?;
+        Ok(Reader(caller))
+    }
 }
 
 /// A caller with the admin role. As an extractor it runs before the body is read, so a

@@ -450,6 +450,7 @@ pub(crate) async fn create_key(
     caller: Caller,
     Json(req): Json<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    caller.require_writer()?;
     let now = Utc::now();
     let name = check_name(&req.name)?;
     let owner_id = match req.owner_id {
@@ -522,7 +523,9 @@ pub struct ListKeys {
     /// Page size, 1 to 500; default 100.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
-    /// Show the key table as it was at this time (RFC 3339), rebuilt from the log.
+    /// Show the key table as it was at this time (RFC 3339, not in the future), rebuilt
+    /// from the log: from the newest kept projection snapshot before it, then the events
+    /// after it. Admins see every key, a user their own.
     #[param(format = DateTime)]
     pub as_of: Option<String>,
 }
@@ -537,15 +540,21 @@ pub struct KeyList {
     pub as_of: Option<String>,
 }
 
-/// `?as_of=` replays that may run at once on a node. Each folds the whole log from seq 1
-/// (a minute of CPU and a projection's memory on a long log), so they are admin-only and
-/// few; one more is refused with 429 `too_many_replays` rather than queued.
+/// `?as_of=` replays that may run at once on a node. Each loads a snapshot and folds the
+/// events after it (up to `--snapshot-every` events; the whole log when no kept snapshot
+/// is old enough, a minute of CPU on a 10M-event log) and holds a projection's memory, so
+/// they are few; one more is refused at once with 429 `too_many_replays` and a
+/// `Retry-After`, not queued.
 pub const REPLAYS_AT_ONCE: usize = 2;
+/// How far past now an `as_of` may be (clocks of other nodes, request latency).
+const AS_OF_SLACK_SECS: i64 = 60;
 /// What a refused replay is told to wait.
 const REPLAY_RETRY_AFTER_SECS: u64 = 10;
 
-/// List keys: every key for an admin ("Admin → API Keys"), the caller's own for a user
-/// ("My API Keys"). With `as_of` (admins only), the table as it was then.
+/// List keys: every key for an admin or an auditor ("Admin → API Keys"), the caller's own
+/// for a user ("My API Keys"). With `as_of`, the table as it was then: every key for an
+/// admin or an auditor, the caller's own for a user; each such request is recorded as an
+/// `audit.read` of kind `as_of`.
 #[utoipa::path(get, path = "/keys", tag = "keys", params(ListKeys),
     responses(
         (status = 200, body = KeyList),
@@ -567,7 +576,7 @@ pub(crate) async fn list_keys(
             field: Some("limit".into()),
         });
     }
-    let owner_filter = if caller.is_admin() {
+    let owner_filter = if caller.reads_everything() {
         q.owner_id.clone()
     } else {
         Some(caller.user_id.clone())
@@ -582,10 +591,14 @@ pub(crate) async fn list_keys(
             })
         })
         .transpose()?;
-    if as_of.is_some() && !caller.is_admin() {
-        return Err(ApiError::Forbidden(
-            "as_of is for admins: it rebuilds the whole log".to_owned(),
-        ));
+    if let (Some(t), Some(s)) = (as_of, q.as_of.as_deref())
+        && t > Utc::now() + chrono::Duration::seconds(AS_OF_SLACK_SECS)
+    {
+        // A future table would change as events arrive: it is not history.
+        return Err(ApiError::BadRequest {
+            detail: format!("as_of {s:?} is in the future"),
+            field: Some("as_of".into()),
+        });
     }
     let needle = q.q.as_deref().map(str::to_lowercase);
     let select = |state: &Projections, now: Timestamp| -> KeyList {
@@ -630,16 +643,64 @@ pub(crate) async fn list_keys(
                 ),
                 retry_after_secs: REPLAY_RETRY_AFTER_SECS,
             })?;
-            let state = crate::history::replay(app.0.store.as_ref(), AsOf::Time(t))
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "replay for as_of failed");
-                    ApiError::Unavailable
-                })?;
+            // Recorded before the table is rebuilt: who looked at the past, as of when.
+            crate::http::audit::record_audit_read(
+                &app,
+                &caller,
+                crate::http::audit::ReadOf {
+                    kind: keyward_events::AuditReadKind::AsOf,
+                    filter: Some(as_of_filter(&q)),
+                    after_seq: None,
+                    until_seq: None,
+                },
+            )
+            .await?;
+            let state = as_of_replay(&app, AsOf::Time(t)).await.map_err(|e| {
+                tracing::error!(error = %e, "replay for as_of failed");
+                ApiError::Unavailable
+            })?;
             select(&state, t)
         }
     };
     Ok(Json(list))
+}
+
+/// The filter of an as-of listing as recorded: the query's parameters, as given.
+fn as_of_filter(q: &ListKeys) -> String {
+    let pairs: Vec<(&str, String)> = [
+        ("as_of", q.as_of.clone()),
+        ("owner_id", q.owner_id.clone()),
+        ("provider_id", q.provider_id.clone()),
+        ("q", q.q.clone()),
+        ("cursor", q.cursor.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
+    serde_urlencoded::to_string(pairs).unwrap_or_default()
+}
+
+/// The projections as of `as_of`, from the newest usable kept snapshot at or before it
+/// (none when snapshots are off) and the live timeline.
+pub async fn as_of_replay(app: &AppState, as_of: AsOf) -> anyhow::Result<Projections> {
+    let app = &app.0;
+    let kept = (app.config.snapshot_every > 0).then(|| crate::history::Kept {
+        dir: app.config.data_dir.clone(),
+        keys: app.keyring.snapshot_mac_keys(),
+    });
+    let bounds = match as_of {
+        AsOf::Time(t) => Some(app.live.timeline_bounds(t)),
+        AsOf::Seq(_) => None,
+    };
+    let started = std::time::Instant::now();
+    let r = crate::history::replay_with(app.store.as_ref(), kept.as_ref(), bounds, as_of).await?;
+    tracing::debug!(
+        from_snapshot = r.from_snapshot,
+        read = r.read,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "as_of replay"
+    );
+    Ok(r.state)
 }
 
 // ---------- one key ----------
@@ -729,6 +790,7 @@ pub(crate) async fn update_key(
     Path(id): Path<String>,
     Json(req): Json<UpdateKey>,
 ) -> Result<Json<KeyView>, ApiError> {
+    caller.require_writer()?;
     find(&app, &caller, &id)?;
     let now = Utc::now();
     let patch = KeyUpdated {
@@ -788,6 +850,7 @@ pub(crate) async fn expire_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
+    caller.require_writer()?;
     let k = app
         .0
         .commands
@@ -812,6 +875,7 @@ pub(crate) async fn delete_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
+    caller.require_writer()?;
     let k = app
         .0
         .commands
@@ -875,6 +939,7 @@ pub(crate) async fn rotate_key(
     Path(id): Path<String>,
     Json(req): Json<RotateKey>,
 ) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
+    caller.require_writer()?;
     let old = find(&app, &caller, &id)?;
     let now = Utc::now();
     let grace = match req.grace_period.as_deref().map(str::trim) {

@@ -121,7 +121,7 @@ pub struct LogPage {
 /// Key ids whose usage the query covers: `None` for every key (an admin without `user` or
 /// `key_id`), an empty list when nothing can match.
 fn keys_in_scope(state: &Projections, caller: &Caller, q: &LogsQuery) -> Option<Vec<String>> {
-    let owner = if caller.is_admin() {
+    let owner = if caller.reads_everything() {
         q.user.clone()
     } else {
         match &q.user {

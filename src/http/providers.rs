@@ -1,4 +1,4 @@
-//! Providers (admin only): the upstreams keys are bound to, and their credentials.
+//! Providers (admins change them, auditors read them): the upstreams keys are bound to, and their credentials.
 //!
 //! A credential is checked live against the provider before it is stored, stored only
 //! sealed, and shown only masked (`sk-…abcd`) with its fingerprint: never in plaintext,
@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::commands::NewProvider;
 use crate::crypto::{self, ProviderSecret};
-use crate::http::caller::Admin;
+use crate::http::caller::{Admin, Reader};
 use crate::http::error::{ApiError, Json, Problem, Query};
 use crate::http::keys::{check_models, check_name};
 use crate::http::schema::{KeyStatusSchema, ProviderKindSchema};
@@ -536,7 +536,7 @@ pub struct ProviderList {
     ))]
 pub(crate) async fn list_providers(
     State(app): State<AppState>,
-    Admin(_caller): Admin,
+    Reader(_caller): Reader,
     Query(q): Query<ListProviders>,
 ) -> Result<Json<ProviderList>, ApiError> {
     let include_deleted = q.include_deleted.unwrap_or(false);
@@ -573,7 +573,7 @@ pub(crate) async fn list_providers(
     ))]
 pub(crate) async fn get_provider(
     State(app): State<AppState>,
-    Admin(_caller): Admin,
+    Reader(_caller): Reader,
     Path(id): Path<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
     let p = find(&app, &id)?;

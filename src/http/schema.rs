@@ -11,6 +11,8 @@ use utoipa::ToSchema;
 pub enum RoleSchema {
     admin,
     user,
+    /// Reads everything an admin reads; changes nothing.
+    auditor,
 }
 
 /// `read` lists models; `chat` uses the proxy; `full` adds the management API.
@@ -131,7 +133,7 @@ mod tests {
     fn schema_matches_serde() {
         assert_eq!(
             schema_names::<RoleSchema>(),
-            serde_names(&[Role::Admin, Role::User])
+            serde_names(&[Role::Admin, Role::User, Role::Auditor])
         );
         assert_eq!(
             schema_names::<ScopeSchema>(),

@@ -1,4 +1,4 @@
-//! Users (admin only): who may hold keys, with which role. Disabling a user stops all of
+//! Users (admins change them, auditors read them): who may hold keys, with which role. Disabling a user stops all of
 //! their keys at once.
 
 use std::fmt;
@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::AppState;
 use crate::commands::{UserPatch, key_is_live};
-use crate::http::caller::Admin;
+use crate::http::caller::{Admin, Reader};
 use crate::http::error::{ApiError, Json, Problem, Query};
 use crate::http::schema::RoleSchema;
 use crate::time;
@@ -204,7 +204,7 @@ pub struct UserList {
     ))]
 pub(crate) async fn list_users(
     State(app): State<AppState>,
-    Admin(_caller): Admin,
+    Reader(_caller): Reader,
     Query(q): Query<ListUsers>,
 ) -> Result<Json<UserList>, ApiError> {
     let limit = q.limit.unwrap_or(100);
@@ -251,7 +251,7 @@ pub(crate) async fn list_users(
     ))]
 pub(crate) async fn get_user(
     State(app): State<AppState>,
-    Admin(_caller): Admin,
+    Reader(_caller): Reader,
     Path(id): Path<String>,
 ) -> Result<Json<UserView>, ApiError> {
     let u = find(&app, &id)?;

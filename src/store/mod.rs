@@ -5,9 +5,13 @@ pub mod appender;
 mod plan;
 pub mod postgres;
 pub mod sqlite;
+pub mod tree;
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
-use keyward_events::{Envelope, Head, NewEvent};
+use keyward_events::merkle::NodeId;
+use keyward_events::{Envelope, Hash32, Head, NewEvent};
 
 use crate::time::Timestamp;
 
@@ -148,6 +152,35 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Whether the store can currently be written (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How many leaves of the Merkle tree over the log the store can serve: the head's
+    /// seq once the tree is built (the appender keeps it built; see [`tree`]).
+    async fn tree_size(&self) -> Result<u64, StoreError> {
+        Err(no_tree())
+    }
+
+    /// The hashes of complete nodes of the Merkle tree, each folded from at most eight
+    /// stored rows, all read in one query. A node the store cannot compute (beyond the
+    /// built tree, or whose rows are missing) is left out of the answer.
+    async fn tree_nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash32>, StoreError> {
+        let _ = ids;
+        Err(no_tree())
+    }
+
+    /// The tree's nodes as stored (not recomputed): those at the stored levels that lie
+    /// wholly within leaves `[lo, hi)`. For a verifier to compare with its own.
+    async fn stored_tree_nodes(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> Result<HashMap<NodeId, Hash32>, StoreError> {
+        let _ = (lo, hi);
+        Err(no_tree())
+    }
+}
+
+fn no_tree() -> StoreError {
+    StoreError::Unavailable("this store keeps no Merkle tree".to_owned())
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` or `postgres://…`

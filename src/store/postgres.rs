@@ -47,6 +47,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keyward_events::merkle::{CompactRange, NodeId, leaf_hash};
 use keyward_events::{Envelope, Hash32, Head, NewEvent};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -54,6 +55,7 @@ use sqlx::{Executor, PgConnection, Postgres, Row};
 use ulid::Ulid;
 
 use super::plan::{self, seal_run};
+use super::tree::{self, Reads, Rows};
 use super::{AppendError, EventFilter, EventStore, Order, RawEvent, StoreError, select_events};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -84,6 +86,10 @@ pub struct PostgresStore {
     pool: PgPool,
     options: PgConnectOptions,
     serialise: bool,
+    /// The Merkle tree's right edge after this node's last append. Another node may
+    /// have appended since: an append uses it only if its size is the head it reads
+    /// under the lock, and reads the edge from the store otherwise.
+    tree: parking_lot::Mutex<Option<CompactRange>>,
 }
 
 /// Query parameters sqlx reads from a PostgreSQL URL.
@@ -173,8 +179,10 @@ impl PostgresStore {
             pool,
             options,
             serialise: true,
+            tree: parking_lot::Mutex::new(None),
         };
         store.migrate().await?;
+        store.backfill_tree().await?;
         Ok(store)
     }
 
@@ -283,11 +291,70 @@ impl PostgresStore {
         let count = planned.len();
         let mut end = head;
         let sealed = seal_run(&mut planned.into_iter(), count, &mut end);
+        let mut merkle = None;
         if !sealed.is_empty() {
             insert(&mut tx, &sealed).await?;
+            // The tree's edge as this node left it, if no other node appended since.
+            let cached = self.tree.lock().take().filter(|t| t.size() == head.seq);
+            let mut cr = match cached {
+                Some(cr) => cr,
+                None => tree_at(&mut tx, head.seq).await?,
+            };
+            let mut nodes = Vec::new();
+            tree::push_events(&mut cr, sealed.iter().map(|(env, _)| &env.hash), &mut nodes);
+            insert_nodes(&mut tx, &nodes).await?;
+            merkle = Some(cr);
         }
         tx.commit().await?;
+        if let Some(cr) = merkle {
+            *self.tree.lock() = Some(cr);
+        }
         Ok(decided.answer(sealed.into_iter().map(|(env, _)| env).collect()))
+    }
+
+    /// Gives a log that predates the Merkle tree (or whose tree stops short of it) its
+    /// tree, [`tree::BACKFILL_CHUNK`] events per transaction under the append lock, so
+    /// that nodes starting together share the work, saying how far it has got.
+    async fn backfill_tree(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let mut said = false;
+        let mut conn = self.pool.acquire().await?;
+        loop {
+            let mut tx =
+                sqlx::Connection::begin_with(&mut *conn, "BEGIN ISOLATION LEVEL READ COMMITTED")
+                    .await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(APPEND_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            let head = read_head(&mut tx).await?.seq;
+            let built = read_tree_size(&mut tx).await?;
+            if built >= head {
+                tx.rollback().await?;
+                if said {
+                    tracing::info!(
+                        events = head,
+                        secs = started.elapsed().as_secs_f64(),
+                        "the Merkle tree is built"
+                    );
+                }
+                return Ok(());
+            }
+            if !said {
+                tracing::info!(
+                    from = built,
+                    to = head,
+                    "building the Merkle tree over the log ({} events per transaction)",
+                    tree::BACKFILL_CHUNK
+                );
+                said = true;
+            }
+            let mut cr = tree_at(&mut tx, built).await?;
+            let target = head.min((built / tree::BACKFILL_CHUNK + 1) * tree::BACKFILL_CHUNK);
+            extend_tree(&mut tx, &mut cr, target).await?;
+            tx.commit().await?;
+            tracing::info!(built = target, head, "building the Merkle tree");
+        }
     }
 }
 
@@ -415,6 +482,30 @@ impl EventStore for PostgresStore {
         self.select(filter, limit, Order::Newest).await
     }
 
+    async fn tree_size(&self) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        read_tree_size(&mut conn).await
+    }
+
+    async fn tree_nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash32>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = read_rows(&mut conn, &tree::reads_for(ids)).await?;
+        Ok(tree::compute(ids, &rows))
+    }
+
+    async fn stored_tree_nodes(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> Result<HashMap<NodeId, Hash32>, StoreError> {
+        let reads = Reads {
+            nodes: tree::stored_within(lo, hi),
+            leaves: Vec::new(),
+        };
+        let mut conn = self.pool.acquire().await?;
+        Ok(read_rows(&mut conn, &reads).await?.nodes)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
             .fetch_one(&self.pool)
@@ -426,6 +517,180 @@ impl EventStore for PostgresStore {
         }
         Ok(())
     }
+}
+
+// ---------- the Merkle tree (see `super::tree`) ----------
+
+/// How many leaves the stored tree can serve: the head, once the tree is built. One
+/// statement, so that both come from one snapshot.
+async fn read_tree_size(conn: &mut PgConnection) -> Result<u64, StoreError> {
+    let row = sqlx::query(
+        "SELECT (SELECT max(seq) FROM events), \
+         (SELECT max(idx) FROM merkle_nodes WHERE level = $1)",
+    )
+    .bind(i32::from(tree::STRIDE))
+    .fetch_one(&mut *conn)
+    .await?;
+    let head: Option<i64> = row.try_get(0)?;
+    let highest: Option<i64> = row.try_get(1)?;
+    Ok(tree::built_size(
+        highest.map(|k| k.max(0) as u64),
+        head.map_or(0, |h| h.max(0) as u64),
+    ))
+}
+
+/// Every range of stored nodes and of leaves `reads` names, in one statement of fixed
+/// text. LATERAL makes each range an index range scan whatever the planner thinks of
+/// the arrays' lengths.
+const READ_ROWS: &str = "SELECT r.level, n.idx, n.hash \
+     FROM UNNEST($1::int[], $2::bigint[], $3::bigint[]) AS r(level, lo, hi) \
+     CROSS JOIN LATERAL (SELECT m.idx, m.hash FROM merkle_nodes m \
+         WHERE m.level = r.level AND m.idx >= r.lo AND m.idx < r.hi) n \
+     UNION ALL \
+     SELECT 0, e.seq - 1, e.hash \
+     FROM UNNEST($4::bigint[], $5::bigint[]) AS l(lo, hi) \
+     CROSS JOIN LATERAL (SELECT ev.seq, ev.hash FROM events ev \
+         WHERE ev.seq > l.lo AND ev.seq <= l.hi) e";
+
+async fn read_rows(conn: &mut PgConnection, reads: &Reads) -> Result<Rows, StoreError> {
+    let mut rows = Rows::default();
+    if reads.is_empty() {
+        return Ok(rows);
+    }
+    let mut levels = Vec::new();
+    let mut los = Vec::new();
+    let mut his = Vec::new();
+    for &(level, lo, hi) in &reads.nodes {
+        levels.push(i32::from(level));
+        los.push(to_i64(lo)?);
+        his.push(to_i64(hi)?);
+    }
+    let mut leaf_los = Vec::new();
+    let mut leaf_his = Vec::new();
+    for &(lo, hi) in &reads.leaves {
+        leaf_los.push(to_i64(lo)?);
+        leaf_his.push(to_i64(hi)?);
+    }
+    let fetched = sqlx::query(READ_ROWS)
+        .bind(levels)
+        .bind(los)
+        .bind(his)
+        .bind(leaf_los)
+        .bind(leaf_his)
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in &fetched {
+        let level: i32 = row.try_get(0)?;
+        let index: i64 = row.try_get(1)?;
+        let hash: &[u8] = row.try_get(2)?;
+        let bad = |reason: String| StoreError::Corrupt { seq: 0, reason };
+        let (Ok(level), Ok(index)) = (u8::try_from(level), u64::try_from(index)) else {
+            return Err(bad(format!("Merkle node ({level}, {index}) out of range")));
+        };
+        let Some(hash) = Hash32::from_slice(hash) else {
+            return Err(bad(format!(
+                "Merkle row ({level}, {index}) has {} bytes, not 32",
+                hash.len()
+            )));
+        };
+        if level == 0 {
+            rows.leaves.insert(index, leaf_hash(&hash));
+        } else {
+            rows.nodes.insert(NodeId { level, index }, hash);
+        }
+    }
+    Ok(rows)
+}
+
+/// The tree's right edge at `size` leaves, from the stored rows, built first from the
+/// events where the stored tree stops short of them (another node, of a version that
+/// keeps no tree, appended meanwhile).
+async fn tree_at(conn: &mut PgConnection, size: u64) -> Result<CompactRange, StoreError> {
+    let built = read_tree_size(conn).await?.min(size);
+    let edge = CompactRange::edge(built);
+    let rows = read_rows(conn, &tree::reads_for(&edge)).await?;
+    let mut cr = tree::compact_range(built, &rows).ok_or_else(|| StoreError::Corrupt {
+        seq: built,
+        reason: format!("the Merkle tree's rows for size {built} are missing"),
+    })?;
+    if built < size {
+        tracing::warn!(
+            from = built,
+            to = size,
+            "the Merkle tree stops short of the log; building the rest in this append"
+        );
+        extend_tree(conn, &mut cr, size).await?;
+    }
+    Ok(cr)
+}
+
+/// Appends the events after the tree's end up to seq `to` to the tree and stores the
+/// nodes they complete.
+async fn extend_tree(
+    conn: &mut PgConnection,
+    cr: &mut CompactRange,
+    to: u64,
+) -> Result<(), StoreError> {
+    while cr.size() < to {
+        let hi = to.min(cr.size() + tree::BACKFILL_CHUNK);
+        let rows =
+            sqlx::query("SELECT seq, hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq")
+                .bind(to_i64(cr.size())?)
+                .bind(to_i64(hi)?)
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut hashes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq = decode_seq(row)?;
+            let expected = cr.size() + hashes.len() as u64 + 1;
+            if seq != expected {
+                return Err(StoreError::Corrupt {
+                    seq: expected,
+                    reason: format!("the log skips from seq {} to {seq}", expected - 1),
+                });
+            }
+            let hash: &[u8] = row.try_get(1).map_err(|e| corrupt(seq, e))?;
+            hashes.push(Hash32::from_slice(hash).ok_or_else(|| StoreError::Corrupt {
+                seq,
+                reason: format!("hash has {} bytes, not 32", hash.len()),
+            })?);
+        }
+        if hashes.len() as u64 != hi - cr.size() {
+            return Err(StoreError::Corrupt {
+                seq: cr.size() + hashes.len() as u64 + 1,
+                reason: "an event below the head is missing".to_owned(),
+            });
+        }
+        let mut nodes = Vec::new();
+        tree::push_events(cr, &hashes, &mut nodes);
+        insert_nodes(conn, &nodes).await?;
+    }
+    Ok(())
+}
+
+/// Stores Merkle nodes in one statement.
+async fn insert_nodes(conn: &mut PgConnection, nodes: &[(NodeId, Hash32)]) -> Result<(), StoreError> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let mut levels = Vec::with_capacity(nodes.len());
+    let mut idxs = Vec::with_capacity(nodes.len());
+    let mut hashes = Vec::with_capacity(nodes.len());
+    for (id, hash) in nodes {
+        levels.push(i32::from(id.level));
+        idxs.push(to_i64(id.index)?);
+        hashes.push(&hash.0[..]);
+    }
+    sqlx::query(
+        "INSERT INTO merkle_nodes (level, idx, hash) \
+         SELECT * FROM UNNEST($1::int[], $2::bigint[], $3::bytea[])",
+    )
+    .bind(levels)
+    .bind(idxs)
+    .bind(hashes)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn read_head(conn: &mut PgConnection) -> Result<Head, StoreError> {

@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keyward_events::merkle::{CompactRange, NodeId, leaf_hash};
 use keyward_events::{Envelope, ExpectedVersion, Hash32, Head, NewEvent};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
@@ -21,6 +22,7 @@ use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteExecutor};
 use ulid::Ulid;
 
 use super::plan::{self, seal_run};
+use super::tree::{self, Reads, Rows};
 use super::{
     AppendError, EventFilter, EventStore, Order, RawEvent, StoreError, Unwritten, select_events,
 };
@@ -134,6 +136,8 @@ struct Cache {
     head: Head,
     /// The last version of each stream seen; 0 for a stream known to be empty.
     streams: HashMap<String, u64>,
+    /// The Merkle tree's right edge at `head`: what the next events' nodes hang from.
+    tree: CompactRange,
 }
 
 impl SqliteStore {
@@ -177,6 +181,7 @@ impl SqliteStore {
 
         let mut conn = writer_options.connect().await?;
         run_migrations(&mut conn).await?;
+        backfill_tree(&mut conn).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READ_POOL_SIZE)
             .min_connections(0)
@@ -264,10 +269,14 @@ impl SqliteStore {
     ) -> Result<(Cache, HashMap<Ulid, Envelope>), StoreError> {
         let mut cache = match cache {
             Some(c) => c,
-            None => Cache {
-                head: read_head(&mut *tx).await?,
-                streams: HashMap::new(),
-            },
+            None => {
+                let head = read_head(&mut *tx).await?;
+                Cache {
+                    head,
+                    streams: HashMap::new(),
+                    tree: tree_at(&mut *tx, head.seq).await?,
+                }
+            }
         };
         if cache.streams.len() > MAX_CACHED_STREAMS {
             cache.streams.clear();
@@ -321,6 +330,9 @@ impl SqliteStore {
         let mut sealed: Vec<Envelope> = Vec::with_capacity(count);
         let mut sizes = self.chunk_sizes(count).into_iter();
         let mut current = seal_run(&mut planned, sizes.next().unwrap_or(0), &mut head);
+        // The Merkle nodes the new events complete, written in the same transaction.
+        let mut nodes: Vec<(NodeId, Hash32)> = Vec::new();
+        let merkle = &mut cache.tree;
         let failed: Option<StoreError> = 'write: {
             while !current.is_empty() {
                 let next_size = sizes.next().unwrap_or(0);
@@ -329,8 +341,10 @@ impl SqliteStore {
                     Err(e) => break 'write Some(e),
                 };
                 // join! polls the insert first, which hands it to SQLite's worker thread,
-                // and then hashes the next run here while SQLite writes this one.
+                // and then hashes this run into the tree and seals the next run here
+                // while SQLite writes this one.
                 let (inserted, next) = futures::join!(insert.execute(&mut *tx), async {
+                    tree::push_events(merkle, current.iter().map(|(env, _)| &env.hash), &mut nodes);
                     seal_run(&mut planned, next_size, &mut head)
                 });
                 sealed.extend(current.into_iter().map(|(env, _)| env));
@@ -338,6 +352,9 @@ impl SqliteStore {
                 if let Err(e) = inserted {
                     break 'write Some(e.into());
                 }
+            }
+            if let Err(e) = insert_nodes(&mut tx, &nodes).await {
+                break 'write Some(e);
             }
             tx.commit().await.err().map(StoreError::from)
         };
@@ -534,6 +551,30 @@ impl EventStore for SqliteStore {
         self.select(filter, limit, Order::Newest).await
     }
 
+    async fn tree_size(&self) -> Result<u64, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        read_tree_size(&mut conn).await
+    }
+
+    async fn tree_nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash32>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        let rows = read_rows(&mut conn, &tree::reads_for(ids)).await?;
+        Ok(tree::compute(ids, &rows))
+    }
+
+    async fn stored_tree_nodes(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> Result<HashMap<NodeId, Hash32>, StoreError> {
+        let reads = Reads {
+            nodes: tree::stored_within(lo, hi),
+            leaves: Vec::new(),
+        };
+        let mut conn = self.readers.acquire().await?;
+        Ok(read_rows(&mut conn, &reads).await?.nodes)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().await;
         let mut conn = self.writer_conn(&mut writer).await?;
@@ -551,6 +592,205 @@ async fn run_migrations(conn: &mut SqliteConnection) -> Result<(), StoreError> {
         .run(conn)
         .await
         .map_err(|e| StoreError::Unavailable(format!("migrating the SQLite event store: {e}")))
+}
+
+// ---------- the Merkle tree (see `super::tree`) ----------
+
+/// Rows of `merkle_nodes` per INSERT, at most (three parameters each).
+const NODE_CHUNK: usize = 128;
+
+/// How many leaves the stored tree can serve: the head, once the tree is built. One
+/// statement, so that both come from one snapshot.
+async fn read_tree_size(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
+    let row = sqlx::query(
+        "SELECT (SELECT max(seq) FROM events), \
+         (SELECT max(idx) FROM merkle_nodes WHERE level = ?1)",
+    )
+    .bind(i64::from(tree::STRIDE))
+    .fetch_one(&mut *conn)
+    .await?;
+    let head: Option<i64> = row.try_get(0)?;
+    let highest: Option<i64> = row.try_get(1)?;
+    Ok(tree::built_size(
+        highest.map(|k| k.max(0) as u64),
+        head.map_or(0, |h| h.max(0) as u64),
+    ))
+}
+
+/// The rows `reads` names, in one statement: a UNION ALL of primary-key range scans.
+async fn read_rows(conn: &mut SqliteConnection, reads: &Reads) -> Result<Rows, StoreError> {
+    let mut rows = Rows::default();
+    if reads.is_empty() {
+        return Ok(rows);
+    }
+    let mut qb = sqlx::QueryBuilder::<Sqlite>::new("");
+    let mut first = true;
+    let mut union = |qb: &mut sqlx::QueryBuilder<'_, Sqlite>| {
+        if !first {
+            qb.push(" UNION ALL ");
+        }
+        first = false;
+    };
+    for &(level, lo, hi) in &reads.nodes {
+        union(&mut qb);
+        qb.push("SELECT level, idx, hash FROM merkle_nodes WHERE level = ")
+            .push_bind(i64::from(level))
+            .push(" AND idx >= ")
+            .push_bind(to_i64(lo)?)
+            .push(" AND idx < ")
+            .push_bind(to_i64(hi)?);
+    }
+    for &(lo, hi) in &reads.leaves {
+        union(&mut qb);
+        qb.push("SELECT 0, seq - 1, hash FROM events WHERE seq > ")
+            .push_bind(to_i64(lo)?)
+            .push(" AND seq <= ")
+            .push_bind(to_i64(hi)?);
+    }
+    let fetched = qb.build().fetch_all(&mut *conn).await?;
+    for row in &fetched {
+        let level: i64 = row.try_get(0)?;
+        let index: i64 = row.try_get(1)?;
+        let hash: &[u8] = row.try_get(2)?;
+        let bad = |reason: String| StoreError::Corrupt { seq: 0, reason };
+        let (Ok(level), Ok(index)) = (u8::try_from(level), u64::try_from(index)) else {
+            return Err(bad(format!("Merkle node ({level}, {index}) out of range")));
+        };
+        let Some(hash) = Hash32::from_slice(hash) else {
+            return Err(bad(format!(
+                "Merkle row ({level}, {index}) has {} bytes, not 32",
+                hash.len()
+            )));
+        };
+        if level == 0 {
+            rows.leaves.insert(index, leaf_hash(&hash));
+        } else {
+            rows.nodes.insert(NodeId { level, index }, hash);
+        }
+    }
+    Ok(rows)
+}
+
+/// The tree's right edge at `size` leaves, from the stored rows, built first from the
+/// events where the stored tree stops short of them.
+async fn tree_at(conn: &mut SqliteConnection, size: u64) -> Result<CompactRange, StoreError> {
+    let built = read_tree_size(conn).await?.min(size);
+    let edge = CompactRange::edge(built);
+    let rows = read_rows(conn, &tree::reads_for(&edge)).await?;
+    let mut cr = tree::compact_range(built, &rows).ok_or_else(|| StoreError::Corrupt {
+        seq: built,
+        reason: format!("the Merkle tree's rows for size {built} are missing"),
+    })?;
+    if built < size {
+        tracing::warn!(
+            from = built,
+            to = size,
+            "the Merkle tree stops short of the log; building the rest in this append"
+        );
+        extend_tree(conn, &mut cr, size).await?;
+    }
+    Ok(cr)
+}
+
+/// Appends the events after the tree's end up to seq `to` to the tree and stores the
+/// nodes they complete.
+async fn extend_tree(
+    conn: &mut SqliteConnection,
+    cr: &mut CompactRange,
+    to: u64,
+) -> Result<(), StoreError> {
+    while cr.size() < to {
+        let hi = to.min(cr.size() + tree::BACKFILL_CHUNK);
+        let rows = sqlx::query("SELECT seq, hash FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
+            .bind(to_i64(cr.size())?)
+            .bind(to_i64(hi)?)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut hashes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq = decode_seq(row)?;
+            if seq != cr.size() + hashes.len() as u64 + 1 {
+                return Err(StoreError::Corrupt {
+                    seq,
+                    reason: format!("the log skips from seq {} to {seq}", cr.size() + hashes.len() as u64),
+                });
+            }
+            let hash: &[u8] = row.try_get(1).map_err(|e| corrupt(seq, e))?;
+            hashes.push(Hash32::from_slice(hash).ok_or_else(|| StoreError::Corrupt {
+                seq,
+                reason: format!("hash has {} bytes, not 32", hash.len()),
+            })?);
+        }
+        if hashes.len() as u64 != hi - cr.size() {
+            return Err(StoreError::Corrupt {
+                seq: cr.size() + hashes.len() as u64 + 1,
+                reason: "an event below the head is missing".to_owned(),
+            });
+        }
+        let mut nodes = Vec::new();
+        tree::push_events(cr, &hashes, &mut nodes);
+        insert_nodes(conn, &nodes).await?;
+    }
+    Ok(())
+}
+
+/// Stores Merkle nodes, in multi-row INSERTs.
+async fn insert_nodes(
+    conn: &mut SqliteConnection,
+    nodes: &[(NodeId, Hash32)],
+) -> Result<(), StoreError> {
+    for chunk in nodes.chunks(NODE_CHUNK) {
+        let sql = format!(
+            "INSERT INTO merkle_nodes (level, idx, hash) VALUES {}",
+            vec!["(?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, hash) in chunk {
+            q = q
+                .bind(i64::from(id.level))
+                .bind(to_i64(id.index)?)
+                .bind(&hash.0[..]);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Gives a log that predates the Merkle tree (or whose tree stops short of it) its tree,
+/// [`tree::BACKFILL_CHUNK`] events per transaction, saying how far it has got.
+async fn backfill_tree(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let head = read_head(&mut *tx).await?.seq;
+        let built = read_tree_size(&mut tx).await?;
+        if built >= head {
+            tx.rollback().await?;
+            if said {
+                tracing::info!(
+                    events = head,
+                    secs = started.elapsed().as_secs_f64(),
+                    "the Merkle tree is built"
+                );
+            }
+            return Ok(());
+        }
+        if !said {
+            tracing::info!(
+                from = built,
+                to = head,
+                "building the Merkle tree over the log ({} events per transaction)",
+                tree::BACKFILL_CHUNK
+            );
+            said = true;
+        }
+        let mut cr = tree_at(&mut tx, built).await?;
+        let target = head.min((built / tree::BACKFILL_CHUNK + 1) * tree::BACKFILL_CHUNK);
+        extend_tree(&mut tx, &mut cr, target).await?;
+        tx.commit().await?;
+        tracing::info!(built = target, head, "building the Merkle tree");
+    }
 }
 
 async fn read_head(conn: impl SqliteExecutor<'_>) -> Result<Head, StoreError> {

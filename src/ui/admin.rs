@@ -16,7 +16,7 @@ use super::pages::{
 use super::session::{ConsoleUser, Posted};
 use crate::AppState;
 use crate::http::audit as audit_api;
-use crate::http::caller::Admin;
+use crate::http::caller::{Admin, Reader};
 use crate::http::error::{ApiError, Json, Query};
 use crate::http::keys::{self as keys_api, ListKeys};
 use crate::http::logs::{self as logs_api, LogsQuery};
@@ -27,6 +27,19 @@ fn admin(user: &ConsoleUser) -> Result<Admin, Box<Response>> {
     user.caller
         .require_admin()
         .map(|()| Admin(user.caller.clone()))
+        .map_err(|e| Box::new(api_error_page(user, &e)))
+}
+
+/// The admin pages (Providers, Users) are full of changes: an auditor reads providers and
+/// users through the API, and the console shows them Audit, Logs and API Keys.
+fn admin_reader(user: &ConsoleUser) -> Result<Reader, Box<Response>> {
+    admin(user).map(|Admin(c)| Reader(c))
+}
+
+fn reader(user: &ConsoleUser) -> Result<Reader, Box<Response>> {
+    user.caller
+        .require_reads_everything()
+        .map(|()| Reader(user.caller.clone()))
         .map_err(|e| Box::new(api_error_page(user, &e)))
 }
 
@@ -75,7 +88,7 @@ async fn providers_page(
     create_error: Option<(String, String)>,
     status: StatusCode,
 ) -> Response {
-    let a = match admin(user) {
+    let a = match admin_reader(user) {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -390,7 +403,7 @@ async fn users_page(
     create_error: Option<(String, String)>,
     status: StatusCode,
 ) -> Response {
-    let a = match admin(user) {
+    let a = match admin_reader(user) {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -430,6 +443,7 @@ async fn users_page(
                                     select id={"role-" (u.id)} name="role" {
                                         option value="user" selected[u.role == Role::User] { "user" }
                                         option value="admin" selected[u.role == Role::Admin] { "admin" }
+                                        option value="auditor" selected[u.role == Role::Auditor] { "auditor" }
                                     }
                                     button.small type="submit" { "Change role" }
                                 }
@@ -471,7 +485,7 @@ async fn users_page(
                 input #u-name name="username" type="text" required maxlength="64";
                 (fe("username"))
                 label for="u-role" { "Role" }
-                select #u-role name="role" { option value="user" { "user" } option value="admin" { "admin" } }
+                select #u-role name="role" { option value="user" { "user" } option value="admin" { "admin" } option value="auditor" { "auditor" } }
                 label for="u-pw" { "Password (optional)" }
                 input #u-pw name="password" type="password" minlength="12" autocomplete="new-password";
                 p.hint { "At least 12 characters. Without one the user can only use API keys." }
@@ -624,7 +638,7 @@ pub async fn logs(
         Ok(Json(p)) => (Some(p), None),
         Err(e) => (None, Some(explain(&e).1)),
     };
-    let users: Vec<(String, String)> = if user.is_admin() {
+    let users: Vec<(String, String)> = if user.reads_everything() {
         let live = state.0.live.read();
         let mut u: Vec<_> = live
             .users
@@ -647,7 +661,7 @@ pub async fn logs(
     ];
     let body = html! {
         form.filters method="get" action="/ui/logs" {
-            @if user.is_admin() {
+            @if user.reads_everything() {
                 div.field {
                     label for="l-user" { "User" }
                     select #l-user name="user" {
@@ -776,8 +790,8 @@ async fn audit_page(
     };
     let mut newest: Vec<_> = events.iter().collect();
     newest.reverse();
-    // Rebuilding the log is for admins (the API refuses anyone else); the form is shown
-    // to them only.
+    // Rebuilding the log is for admins and auditors (the API refuses anyone else); the
+    // form is shown to them only.
     let table = match &as_of {
         None => None,
         Some(t) => {
@@ -805,7 +819,7 @@ async fn audit_page(
                 h2 #chain-h { "Chain" }
                 p { "The log holds " strong { (head) } " events, each hash-chained to the one before." }
                 @if let Some(v) = &verification { (v) }
-                @if user.is_admin() {
+                @if user.reads_everything() {
                     form method="post" action="/ui/audit/verify" {
                         (csrf(user))
                         button.primary type="submit" { "Verify the chain" }
@@ -818,7 +832,7 @@ async fn audit_page(
                 a.button href="/ui/audit/export" download="keyward-audit.ndjson" { "Download export" }
             }
         }
-        @if user.is_admin() { section.card aria-labelledby="asof-h" {
+        @if user.reads_everything() { section.card aria-labelledby="asof-h" {
             h2 #asof-h { "The key table as of a past time" }
             form.filters method="get" action="/ui/audit" {
                 div.field {
@@ -833,7 +847,7 @@ async fn audit_page(
                 Some(Ok(keys)) if keys.is_empty() => { (empty("No keys existed then", html! { "Pick a later time." })) }
                 Some(Ok(keys)) => {
                     p.muted { "Rebuilt from the log up to " (as_of.as_deref().map(utc_input).unwrap_or_default()) "." }
-                    div #asof-table { (key_table(keys, &names, user.is_admin(), None, "/ui/audit")) }
+                    div #asof-table { (key_table(keys, &names, user.reads_everything(), None, "/ui/audit")) }
                 }
             }
         } } @else if let Some(Err(e)) = &table { (notice("error", &explain(e).1)) }
@@ -851,7 +865,7 @@ async fn audit_page(
 }
 
 pub async fn verify_chain(State(state): State<AppState>, p: Posted<Nothing>) -> Response {
-    let a = match admin(&p.user) {
+    let a = match reader(&p.user) {
         Ok(a) => a,
         Err(r) => return *r,
     };

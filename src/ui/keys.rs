@@ -116,6 +116,10 @@ pub async fn my_keys(
     user: ConsoleUser,
     AxumQuery(q): AxumQuery<TableQuery>,
 ) -> Response {
+    // An auditor owns nothing to manage: their page is every key, read-only.
+    if user.is_auditor() {
+        return Redirect::to("/ui/admin/keys").into_response();
+    }
     let extras = Extras {
         notice: q.notice.as_deref().and_then(notice_text).map(|t| ("ok", t)),
         ..Extras::default()
@@ -136,10 +140,10 @@ pub async fn all_keys(
     user: ConsoleUser,
     AxumQuery(q): AxumQuery<TableQuery>,
 ) -> Response {
-    if !user.is_admin() {
+    if !user.reads_everything() {
         return api_error_page(
             &user,
-            &ApiError::Forbidden("this page needs the admin role".to_owned()),
+            &ApiError::Forbidden("this page needs the admin or the auditor role".to_owned()),
         );
     }
     let extras = Extras {
@@ -196,6 +200,8 @@ async fn keys_page(
         ("My API Keys", Nav::MyKeys)
     };
     let filtered = admin_view && (owner.is_some() || provider.is_some() || st.is_some());
+    // An auditor changes nothing: no button or form that would be refused.
+    let writer = !user.is_auditor();
     let body = html! {
         @if let Some((kind, text)) = &extras.notice { (notice(kind, text)) }
         div.toolbar {
@@ -204,7 +210,9 @@ async fn keys_page(
             } @else {
                 p.lede { "Keys you own. Each works only until its expiry; rotate it before then." }
             }
-            button.primary type="button" data-open="create-dialog" { "Create API Key" }
+            @if writer {
+                button.primary type="button" data-open="create-dialog" { "Create API Key" }
+            }
         }
         @if keys.is_empty() {
             @if filtered {
@@ -213,10 +221,12 @@ async fn keys_page(
                 (empty("No API keys yet", html! { "Create one to call the gateway: it is shown once, then only its prefix." }))
             }
         } @else {
-            (key_table(&keys, &names, admin_view, Some(user), back))
+            (key_table(&keys, &names, admin_view, writer.then_some(user), back))
         }
-        (create_dialog(state, user, admin_view, extras.create.as_ref(), back))
-        (action_dialogs(user))
+        @if writer {
+            (create_dialog(state, user, admin_view, extras.create.as_ref(), back))
+            (action_dialogs(user))
+        }
         @if let Some(s) = &extras.secret { (s) }
     };
     render(status, page(user, nav, title, body))
@@ -544,6 +554,9 @@ fn create_request(f: &CreateForm) -> Result<CreateKey, ApiError> {
 
 pub async fn create(State(state): State<AppState>, p: Posted<CreateForm>) -> Response {
     let user = p.user;
+    if let Err(e) = user.caller.require_writer() {
+        return api_error_page(&user, &e);
+    }
     let form = p.form;
     let admin_view = form.return_to.as_deref() == Some("/ui/admin/keys") && user.is_admin();
     let result = match create_request(&form) {
@@ -939,7 +952,7 @@ pub async fn detail(
     let body = html! {
         div.toolbar {
             p.lede { (status_badge(key.status)) " " code { (key.prefix) "…" } " · " (key.id) }
-            (row_actions(&key, &back))
+            @if !user.is_auditor() { (row_actions(&key, &back)) }
         }
         div.cards {
             section.card aria-labelledby="settings-h" {
@@ -961,7 +974,7 @@ pub async fn detail(
                     @if let Some(at) = &key.expired_at { dt { "Expired" } dd { (when(Some(at))) } }
                     @if key.deleted { dt { "Deleted" } dd { (when(key.deleted_at.as_deref())) } }
                 }
-                @if !user.is_admin() { p.hint data-narrowing { (NARROWING_NOTE) } }
+                @if !user.reads_everything() { p.hint data-narrowing { (NARROWING_NOTE) } }
             }
             section.card aria-labelledby="grace-h" {
                 h2 #grace-h { "Uses during the rotation grace" }
@@ -990,7 +1003,7 @@ pub async fn detail(
                 }
             }
         }
-        (action_dialogs(&user))
+        @if !user.is_auditor() { (action_dialogs(&user)) }
     };
     render(StatusCode::OK, page(&user, Nav::None, &key.name, body))
 }

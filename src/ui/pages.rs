@@ -64,7 +64,7 @@ pub fn page(user: &ConsoleUser, nav: Nav, title: &str, body: Markup) -> Markup {
                     a.brand href="/ui" { (logo()) "Keyward" }
                     div.who {
                         span { (user.caller.username) }
-                        span.role { (if user.is_admin() { "admin" } else { "user" }) }
+                        span.role { (user.caller.role.as_str()) }
                         form method="post" action="/ui/logout" {
                             (csrf(user))
                             button.link type="submit" { "Sign out" }
@@ -74,12 +74,18 @@ pub fn page(user: &ConsoleUser, nav: Nav, title: &str, body: Markup) -> Markup {
                 div.shell {
                     nav.side aria-label="Console" {
                         ul {
-                            (item(Nav::MyKeys, "/ui/keys", "My API Keys"))
+                            @if !user.is_auditor() {
+                                (item(Nav::MyKeys, "/ui/keys", "My API Keys"))
+                            }
                             @if user.is_admin() {
                                 li.section { "Admin" }
                                 (item(Nav::AllKeys, "/ui/admin/keys", "API Keys"))
                                 (item(Nav::Providers, "/ui/providers", "Providers"))
                                 (item(Nav::Users, "/ui/users", "Users"))
+                            }
+                            @if user.is_auditor() {
+                                li.section { "Audit (read-only)" }
+                                (item(Nav::AllKeys, "/ui/admin/keys", "API Keys"))
                             }
                             li.section { "Activity" }
                             (item(Nav::Logs, "/ui/logs", "Logs"))

@@ -242,6 +242,17 @@ impl Console {
         hex::encode(&h.finalize().as_bytes()[..6])
     }
 
+    /// What `user.signed_in` and `user.signed_out` record of a session: 16 hex digits of a
+    /// hash of its token keyed with this process's secret. The two events of one session
+    /// carry the same label; the label cannot be turned back into the token, nor a token
+    /// guessed from it.
+    pub fn session_label(&self, token: &str) -> String {
+        let mut h = blake3::Hasher::new_keyed(&self.name_key);
+        h.update(b"session label\0");
+        h.update(token.as_bytes());
+        hex::encode(&h.finalize().as_bytes()[..8])
+    }
+
     /// Entries in the (client, (username, client)) throttle tables (for tests and
     /// operators).
     pub fn throttle_entries(&self) -> (usize, usize) {
@@ -393,6 +404,16 @@ impl std::fmt::Debug for ConsoleUser {
 impl ConsoleUser {
     pub fn is_admin(&self) -> bool {
         self.caller.role == Role::Admin
+    }
+
+    /// An auditor: every page it may see is read-only.
+    pub fn is_auditor(&self) -> bool {
+        self.caller.is_auditor()
+    }
+
+    /// An admin or an auditor: sees every key, log row and event.
+    pub fn reads_everything(&self) -> bool {
+        self.caller.reads_everything()
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use keyward_events::{Role, Scope};
+use keyward_events::{Event, Role, Scope, UserSignedIn, UserSignedOut};
 use keyward_projections::UserRecord;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -142,6 +142,16 @@ fn client_label(ip: Option<IpAddr>) -> String {
 
 const THROTTLED: &str = "Too many sign-in attempts. Wait a minute and try again.";
 const BUSY: &str = "The server is busy checking other sign-ins. Try again in a moment.";
+const NOT_RECORDED: &str =
+    "The sign-in could not be recorded in the audit log, so it was refused. Try again in a moment.";
+
+/// A console user acting for themselves (no key, no request id).
+fn user_actor(user_id: &str) -> Actor {
+    Actor {
+        id: user_id.to_owned(),
+        request_id: None,
+    }
+}
 
 /// The sign-in, in the order that keeps a flood cheap: the client's throttle before
 /// anything about the attempt is kept; the username's shape before it is stored, hashed
@@ -210,9 +220,25 @@ pub async fn login(
     };
     console.signed_in(username, p.ip);
     let token = console.create(&user.user_id, user.password.as_ref().map(|p| p.identity()));
+    // The sign-in is in the log before the session is handed out; a sign-in that cannot
+    // be recorded is refused (and its session ended).
+    let signed_in = Event::UserSignedIn(UserSignedIn {
+        user_id: user.user_id.clone(),
+        session: console.session_label(&token),
+    });
+    if let Err(e) = state
+        .0
+        .commands
+        .record(&user_actor(&user.user_id), &signed_in)
+        .await
+    {
+        console.destroy(&token);
+        tracing::error!(user_id = %user.user_id, error = %e, "cannot record a console sign-in; refusing it");
+        return page(StatusCode::SERVICE_UNAVAILABLE, NOT_RECORDED);
+    }
     tracing::info!(user_id = %user.user_id, "console sign-in");
     let ttl = console.ttl().as_secs();
-    let target = if user.role == Role::Admin {
+    let target = if matches!(user.role, Role::Admin | Role::Auditor) {
         "/ui/admin/keys"
     } else {
         "/ui/keys"
@@ -236,6 +262,19 @@ pub async fn logout(
     p: Posted<Empty>,
 ) -> Response {
     state.0.console.destroy(&p.user.token);
+    // Signing out always works; a sign-out that cannot be recorded is logged here.
+    let signed_out = Event::UserSignedOut(UserSignedOut {
+        user_id: p.user.caller.user_id.clone(),
+        session: state.0.console.session_label(&p.user.token),
+    });
+    if let Err(e) = state
+        .0
+        .commands
+        .record(&user_actor(&p.user.caller.user_id), &signed_out)
+        .await
+    {
+        tracing::error!(user_id = %p.user.caller.user_id, error = %e, "cannot record a console sign-out");
+    }
     let mut res = Redirect::to("/ui/login").into_response();
     res.headers_mut().append(
         header::SET_COOKIE,

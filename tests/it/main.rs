@@ -5,6 +5,7 @@
 
 mod api;
 mod audit;
+mod auditor;
 mod cli;
 mod common;
 mod crash;
@@ -12,6 +13,7 @@ mod faults;
 mod foundation;
 mod keys;
 mod matrix;
+mod merkle;
 mod mock_provider;
 mod nodes;
 mod openapi;

@@ -17,6 +17,9 @@ enum Role {
     OtherUser,
     Owner,
     Admin,
+    /// Reads what the admin reads (the admin's column for every `GET`), changes nothing
+    /// (403 `auditor_read_only` for every other method).
+    Auditor,
 }
 
 /// The exact status of every operation for Alice (a user, with her `full` key) and for the
@@ -61,6 +64,11 @@ fn expected(method: &str, template: &str) -> (u16, u16) {
         .unwrap_or_else(|| panic!("{method} {template} has no row in EXPECTED"))
 }
 
+/// Reads that are recorded: a `200` appends exactly one `audit.read`, whoever asked.
+fn recorded_read(method: &str, path: &str) -> bool {
+    method == "get" && (path == "/api/v1/audit/export" || path == "/api/v1/audit/checkpoint")
+}
+
 fn admin_only(path: &str) -> bool {
     path.starts_with("/api/v1/providers")
         || path.starts_with("/api/v1/users")
@@ -75,6 +83,8 @@ async fn every_route_refuses_every_role_that_must_not_reach_it() {
     let admin = t.admin_secret();
     let (alice_id, alice) = user_with_full_key(&t, "alice").await;
     let (_, bob) = user_with_full_key(&t, "bob").await;
+    let (_, auditor) =
+        crate::auditor::user_with_role(&t, "audrey", keyward_events::Role::Auditor).await;
 
     // Alice's key is the object every id-taking route is tried with.
     let (_, c) = api
@@ -135,6 +145,7 @@ async fn every_route_refuses_every_role_that_must_not_reach_it() {
                 Role::OtherUser,
                 Role::Owner,
                 Role::Admin,
+                Role::Auditor,
             ] {
                 let key = match role {
                     Role::Anonymous => None,
@@ -144,6 +155,7 @@ async fn every_route_refuses_every_role_that_must_not_reach_it() {
                     Role::OtherUser => Some(bob.as_str()),
                     Role::Owner => Some(alice.as_str()),
                     Role::Admin => Some(admin.as_str()),
+                    Role::Auditor => Some(auditor.as_str()),
                 };
                 let head = t.running.state.0.live.head().seq;
                 let (status, body_out) = api.call(m.clone(), &path, key, body.clone()).await;
@@ -169,8 +181,20 @@ async fn every_route_refuses_every_role_that_must_not_reach_it() {
                     Role::Admin => {
                         assert_eq!(status.as_u16(), expected(method, template).1, "{ctx}")
                     }
+                    Role::Auditor if m == Method::GET => {
+                        assert_eq!(status.as_u16(), expected(method, template).1, "{ctx}")
+                    }
+                    Role::Auditor => {
+                        assert_eq!(status, StatusCode::FORBIDDEN, "{ctx}");
+                        assert_eq!(body_out["code"], "auditor_read_only", "{ctx}");
+                    }
                 }
-                if !matches!(role, Role::Owner | Role::Admin) {
+                if status == StatusCode::OK && recorded_read(method, template) {
+                    let now = t.running.state.0.live.head().seq;
+                    assert_eq!(now, head + 1, "one audit.read per recorded read: {ctx}");
+                    let last = t.running.state.0.store.read_from(head, 1).await.unwrap();
+                    assert_eq!(last[0].event_type, "audit.read", "{ctx}");
+                } else if !matches!(role, Role::Owner | Role::Admin) {
                     assert_eq!(
                         t.running.state.0.live.head().seq,
                         head,
@@ -181,7 +205,7 @@ async fn every_route_refuses_every_role_that_must_not_reach_it() {
             }
         }
     }
-    assert_eq!(cells, 7 * EXPECTED.len(), "the spec and EXPECTED disagree");
+    assert_eq!(cells, 8 * EXPECTED.len(), "the spec and EXPECTED disagree");
 }
 
 /// BOLA through the query: every query parameter of the spec that names a user, a key or
@@ -262,7 +286,10 @@ async fn another_users_ids_in_a_query_reveal_nothing() {
                 let text = body.to_string();
                 assert!(!text.contains(&alice_key), "{ctx}");
                 assert!(!text.contains(&alice_id), "{ctx}");
-                assert_eq!(t.running.state.0.live.head().seq, head, "{ctx}");
+                // An export is recorded (one `audit.read`, on the `audit` stream Bob cannot
+                // read); nothing else is written.
+                let wrote = if template == "/api/v1/audit/export" { 1 } else { 0 };
+                assert_eq!(t.running.state.0.live.head().seq, head + wrote, "{ctx}");
                 tried.push(format!("{method} {template}?{name}"));
             }
         }

@@ -995,7 +995,7 @@ async fn keyward_migrate_works_on_an_empty_postgres_database() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
     let triggers: Vec<String> = sqlx::query_scalar(
         "SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'events'::regclass ORDER BY 1",
     )

@@ -401,12 +401,16 @@ impl Ctx<'_> {
                 .filter(|p| !p.is_deleted())
                 .cloned()
                 .collect();
-            Ok(Admitted {
-                key: authed.key,
-                providers,
-            })
+            let auditor = authed.owner.role == keyward_events::Role::Auditor;
+            Ok((
+                Admitted {
+                    key: authed.key,
+                    providers,
+                },
+                auditor,
+            ))
         });
-        let adm = match looked_up {
+        let (adm, auditor) = match looked_up {
             Ok(a) => a,
             Err(e) => {
                 px.auth_failures.failed(self.ip, t);
@@ -416,6 +420,15 @@ impl Ctx<'_> {
                 return Err(auth_error(&e));
             }
         };
+        // An auditor's key reads the management API and nothing else: it never reaches a
+        // provider, whatever its scopes.
+        if auditor {
+            self.deny(adm.key.key_id(), DenyReason::Scope, None).await;
+            return Err(ProxyError::forbidden(
+                "insufficient_scope",
+                "this key belongs to an auditor: it may read the management API, not use the proxy",
+            ));
+        }
         if !scope_allows(adm.key.scopes(), needed) {
             self.deny(adm.key.key_id(), DenyReason::Scope, None).await;
             return Err(ProxyError::forbidden(

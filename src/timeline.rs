@@ -1,0 +1,232 @@
+//! Which seqs an "as of time T" replay has to read: the earliest and latest `occurred_at`
+//! of every block of [`BLOCK`] seqs, kept beside the live projections (16 bytes per
+//! block: 160 KB for a 10M-event log) and saved inside each projection snapshot.
+//!
+//! `occurred_at` is stamped when a command runs, not when its event commits, so it is not
+//! monotonic in seq: a usage event may wait in the append queue, and on PostgreSQL nodes'
+//! clocks differ. A replay as of T folds exactly the events with `occurred_at <= T`, in seq
+//! order (as a full fold does). The timeline bounds where they are:
+//! - every event at or below [`Bounds::lo`] has `occurred_at <= T`, so a snapshot at or
+//!   below it holds only events the replay folds, and can be started from;
+//! - no event in `(hi, covered]` has `occurred_at <= T`, so nothing there is read.
+//!
+//! Events past [`Timeline::covered`] are unknown and must be read (filtered by time).
+
+use crate::time::Timestamp;
+
+/// Seqs per block.
+pub const BLOCK: u64 = 1024;
+
+/// The earliest and latest `occurred_at` (UTC microseconds) of one block's events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    min: i64,
+    max: i64,
+}
+
+impl Span {
+    const EMPTY: Span = Span {
+        min: i64::MAX,
+        max: i64::MIN,
+    };
+    /// A block whose times are not known: it may hold any time.
+    const UNKNOWN: Span = Span {
+        min: i64::MIN,
+        max: i64::MAX,
+    };
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Timeline {
+    /// Every seq from 1 to this one has been recorded (or marked unknown).
+    covered: u64,
+    /// Block `i` is seqs `i * BLOCK + 1 ..= (i + 1) * BLOCK`.
+    blocks: Vec<Span>,
+}
+
+/// Where the events of an "as of T" replay are, see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Every event with seq <= `lo` occurred at or before T.
+    pub lo: u64,
+    /// No event in `(hi, covered]` occurred at or before T.
+    pub hi: u64,
+    /// The timeline knows nothing past this seq.
+    pub covered: u64,
+}
+
+impl Timeline {
+    /// A timeline that knows seqs 1 to `seq` exist but not when they occurred (a state
+    /// started from a snapshot written before timelines were kept).
+    pub fn unknown(seq: u64) -> Timeline {
+        let mut t = Timeline::default();
+        t.mark_unknown(seq);
+        t
+    }
+
+    pub fn covered(&self) -> u64 {
+        self.covered
+    }
+
+    fn block_of(seq: u64) -> usize {
+        ((seq - 1) / BLOCK) as usize
+    }
+
+    /// Marks seqs `covered + 1 ..= to` as of unknown time.
+    fn mark_unknown(&mut self, to: u64) {
+        if to <= self.covered {
+            return;
+        }
+        let first = Self::block_of(self.covered + 1);
+        let last = Self::block_of(to);
+        self.blocks.resize(last + 1, Span::EMPTY);
+        for b in &mut self.blocks[first..=last] {
+            *b = Span::UNKNOWN;
+        }
+        self.covered = to;
+    }
+
+    /// Records that event `seq` occurred at `at`. Seqs at or below `covered` are ignored
+    /// (already recorded); a gap is marked unknown.
+    pub fn record(&mut self, seq: u64, at: Timestamp) {
+        if seq <= self.covered {
+            return;
+        }
+        if seq > self.covered + 1 {
+            self.mark_unknown(seq - 1);
+        }
+        let micros = at.timestamp_micros();
+        let i = Self::block_of(seq);
+        if self.blocks.len() <= i {
+            self.blocks.resize(i + 1, Span::EMPTY);
+        }
+        let b = &mut self.blocks[i];
+        b.min = b.min.min(micros);
+        b.max = b.max.max(micros);
+        self.covered = seq;
+    }
+
+    /// The timeline of seqs 1 to `seq` only (the part a snapshot at `seq` keeps).
+    pub fn prefix(&self, seq: u64) -> Timeline {
+        if seq >= self.covered {
+            return self.clone();
+        }
+        if seq == 0 {
+            return Timeline::default();
+        }
+        // The last block is cut: its span may include later seqs' times, which only
+        // widens it (still a sound bound).
+        Timeline {
+            covered: seq,
+            blocks: self.blocks[..=Self::block_of(seq)].to_vec(),
+        }
+    }
+
+    /// Where the events with `occurred_at <= t` are.
+    pub fn bounds(&self, t: Timestamp) -> Bounds {
+        let t = t.timestamp_micros();
+        let lo = match self.blocks.iter().position(|b| b.max > t) {
+            Some(i) => (i as u64) * BLOCK,
+            None => self.covered,
+        };
+        let hi = match self.blocks.iter().rposition(|b| b.min <= t) {
+            Some(i) => ((i as u64 + 1) * BLOCK).min(self.covered),
+            None => 0,
+        };
+        Bounds {
+            lo: lo.min(self.covered),
+            hi,
+            covered: self.covered,
+        }
+    }
+
+    /// `covered (u64 LE) | blocks (u64 LE) | blocks × (min i64 LE, max i64 LE)`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.covered.to_le_bytes());
+        out.extend_from_slice(&(self.blocks.len() as u64).to_le_bytes());
+        for b in &self.blocks {
+            out.extend_from_slice(&b.min.to_le_bytes());
+            out.extend_from_slice(&b.max.to_le_bytes());
+        }
+    }
+
+    /// Reads what [`encode`](Self::encode) wrote at the start of `bytes`; returns it and
+    /// the number of bytes read. `None` if it is truncated or inconsistent.
+    pub fn decode(bytes: &[u8]) -> Option<(Timeline, usize)> {
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+        };
+        let covered = u64_at(0)?;
+        let n = usize::try_from(u64_at(8)?).ok()?;
+        let expected = if covered == 0 {
+            0
+        } else {
+            Self::block_of(covered) + 1
+        };
+        if n != expected {
+            return None;
+        }
+        let len = 16usize.checked_add(n.checked_mul(16)?)?;
+        if bytes.len() < len {
+            return None;
+        }
+        let blocks = (0..n)
+            .map(|i| {
+                let at = 16 + i * 16;
+                Some(Span {
+                    min: u64_at(at)? as i64,
+                    max: u64_at(at + 8)? as i64,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some((Timeline { covered, blocks }, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        crate::time::from_micros(s * 1_000_000).unwrap()
+    }
+
+    #[test]
+    fn bounds_hold_with_times_out_of_order() {
+        let mut t = Timeline::default();
+        // Seconds 1.. in order, except seq 1500 which occurred at second 10.
+        for seq in 1..=5000u64 {
+            let s = if seq == 1500 { 10 } else { seq as i64 };
+            t.record(seq, at(s));
+        }
+        let b = t.bounds(at(100));
+        // Block 1 (seqs 1025..=2048) holds seq 1500 at second 10 but later ones past 100.
+        assert_eq!((b.lo, b.hi, b.covered), (0, 2048, 5000));
+        let b = t.bounds(at(2000));
+        assert_eq!((b.lo, b.hi), (1024, 2048));
+        let b = t.bounds(at(3000));
+        assert_eq!((b.lo, b.hi), (2048, 3072));
+        let b = t.bounds(at(10_000));
+        assert_eq!((b.lo, b.hi), (5000, 5000));
+        let b = t.bounds(at(0));
+        assert_eq!((b.lo, b.hi), (0, 0));
+        let (back, len) = {
+            let mut v = Vec::new();
+            t.encode(&mut v);
+            let (d, n) = Timeline::decode(&v).unwrap();
+            (d, (n, v.len()))
+        };
+        assert_eq!(back, t);
+        assert_eq!(len.0, len.1);
+        assert_eq!(t.prefix(3000).covered(), 3000);
+    }
+
+    #[test]
+    fn an_unknown_prefix_is_never_skipped() {
+        let mut t = Timeline::unknown(3000);
+        t.record(3001, at(5));
+        let b = t.bounds(at(100));
+        assert_eq!(b.lo, 0);
+        assert_eq!(b.hi, 3001);
+    }
+}
