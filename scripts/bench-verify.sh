@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The offline verifier's throughput and peak memory: generates a valid chained export of
-# N events (default 10,000,000; about 520 bytes a line, ~5.2 GB at 10M) with a signed
+# N events (default 10,000,000; about 770 bytes a line, ~7.7 GB at 10M) with a signed
 # checkpoint of its head, then runs `keyward-verify` on it under /usr/bin/time -v and
 # prints events/s and peak RSS. The export is deleted afterwards (KEEP=1 keeps it).
 #
@@ -35,15 +35,18 @@ cat "$DIR/verify.out"
 
 wall=$(grep 'Elapsed (wall clock)' "$DIR/time.out" | awk '{print $NF}')
 rss_kb=$(grep 'Maximum resident set size' "$DIR/time.out" | awk '{print $NF}')
+user=$(grep 'User time' "$DIR/time.out" | awk '{print $NF}')
+sys=$(grep 'System time' "$DIR/time.out" | awk '{print $NF}')
 secs=$(python3 -c "
 p='$wall'.split(':'); s=0
 for x in p: s=s*60+float(x)
 print(s)")
 python3 - <<PY
-n=$N; secs=$secs; rss=$rss_kb; b=$bytes; gen=$gen_end-$gen_start
+n=$N; secs=$secs; rss=$rss_kb; b=$bytes; gen=$gen_end-$gen_start; cpu=$user+$sys
 print(f"events:        {n:,}")
 print(f"export size:   {b/1e9:.2f} GB ({b/n:.0f} bytes/event)")
 print(f"generate:      {gen:.1f} s")
 print(f"verify:        {secs:.1f} s  = {n/secs:,.0f} events/s, {b/secs/1e6:.0f} MB/s")
+print(f"CPU time:      {cpu:.1f} s  = {n/cpu:,.0f} events per CPU-second (one core)")
 print(f"peak RSS:      {rss/1024:.1f} MiB")
 PY

@@ -47,8 +47,13 @@ fn event(n: u64) -> Event {
         upstream_latency_us: Some(175_000 + n % 9973),
         prompt_tokens: 200 + n % 1000,
         completion_tokens: 50 + n % 700,
-        stream: n % 3 == 0,
-        client_ip: Some(format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)),
+        stream: n.is_multiple_of(3),
+        client_ip: Some(format!(
+            "10.{}.{}.{}",
+            (n >> 16) & 255,
+            (n >> 8) & 255,
+            n & 255
+        )),
     })
 }
 

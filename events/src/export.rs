@@ -35,6 +35,8 @@ pub const CHECKPOINT_MEMBER: &str = "checkpoint";
 pub const PROOF_MEMBER: &str = "inclusion_proof";
 
 /// One parsed line of an export.
+// One line is held at a time: boxing the envelope would only add an allocation per line.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Line {
     /// The signed note the proofs of the following lines are against.

@@ -92,8 +92,8 @@ pub enum RootStatus {
     Matched,
     /// A filtered export: every event's inclusion proof leads to the checkpoint's root.
     ProofsChecked,
-    /// A filtered export whose proofs are against another checkpoint of another size:
-    /// nothing in the export relates the two.
+    /// A filtered export (or one that ends before this checkpoint's size) whose proofs
+    /// are against another checkpoint: nothing in the export relates the two.
     NotComparable,
 }
 
@@ -640,7 +640,8 @@ impl fmt::Display for Report {
                 RootStatus::Matched => "the export's first events hash to its root",
                 RootStatus::ProofsChecked => "every event's inclusion proof leads to its root",
                 RootStatus::NotComparable => {
-                    "not compared (the export's proofs are against another checkpoint)"
+                    "NOT compared: the export does not reach its size and its proofs are against \
+                     another checkpoint (use --complete if the export should be the whole log)"
                 }
             };
             writeln!(
