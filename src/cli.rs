@@ -153,6 +153,11 @@ pub enum AuditCommand {
         /// Only events of this type; may be given more than once.
         #[arg(long = "type")]
         types: Vec<String>,
+        /// Start with a checkpoint signed now with the checkpoint key and give each event
+        /// its inclusion proof against it, so that a filtered export verifies event by
+        /// event offline (`keyward-verify`).
+        #[arg(long)]
+        with_proofs: bool,
     },
     /// The head seq and hash, for later `audit verify --checkpoint`.
     Checkpoint,
@@ -685,11 +690,43 @@ async fn audit(
             print_keys(&state, at, format)?;
             Ok(0)
         }
-        AuditCommand::Export { from_seq, types } => {
-            let head = store.head().await?.seq;
+        AuditCommand::Export {
+            from_seq,
+            types,
+            with_proofs,
+        } => {
+            let signed = if with_proofs {
+                let Some(key) = crate::checkpoint::load_key(config, false)? else {
+                    bail!(
+                        "--with-proofs needs the checkpoint key: set KEYWARD_CHECKPOINT_KEY \
+                         (--checkpoint-key or --checkpoint-key-file); on SQLite `serve` generates \
+                         a development key into {}",
+                        config
+                            .data_dir
+                            .join(crate::checkpoint::DEV_KEY_FILE)
+                            .display()
+                    );
+                };
+                let size = store.tree_size().await?;
+                let dir = config.checkpoint.dir.clone();
+                Some(
+                    crate::checkpoint::sign_for_export(store.as_ref(), &key, dir.as_deref(), size)
+                        .await
+                        .context("cannot sign a checkpoint for the export")?,
+                )
+            } else {
+                None
+            };
+            let head = match &signed {
+                Some((cp, _)) => cp.size,
+                None => store.head().await?.seq,
+            };
             let mut filter: Vec<(&str, String)> = Vec::new();
             if from_seq > 0 {
                 filter.push(("from_seq", from_seq.to_string()));
+            }
+            if with_proofs {
+                filter.push(("with_proofs", "true".to_owned()));
             }
             filter.extend(types.iter().map(|t| ("type", t.clone())));
             record_read(
@@ -705,7 +742,7 @@ async fn audit(
                 },
             )
             .await?;
-            export(store, from_seq, head, types).await?;
+            export(store, from_seq, head, types, signed).await?;
             Ok(0)
         }
         AuditCommand::Checkpoint => {
@@ -890,6 +927,7 @@ async fn export(
     from_seq: u64,
     until: u64,
     types: Vec<String>,
+    signed: Option<(keyward_events::note::Checkpoint, String)>,
 ) -> anyhow::Result<()> {
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(until.saturating_sub(from_seq));
@@ -910,15 +948,35 @@ async fn export(
         ..EventFilter::default()
     };
     let mut after = filter.after_seq;
+    let store_ref = store.clone();
     let mut pages = std::pin::pin!(crate::audit::pages(store, filter, crate::audit::PAGE));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if let Some((_, note)) = &signed {
+        writeln!(out, "{}", keyward_events::export::checkpoint_line(note))?;
+    }
     while let Some(page) = pages.try_next().await? {
         let Some(last) = page.last() else { break };
         let advanced = last.seq.saturating_sub(after);
         after = last.seq;
-        for env in &page {
-            serde_json::to_writer(&mut out, &*keyward_events::upcast::readable(env))?;
-            out.write_all(b"\n")?;
+        match &signed {
+            None => {
+                for env in &page {
+                    serde_json::to_writer(&mut out, &*keyward_events::upcast::readable(env))?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            Some((cp, _)) => {
+                let proofs =
+                    crate::audit::inclusion_proofs(store_ref.as_ref(), &page, cp.size, &cp.root)
+                        .await?;
+                for (env, proof) in page.iter().zip(&proofs) {
+                    keyward_events::export::write_event_line(
+                        &mut out,
+                        &keyward_events::upcast::readable(env),
+                        Some(proof),
+                    )?;
+                }
+            }
         }
         if let Some(b) = &bar {
             b.inc(advanced);
