@@ -397,13 +397,13 @@ impl Harness {
     async fn tamper(&self, sql: &str) {
         let drops: &[&str] = if self.is_sqlite() {
             &[
-                "DROP TRIGGER merkle_nodes_no_update",
-                "DROP TRIGGER merkle_nodes_no_delete",
+                "DROP TRIGGER IF EXISTS merkle_nodes_no_update",
+                "DROP TRIGGER IF EXISTS merkle_nodes_no_delete",
             ]
         } else {
             &[
-                "DROP TRIGGER merkle_nodes_no_update ON merkle_nodes",
-                "DROP TRIGGER merkle_nodes_no_delete ON merkle_nodes",
+                "DROP TRIGGER IF EXISTS merkle_nodes_no_update ON merkle_nodes",
+                "DROP TRIGGER IF EXISTS merkle_nodes_no_delete ON merkle_nodes",
             ]
         };
         let mut all = drops.to_vec();
