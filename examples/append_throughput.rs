@@ -178,7 +178,10 @@ async fn main() -> anyhow::Result<()> {
                 .map(|s| s.clone() as Arc<dyn EventStore>)
                 .collect()
         }
-        Some(url) => vec![Arc::new(sqlite(SqliteStore::open_url(url).await?, args.tree))],
+        Some(url) => vec![Arc::new(sqlite(
+            SqliteStore::open_url(url).await?,
+            args.tree,
+        ))],
         None => vec![Arc::new(sqlite(
             SqliteStore::open(&dir.path().join("events.db")).await?,
             args.tree,

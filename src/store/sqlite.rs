@@ -719,18 +719,22 @@ async fn extend_tree(
 ) -> Result<(), StoreError> {
     while cr.size() < to {
         let hi = to.min(cr.size() + tree::BACKFILL_CHUNK);
-        let rows = sqlx::query("SELECT seq, hash FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
-            .bind(to_i64(cr.size())?)
-            .bind(to_i64(hi)?)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows =
+            sqlx::query("SELECT seq, hash FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
+                .bind(to_i64(cr.size())?)
+                .bind(to_i64(hi)?)
+                .fetch_all(&mut *conn)
+                .await?;
         let mut hashes = Vec::with_capacity(rows.len());
         for row in &rows {
             let seq = decode_seq(row)?;
             if seq != cr.size() + hashes.len() as u64 + 1 {
                 return Err(StoreError::Corrupt {
                     seq,
-                    reason: format!("the log skips from seq {} to {seq}", cr.size() + hashes.len() as u64),
+                    reason: format!(
+                        "the log skips from seq {} to {seq}",
+                        cr.size() + hashes.len() as u64
+                    ),
                 });
             }
             let hash: &[u8] = row.try_get(1).map_err(|e| corrupt(seq, e))?;
