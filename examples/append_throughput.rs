@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo run --release --example append_throughput -- [events] [producers] [keys] [max_batch]
-//!     [--database-url URL] [--nodes N] [--no-lock]
+//!     [--database-url URL] [--nodes N] [--no-lock] [--no-tree]
 //! ```
 //!
 //! - Without `--database-url`: a fresh SQLite file (WAL, synchronous=FULL).
@@ -17,6 +17,8 @@
 //!   the events between them and contending for the append lock.
 //! - `--no-lock` (PostgreSQL, one node only): appends without the advisory lock, to
 //!   measure what the lock costs.
+//! - `--no-tree` (SQLite): appends without maintaining the Merkle tree, to measure what
+//!   the tree costs per event.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -80,6 +82,7 @@ struct Args {
     database_url: Option<String>,
     nodes: usize,
     lock: bool,
+    tree: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -87,12 +90,14 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut database_url = None;
     let mut nodes = 1;
     let mut lock = true;
+    let mut tree = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--database-url" => database_url = Some(args.next().context("--database-url URL")?),
             "--nodes" => nodes = args.next().context("--nodes N")?.parse()?,
             "--no-lock" => lock = false,
+            "--no-tree" => tree = false,
             _ => numbers.push(a.parse::<usize>().with_context(|| format!("{a:?}"))?),
         }
     }
@@ -105,6 +110,7 @@ fn parse_args() -> anyhow::Result<Args> {
         database_url,
         nodes: nodes.max(1),
         lock,
+        tree,
     };
     let postgres = args
         .database_url
@@ -112,6 +118,9 @@ fn parse_args() -> anyhow::Result<Args> {
         .is_some_and(keyward::store::is_postgres);
     if !postgres && (args.nodes > 1 || !args.lock) {
         bail!("--nodes and --no-lock are for PostgreSQL");
+    }
+    if postgres && !args.tree {
+        bail!("--no-tree is for SQLite");
     }
     if !args.lock && args.nodes > 1 {
         bail!("--no-lock with several nodes would fork the chain");
@@ -169,10 +178,14 @@ async fn main() -> anyhow::Result<()> {
                 .map(|s| s.clone() as Arc<dyn EventStore>)
                 .collect()
         }
-        Some(url) => vec![Arc::new(SqliteStore::open_url(url).await?)],
-        None => vec![Arc::new(
+        Some(url) => vec![Arc::new(sqlite(
+            SqliteStore::open_url(url).await?,
+            args.tree,
+        ))],
+        None => vec![Arc::new(sqlite(
             SqliteStore::open(&dir.path().join("events.db")).await?,
-        )],
+            args.tree,
+        ))],
     };
     let sink = Arc::new(Counter::default());
     let (appenders, handles): (Vec<Appender>, Vec<_>) = stores
@@ -233,7 +246,8 @@ async fn main() -> anyhow::Result<()> {
     chain::verify(&log).context("the chain does not verify")?;
 
     let backend = match (&args.database_url, args.nodes, args.lock) {
-        (None, ..) => "SQLite (WAL, synchronous=FULL)".to_owned(),
+        (None, ..) if !args.tree => "SQLite (WAL, synchronous=FULL), NO Merkle tree".to_owned(),
+        (None, ..) => "SQLite (WAL, synchronous=FULL), Merkle tree maintained".to_owned(),
         (Some(u), ..) if !keyward::store::is_postgres(u) => "SQLite".to_owned(),
         (Some(_), 1, true) => "PostgreSQL, 1 node, advisory lock".to_owned(),
         (Some(_), 1, false) => "PostgreSQL, 1 node, NO advisory lock".to_owned(),
@@ -267,6 +281,14 @@ async fn main() -> anyhow::Result<()> {
         s.drop_it().await?;
     }
     Ok(())
+}
+
+fn sqlite(store: SqliteStore, tree: bool) -> SqliteStore {
+    if tree {
+        store
+    } else {
+        store.without_tree_for_benchmarks()
+    }
 }
 
 /// The service's allocator, so that this measures what runs.

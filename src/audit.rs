@@ -243,7 +243,10 @@ fn root_of(size: u64, assembled: &[Hash32]) -> Hash32 {
     if size == 0 {
         merkle::empty_root()
     } else {
-        assembled.first().copied().unwrap_or_else(merkle::empty_root)
+        assembled
+            .first()
+            .copied()
+            .unwrap_or_else(merkle::empty_root)
     }
 }
 
@@ -266,7 +269,11 @@ pub async fn inclusion_proof(
 
 /// The inclusion proof of event `seq` in the tree of the first `size` events, with the
 /// leaf and the root, all read in one query and checked against each other.
-pub async fn inclusion(store: &dyn EventStore, seq: u64, size: u64) -> Result<Inclusion, TreeError> {
+pub async fn inclusion(
+    store: &dyn EventStore,
+    seq: u64,
+    size: u64,
+) -> Result<Inclusion, TreeError> {
     if seq == 0 {
         return Err(out_of_range("seq", seq, "seqs start at 1"));
     }

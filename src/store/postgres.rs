@@ -669,7 +669,10 @@ async fn extend_tree(
 }
 
 /// Stores Merkle nodes in one statement.
-async fn insert_nodes(conn: &mut PgConnection, nodes: &[(NodeId, Hash32)]) -> Result<(), StoreError> {
+async fn insert_nodes(
+    conn: &mut PgConnection,
+    nodes: &[(NodeId, Hash32)],
+) -> Result<(), StoreError> {
     if nodes.is_empty() {
         return Ok(());
     }

@@ -122,6 +122,8 @@ pub struct SqliteStore {
     /// writer. `None` until known, and again after a failed append.
     head: parking_lot::Mutex<Option<Head>>,
     insert_sql: Vec<(usize, String)>,
+    /// False only to measure what the tree costs (see `without_tree_for_benchmarks`).
+    keep_tree: bool,
 }
 
 #[derive(Default)]
@@ -203,7 +205,17 @@ impl SqliteStore {
             writer_options,
             head: parking_lot::Mutex::new(None),
             insert_sql,
+            keep_tree: true,
         })
+    }
+
+    /// Appends without maintaining the Merkle tree. **Only for measuring what the tree
+    /// costs** on a scratch log: the tree of a log appended this way is left short, and
+    /// the next open builds the rest.
+    #[doc(hidden)]
+    pub fn without_tree_for_benchmarks(mut self) -> Self {
+        self.keep_tree = false;
+        self
     }
 
     /// Applies any migration not yet applied. `open` already does this; `keyward migrate`
@@ -344,7 +356,13 @@ impl SqliteStore {
                 // and then hashes this run into the tree and seals the next run here
                 // while SQLite writes this one.
                 let (inserted, next) = futures::join!(insert.execute(&mut *tx), async {
-                    tree::push_events(merkle, current.iter().map(|(env, _)| &env.hash), &mut nodes);
+                    if self.keep_tree {
+                        tree::push_events(
+                            merkle,
+                            current.iter().map(|(env, _)| &env.hash),
+                            &mut nodes,
+                        );
+                    }
                     seal_run(&mut planned, next_size, &mut head)
                 });
                 sealed.extend(current.into_iter().map(|(env, _)| env));
@@ -701,18 +719,22 @@ async fn extend_tree(
 ) -> Result<(), StoreError> {
     while cr.size() < to {
         let hi = to.min(cr.size() + tree::BACKFILL_CHUNK);
-        let rows = sqlx::query("SELECT seq, hash FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
-            .bind(to_i64(cr.size())?)
-            .bind(to_i64(hi)?)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows =
+            sqlx::query("SELECT seq, hash FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
+                .bind(to_i64(cr.size())?)
+                .bind(to_i64(hi)?)
+                .fetch_all(&mut *conn)
+                .await?;
         let mut hashes = Vec::with_capacity(rows.len());
         for row in &rows {
             let seq = decode_seq(row)?;
             if seq != cr.size() + hashes.len() as u64 + 1 {
                 return Err(StoreError::Corrupt {
                     seq,
-                    reason: format!("the log skips from seq {} to {seq}", cr.size() + hashes.len() as u64),
+                    reason: format!(
+                        "the log skips from seq {} to {seq}",
+                        cr.size() + hashes.len() as u64
+                    ),
                 });
             }
             let hash: &[u8] = row.try_get(1).map_err(|e| corrupt(seq, e))?;

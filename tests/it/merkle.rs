@@ -81,13 +81,7 @@ fn key_used(n: u64) -> NewEvent {
         client_ip: Some("10.0.0.1".into()),
     });
     let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
-    NewEvent::new(
-        &e,
-        ExpectedVersion::Any,
-        at,
-        key,
-        Some(format!("req-{n}")),
-    )
+    NewEvent::new(&e, ExpectedVersion::Any, at, key, Some(format!("req-{n}")))
 }
 
 /// Appends `n` events in batches of `batch`.
@@ -200,7 +194,10 @@ async fn proofs_from_the_api_verify_against_roots_computed_from_the_export() {
                 )
                 .await;
             assert_eq!(s, StatusCode::OK, "{p}");
-            assert_eq!((p["from"].as_u64(), p["to"].as_u64()), (Some(from), Some(size)));
+            assert_eq!(
+                (p["from"].as_u64(), p["to"].as_u64()),
+                (Some(from), Some(size))
+            );
             let old = mth(&leaves[..from as usize]);
             assert_eq!(hex(&p["from_root"]), old);
             assert_eq!(hex(&p["to_root"]), root);
@@ -215,7 +212,9 @@ async fn proofs_from_the_api_verify_against_roots_computed_from_the_export() {
     let (s, p) = api.get("/api/v1/audit/proof/inclusion?seq=3", &admin).await;
     assert_eq!(s, StatusCode::OK, "{p}");
     assert_eq!(p["tree_size"], now);
-    let (s, p) = api.get("/api/v1/audit/proof/consistency?from=3", &admin).await;
+    let (s, p) = api
+        .get("/api/v1/audit/proof/consistency?from=3", &admin)
+        .await;
     assert_eq!(s, StatusCode::OK, "{p}");
     assert_eq!(p["to"], now);
 }
@@ -271,13 +270,29 @@ async fn out_of_range_and_malformed_proof_requests_are_exact_400s() {
     let inc = "/api/v1/audit/proof/inclusion";
     let con = "/api/v1/audit/proof/consistency";
     let cases: Vec<(String, &str, &str)> = vec![
-        (format!("{inc}?seq=0&tree_size={head}"), "out_of_range", "seq"),
+        (
+            format!("{inc}?seq=0&tree_size={head}"),
+            "out_of_range",
+            "seq",
+        ),
         (format!("{inc}?seq=0"), "out_of_range", "seq"),
-        (format!("{inc}?seq={over}&tree_size={head}"), "out_of_range", "seq"),
+        (
+            format!("{inc}?seq={over}&tree_size={head}"),
+            "out_of_range",
+            "seq",
+        ),
         (format!("{inc}?seq=2&tree_size=1"), "out_of_range", "seq"),
         (format!("{inc}?seq={over}"), "out_of_range", "seq"),
-        (format!("{inc}?seq=1&tree_size={over}"), "out_of_range", "tree_size"),
-        (format!("{inc}?seq=1&tree_size=0"), "out_of_range", "tree_size"),
+        (
+            format!("{inc}?seq=1&tree_size={over}"),
+            "out_of_range",
+            "tree_size",
+        ),
+        (
+            format!("{inc}?seq=1&tree_size=0"),
+            "out_of_range",
+            "tree_size",
+        ),
         (
             format!("{inc}?seq=1&tree_size=18446744073709551615"),
             "out_of_range",
@@ -286,8 +301,16 @@ async fn out_of_range_and_malformed_proof_requests_are_exact_400s() {
         (format!("{inc}?tree_size={head}"), "bad_request", "seq"),
         (format!("{inc}?seq=abc"), "bad_request", "seq"),
         (format!("{inc}?seq=-1"), "bad_request", "seq"),
-        (format!("{inc}?seq=1&tree_size=x"), "bad_request", "tree_size"),
-        (format!("{inc}?seq=18446744073709551616"), "bad_request", "seq"),
+        (
+            format!("{inc}?seq=1&tree_size=x"),
+            "bad_request",
+            "tree_size",
+        ),
+        (
+            format!("{inc}?seq=18446744073709551616"),
+            "bad_request",
+            "seq",
+        ),
         (format!("{con}?from=0&to={head}"), "out_of_range", "from"),
         (format!("{con}?from=2&to=1"), "out_of_range", "from"),
         (format!("{con}?from=1&to={over}"), "out_of_range", "to"),
@@ -397,13 +420,13 @@ impl Harness {
     async fn tamper(&self, sql: &str) {
         let drops: &[&str] = if self.is_sqlite() {
             &[
-                "DROP TRIGGER merkle_nodes_no_update",
-                "DROP TRIGGER merkle_nodes_no_delete",
+                "DROP TRIGGER IF EXISTS merkle_nodes_no_update",
+                "DROP TRIGGER IF EXISTS merkle_nodes_no_delete",
             ]
         } else {
             &[
-                "DROP TRIGGER merkle_nodes_no_update ON merkle_nodes",
-                "DROP TRIGGER merkle_nodes_no_delete ON merkle_nodes",
+                "DROP TRIGGER IF EXISTS merkle_nodes_no_update ON merkle_nodes",
+                "DROP TRIGGER IF EXISTS merkle_nodes_no_delete ON merkle_nodes",
             ]
         };
         let mut all = drops.to_vec();
@@ -445,7 +468,9 @@ both_backends!(
 async fn the_stored_nodes_agree_with_the_events_after_appends_and_a_restart(mut h: Harness) {
     assert_eq!(h.store.tree_size().await.unwrap(), 0);
     assert_eq!(
-        keyward::audit::tree_root(h.store.as_ref(), 0).await.unwrap(),
+        keyward::audit::tree_root(h.store.as_ref(), 0)
+            .await
+            .unwrap(),
         merkle::empty_root()
     );
     // Batches of every shape: single events, and runs across node boundaries.
