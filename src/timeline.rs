@@ -1,6 +1,6 @@
 //! Which seqs an "as of time T" replay has to read: the earliest and latest `occurred_at`
 //! of every block of [`BLOCK`] seqs, kept beside the live projections (16 bytes per
-//! block: 160 KB for a 10M-event log) and saved inside each projection snapshot.
+//! block: 625 KB for a 10M-event log) and saved inside each projection snapshot.
 //!
 //! `occurred_at` is stamped when a command runs, not when its event commits, so it is not
 //! monotonic in seq: a usage event may wait in the append queue, and on PostgreSQL nodes'
@@ -15,7 +15,7 @@
 use crate::time::Timestamp;
 
 /// Seqs per block.
-pub const BLOCK: u64 = 1024;
+pub const BLOCK: u64 = 256;
 
 /// The earliest and latest `occurred_at` (UTC microseconds) of one block's events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
