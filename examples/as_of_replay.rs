@@ -110,8 +110,8 @@ async fn build(dir: &Path, events: u64, every: u64, kept: &Kept) -> anyhow::Resu
         .find(|e| e.event_type == "user.created")
         .map(|e| e.stream.trim_start_matches("user:").to_owned())
         .context("the bootstrap created no user")?;
-    let base = (Utc::now() - chrono::Duration::microseconds(events as i64 * STEP_US))
-        .timestamp_micros();
+    let base =
+        (Utc::now() - chrono::Duration::microseconds(events as i64 * STEP_US)).timestamp_micros();
     let started = Instant::now();
     let (mut created, mut expired, mut deleted) = (0usize, 0usize, 0usize);
     let mut last_snapshot = 0u64;
@@ -130,7 +130,11 @@ async fn build(dir: &Path, events: u64, every: u64, kept: &Kept) -> anyhow::Resu
                 let e = match seq % 1000 {
                     0 => {
                         created += 1;
-                        key_created(created - 1, &owner, keyward::time::from_micros(at).unwrap_or_default())
+                        key_created(
+                            created - 1,
+                            &owner,
+                            keyward::time::from_micros(at).unwrap_or_default(),
+                        )
                     }
                     500 if expired + 20 < created => {
                         expired += 1;
@@ -193,8 +197,16 @@ async fn build(dir: &Path, events: u64, every: u64, kept: &Kept) -> anyhow::Resu
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let events: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
-    let every: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
+    let events: u64 = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
+    let every: u64 = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
     let tmp;
     let dir = match args.next() {
         Some(d) => std::path::PathBuf::from(d),
@@ -269,7 +281,10 @@ async fn main() -> anyhow::Result<()> {
     let points = [
         ("middle (seq N/2)", mid),
         ("middle + every/2 (mean)", (mid + every / 2).min(head)),
-        ("just before the next snapshot (worst)", (mid + every - 2).min(head)),
+        (
+            "just before the next snapshot (worst)",
+            (mid + every - 2).min(head),
+        ),
     ];
 
     let t = Instant::now();
@@ -291,7 +306,10 @@ async fn main() -> anyhow::Result<()> {
             s, r.from_snapshot, r.read, bounds.lo, bounds.hi
         );
         if seq == mid {
-            anyhow::ensure!(r.state == full, "the replay from the snapshot differs from the full fold");
+            anyhow::ensure!(
+                r.state == full,
+                "the replay from the snapshot differs from the full fold"
+            );
             println!("  equal to the full fold: yes");
         }
     }

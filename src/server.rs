@@ -376,11 +376,11 @@ pub const DATA_DIR_FILES: &[&str] = &[
 /// are created 0600 in the first place. A failure is logged, not fatal.
 pub fn private_data_files(dir: &Path) {
     #[cfg(unix)]
-    for path in DATA_DIR_FILES
-        .iter()
-        .map(|name| dir.join(name))
-        .chain(snapshot::kept(dir).into_iter().map(|seq| snapshot::kept_path(dir, seq)))
-    {
+    for path in DATA_DIR_FILES.iter().map(|name| dir.join(name)).chain(
+        snapshot::kept(dir)
+            .into_iter()
+            .map(|seq| snapshot::kept_path(dir, seq)),
+    ) {
         use std::os::unix::fs::PermissionsExt;
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;

@@ -199,13 +199,14 @@ mod tests {
             let s = if seq == 1500 { 10 } else { seq as i64 };
             t.record(seq, at(s));
         }
+        // Seq 1500's block holds second 10 but later ones past 100.
+        let b1500 = (1500 - 1) / BLOCK;
         let b = t.bounds(at(100));
-        // Block 1 (seqs 1025..=2048) holds seq 1500 at second 10 but later ones past 100.
-        assert_eq!((b.lo, b.hi, b.covered), (0, 2048, 5000));
-        let b = t.bounds(at(2000));
-        assert_eq!((b.lo, b.hi), (1024, 2048));
+        assert_eq!((b.lo, b.hi, b.covered), (0, (b1500 + 1) * BLOCK, 5000));
+        // In order past that block: lo and hi are the edges of T's own block.
         let b = t.bounds(at(3000));
-        assert_eq!((b.lo, b.hi), (2048, 3072));
+        let own = (3000 - 1) / BLOCK;
+        assert_eq!((b.lo, b.hi), (own * BLOCK, (own + 1) * BLOCK));
         let b = t.bounds(at(10_000));
         assert_eq!((b.lo, b.hi), (5000, 5000));
         let b = t.bounds(at(0));

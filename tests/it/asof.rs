@@ -207,7 +207,11 @@ async fn as_of_answers_equal_a_full_replay_before_at_and_between_snapshots_and_a
         assert_eq!(f.state, full(&t, AsOf::Seq(n)).await, "as of seq {n}");
         if let Some(s) = f.from_snapshot {
             assert!(s <= n);
-            assert_eq!(f.read, n.min(head) - s, "only the events after the snapshot");
+            assert_eq!(
+                f.read,
+                n.min(head) - s,
+                "only the events after the snapshot"
+            );
             started_from += 1;
         }
     }
@@ -224,7 +228,10 @@ async fn as_of_answers_equal_a_full_replay_before_at_and_between_snapshots_and_a
             [us - 1, us, us + 1]
         })
         .collect();
-    times.extend([micros(all[0].occurred_at) - 3_600_000_000, micros(chrono::Utc::now())]);
+    times.extend([
+        micros(all[0].occurred_at) - 3_600_000_000,
+        micros(chrono::Utc::now()),
+    ]);
     let mut from_snapshot = 0;
     let mut skipped_reads = 0;
     for us in times {
@@ -235,7 +242,10 @@ async fn as_of_answers_equal_a_full_replay_before_at_and_between_snapshots_and_a
         from_snapshot += usize::from(f.from_snapshot.is_some());
         skipped_reads += usize::from(f.read < head);
     }
-    assert!(from_snapshot > 20, "{from_snapshot} time replays started from a snapshot");
+    assert!(
+        from_snapshot > 20,
+        "{from_snapshot} time replays started from a snapshot"
+    );
     assert!(skipped_reads > 20);
 
     // Through the API: the same table as the full fold gives.
@@ -267,7 +277,10 @@ async fn a_corrupt_or_foreign_snapshot_is_skipped_and_the_answer_is_still_right(
     let snaps = busy_log(&t).await;
     let target = snaps[10] + 5;
     let want = full(&t, AsOf::Seq(target)).await;
-    assert_eq!(fast(&t, AsOf::Seq(target)).await.from_snapshot, Some(snaps[10]));
+    assert_eq!(
+        fast(&t, AsOf::Seq(target)).await.from_snapshot,
+        Some(snaps[10])
+    );
 
     // One flipped bit: its MAC fails; the one before it is used.
     let p = snapshot::kept_path(t.dir.path(), snaps[10]);
@@ -280,14 +293,22 @@ async fn a_corrupt_or_foreign_snapshot_is_skipped_and_the_answer_is_still_right(
     assert_eq!(f.state, want);
 
     // A valid snapshot under another seq's name: its header does not match its name.
-    std::fs::copy(snapshot::kept_path(t.dir.path(), snaps[8]), snapshot::kept_path(t.dir.path(), snaps[9])).unwrap();
+    std::fs::copy(
+        snapshot::kept_path(t.dir.path(), snaps[8]),
+        snapshot::kept_path(t.dir.path(), snaps[9]),
+    )
+    .unwrap();
     let f = fast(&t, AsOf::Seq(target)).await;
     assert_eq!(f.from_snapshot, Some(snaps[8]));
     assert_eq!(f.state, want);
 
     // Truncated, and garbage.
     std::fs::write(snapshot::kept_path(t.dir.path(), snaps[8]), &bytes[..100]).unwrap();
-    std::fs::write(snapshot::kept_path(t.dir.path(), snaps[7]), b"not a snapshot").unwrap();
+    std::fs::write(
+        snapshot::kept_path(t.dir.path(), snaps[7]),
+        b"not a snapshot",
+    )
+    .unwrap();
     let f = fast(&t, AsOf::Seq(target)).await;
     assert_eq!(f.from_snapshot, Some(snaps[6]));
     assert_eq!(f.state, want);
@@ -439,7 +460,10 @@ async fn a_user_sees_only_their_own_keys_as_of_a_time_and_an_admin_every_key() {
     assert_eq!(s, StatusCode::OK, "{body}");
     let keys = body["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2, "{body}");
-    assert!(keys.iter().all(|k| k["owner_id"] == alice_id.as_str()), "{body}");
+    assert!(
+        keys.iter().all(|k| k["owner_id"] == alice_id.as_str()),
+        "{body}"
+    );
     // Asking for someone else's keys gives one's own still.
     let (s, body) = api.get(&format!("{q}&owner_id={bob_id}"), &alice).await;
     assert_eq!(s, StatusCode::OK);
@@ -469,7 +493,11 @@ async fn a_bad_or_future_as_of_is_400_naming_the_field() {
             .replace('+', "%2B");
         let got = api.get(&format!("/api/v1/keys?as_of={future}"), key).await;
         assert_problem(&got, StatusCode::BAD_REQUEST, "bad_request", Some("as_of"));
-        assert!(got.1["detail"].as_str().unwrap().contains("in the future"), "{}", got.1);
+        assert!(
+            got.1["detail"].as_str().unwrap().contains("in the future"),
+            "{}",
+            got.1
+        );
     }
 }
 
