@@ -301,7 +301,8 @@ async fn check_prefix(state: AppState, head: keyward_events::Head) {
     let app = &state.0;
     let started = std::time::Instant::now();
     match crate::live::verify_prefix(app.store.as_ref(), head).await {
-        Ok(checked) => {
+        Ok((checked, timeline)) => {
+            app.live.fill_timeline(&timeline);
             app.live.mark_verified();
             tracing::info!(
                 checked,
