@@ -563,8 +563,7 @@ async fn replay_for_cli(
                             .await?
                     } else {
                         drop(newest);
-                        crate::history::replay_with(store, Some(&kept), Some(bounds), as_of)
-                            .await?
+                        crate::history::replay_with(store, Some(&kept), Some(bounds), as_of).await?
                     }
                 }
             }

@@ -263,6 +263,12 @@ impl Live {
         self.timeline.lock().bounds(t)
     }
 
+    /// Fills in the times of a prefix the timeline did not know (a start from a snapshot
+    /// written before timelines were kept), from [`verify_prefix`]'s reading of it.
+    pub fn fill_timeline(&self, prefix: &Timeline) {
+        self.timeline.lock().fill_prefix(prefix);
+    }
+
     /// A shared view of the projections. Hold it briefly: clone out what you need.
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read()
@@ -395,11 +401,13 @@ pub async fn log_hash_at(
 
 /// Verifies the chain from seq 1 up to `head`, the snapshot a start used, and that it
 /// arrives at `head`'s hash. Reads the log a page at a time; meant for a background task.
+/// Returns the number of events checked and their timeline (see [`Live::fill_timeline`]).
 pub async fn verify_prefix(
     store: &dyn EventStore,
     head: Head,
-) -> Result<u64, keyward_events::ChainBreak> {
+) -> Result<(u64, Timeline), keyward_events::ChainBreak> {
     let mut verifier = ChainVerifier::new();
+    let mut timeline = Timeline::default();
     while verifier.head().seq < head.seq {
         let page = match store.read_from(verifier.head().seq, PAGE).await {
             Ok(p) => p,
@@ -415,10 +423,11 @@ pub async fn verify_prefix(
         }
         for env in page.iter().take_while(|e| e.seq <= head.seq) {
             verifier.push(env)?;
+            timeline.record(env.seq, env.occurred_at);
         }
     }
     if verifier.head() != head {
         return Err(keyward_events::ChainBreak::Checkpoint { seq: head.seq });
     }
-    Ok(verifier.checked())
+    Ok((verifier.checked(), timeline))
 }

@@ -380,7 +380,8 @@ async fn check_prefix(state: AppState, head: keyward_events::Head) {
     let app = &state.0;
     let started = std::time::Instant::now();
     match crate::live::verify_prefix(app.store.as_ref(), head).await {
-        Ok(checked) => {
+        Ok((checked, timeline)) => {
+            app.live.fill_timeline(&timeline);
             app.live.mark_verified();
             tracing::info!(
                 checked,
@@ -456,11 +457,11 @@ pub const DATA_DIR_FILES: &[&str] = &[
 /// are created 0600 in the first place. A failure is logged, not fatal.
 pub fn private_data_files(dir: &Path) {
     #[cfg(unix)]
-    for path in DATA_DIR_FILES
-        .iter()
-        .map(|name| dir.join(name))
-        .chain(snapshot::kept(dir).into_iter().map(|seq| snapshot::kept_path(dir, seq)))
-    {
+    for path in DATA_DIR_FILES.iter().map(|name| dir.join(name)).chain(
+        snapshot::kept(dir)
+            .into_iter()
+            .map(|seq| snapshot::kept_path(dir, seq)),
+    ) {
         use std::os::unix::fs::PermissionsExt;
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;

@@ -208,7 +208,9 @@ pub fn decode(bytes: &[u8], keys: &SnapshotMacKeys) -> Result<Loaded, Rejected> 
             .get(..8)
             .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok())
             .ok_or(Rejected::Truncated)?;
-        let tl = body.get(8..8usize.saturating_add(len)).ok_or(Rejected::Truncated)?;
+        let tl = body
+            .get(8..8usize.saturating_add(len))
+            .ok_or(Rejected::Truncated)?;
         let (timeline, used) = Timeline::decode(tl).ok_or(Rejected::Timeline)?;
         if used != len || timeline.covered() != seq {
             return Err(Rejected::Timeline);
@@ -273,7 +275,13 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
 /// [`write_kept`] with a timeline of unknown times and every older snapshot kept (a
 /// state built outside `serve`, e.g. by a benchmark).
 pub fn write(dir: &Path, state: &State, keys: &SnapshotMacKeys) -> std::io::Result<usize> {
-    write_kept(dir, state, &Timeline::unknown(state.head.seq), keys, usize::MAX)
+    write_kept(
+        dir,
+        state,
+        &Timeline::unknown(state.head.seq),
+        keys,
+        usize::MAX,
+    )
 }
 
 /// Encodes `state` and writes it as the kept snapshot at its seq, atomically: a
@@ -296,11 +304,7 @@ pub fn write_kept(
     private_dir(dir)?;
     let kdir = kept_dir(dir);
     private_dir(&kdir)?;
-    let tmp = kdir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        ulid::Ulid::new()
-    ));
+    let tmp = kdir.join(format!(".tmp-{}-{}", std::process::id(), ulid::Ulid::new()));
     let written = (|| {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
@@ -396,10 +400,9 @@ impl Snapshots {
         let dir = self.dir.clone();
         let keys = self.keys.clone();
         let keep = self.keep;
-        let written = tokio::task::spawn_blocking(move || {
-            write_kept(&dir, &state, &timeline, &keys, keep)
-        })
-        .await;
+        let written =
+            tokio::task::spawn_blocking(move || write_kept(&dir, &state, &timeline, &keys, keep))
+                .await;
         match written {
             Ok(Ok(bytes)) => {
                 self.last.store(head.seq, Ordering::Release);

@@ -1,6 +1,6 @@
 //! Which seqs an "as of time T" replay has to read: the earliest and latest `occurred_at`
 //! of every block of [`BLOCK`] seqs, kept beside the live projections (16 bytes per
-//! block: 160 KB for a 10M-event log) and saved inside each projection snapshot.
+//! block: 625 KB for a 10M-event log) and saved inside each projection snapshot.
 //!
 //! `occurred_at` is stamped when a command runs, not when its event commits, so it is not
 //! monotonic in seq: a usage event may wait in the append queue, and on PostgreSQL nodes'
@@ -15,7 +15,7 @@
 use crate::time::Timestamp;
 
 /// Seqs per block.
-pub const BLOCK: u64 = 1024;
+pub const BLOCK: u64 = 256;
 
 /// The earliest and latest `occurred_at` (UTC microseconds) of one block's events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,12 +34,23 @@ impl Span {
         min: i64::MIN,
         max: i64::MAX,
     };
+
+    fn merge(self, o: Span) -> Span {
+        Span {
+            min: self.min.min(o.min),
+            max: self.max.max(o.max),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Timeline {
-    /// Every seq from 1 to this one has been recorded (or marked unknown).
+    /// Every seq from 1 to this one has been recorded, or is at most `unknown_below`.
     covered: u64,
+    /// The times of seqs 1 to this one are not known (a start from a snapshot written
+    /// before timelines were kept, until [`fill_prefix`](Self::fill_prefix)): a block
+    /// holding any of them may hold any time. Blocks hold the known times only.
+    unknown_below: u64,
     /// Block `i` is seqs `i * BLOCK + 1 ..= (i + 1) * BLOCK`.
     blocks: Vec<Span>,
 }
@@ -64,6 +75,38 @@ impl Timeline {
         t
     }
 
+    /// Whether some seqs' times are not known.
+    pub fn has_unknown(&self) -> bool {
+        self.unknown_below > 0
+    }
+
+    /// Fills in the unknown times from `prefix`, a timeline of seqs 1 to at least
+    /// `unknown_below` (read from the log).
+    pub fn fill_prefix(&mut self, prefix: &Timeline) {
+        if self.unknown_below == 0 || prefix.unknown_below > 0 {
+            return;
+        }
+        if prefix.covered < self.unknown_below {
+            return;
+        }
+        let last = Self::block_of(self.unknown_below);
+        for (i, b) in prefix.blocks.iter().enumerate().take(last + 1) {
+            if let Some(mine) = self.blocks.get_mut(i) {
+                *mine = mine.merge(*b);
+            }
+        }
+        self.unknown_below = 0;
+    }
+
+    /// Block `i` as [`bounds`](Self::bounds) sees it.
+    fn span(&self, i: usize) -> Span {
+        if (i as u64) * BLOCK < self.unknown_below {
+            Span::UNKNOWN
+        } else {
+            self.blocks[i]
+        }
+    }
+
     pub fn covered(&self) -> u64 {
         self.covered
     }
@@ -77,11 +120,18 @@ impl Timeline {
         if to <= self.covered {
             return;
         }
-        let first = Self::block_of(self.covered + 1);
-        let last = Self::block_of(to);
-        self.blocks.resize(last + 1, Span::EMPTY);
-        for b in &mut self.blocks[first..=last] {
-            *b = Span::UNKNOWN;
+        if self.covered > self.unknown_below {
+            // A gap after known seqs (not expected: the fold is gap-free): those blocks
+            // can hold any time.
+            let first = Self::block_of(self.covered + 1);
+            let last = Self::block_of(to);
+            self.blocks.resize(last + 1, Span::EMPTY);
+            for b in &mut self.blocks[first..=last] {
+                *b = Span::UNKNOWN;
+            }
+        } else {
+            self.blocks.resize(Self::block_of(to) + 1, Span::EMPTY);
+            self.unknown_below = to;
         }
         self.covered = to;
     }
@@ -118,6 +168,7 @@ impl Timeline {
         // widens it (still a sound bound).
         Timeline {
             covered: seq,
+            unknown_below: self.unknown_below.min(seq),
             blocks: self.blocks[..=Self::block_of(seq)].to_vec(),
         }
     }
@@ -125,11 +176,12 @@ impl Timeline {
     /// Where the events with `occurred_at <= t` are.
     pub fn bounds(&self, t: Timestamp) -> Bounds {
         let t = t.timestamp_micros();
-        let lo = match self.blocks.iter().position(|b| b.max > t) {
+        let n = self.blocks.len();
+        let lo = match (0..n).position(|i| self.span(i).max > t) {
             Some(i) => (i as u64) * BLOCK,
             None => self.covered,
         };
-        let hi = match self.blocks.iter().rposition(|b| b.min <= t) {
+        let hi = match (0..n).rposition(|i| self.span(i).min <= t) {
             Some(i) => ((i as u64 + 1) * BLOCK).min(self.covered),
             None => 0,
         };
@@ -140,9 +192,11 @@ impl Timeline {
         }
     }
 
-    /// `covered (u64 LE) | blocks (u64 LE) | blocks × (min i64 LE, max i64 LE)`.
+    /// `covered (u64 LE) | unknown_below (u64 LE) | blocks (u64 LE) |
+    /// blocks × (min i64 LE, max i64 LE)`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.covered.to_le_bytes());
+        out.extend_from_slice(&self.unknown_below.to_le_bytes());
         out.extend_from_slice(&(self.blocks.len() as u64).to_le_bytes());
         for b in &self.blocks {
             out.extend_from_slice(&b.min.to_le_bytes());
@@ -157,6 +211,14 @@ impl Timeline {
             Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
         };
         let covered = u64_at(0)?;
+        let unknown_below = u64_at(8)?;
+        if unknown_below > covered {
+            return None;
+        }
+        let bytes = bytes.get(8..)?;
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+        };
         let n = usize::try_from(u64_at(8)?).ok()?;
         let expected = if covered == 0 {
             0
@@ -179,7 +241,14 @@ impl Timeline {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        Some((Timeline { covered, blocks }, len))
+        Some((
+            Timeline {
+                covered,
+                unknown_below,
+                blocks,
+            },
+            len + 8,
+        ))
     }
 }
 
@@ -199,13 +268,14 @@ mod tests {
             let s = if seq == 1500 { 10 } else { seq as i64 };
             t.record(seq, at(s));
         }
+        // Seq 1500's block holds second 10 but later ones past 100.
+        let b1500 = (1500 - 1) / BLOCK;
         let b = t.bounds(at(100));
-        // Block 1 (seqs 1025..=2048) holds seq 1500 at second 10 but later ones past 100.
-        assert_eq!((b.lo, b.hi, b.covered), (0, 2048, 5000));
-        let b = t.bounds(at(2000));
-        assert_eq!((b.lo, b.hi), (1024, 2048));
+        assert_eq!((b.lo, b.hi, b.covered), (0, (b1500 + 1) * BLOCK, 5000));
+        // In order past that block: lo and hi are the edges of T's own block.
         let b = t.bounds(at(3000));
-        assert_eq!((b.lo, b.hi), (2048, 3072));
+        let own = (3000 - 1) / BLOCK;
+        assert_eq!((b.lo, b.hi), (own * BLOCK, (own + 1) * BLOCK));
         let b = t.bounds(at(10_000));
         assert_eq!((b.lo, b.hi), (5000, 5000));
         let b = t.bounds(at(0));
@@ -222,11 +292,26 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_prefix_is_never_skipped() {
+    fn an_unknown_prefix_is_never_skipped_until_it_is_filled_in() {
         let mut t = Timeline::unknown(3000);
-        t.record(3001, at(5));
+        t.record(3001, at(5000));
         let b = t.bounds(at(100));
         assert_eq!(b.lo, 0);
-        assert_eq!(b.hi, 3001);
+        let edge = (3000 - 1) / BLOCK;
+        assert_eq!(b.hi, ((edge + 1) * BLOCK).min(3001));
+        let mut prefix = Timeline::default();
+        for seq in 1..=3000 {
+            prefix.record(seq, at(seq as i64));
+        }
+        t.fill_prefix(&prefix);
+        assert!(!t.has_unknown());
+        let mut whole = prefix.clone();
+        whole.record(3001, at(5000));
+        assert_eq!(t, whole);
+        let b = t.bounds(at(100));
+        assert_eq!((b.lo, b.hi), (0, BLOCK));
+        let mut v = Vec::new();
+        Timeline::unknown(700).encode(&mut v);
+        assert_eq!(Timeline::decode(&v).unwrap().0, Timeline::unknown(700));
     }
 }

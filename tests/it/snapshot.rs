@@ -114,14 +114,19 @@ async fn a_restart_from_a_snapshot_folds_only_the_newer_events_into_the_full_rep
     assert!(snap.exists(), "shutdown writes a snapshot");
     let old = std::fs::read(&snap).unwrap();
 
-    // Events after the snapshot: this run writes a newer one at shutdown; put the old one
-    // back so that the next start has events to fold after it.
+    // Events after the snapshot: this run writes a newer one at shutdown (kept beside the
+    // old one); delete it so that the next start has events to fold after the old one.
     let r = start_in(dir.path()).await;
     let snap_head = r.report.snapshot.expect("started from the snapshot");
     assert_eq!(r.report.events, 0);
     some_activity(&r, 2).await;
     r.shutdown().await;
-    std::fs::write(&snap, &old).unwrap();
+    for seq in keyward::snapshot::kept(dir.path()) {
+        if seq > snap_head.seq {
+            std::fs::remove_file(keyward::snapshot::kept_path(dir.path(), seq)).unwrap();
+        }
+    }
+    assert_eq!(std::fs::read(&snap).unwrap(), old);
 
     let r = start_in(dir.path()).await;
     assert_eq!(r.report.snapshot, Some(snap_head));
@@ -274,7 +279,9 @@ async fn the_periodic_writer_snapshots_after_enough_new_events() {
     c.snapshot_every = 5;
     let r = keyward::server::start(c).await.unwrap();
     some_activity(&r, 2).await;
-    let snap = keyward::snapshot::path(dir.path());
-    until("a periodic snapshot", || snap.exists()).await;
+    until("a periodic snapshot", || {
+        !keyward::snapshot::kept(dir.path()).is_empty()
+    })
+    .await;
     r.shutdown().await;
 }
