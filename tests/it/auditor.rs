@@ -633,7 +633,7 @@ async fn the_command_lines_export_and_replay_are_recorded() {
     }
     match envs[1].decode().unwrap() {
         Event::AuditRead(r) => {
-            assert_eq!(r.kind, AuditReadKind::Replay);
+            assert_eq!(r.kind, AuditReadKind::AsOf);
             let f = r.filter.unwrap();
             assert!(f.starts_with("as_of=2030-01-01T00:00:00"), "{f}");
         }

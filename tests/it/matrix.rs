@@ -33,6 +33,9 @@ const EXPECTED: &[(&str, &str, u16, u16)] = &[
     ("get", "/api/v1/audit/checkpoint", 403, 200),
     ("get", "/api/v1/audit/checkpoint/latest", 403, 200),
     ("get", "/api/v1/audit/public-key", 403, 200),
+    // Without `seq` or `from`: 400 for the readers, 403 before that for a user.
+    ("get", "/api/v1/audit/proof/consistency", 403, 400),
+    ("get", "/api/v1/audit/proof/inclusion", 403, 400),
     ("get", "/api/v1/audit/events", 200, 200),
     ("get", "/api/v1/audit/export", 200, 200),
     ("get", "/api/v1/audit/verify", 403, 200),
@@ -68,7 +71,11 @@ fn expected(method: &str, template: &str) -> (u16, u16) {
 
 /// Reads that are recorded: a `200` appends exactly one `audit.read`, whoever asked.
 fn recorded_read(method: &str, path: &str) -> bool {
-    method == "get" && (path == "/api/v1/audit/export" || path == "/api/v1/audit/checkpoint")
+    method == "get"
+        && (path == "/api/v1/audit/export"
+            || path == "/api/v1/audit/checkpoint"
+            || path == "/api/v1/audit/checkpoint/latest"
+            || path.starts_with("/api/v1/audit/proof/"))
 }
 
 fn admin_only(path: &str) -> bool {
@@ -78,6 +85,7 @@ fn admin_only(path: &str) -> bool {
         || path == "/api/v1/audit/checkpoint"
         || path == "/api/v1/audit/checkpoint/latest"
         || path == "/api/v1/audit/public-key"
+        || path.starts_with("/api/v1/audit/proof/")
 }
 
 #[tokio::test]

@@ -212,11 +212,16 @@ async fn proofs_from_the_api_verify_against_roots_computed_from_the_export() {
     let (s, p) = api.get("/api/v1/audit/proof/inclusion?seq=3", &admin).await;
     assert_eq!(s, StatusCode::OK, "{p}");
     assert_eq!(p["tree_size"], now);
+    // Each proof request is recorded: one audit.read, after the proof was made.
+    let now = store.head().await.unwrap().seq;
+    let last = store.read_from(now - 1, 1).await.unwrap();
+    assert_eq!(last[0].event_type, "audit.read");
     let (s, p) = api
         .get("/api/v1/audit/proof/consistency?from=3", &admin)
         .await;
     assert_eq!(s, StatusCode::OK, "{p}");
     assert_eq!(p["to"], now);
+    assert_eq!(store.head().await.unwrap().seq, now + 1);
 }
 
 fn off_by_one_fails_inclusion(

@@ -97,19 +97,19 @@ fn verify_offline(text: &str, public_key: &str) -> std::process::Output {
     )
 }
 
-/// The export's lines with the first hash of the proof on line `at` changed by `edit`.
+/// The export's lines with the proof on line `at` changed by `edit`, the line otherwise
+/// exactly as Keyward writes it (the proof member last).
 fn edit_proof(text: &str, at: usize, edit: impl Fn(&mut Vec<serde_json::Value>)) -> String {
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let mut v: serde_json::Value = serde_json::from_str(&lines[at]).unwrap();
-    let proof = v["inclusion_proof"].as_array_mut().unwrap();
-    edit(proof);
-    // The verifier wants the line exactly as Keyward writes it: the proof member last.
-    let mut obj = v.as_object().unwrap().clone();
-    let proof = obj.remove("inclusion_proof").unwrap();
-    let mut line = serde_json::to_string(&obj).unwrap();
-    line.pop();
-    line.push_str(&format!(",\"inclusion_proof\":{proof}}}"));
-    lines[at] = line;
+    let cut = lines[at].find(",\"inclusion_proof\":").unwrap();
+    let (head, tail) = lines[at].split_at(cut);
+    let member = &tail[",\"inclusion_proof\":".len()..tail.len() - 1];
+    let mut proof: Vec<serde_json::Value> = serde_json::from_str(member).unwrap();
+    edit(&mut proof);
+    lines[at] = format!(
+        "{head},\"inclusion_proof\":{}}}",
+        serde_json::to_string(&proof).unwrap()
+    );
     lines.join("\n") + "\n"
 }
 
