@@ -801,13 +801,10 @@ async fn verify_signed(
     // The store's own tree must prove it too: the RFC 9162 consistency proof from the
     // checkpoint's size to the head, checked against the checkpoint's root.
     if cp.size > 0 && report.head.seq >= cp.size {
-        let proven = match crate::audit::consistency(store.as_ref(), cp.size, report.head.seq).await {
+        let proven = match crate::audit::consistency(store.as_ref(), cp.size, report.head.seq).await
+        {
             Ok(c) => keyward_events::merkle::verify_consistency(
-                c.from,
-                c.to,
-                &cp.root,
-                &c.to_root,
-                &c.proof,
+                c.from, c.to, &cp.root, &c.to_root, &c.proof,
             )
             .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),

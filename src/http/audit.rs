@@ -442,14 +442,18 @@ pub(crate) async fn audit_export(
     };
     let body = match (filter, signed) {
         (None, None) => Body::empty(),
-        (None, Some((_, note))) => Body::from(keyward_events::export::checkpoint_line(&note) + "\n"),
+        (None, Some((_, note))) => {
+            Body::from(keyward_events::export::checkpoint_line(&note) + "\n")
+        }
         (Some(mut filter), Some((cp, note))) => {
             filter.until_seq = Some(head);
             let store = app.0.store.clone();
             let mut pages = Box::pin(audit::pages(store.clone(), filter, EXPORT_PAGE));
             let first = pages.try_next().await?;
             let first = match first {
-                Some(page) => Some(ndjson_with_proofs(store.as_ref(), &page, cp.size, &cp.root).await?),
+                Some(page) => {
+                    Some(ndjson_with_proofs(store.as_ref(), &page, cp.size, &cp.root).await?)
+                }
                 None => None,
             };
             let rest = pages
@@ -463,8 +467,7 @@ pub(crate) async fn audit_export(
                 });
             let head_line = Bytes::from(keyward_events::export::checkpoint_line(&note) + "\n");
             Body::from_stream(
-                futures::stream::iter([Ok(head_line)].into_iter().chain(first.map(Ok)))
-                    .chain(rest),
+                futures::stream::iter([Ok(head_line)].into_iter().chain(first.map(Ok))).chain(rest),
             )
         }
         (Some(mut filter), None) => {

@@ -158,11 +158,7 @@ async fn an_api_export_with_proofs_verifies_event_by_event_and_a_bad_proof_fails
     });
     let o = verify_offline(&flipped, &public);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains(&format!("seq {seq}")),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(&o).contains(&format!("seq {seq}")), "{}", stdout(&o));
     // One level too few: fails too.
     let short = edit_proof(&text, 1, |p| {
         p.pop();
