@@ -697,7 +697,7 @@ impl Config {
         let snapshot_every = number(
             s.snapshot_every.as_deref(),
             file.snapshot_every,
-            1_000_000,
+            crate::snapshot::EVERY_DEFAULT,
             "snapshot-every",
             0,
             usize::MAX,
@@ -1332,7 +1332,10 @@ mod tests {
                 },
             )
         };
-        assert_eq!(resolve(None).unwrap().snapshot_every, 1_000_000);
+        assert_eq!(
+            resolve(None).unwrap().snapshot_every,
+            crate::snapshot::EVERY_DEFAULT
+        );
         assert_eq!(resolve(Some("0")).unwrap().snapshot_every, 0);
         let e = resolve(Some("often")).unwrap_err().to_string();
         assert!(
