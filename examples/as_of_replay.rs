@@ -6,7 +6,7 @@
 //! cargo run --release --example as_of_replay -- [events] [snapshot_every] [data dir]
 //! ```
 //!
-//! Defaults: 1,000,000 events, a snapshot every 1,000,000 events (serve's default), a
+//! Defaults: 1,000,000 events, a snapshot every 100,000 events (serve's default), a
 //! temporary dir. A dir that already holds a log of at least `events` events is reused.
 //! The log is written straight through the SQLite store in batches of 20,000 sealed
 //! events: a bootstrap, then a key lifecycle (a key created every 1,000 events, one
@@ -207,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
         .next()
         .map(|s| s.parse())
         .transpose()?
-        .unwrap_or(1_000_000);
+        .unwrap_or(keyward::snapshot::EVERY_DEFAULT as u64);
     let tmp;
     let dir = match args.next() {
         Some(d) => std::path::PathBuf::from(d),

@@ -513,7 +513,7 @@ async fn snapshots_keep_is_configurable_and_at_least_one() {
             },
         )
     };
-    assert_eq!(resolve(None).unwrap().snapshots_keep, 24);
+    assert_eq!(resolve(None).unwrap().snapshots_keep, 64);
     assert_eq!(resolve(Some("3")).unwrap().snapshots_keep, 3);
     let e = resolve(Some("0")).err().unwrap().to_string();
     assert!(
