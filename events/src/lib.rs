@@ -6,6 +6,7 @@
 
 pub mod canonical;
 pub mod chain;
+pub mod compact;
 pub mod envelope;
 pub mod export;
 pub mod hash;

@@ -265,9 +265,11 @@ pub(crate) enum Order {
 
 /// `SELECT <columns> FROM events` narrowed by `filter`, in seq `order`, at most `limit`:
 /// the one query both backends build. `any` writes "column matches one of these strings"
-/// in the backend's own form (an IN list, or `= ANY($n)`).
+/// in the backend's own form (an IN list, or `= ANY($n)`); `actor` is the SQL before and
+/// after the bound actor in "the actor is this one" (SQLite looks the name's id up).
 pub(crate) fn select_events<'a, DB>(
     columns: &str,
+    actor_eq: (&str, &str),
     filter: &'a EventFilter,
     limit: usize,
     order: Order,
@@ -308,8 +310,9 @@ where
         any(&mut qb, "stream", &filter.streams);
     }
     if let Some(actor) = &filter.actor {
-        and(&mut qb, "actor = ");
+        and(&mut qb, actor_eq.0);
         qb.push_bind(actor.as_str());
+        qb.push(actor_eq.1);
     }
     if let Some(from) = filter.from_time {
         and(&mut qb, "occurred_at >= ");

@@ -434,10 +434,16 @@ impl PostgresStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut qb =
-            select_events::<Postgres>(COLUMNS, filter, limit, order, |qb, column, values| {
+        let mut qb = select_events::<Postgres>(
+            COLUMNS,
+            ("actor = ", ""),
+            filter,
+            limit,
+            order,
+            |qb, column, values| {
                 qb.push(column).push(" = ANY(").push_bind(values).push(")");
-            })?;
+            },
+        )?;
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter().map(decode_row).collect()
     }

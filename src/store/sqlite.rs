@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyward_events::merkle::{CompactRange, NodeId, leaf_hash};
-use keyward_events::{Envelope, ExpectedVersion, Hash32, Head, NewEvent};
+use keyward_events::{Envelope, ExpectedVersion, Hash32, Head, NewEvent, compact};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -23,16 +23,14 @@ use ulid::Ulid;
 
 use super::plan::{self, seal_run};
 use super::tree::{self, Reads, Rows};
-use super::{
-    AppendError, EventFilter, EventStore, Order, RawEvent, StoreError, Unwritten, select_events,
-};
+use super::{AppendError, EventFilter, EventStore, Order, StoreError, Unwritten, select_events};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 macro_rules! columns {
     () => {
         "seq, event_id, stream, stream_version, type, schema, occurred_at, actor, request_id, \
-         data, prev_hash, hash"
+         data, hash"
     };
 }
 const COLUMNS: &str = columns!();
@@ -98,15 +96,30 @@ const WAL_AUTOCHECKPOINT: &str = "16384";
 const JOURNAL_SIZE_LIMIT: &str = "67108864";
 /// A batch's event ids and streams are looked up with one statement each, passed as one
 /// JSON array, rather than one round trip to SQLite's worker per value or per chunk.
+/// An id is stored as its 16 bytes (passed here in hex), or as the 26-character text a row
+/// written before migration 0003 holds.
 const LOOKUP_IDS_SQL: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM events WHERE event_id IN (SELECT value FROM json_each(?1))"
+    " FROM events WHERE event_id IN (SELECT unhex(value) FROM json_each(?1)) UNION ALL SELECT ",
+    columns!(),
+    " FROM events WHERE event_id IN (SELECT value FROM json_each(?2))"
 );
-const LOOKUP_STREAMS_SQL: &str = "SELECT j.value, (SELECT MAX(stream_version) FROM events \
-     WHERE stream = j.value) FROM json_each(?1) AS j";
+const LOOKUP_STREAMS_SQL: &str = "SELECT j.value, (SELECT MAX(e.stream_version) FROM events e \
+     WHERE e.stream = (SELECT n.id FROM names n WHERE n.name = j.value)) FROM json_each(?1) AS j";
+const LOOKUP_NAMES_SQL: &str =
+    "SELECT name, id FROM names WHERE name IN (SELECT value FROM json_each(?1))";
+const INSERT_NAMES_SQL: &str =
+    "INSERT INTO names (name) SELECT value FROM json_each(?1) RETURNING name, id";
+const NAMES_BY_ID_SQL: &str =
+    "SELECT id, name FROM names WHERE id IN (SELECT value FROM json_each(?1))";
+/// The hashes of the events before those a read returned without their predecessor: the
+/// row, or what pruning kept of it.
+const PREV_HASHES_SQL: &str = "SELECT seq, hash FROM events WHERE seq IN \
+     (SELECT value FROM json_each(?1)) UNION ALL SELECT seq, hash FROM pruned_hashes \
+     WHERE seq IN (SELECT value FROM json_each(?1))";
 /// The stream-version cache is cleared when it grows past this many streams; it refills
-/// lazily from the unique (stream, stream_version) index.
+/// lazily from the unique (stream, stream_version) index. So are the caches of names.
 const MAX_CACHED_STREAMS: usize = 200_000;
 const READ_POOL_SIZE: u32 = 4;
 /// Up to this many values, a filter's list is bound one parameter each (the plan SQLite
@@ -122,6 +135,9 @@ pub struct SqliteStore {
     /// writer. `None` until known, and again after a failed append.
     head: parking_lot::Mutex<Option<Head>>,
     insert_sql: Vec<(usize, String)>,
+    /// The strings of `names` by id, for reads. Names are only ever inserted, and a read
+    /// only meets ids of committed rows, so an entry never goes stale.
+    names: parking_lot::RwLock<HashMap<i64, String>>,
     /// False only to measure what the tree costs (see `without_tree_for_benchmarks`).
     keep_tree: bool,
 }
@@ -140,6 +156,8 @@ struct Cache {
     streams: HashMap<String, u64>,
     /// The Merkle tree's right edge at `head`: what the next events' nodes hang from.
     tree: CompactRange,
+    /// The ids in `names` of the streams, types and actors seen.
+    names: HashMap<String, i64>,
 }
 
 impl SqliteStore {
@@ -205,6 +223,7 @@ impl SqliteStore {
             writer_options,
             head: parking_lot::Mutex::new(None),
             insert_sql,
+            names: parking_lot::RwLock::new(HashMap::new()),
             keep_tree: true,
         })
     }
@@ -249,26 +268,35 @@ impl SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut qb =
-            select_events::<Sqlite>(COLUMNS, filter, limit, order, |qb, column, values| {
-                qb.push(column);
+        let actor = ("actor = (SELECT id FROM names WHERE name = ", ")");
+        let mut qb = select_events::<Sqlite>(
+            COLUMNS,
+            actor,
+            filter,
+            limit,
+            order,
+            |qb, column, values| {
+                // Streams and types are stored as ids in `names`.
+                qb.push(column)
+                    .push(" IN (SELECT id FROM names WHERE name IN (");
                 if values.len() <= INLINE_VALUES_MAX {
-                    qb.push(" IN (");
                     let mut list = qb.separated(", ");
                     for v in values {
                         list.push_bind(v.as_str());
                     }
-                    qb.push(")");
+                    qb.push("))");
                 } else {
                     // One parameter whatever the count: a user's streams are two per key,
                     // and SQLite takes at most 32,766 parameters in a statement.
-                    qb.push(" IN (SELECT value FROM json_each(")
+                    qb.push("SELECT value FROM json_each(")
                         .push_bind(json_array(values))
-                        .push("))");
+                        .push(")))");
                 }
-            })?;
-        let rows = qb.build().fetch_all(&self.readers).await?;
-        rows.iter().map(decode_row).collect()
+            },
+        )?;
+        let mut conn = self.readers.acquire().await?;
+        let rows = qb.build().fetch_all(&mut *conn).await?;
+        self.decode_rows(&mut conn, &rows).await
     }
 
     /// The head and stream versions to plan from, and the events of this call already
@@ -287,11 +315,15 @@ impl SqliteStore {
                     head,
                     streams: HashMap::new(),
                     tree: tree_at(&mut *tx, head.seq).await?,
+                    names: HashMap::new(),
                 }
             }
         };
         if cache.streams.len() > MAX_CACHED_STREAMS {
             cache.streams.clear();
+        }
+        if cache.names.len() > MAX_CACHED_STREAMS {
+            cache.names.clear();
         }
 
         let mut ids: Vec<Ulid> = Vec::new();
@@ -334,6 +366,13 @@ impl SqliteStore {
         let base = cache.head;
         let mut decided = plan::plan(units, &existing, &mut cache.streams);
         let planned = decided.take_planned();
+        if let Err(error) = intern(&mut tx, &mut cache.names, &planned).await {
+            let events = planned.into_iter().map(|p| p.event).collect();
+            return Err(Unwritten {
+                error,
+                units: decided.units_back(events),
+            });
+        }
         let count = planned.len();
         // Sealing drops what each event expected; kept to give the events back on failure.
         let expected: Vec<ExpectedVersion> = planned.iter().map(|p| p.event.expected).collect();
@@ -345,10 +384,11 @@ impl SqliteStore {
         // The Merkle nodes the new events complete, written in the same transaction.
         let mut nodes: Vec<(NodeId, Hash32)> = Vec::new();
         let merkle = &mut cache.tree;
+        let names = &cache.names;
         let failed: Option<StoreError> = 'write: {
             while !current.is_empty() {
                 let next_size = sizes.next().unwrap_or(0);
-                let insert = match self.insert_query(&current) {
+                let insert = match self.insert_query(&current, names) {
                     Ok(q) => q,
                     Err(e) => break 'write Some(e),
                 };
@@ -414,6 +454,7 @@ impl SqliteStore {
     fn insert_query<'q>(
         &'q self,
         run: &'q [(Envelope, String)],
+        names: &HashMap<String, i64>,
     ) -> Result<sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>, StoreError> {
         let Some((_, sql)) = self.insert_sql.iter().find(|(rows, _)| *rows == run.len()) else {
             return Err(StoreError::Unavailable(format!(
@@ -421,20 +462,29 @@ impl SqliteStore {
                 run.len()
             )));
         };
+        let id = |name: &str| {
+            names.get(name).copied().ok_or_else(|| {
+                StoreError::Unavailable(format!("{name:?} was not interned before the insert"))
+            })
+        };
         let mut q = sqlx::query(sql);
-        for (e, data) in run {
+        for (e, _) in run {
+            let context = compact::context(&e.actor, &e.stream);
             q = q
                 .bind(to_i64(e.seq)?)
-                .bind(e.event_id.to_string())
-                .bind(e.stream.as_str())
+                .bind(e.event_id.to_bytes().to_vec())
+                .bind(id(&e.stream)?)
                 .bind(to_i64(e.stream_version)?)
-                .bind(e.event_type.as_str())
+                .bind(id(&e.event_type)?)
                 .bind(i64::from(e.schema))
                 .bind(e.occurred_at.timestamp_micros())
-                .bind(e.actor.as_str())
-                .bind(e.request_id.as_deref())
-                .bind(data.as_str())
-                .bind(&e.prev_hash.0[..])
+                .bind(id(&e.actor)?)
+                .bind(e.request_id.as_deref().map(|r| {
+                    let mut out = Vec::with_capacity(r.len());
+                    compact::encode_str(r, &[], &mut out);
+                    out
+                }))
+                .bind(compact::to_vec(&e.data, &context))
                 .bind(&e.hash.0[..]);
         }
         Ok(q)
@@ -450,13 +500,14 @@ impl SqliteStore {
         if ids.is_empty() {
             return Ok(found);
         }
-        let ids: Vec<String> = ids.iter().map(Ulid::to_string).collect();
+        let hex: Vec<String> = ids.iter().map(|id| hex::encode(id.to_bytes())).collect();
+        let text: Vec<String> = ids.iter().map(Ulid::to_string).collect();
         let rows = sqlx::query(LOOKUP_IDS_SQL)
-            .bind(json_array(&ids))
+            .bind(json_array(&hex))
+            .bind(json_array(&text))
             .fetch_all(&mut *conn)
             .await?;
-        for row in rows {
-            let env = decode_row(&row)?;
+        for env in self.decode_rows(conn, &rows).await? {
             found.insert(env.event_id, env);
         }
         Ok(found)
@@ -839,25 +890,260 @@ fn decode_seq(row: &SqliteRow) -> Result<u64, StoreError> {
     })
 }
 
-/// Decodes a row selected with [`COLUMNS`].
-fn decode_row(row: &SqliteRow) -> Result<Envelope, StoreError> {
+/// A stored value that may be TEXT (a row written before migration 0003) or a BLOB.
+enum Cell<'r> {
+    Null,
+    Text(&'r str),
+    Blob(&'r [u8]),
+}
+
+fn cell<'r>(row: &'r SqliteRow, i: usize, seq: u64) -> Result<Cell<'r>, StoreError> {
+    use sqlx::{TypeInfo, ValueRef};
+    let c = |e| corrupt(seq, e);
+    let raw = row.try_get_raw(i).map_err(c)?;
+    if raw.is_null() {
+        return Ok(Cell::Null);
+    }
+    let kind = raw.type_info().name().to_owned();
+    match kind.as_str() {
+        "TEXT" => Ok(Cell::Text(row.try_get_unchecked::<&str, _>(i).map_err(c)?)),
+        "BLOB" => Ok(Cell::Blob(row.try_get_unchecked::<&[u8], _>(i).map_err(c)?)),
+        other => Err(StoreError::Corrupt {
+            seq,
+            reason: format!("column {i} holds {other}, not TEXT or BLOB"),
+        }),
+    }
+}
+
+/// A row selected with [`COLUMNS`], before its names and prev_hash are filled in.
+struct Stored<'r> {
+    seq: u64,
+    event_id: Ulid,
+    stream: i64,
+    stream_version: u64,
+    event_type: i64,
+    schema: u16,
+    occurred_at: crate::time::Timestamp,
+    actor: i64,
+    request_id: Cell<'r>,
+    data: Cell<'r>,
+    hash: Hash32,
+}
+
+fn stored(row: &SqliteRow) -> Result<Stored<'_>, StoreError> {
     let seq = decode_seq(row)?;
     let c = |e| corrupt(seq, e);
-    RawEvent {
+    let bad = |reason: String| StoreError::Corrupt { seq, reason };
+    let event_id = match cell(row, 1, seq)? {
+        Cell::Blob(b) => <[u8; 16]>::try_from(b)
+            .map(Ulid::from_bytes)
+            .map_err(|_| bad(format!("event_id has {} bytes, not 16", b.len())))?,
+        Cell::Text(t) => Ulid::from_string(t).map_err(|e| bad(format!("event_id {t:?}: {e}")))?,
+        Cell::Null => return Err(bad("event_id is NULL".to_owned())),
+    };
+    let stream_version: i64 = row.try_get(3).map_err(c)?;
+    let schema: i64 = row.try_get(5).map_err(c)?;
+    let occurred_at: i64 = row.try_get(6).map_err(c)?;
+    let hash: &[u8] = row.try_get(10).map_err(c)?;
+    Ok(Stored {
         seq,
-        event_id: row.try_get(1).map_err(c)?,
+        event_id,
         stream: row.try_get(2).map_err(c)?,
-        stream_version: row.try_get(3).map_err(c)?,
+        stream_version: u64::try_from(stream_version)
+            .map_err(|_| bad(format!("negative stream_version {stream_version}")))?,
         event_type: row.try_get(4).map_err(c)?,
-        schema: row.try_get(5).map_err(c)?,
-        occurred_at: row.try_get(6).map_err(c)?,
+        schema: u16::try_from(schema).map_err(|_| bad(format!("schema {schema} out of range")))?,
+        occurred_at: crate::time::from_micros(occurred_at)
+            .ok_or_else(|| bad(format!("occurred_at {occurred_at} out of range")))?,
         actor: row.try_get(7).map_err(c)?,
-        request_id: row.try_get(8).map_err(c)?,
-        data: row.try_get(9).map_err(c)?,
-        prev_hash: row.try_get(10).map_err(c)?,
-        hash: row.try_get(11).map_err(c)?,
+        request_id: cell(row, 8, seq)?,
+        data: cell(row, 9, seq)?,
+        hash: Hash32::from_slice(hash)
+            .ok_or_else(|| bad(format!("hash has {} bytes, not 32", hash.len())))?,
+    })
+}
+
+impl SqliteStore {
+    /// Envelopes from rows selected with [`COLUMNS`], in the order given: names looked up
+    /// in `names` (cached), payloads decoded, and each prev_hash taken from the row before
+    /// (in `rows`, else read from the log or `pruned_hashes`).
+    async fn decode_rows(
+        &self,
+        conn: &mut SqliteConnection,
+        rows: &[SqliteRow],
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let rows: Vec<Stored<'_>> = rows.iter().map(stored).collect::<Result<_, _>>()?;
+        self.resolve_names(conn, &rows).await?;
+        // The row before is usually next to it in `rows` (ascending or descending).
+        let beside = |i: usize| {
+            let want = rows[i].seq.checked_sub(1)?;
+            [i.checked_sub(1), i.checked_add(1)]
+                .into_iter()
+                .flatten()
+                .filter_map(|j| rows.get(j))
+                .find(|r| r.seq == want)
+                .map(|r| r.hash)
+        };
+        let mut hashes: HashMap<u64, Hash32> = HashMap::new();
+        let missing: Vec<u64> = (0..rows.len())
+            .filter(|&i| rows[i].seq > 1 && beside(i).is_none())
+            .map(|i| rows[i].seq - 1)
+            .collect();
+        if !missing.is_empty() {
+            for r in &rows {
+                hashes.insert(r.seq, r.hash);
+            }
+            let found = sqlx::query(PREV_HASHES_SQL)
+                .bind(json_numbers(&missing))
+                .fetch_all(&mut *conn)
+                .await?;
+            for row in &found {
+                let seq = decode_seq(row)?;
+                let hash: &[u8] = row.try_get(1).map_err(|e| corrupt(seq, e))?;
+                let hash = Hash32::from_slice(hash).ok_or_else(|| StoreError::Corrupt {
+                    seq,
+                    reason: format!("hash has {} bytes, not 32", hash.len()),
+                })?;
+                hashes.insert(seq, hash);
+            }
+        }
+        let names = self.names.read();
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            let seq = r.seq;
+            let bad = |reason: String| StoreError::Corrupt { seq, reason };
+            let name = |id: i64| {
+                names
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| bad(format!("name {id} is not in names")))
+            };
+            let (stream, event_type, actor) =
+                (name(r.stream)?, name(r.event_type)?, name(r.actor)?);
+            let prev_hash = if seq == 1 {
+                Hash32::ZERO
+            } else if let Some(h) = beside(i) {
+                h
+            } else {
+                *hashes.get(&(seq - 1)).ok_or_else(|| {
+                    bad(format!(
+                        "the hash of seq {} is neither in the log nor in pruned_hashes",
+                        seq - 1
+                    ))
+                })?
+            };
+            let request_id = match &r.request_id {
+                Cell::Null => None,
+                Cell::Text(t) => Some((*t).to_owned()),
+                Cell::Blob(b) => {
+                    Some(compact::decode_str(b, &[]).map_err(|e| bad(format!("request_id: {e}")))?)
+                }
+            };
+            let data = match &r.data {
+                Cell::Text(t) => {
+                    serde_json::from_str(t).map_err(|e| bad(format!("data is not JSON: {e}")))?
+                }
+                Cell::Blob(b) => compact::decode(b, &compact::context(&actor, &stream))
+                    .map_err(|e| bad(format!("data: {e}")))?,
+                Cell::Null => return Err(bad("data is NULL".to_owned())),
+            };
+            out.push(Envelope {
+                seq,
+                event_id: r.event_id,
+                stream,
+                stream_version: r.stream_version,
+                event_type,
+                schema: r.schema,
+                occurred_at: r.occurred_at,
+                actor,
+                request_id,
+                data,
+                prev_hash,
+                hash: r.hash,
+            });
+        }
+        Ok(out)
     }
-    .into_envelope()
+
+    /// Reads into the cache the names of `rows` it does not hold yet.
+    async fn resolve_names(
+        &self,
+        conn: &mut SqliteConnection,
+        rows: &[Stored<'_>],
+    ) -> Result<(), StoreError> {
+        let mut missing: Vec<u64> = {
+            let names = self.names.read();
+            rows.iter()
+                .flat_map(|r| [r.stream, r.event_type, r.actor])
+                .filter(|id| !names.contains_key(id))
+                .map(|id| id.max(0) as u64)
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let found = sqlx::query(NAMES_BY_ID_SQL)
+            .bind(json_numbers(&missing))
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut names = self.names.write();
+        if names.len() > MAX_CACHED_STREAMS {
+            names.clear();
+        }
+        for row in &found {
+            names.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+        Ok(())
+    }
+}
+
+/// Gives every stream, type and actor of `planned` an id in `names`, inserting those that
+/// have none, in the append's transaction.
+async fn intern(
+    conn: &mut SqliteConnection,
+    names: &mut HashMap<String, i64>,
+    planned: &[plan::Planned],
+) -> Result<(), StoreError> {
+    let mut wanted: Vec<&str> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in planned {
+        for s in [&p.event.stream, &p.event.event_type, &p.event.actor] {
+            if !names.contains_key(s.as_str()) && seen.insert(s.as_str()) {
+                wanted.push(s);
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query(LOOKUP_NAMES_SQL)
+        .bind(json_array(&wanted))
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in &rows {
+        names.insert(row.try_get(0)?, row.try_get(1)?);
+    }
+    let new: Vec<&str> = wanted
+        .into_iter()
+        .filter(|s| !names.contains_key(*s))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query(INSERT_NAMES_SQL)
+        .bind(json_array(&new))
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in &rows {
+        names.insert(row.try_get(0)?, row.try_get(1)?);
+    }
+    Ok(())
+}
+
+fn json_numbers(items: &[u64]) -> String {
+    serde_json::to_string(items).unwrap_or_default()
 }
 
 fn corrupt(seq: u64, e: sqlx::Error) -> StoreError {
@@ -884,7 +1170,7 @@ fn placeholders(n: usize) -> String {
 /// OR ROLLBACK: a failed insert abandons the whole batch anyway, and without the default
 /// ABORT SQLite need not keep a statement journal to undo a multi-row INSERT partway.
 fn insert_statement(rows: usize) -> String {
-    let row = format!("({})", placeholders(12));
+    let row = format!("({})", placeholders(11));
     format!(
         "INSERT OR ROLLBACK INTO events ({COLUMNS}) VALUES {}",
         vec![row; rows].join(", ")

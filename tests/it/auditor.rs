@@ -399,7 +399,8 @@ async fn a_read_that_cannot_be_recorded_is_refused() {
     // The store refuses to write an `audit.read` (and only that).
     let mut db = crate::common::raw_sqlite(&gw.t.db_path()).await;
     sqlx::query(
-        "CREATE TRIGGER refuse_audit_read BEFORE INSERT ON events WHEN NEW.type = 'audit.read' \
+        "CREATE TRIGGER refuse_audit_read BEFORE INSERT ON events \
+         WHEN NEW.type = (SELECT id FROM names WHERE name = 'audit.read') \
          BEGIN SELECT RAISE(ABORT, 'no audit reads'); END",
     )
     .execute(&mut db)

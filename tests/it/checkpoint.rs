@@ -115,14 +115,24 @@ async fn rewrite_and_rehash(db: &Path) {
         e.prev_hash = prev;
         e.hash = e.compute_hash();
         prev = e.hash;
-        sqlx::query("UPDATE events SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?")
+        // prev_hash is not stored (it is the row before's hash); the payload goes back as
+        // canonical JSON TEXT, which does not depend on the actor as the compact form may.
+        sqlx::query("INSERT OR IGNORE INTO names (name) VALUES (?)")
             .bind(&e.actor)
-            .bind(&e.prev_hash.0[..])
-            .bind(&e.hash.0[..])
-            .bind(e.seq as i64)
             .execute(&mut c)
             .await
             .unwrap();
+        sqlx::query(
+            "UPDATE events SET actor = (SELECT id FROM names WHERE name = ?), data = ?, \
+             hash = ? WHERE seq = ?",
+        )
+        .bind(&e.actor)
+        .bind(keyward_events::canonical::to_string(&e.data))
+        .bind(&e.hash.0[..])
+        .bind(e.seq as i64)
+        .execute(&mut c)
+        .await
+        .unwrap();
     }
     assert!(keyward_events::chain::verify(&envs).is_ok());
 }

@@ -105,12 +105,27 @@ pub async fn tamper(path: &Path, seq: i64) {
             .await
             .unwrap();
     }
-    let data: String = sqlx::query("SELECT data FROM events WHERE seq = ?")
-        .bind(seq)
-        .fetch_one(&mut c)
-        .await
-        .unwrap()
-        .get(0);
+    // The payload as canonical JSON, from the compact form (or the TEXT a row written
+    // before migration 0003 holds); the altered payload goes back as TEXT.
+    let row = sqlx::query(
+        "SELECT e.data, a.name, s.name, typeof(e.data) FROM events e \
+         JOIN names a ON a.id = e.actor JOIN names s ON s.id = e.stream WHERE e.seq = ?",
+    )
+    .bind(seq)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    let data = if row.get::<String, _>(3) == "blob" {
+        let (actor, stream): (String, String) = (row.get(1), row.get(2));
+        let value = keyward_events::compact::decode(
+            &row.get::<Vec<u8>, _>(0),
+            &keyward_events::compact::context(&actor, &stream),
+        )
+        .unwrap();
+        keyward_events::canonical::to_string(&value)
+    } else {
+        row.get::<String, _>(0)
+    };
     // Flip one byte inside a string value: the JSON stays valid, the hash does not.
     let pos = data.find("\":\"").unwrap() + 3;
     let mut bytes = data.into_bytes();

@@ -396,7 +396,9 @@ async fn events_cannot_be_updated_or_deleted(h: Harness) {
     let before = all(s).await;
 
     for sql in [
-        "UPDATE events SET actor = 'mallory' WHERE seq = 1",
+        // A value of the column's own type in both backends (SQLite's STRICT table
+        // refuses a mistyped one before any trigger runs).
+        "UPDATE events SET stream_version = 7 WHERE seq = 1",
         "UPDATE events SET data = '{}'",
         "DELETE FROM events WHERE seq = 2",
         "DELETE FROM events",
@@ -733,13 +735,21 @@ async fn an_undecodable_row_is_reported_with_its_seq(h: Harness) {
     ok_units(s.append(vec![vec![user_created("usr_a")]]).await.unwrap());
     // Inserting is allowed (that is how the log grows), so a damaged row can be planted.
     let zero = h.blob32(false);
-    h.raw_execute(&format!(
-        "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, occurred_at, \
-         actor, request_id, data, prev_hash, hash) VALUES (2, '01HF7YAT010000000000000002', \
-         'user:usr_x', 1, 'user.created', 1, 0, 'system', NULL, 'not json', {zero}, {zero})"
-    ))
-    .await
-    .unwrap();
+    let sql = match h.backend {
+        // A row in the TEXT form rows written before migration 0003 have.
+        Backend::Sqlite { .. } => format!(
+            "{SQLITE_NAMES}; INSERT INTO events (seq, event_id, stream, stream_version, type, \
+             schema, occurred_at, actor, request_id, data, hash) VALUES (2, \
+             '01HF7YAT010000000000000002', {SQLITE_IDS}, NULL, 'not json', {zero})"
+        ),
+        Backend::Postgres { .. } => format!(
+            "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, \
+             occurred_at, actor, request_id, data, prev_hash, hash) VALUES (2, \
+             '01HF7YAT010000000000000002', 'user:usr_x', 1, 'user.created', 1, 0, 'system', \
+             NULL, 'not json', {zero}, {zero})"
+        ),
+    };
+    h.raw_execute(&sql).await.unwrap();
     match s.read_from(0, 10).await {
         Err(StoreError::Corrupt { seq: 2, reason }) => assert!(reason.contains("JSON"), "{reason}"),
         other => panic!("expected Corrupt at seq 2, got {other:?}"),
@@ -796,15 +806,22 @@ async fn sqlite_opens_by_url_and_migrating_again_is_a_no_op() {
     assert_eq!(again.head().await.unwrap().seq, 1);
 }
 
+/// The names a planted SQLite row refers to (stream `user:usr_x`, type `user.created`,
+/// actor `system`), and the values of its columns from `stream` to `actor`.
+const SQLITE_NAMES: &str = "INSERT OR IGNORE INTO names (name) VALUES ('user:usr_x'), \
+     ('user.created'), ('system')";
+const SQLITE_IDS: &str = "(SELECT id FROM names WHERE name = 'user:usr_x'), 1, \
+     (SELECT id FROM names WHERE name = 'user.created'), 1, 0, \
+     (SELECT id FROM names WHERE name = 'system')";
+
 /// Another writer takes seq 2 behind the store's back (the lock file normally rules this
 /// out), so a SQLite store that cached seq 1 as its head collides on its next insert.
 async fn plant_seq_2(h: &Harness) {
-    h.raw_execute(
-        "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, occurred_at, \
-         actor, request_id, data, prev_hash, hash) VALUES (2, '01HF7YAT010000000000000002', \
-         'user:usr_x', 1, 'user.created', 1, 0, 'system', NULL, '{}', zeroblob(32), \
-         randomblob(32))",
-    )
+    h.raw_execute(&format!(
+        "{SQLITE_NAMES}; INSERT INTO events (seq, event_id, stream, stream_version, type, \
+         schema, occurred_at, actor, request_id, data, hash) VALUES (2, \
+         '01HF7YAT010000000000000002', {SQLITE_IDS}, NULL, '{{}}', randomblob(32))"
+    ))
     .await
     .unwrap();
 }
@@ -1335,4 +1352,177 @@ async fn shutdown_under_load_turns_producers_away_and_keeps_what_it_accepted() {
     assert_eq!(log.len() as u64, accepted);
     assert_eq!(sink.seqs(), (1..=accepted).collect::<Vec<_>>());
     chain::verify(&log).unwrap();
+}
+
+// ---- the compact SQLite form (migration 0003) ----
+
+/// Seals `events` in order onto an empty log, as the store always has.
+fn seal_all(events: Vec<NewEvent>) -> Vec<Envelope> {
+    let mut versions = std::collections::HashMap::<String, u64>::new();
+    let mut prev = Hash32::ZERO;
+    let mut out = Vec::new();
+    for (i, e) in events.into_iter().enumerate() {
+        let v = versions.entry(e.stream.clone()).or_insert(0);
+        *v += 1;
+        let env = e.seal(i as u64 + 1, *v, prev);
+        prev = env.hash;
+        out.push(env);
+    }
+    out
+}
+
+/// A SQLite file with only migrations 0001 and 0002 applied and `envs` inserted as the
+/// store wrote rows before 0003.
+async fn old_format_log(path: &std::path::Path, envs: &[Envelope]) {
+    let old = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for f in ["0001_events.sql", "0002_merkle.sql"] {
+        std::fs::copy(root.join(f), old.path().join(f)).unwrap();
+    }
+    let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+    let mut conn = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    migrator.run(&mut conn).await.unwrap();
+    for e in envs {
+        sqlx::query(
+            "INSERT INTO events (seq, event_id, stream, stream_version, type, schema, \
+             occurred_at, actor, request_id, data, prev_hash, hash) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.seq as i64)
+        .bind(e.event_id.to_string())
+        .bind(&e.stream)
+        .bind(e.stream_version as i64)
+        .bind(&e.event_type)
+        .bind(i64::from(e.schema))
+        .bind(e.occurred_at.timestamp_micros())
+        .bind(&e.actor)
+        .bind(e.request_id.as_deref())
+        .bind(canonical::to_string(&e.data))
+        .bind(&e.prev_hash.0[..])
+        .bind(&e.hash.0[..])
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    sqlx::Connection::close(conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_log_in_the_old_format_is_migrated_and_every_hash_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let mut events = vec![user_created("usr_a"), user_created("usr_b")];
+    for n in 0..300 {
+        events.push(key_used(["key_1", "key_2", "key_3"][n % 3], n as u64));
+    }
+    let mut odd = user_created("usr_c");
+    odd.data = json!({"f": 1.221043540074035e217, "neg": -7, "s": "quote\" é 😀", "n": null});
+    events.push(odd);
+    let old = seal_all(events);
+    old_format_log(&path, &old).await;
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let read = all(&store).await;
+    assert_eq!(read, old, "the migrated log reads back exactly as written");
+    chain::verify(&read).unwrap();
+    assert_eq!(store.head().await.unwrap().hash, old.last().unwrap().hash);
+
+    // New rows (compact) follow the old ones (TEXT) and chain onto them.
+    let more = ok_units(
+        store
+            .append(vec![
+                vec![key_used("key_1", 1000)],
+                vec![user_created("usr_d")],
+            ])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(more[0][0].prev_hash, old.last().unwrap().hash);
+    assert_eq!(more[0][0].stream_version, 101);
+    // An event id stored in the old TEXT form is still recognised: appending it again
+    // gives the stored envelope back.
+    let again = old[5].clone().unseal(ExpectedVersion::Any);
+    let res = ok_units(store.append(vec![vec![again]]).await.unwrap());
+    assert_eq!(res[0][0], old[5]);
+    let everything = all(&store).await;
+    assert_eq!(everything.len(), old.len() + 2);
+    chain::verify(&everything).unwrap();
+    assert_eq!(&everything[..old.len()], &old[..]);
+
+    // Filters see old and new rows alike.
+    let f = EventFilter {
+        streams: vec!["usage:key_1".into()],
+        types: vec!["key.used".into()],
+        ..EventFilter::default()
+    };
+    assert_eq!(store.read(&f, 1000).await.unwrap().len(), 101);
+    let f = EventFilter {
+        actor: Some("system".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(store.read(&f, 1000).await.unwrap().len(), 4);
+    store.close().await;
+
+    // The append-only triggers are on the rebuilt table.
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    let triggers: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events' \
+         ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(triggers, ["events_no_delete", "events_no_update"]);
+}
+
+#[tokio::test]
+async fn a_pruned_predecessor_s_hash_comes_from_pruned_hashes() {
+    let h = Harness::sqlite().await;
+    let s = &*h.store;
+    let mut units = vec![vec![user_created("usr_a")]];
+    for n in 0..5 {
+        units.push(vec![key_used("key_1", n)]);
+    }
+    ok_units(s.append(units).await.unwrap());
+    let before = all(s).await;
+    // Pruning (elsewhere) deletes usage rows and keeps their hashes.
+    h.raw_execute(&format!(
+        "DROP TRIGGER events_no_delete; \
+         INSERT INTO pruned_hashes (seq, hash) VALUES (3, x'{}'), (4, x'{}'); \
+         DELETE FROM events WHERE seq IN (3, 4)",
+        before[2].hash.to_hex(),
+        before[3].hash.to_hex()
+    ))
+    .await
+    .unwrap();
+    let after = all(s).await;
+    assert_eq!(after.len(), 4);
+    assert_eq!(
+        after[2], before[4],
+        "seq 5 still has seq 4's hash as its prev_hash"
+    );
+    assert_eq!(
+        s.read_from(4, 10).await.unwrap()[0],
+        before[4],
+        "read on its own, too"
+    );
+    // Without the kept hash the row cannot be checked, and says so.
+    h.raw_execute("DELETE FROM pruned_hashes WHERE seq = 4")
+        .await
+        .unwrap();
+    match s.read_from(4, 10).await {
+        Err(StoreError::Corrupt { seq: 5, reason }) => {
+            assert!(reason.contains("pruned_hashes"), "{reason}")
+        }
+        other => panic!("expected Corrupt at seq 5, got {other:?}"),
+    }
 }
