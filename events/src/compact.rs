@@ -17,6 +17,7 @@
 //! | `0x0A` string, 16 bytes | a string that is the first string then a ULID in its canonical form |
 //! | `0x0B` 4 bytes | a dotted IPv4 address in its canonical form |
 //! | `0x0C` varint, bytes | a string of lowercase hex digits, as the bytes they spell |
+//! | `0x0D` byte, varint, values… | an object whose keys are among those of [`SHAPES`] at that index: a bitmap of which keys are present, then their values in the shape's order |
 //! | `0x10..=0x3F` | the unsigned integer `tag - 0x10` (0 to 47) |
 //! | `0x40..=0xFF` | the string at index `tag - 0x40` of [`DICTIONARY`] |
 //!
@@ -154,6 +155,33 @@ pub const DICTIONARY: &[&str] = &[
     "llama-3.3-70b-versatile",
 ];
 
+/// The keys of the objects written most often (`key.used`, `key.denied`), sorted as
+/// canonical JSON sorts them. Part of the format like [`DICTIONARY`]: append only.
+pub const SHAPES: &[&[&str]] = &[
+    &[
+        "client_ip",
+        "completion_tokens",
+        "endpoint",
+        "key_id",
+        "latency_us",
+        "model",
+        "outcome",
+        "prompt_tokens",
+        "provider_id",
+        "status",
+        "stream",
+        "upstream_latency_us",
+    ],
+    &[
+        "client_ip",
+        "endpoint",
+        "key_id",
+        "model",
+        "reason",
+        "suppressed",
+    ],
+];
+
 const NULL: u8 = 0x00;
 const FALSE: u8 = 0x01;
 const TRUE: u8 = 0x02;
@@ -167,6 +195,7 @@ const CONTEXT: u8 = 0x09;
 const ULID_SUFFIX: u8 = 0x0A;
 const IPV4: u8 = 0x0B;
 const HEX: u8 = 0x0C;
+const SHAPE: u8 = 0x0D;
 const SMALL: u8 = 0x10;
 const SMALL_MAX: u64 = 0x3F - 0x10;
 const DICT: u8 = 0x40;
@@ -220,6 +249,9 @@ pub fn encode(v: &Value, context: &[&str], out: &mut Vec<u8>) {
             }
         }
         Value::Object(map) => {
+            if map.len() >= 3 && encode_shaped(map, context, out) {
+                return;
+            }
             out.push(OBJECT);
             varint(map.len() as u64, out);
             for (k, v) in map {
@@ -228,6 +260,36 @@ pub fn encode(v: &Value, context: &[&str], out: &mut Vec<u8>) {
             }
         }
     }
+}
+
+/// Writes `map` as a [`SHAPE`] token if one of [`SHAPES`] holds all its keys.
+fn encode_shaped(map: &Map<String, Value>, context: &[&str], out: &mut Vec<u8>) -> bool {
+    'shapes: for (index, shape) in SHAPES.iter().enumerate() {
+        if map.len() > shape.len() {
+            continue;
+        }
+        // Both sorted: one walk finds each key's place in the shape.
+        let mut bits: u64 = 0;
+        let mut at = 0;
+        for key in map.keys() {
+            match shape[at..].iter().position(|k| *k == key) {
+                Some(p) => {
+                    at += p;
+                    bits |= 1 << at;
+                    at += 1;
+                }
+                None => continue 'shapes,
+            }
+        }
+        out.push(SHAPE);
+        out.push(index as u8);
+        varint(bits, out);
+        for v in map.values() {
+            encode(v, context, out);
+        }
+        return true;
+    }
+    false
 }
 
 fn encode_number(n: &Number, out: &mut Vec<u8>) {
@@ -444,6 +506,22 @@ impl Reader<'_> {
                 }
                 Value::Object(map)
             }
+            SHAPE => {
+                let shape = SHAPES
+                    .get(usize::from(self.byte()?))
+                    .ok_or(CompactError::Invalid("unknown shape"))?;
+                let bits = self.varint()?;
+                if bits >> shape.len() != 0 {
+                    return Err(CompactError::Invalid("key outside the shape"));
+                }
+                let mut map = Map::new();
+                for (i, key) in shape.iter().enumerate() {
+                    if bits & (1 << i) != 0 {
+                        map.insert((*key).to_owned(), self.value(depth + 1)?);
+                    }
+                }
+                Value::Object(map)
+            }
             SMALL..=0x3F => Value::Number(u64::from(tag - SMALL).into()),
             _ => Value::String(self.string(tag, 0)?),
         })
@@ -574,7 +652,7 @@ mod tests {
             "client_ip": "10.1.2.3",
         });
         let bytes = round(&v, &[key]);
-        assert!(bytes.len() <= 64, "{} bytes", bytes.len());
+        assert!(bytes.len() <= 50, "{} bytes", bytes.len());
     }
 
     #[test]
@@ -595,6 +673,18 @@ mod tests {
         }
         let deep = vec![ARRAY, 1].repeat(10_000);
         assert!(decode(&deep, &[]).is_err());
+    }
+
+    #[test]
+    fn shapes_are_sorted_and_fit_a_bitmap() {
+        for shape in SHAPES {
+            assert!(shape.len() <= 64);
+            assert!(shape.windows(2).all(|w| w[0].as_bytes() < w[1].as_bytes()));
+        }
+        // A subset of a shape's keys, and one with a key outside every shape.
+        round(&json!({"client_ip": "::1", "endpoint": "/x", "stream": true}), &[]);
+        round(&json!({"client_ip": 1, "endpoint": 2, "zzz": 3}), &[]);
+        round(&json!({"suppressed": 0, "reason": "ip", "key_id": "k"}), &[]);
     }
 
     #[test]
