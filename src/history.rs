@@ -185,8 +185,27 @@ async fn fold(
         let Some(last) = page.last() else {
             return Ok(());
         };
+        let mut prev = after;
         after = last.seq;
         for env in page.iter().take_while(|e| until.is_none_or(|u| e.seq <= u)) {
+            if env.seq != prev + 1 {
+                // A hole an archive left: the usage events in it are not in the store, so
+                // a fold across it would give wrong counters. Only a kept snapshot at or
+                // after the hole can be the start.
+                let reason = match crate::audit::hole(store, prev, env.seq).await? {
+                    Ok(_) => format!(
+                        "the usage events of seqs {} to {} were archived and pruned from the log: a replay can only \
+                         start from a kept projection snapshot at or after seq {}, and none at or before the point asked \
+                         for is usable (the archive's segments hold the pruned events)",
+                        prev + 1,
+                        env.seq - 1,
+                        env.seq - 1
+                    ),
+                    Err(reason) => reason,
+                };
+                anyhow::bail!(reason);
+            }
+            prev = env.seq;
             *read += 1;
             apply(state, env, time)?;
         }

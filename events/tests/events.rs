@@ -261,8 +261,7 @@ fn every_type_has_a_schema_and_round_trips_through_its_envelope() {
             last_seq: 16,
             pruned: 12,
             segments: vec![ArchivedSegmentRef {
-                name: "keyward-segment-00000000000000000001-00000000000000000016.ndjson.zst"
-                    .into(),
+                name: "keyward-segment-00000000000000000001-00000000000000000016.ndjson.zst".into(),
                 first_seq: 1,
                 last_seq: 16,
                 root: Hash32([7; 32]),

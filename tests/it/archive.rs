@@ -1,0 +1,587 @@
+//! Retention (issue 18): `audit archive` writes sealed, signed segments, reads each back
+//! and verifies it, then prunes the usage events it holds in one controlled transaction;
+//! `audit verify --archive` checks the store and the archive together.
+
+use std::path::{Path, PathBuf};
+
+use keyward::commands::Actor;
+use keyward_events::{ExpectedVersion, KeyDenied, KeyUsed, NewEvent, UsageOutcome};
+use sqlx::Row;
+
+use crate::common::*;
+
+/// Users, keys, usage and denials through the real command path: per round a user, a
+/// key, `uses` key.used and one key.denied (so usage dominates, as in production).
+async fn activity(r: &keyward::server::Running, rounds: usize, uses: usize) {
+    let t = r.state.0.commands.clone();
+    for i in 0..rounds {
+        let name = format!("u{}", ulid::Ulid::new().to_string().to_lowercase());
+        let (ev, user_id) =
+            t.user_created(&Actor::system(), &name, keyward_events::Role::User, None);
+        t.submit(vec![ev]).await.unwrap();
+        let (rec, _secret) = t
+            .create_key(
+                &Actor::system(),
+                keyward::commands::NewKey {
+                    name: format!("key {i}"),
+                    owner_id: user_id,
+                    provider_ids: vec![],
+                    expires_at: chrono::Utc::now() + chrono::Duration::days(10),
+                    scopes: vec![keyward_events::Scope::Chat],
+                    models: vec!["gpt-4o".into()],
+                    rate_limit: None,
+                    quota: None,
+                    ip_allowlist: vec![],
+                    metadata: serde_json::Map::new(),
+                    rotated_from: None,
+                },
+            )
+            .await
+            .unwrap();
+        let key_id = rec.key_id().to_owned();
+        let mut events = Vec::new();
+        for j in 0..uses {
+            events.push(keyward_events::Event::KeyUsed(KeyUsed {
+                key_id: key_id.clone(),
+                provider_id: "prv_x".into(),
+                model: Some("gpt-4o".into()),
+                endpoint: "/v1/chat/completions".into(),
+                outcome: UsageOutcome::Success,
+                status: 200,
+                latency_us: 10 + j as u64,
+                upstream_latency_us: Some(5),
+                prompt_tokens: 3 + j as u64,
+                completion_tokens: 4,
+                stream: false,
+                client_ip: Some("10.0.0.7".into()),
+            }));
+        }
+        events.push(keyward_events::Event::KeyDenied(KeyDenied {
+            key_id: key_id.clone(),
+            reason: keyward_events::DenyReason::Model,
+            endpoint: "/v1/chat/completions".into(),
+            model: Some("gpt-5".into()),
+            client_ip: None,
+            suppressed: 0,
+        }));
+        for e in events {
+            t.appender
+                .submit(vec![NewEvent::new(
+                    &e,
+                    ExpectedVersion::Any,
+                    chrono::Utc::now(),
+                    key_id.clone(),
+                    None,
+                )])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A stopped SQLite app with activity; returns its state (keys and usage) at the stop.
+async fn sqlite_log(dir: &Path, rounds: usize, uses: usize) -> keyward_projections::State {
+    let r = keyward::server::start(config_in(dir)).await.unwrap();
+    activity(&r, rounds, uses).await;
+    let state = r.state.0.live.read().clone();
+    r.shutdown().await;
+    state
+}
+
+fn archive_dir(dir: &Path) -> PathBuf {
+    dir.join("archive")
+}
+
+fn segments(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+struct Counts {
+    events: i64,
+    usage: i64,
+    lifecycle: i64,
+    pruned: i64,
+    segments: i64,
+}
+
+async fn counts(db: &Path) -> Counts {
+    let mut c = raw_sqlite(db).await;
+    let mut get = async |sql: &str| -> i64 {
+        sqlx::query(sql)
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+            .get::<i64, _>(0)
+    };
+    Counts {
+        events: get("SELECT count(*) FROM events").await,
+        usage: get("SELECT count(*) FROM events WHERE type IN ('key.used', 'key.denied')").await,
+        lifecycle: get("SELECT count(*) FROM events WHERE type NOT IN ('key.used', 'key.denied')")
+            .await,
+        pruned: get("SELECT count(*) FROM pruned_hashes").await,
+        segments: get("SELECT count(*) FROM archived_segments").await,
+    }
+}
+
+fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let o = keyward(dir, args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{args:?}\nstdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn run_fails(dir: &Path, args: &[&str]) -> String {
+    let o = keyward(dir, args);
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "{args:?} was not refused\nstdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    format!("{}{}", stdout(&o), stderr(&o))
+}
+
+/// Decompresses a segment, applies `f` to its text, and writes it back compressed.
+fn rewrite_segment(path: &Path, f: impl FnOnce(String) -> String) {
+    let raw = zstd::decode_all(std::fs::read(path).unwrap().as_slice()).unwrap();
+    let text = f(String::from_utf8(raw).unwrap());
+    std::fs::write(path, zstd::encode_all(text.as_bytes(), 3).unwrap()).unwrap();
+}
+
+/// The hash of the event at `seq` as the store now answers for it (event or pruned).
+async fn inclusion_root(db: &Path, seq: u64, size: u64) -> keyward_events::Hash32 {
+    let store = keyward::store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let inc = keyward::audit::inclusion(store.as_ref(), seq, size)
+        .await
+        .unwrap();
+    keyward_events::merkle::verify_inclusion(
+        &inc.leaf_hash,
+        inc.leaf_index,
+        size,
+        &inc.proof,
+        &inc.root,
+    )
+    .unwrap();
+    inc.root
+}
+
+#[tokio::test]
+async fn archive_prunes_usage_and_a_restart_keeps_keys_counters_proofs_and_the_whole_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = sqlite_log(dir.path(), 6, 5).await;
+    let db = dir.path().join("keyward.db");
+    let start = counts(&db).await;
+    assert!(start.events >= 48, "{}", start.events);
+    // A usage event inside the first segment, and a root over the log as it was.
+    let size = start.events as u64;
+    let usage_seq: i64 =
+        sqlx::query_scalar("SELECT min(seq) FROM events WHERE type = 'key.used' AND seq <= 16")
+            .fetch_one(&mut raw_sqlite(&db).await)
+            .await
+            .unwrap();
+    let root_before = inclusion_root(&db, usage_seq as u64, size).await;
+
+    let to = archive_dir(dir.path());
+    let out = run_ok(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            to.to_str().unwrap(),
+            "--until-seq",
+            "40",
+            "--segment-level",
+            "4",
+        ],
+    );
+    // 40 rounds down to two whole segments of 16.
+    assert!(out.contains("the archive covers up to seq 32"), "{out}");
+    assert_eq!(
+        segments(&to),
+        vec![
+            "keyward-segment-00000000000000000001-00000000000000000016.ndjson.zst",
+            "keyward-segment-00000000000000000017-00000000000000000032.ndjson.zst",
+        ]
+    );
+    let after = counts(&db).await;
+    let mut c = raw_sqlite(&db).await;
+    let usage_left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE seq <= 32 AND type IN ('key.used', 'key.denied')",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(usage_left, 0, "usage events of the archived range remain");
+    assert!(after.pruned > 0);
+    assert_eq!(after.segments, 2);
+    // Lifecycle events all stay; two `audit.archived` (and nothing else) were added.
+    assert_eq!(after.lifecycle, start.lifecycle + 2);
+    assert_eq!(after.usage, start.usage - after.pruned);
+    let archived: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'audit.archived'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(archived, 2);
+
+    // The trigger: a lifecycle row, or a usage row outside an archived segment, cannot be
+    // deleted; UPDATE is refused as before.
+    let lifecycle_seq: i64 =
+        sqlx::query_scalar("SELECT min(seq) FROM events WHERE type = 'user.created'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    let e = sqlx::query("DELETE FROM events WHERE seq = ?")
+        .bind(lifecycle_seq)
+        .execute(&mut c)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    let live_usage: i64 =
+        sqlx::query_scalar("SELECT min(seq) FROM events WHERE seq > 32 AND type = 'key.used'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    let e = sqlx::query("DELETE FROM events WHERE seq = ?")
+        .bind(live_usage)
+        .execute(&mut c)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    let e = sqlx::query("DELETE FROM archived_segments")
+        .execute(&mut c)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("insert-only"), "{e}");
+    let e = sqlx::query("DELETE FROM pruned_hashes")
+        .execute(&mut c)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("insert-only"), "{e}");
+    drop(c);
+    let unchanged = counts(&db).await;
+    assert_eq!(unchanged.events, after.events);
+
+    // A restart folds from the snapshot the archive took: the same keys and counters.
+    let r = keyward::server::start(config_in(dir.path())).await.unwrap();
+    let now = r.state.0.live.read().clone();
+    let snap = r
+        .report
+        .snapshot
+        .expect("the start used the archive's snapshot");
+    assert!(snap.seq >= 32, "{snap:?}");
+    assert_eq!(now.keys, before.keys);
+    assert_eq!(now.usage, before.usage);
+    assert_eq!(now.users, before.users);
+    // New usage after the prune still counts on top.
+    activity(&r, 1, 2).await;
+    r.shutdown().await;
+
+    // Proofs: a pruned event's inclusion proof against the same root as before.
+    assert_eq!(
+        inclusion_root(&db, usage_seq as u64, size).await,
+        root_before
+    );
+
+    // The chain across the holes, and the whole history with the archive.
+    let out = run_ok(dir.path(), &["audit", "verify"]);
+    assert!(out.starts_with("ok:"), "{out}");
+    let out = run_ok(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert!(out.contains("in 2 segments of the archive"), "{out}");
+
+    // As-of before the pruned range cannot fold across it: said, not a wrong answer.
+    let out = run_fails(dir.path(), &["audit", "replay", "--until-seq", "20"]);
+    assert!(out.contains("archived"), "{out}");
+
+    // Archiving again is a no-op; the next segment follows on.
+    let out = run_ok(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            &format!("file://{}", to.display()),
+            "--until-seq",
+            "48",
+            "--segment-level",
+            "4",
+        ],
+    );
+    assert!(out.contains("up to seq 48"), "{out}");
+    assert_eq!(segments(&to).len(), 3);
+    let out = run_ok(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert!(out.contains("in 3 segments"), "{out}");
+}
+
+/// An archived log (two segments of 16) and its archive directory.
+async fn archived() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    sqlite_log(dir.path(), 6, 5).await;
+    let to = archive_dir(dir.path());
+    run_ok(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            to.to_str().unwrap(),
+            "--until-seq",
+            "32",
+            "--segment-level",
+            "4",
+        ],
+    );
+    (dir, to)
+}
+
+const SEG1: &str = "keyward-segment-00000000000000000001-00000000000000000016.ndjson.zst";
+const SEG2: &str = "keyward-segment-00000000000000000017-00000000000000000032.ndjson.zst";
+
+#[tokio::test]
+async fn an_altered_segment_is_named() {
+    let (dir, to) = archived().await;
+    rewrite_segment(&to.join(SEG2), |t| t.replacen("gpt-4o", "gpt-4x", 1));
+    let out = run_fails(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert!(
+        out.contains(&format!("FAILED: the segment {SEG2}")),
+        "{out}"
+    );
+    assert!(out.contains("altered"), "{out}");
+    assert!(!out.contains(&format!("segment {SEG1}")), "{out}");
+}
+
+#[tokio::test]
+async fn a_segment_left_out_is_named() {
+    let (dir, to) = archived().await;
+    std::fs::remove_file(to.join(SEG1)).unwrap();
+    let out = run_fails(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert!(
+        out.contains(&format!("the segment {SEG1} (seqs 1 to 16) is missing")),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn two_swapped_segments_are_named() {
+    let (dir, to) = archived().await;
+    let a = std::fs::read(to.join(SEG1)).unwrap();
+    let b = std::fs::read(to.join(SEG2)).unwrap();
+    std::fs::write(to.join(SEG1), b).unwrap();
+    std::fs::write(to.join(SEG2), a).unwrap();
+    let out = run_fails(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert!(
+        out.contains(&format!("the segment {SEG1} does not verify")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("the segment {SEG2} does not verify")),
+        "{out}"
+    );
+    assert!(out.contains("renamed or swapped"), "{out}");
+}
+
+#[tokio::test]
+async fn a_segment_signed_by_another_key_is_refused() {
+    let (dir, to) = archived().await;
+    let other = keyward_events::note::NoteSigner::generate("someone/else").unwrap();
+    let out = run_fails(
+        dir.path(),
+        &[
+            "audit",
+            "verify",
+            "--archive",
+            to.to_str().unwrap(),
+            "--public-key",
+            &other.verifier().to_text(),
+        ],
+    );
+    assert!(
+        out.contains(&format!("the segment {SEG1} does not verify")),
+        "{out}"
+    );
+    assert!(out.contains("checkpoint does not verify"), "{out}");
+}
+
+#[tokio::test]
+async fn a_prune_without_a_verified_segment_is_refused_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    sqlite_log(dir.path(), 6, 5).await;
+    let db = dir.path().join("keyward.db");
+    let to = archive_dir(dir.path());
+    let args = |extra: &[&'static str]| {
+        let mut v: Vec<String> = [
+            "audit",
+            "archive",
+            "--to",
+            to.to_str().unwrap(),
+            "--until-seq",
+            "32",
+            "--segment-level",
+            "4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    // Segments written and verified, nothing pruned.
+    let a = args(&["--no-prune"]);
+    let out = run_ok(
+        dir.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(out.contains("nothing pruned"), "{out}");
+    let before = counts(&db).await;
+    assert_eq!(before.pruned, 0);
+    assert_eq!(before.segments, 0);
+
+    // One segment altered in the archive: the prune must not trust it.
+    rewrite_segment(&to.join(SEG2), |t| t.replacen("10.0.0.7", "10.0.0.8", 1));
+    let a = args(&[]);
+    let out = run_fails(
+        dir.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(out.contains(&format!("the segment {SEG2}")), "{out}");
+    assert!(out.contains("Nothing was pruned"), "{out}");
+    let after = counts(&db).await;
+    assert_eq!(after.events, before.events);
+    assert_eq!(after.usage, before.usage);
+    assert_eq!(after.pruned, 0);
+    assert_eq!(after.segments, 0);
+
+    // A truncated segment (cut off mid-stream) is refused the same way.
+    let bytes = std::fs::read(to.join(SEG1)).unwrap();
+    std::fs::write(to.join(SEG1), &bytes[..bytes.len() / 2]).unwrap();
+    let out = run_fails(
+        dir.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(out.contains(&format!("the segment {SEG1}")), "{out}");
+    assert_eq!(counts(&db).await.events, before.events);
+
+    // With no checkpoint key the archive refuses before writing anything.
+    let dir2 = tempfile::tempdir().unwrap();
+    std::fs::copy(&db, dir2.path().join("keyward.db")).unwrap();
+    let out = run_fails(
+        dir2.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            dir2.path().join("a").to_str().unwrap(),
+            "--until-seq",
+            "32",
+            "--segment-level",
+            "4",
+        ],
+    );
+    assert!(out.contains("no checkpoint key"), "{out}");
+    assert!(segments(&dir2.path().join("a")).is_empty());
+}
+
+#[tokio::test]
+async fn a_restarted_archive_resumes_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = sqlite_log(dir.path(), 6, 5).await;
+    let db = dir.path().join("keyward.db");
+    let to = archive_dir(dir.path());
+    // A crash after the first segment was written but before it was recorded...
+    run_ok(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            to.to_str().unwrap(),
+            "--until-seq",
+            "16",
+            "--segment-level",
+            "4",
+            "--no-prune",
+        ],
+    );
+    // ...and one in the middle of writing the second: a partial object is left.
+    let partial = to.join(format!("{SEG2}.partial"));
+    std::fs::write(&partial, b"(\xb5/\xfd half a segment").unwrap();
+    assert_eq!(counts(&db).await.segments, 0);
+
+    let out = run_ok(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            to.to_str().unwrap(),
+            "--until-seq",
+            "32",
+            "--segment-level",
+            "4",
+        ],
+    );
+    assert!(out.contains("the archive covers up to seq 32"), "{out}");
+    assert!(!partial.exists(), "the partial segment was left");
+    assert_eq!(segments(&to), vec![SEG1.to_owned(), SEG2.to_owned()]);
+    assert_eq!(counts(&db).await.segments, 2);
+    run_ok(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    let r = keyward::server::start(config_in(dir.path())).await.unwrap();
+    assert_eq!(r.state.0.live.read().usage, before.usage);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn archive_refuses_while_serve_holds_the_sqlite_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = keyward::server::start(config_in(dir.path())).await.unwrap();
+    activity(&r, 3, 5).await;
+    let out = run_fails(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            archive_dir(dir.path()).to_str().unwrap(),
+            "--until-seq",
+            "16",
+            "--segment-level",
+            "4",
+        ],
+    );
+    assert!(out.contains("`serve` is running"), "{out}");
+    r.shutdown().await;
+}
