@@ -494,7 +494,12 @@ async fn a_prune_without_a_verified_segment_is_refused_and_deletes_nothing() {
 
     // With no checkpoint key the archive refuses before writing anything.
     let dir2 = tempfile::tempdir().unwrap();
-    std::fs::copy(&db, dir2.path().join("keyward.db")).unwrap();
+    for side in ["", "-wal", "-shm"] {
+        let from = dir.path().join(format!("keyward.db{side}"));
+        if from.exists() {
+            std::fs::copy(&from, dir2.path().join(format!("keyward.db{side}"))).unwrap();
+        }
+    }
     let out = run_fails(
         dir2.path(),
         &[
@@ -584,4 +589,139 @@ async fn archive_refuses_while_serve_holds_the_sqlite_data_dir() {
     );
     assert!(out.contains("`serve` is running"), "{out}");
     r.shutdown().await;
+}
+
+/// The binary on PostgreSQL: the database, master keys and checkpoint key from the
+/// environment, as a deployment sets them.
+fn keyward_pg(dir: &Path, url: &str, signer: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env("KEYWARD_DATABASE_URL", url)
+        .env("KEYWARD_MASTER_KEYS", crate::nodes::MASTER_KEYS)
+        .env("KEYWARD_CHECKPOINT_KEY", signer)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn postgres_archive_prunes_and_a_restart_keeps_the_counters_and_verifies() {
+    let Some(db) = crate::pg::TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let r = keyward::server::start(crate::nodes::node_config(dir.path(), &db.url))
+        .await
+        .unwrap();
+    activity(&r, 6, 5).await;
+    let before = r.state.0.live.read().clone();
+    r.shutdown().await;
+    let count = async |sql: &str| -> i64 {
+        let mut c = db.connect().await;
+        sqlx::query(sql).fetch_one(&mut c).await.unwrap().get(0)
+    };
+    let events = count("SELECT count(*) FROM events").await;
+    let signer = keyward_events::note::NoteSigner::generate("keyward/pg.test").unwrap();
+    let signer = signer.to_text().as_str().to_owned();
+    let to = archive_dir(dir.path());
+
+    // Without a checkpoint key (none is generated on PostgreSQL): refused, nothing written.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "audit",
+            "archive",
+            "--to",
+            to.to_str().unwrap(),
+            "--until-seq",
+            "32",
+            "--segment-level",
+            "4",
+        ])
+        .env("KEYWARD_DATABASE_URL", &db.url)
+        .env("KEYWARD_MASTER_KEYS", crate::nodes::MASTER_KEYS)
+        .env_remove("KEYWARD_CHECKPOINT_KEY")
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("no checkpoint key"), "{}", stderr(&o));
+    assert!(segments(&to).is_empty());
+
+    let o = keyward_pg(
+        dir.path(),
+        &db.url,
+        &signer,
+        &[
+            "audit",
+            "archive",
+            "--to",
+            to.to_str().unwrap(),
+            "--until-seq",
+            "32",
+            "--segment-level",
+            "4",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(segments(&to), vec![SEG1.to_owned(), SEG2.to_owned()]);
+    let pruned = count("SELECT count(*) FROM pruned_hashes").await;
+    assert!(pruned > 0);
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE seq <= 32 AND type IN ('key.used', 'key.denied')")
+            .await,
+        0
+    );
+    assert_eq!(count("SELECT count(*) FROM events").await, events - pruned + 2);
+
+    // The trigger on PostgreSQL: lifecycle and unarchived usage rows stay.
+    let mut c = db.connect().await;
+    for sql in [
+        "DELETE FROM events WHERE type = 'user.created'",
+        "DELETE FROM events WHERE seq > 32 AND type = 'key.used'",
+        "UPDATE events SET actor = 'x' WHERE seq = 1",
+        "DELETE FROM pruned_hashes",
+        "DELETE FROM archived_segments",
+    ] {
+        let e = sqlx::query(sql).execute(&mut c).await.unwrap_err();
+        assert!(
+            e.to_string().contains("append-only") || e.to_string().contains("insert-only"),
+            "{sql}: {e}"
+        );
+    }
+    drop(c);
+
+    // A restart from the archive's snapshot: the same keys and counters.
+    let r = keyward::server::start(crate::nodes::node_config(dir.path(), &db.url))
+        .await
+        .unwrap();
+    assert!(r.report.snapshot.is_some_and(|h| h.seq >= 32));
+    let now = r.state.0.live.read().clone();
+    assert_eq!(now.keys, before.keys);
+    assert_eq!(now.usage, before.usage);
+    // Usage goes on; a new event of a pruned usage stream takes a version never used.
+    activity(&r, 1, 2).await;
+    r.shutdown().await;
+
+    let o = keyward_pg(dir.path(), &db.url, &signer, &["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let o = keyward_pg(
+        dir.path(),
+        &db.url,
+        &signer,
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("in 2 segments"), "{}", stdout(&o));
+
+    std::fs::remove_file(to.join(SEG2)).unwrap();
+    let o = keyward_pg(
+        dir.path(),
+        &db.url,
+        &signer,
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains(&format!("the segment {SEG2} (seqs 17 to 32) is missing")));
 }
