@@ -350,7 +350,7 @@ pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Resul
         ));
     }
     let level = manifest.level;
-    if level == 0 || level % 4 != 0 || level > 60 {
+    if level == 0 || !level.is_multiple_of(4) || level > 60 {
         return Err(format!("level {level} is not a stored tree level"));
     }
     if manifest.first_seq != (manifest.index << level) + 1
@@ -432,8 +432,11 @@ pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Resul
     if range.root() != manifest.root {
         return Err("its events do not hash to the manifest's Merkle root".to_owned());
     }
-    let (_, cp) = keyward_events::note::open(manifest.checkpoint.as_bytes(), &[verifier.clone()])
-        .map_err(|e| {
+    let (_, cp) = keyward_events::note::open(
+        manifest.checkpoint.as_bytes(),
+        std::slice::from_ref(verifier),
+    )
+    .map_err(|e| {
         format!(
             "its checkpoint does not verify with {}: {e}",
             verifier.name()
@@ -607,7 +610,7 @@ pub async fn run(
     before_prune: impl AsyncFnOnce(u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<ArchiveReport> {
     let level = req.level;
-    if level == 0 || level % 4 != 0 || level > 40 {
+    if level == 0 || !level.is_multiple_of(4) || level > 40 {
         bail!("--segment-level must be a multiple of 4 from 4 to 40, not {level}");
     }
     let recorded = store.archived_segments().await?;

@@ -673,7 +673,10 @@ async fn postgres_archive_prunes_and_a_restart_keeps_the_counters_and_verifies()
             .await,
         0
     );
-    assert_eq!(count("SELECT count(*) FROM events").await, events - pruned + 2);
+    assert_eq!(
+        count("SELECT count(*) FROM events").await,
+        events - pruned + 2
+    );
 
     // The trigger on PostgreSQL: lifecycle and unarchived usage rows stay.
     let mut c = db.connect().await;
