@@ -728,3 +728,170 @@ async fn postgres_archive_prunes_and_a_restart_keeps_the_counters_and_verifies()
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains(&format!("the segment {SEG2} (seqs 17 to 32) is missing")));
 }
+
+/// A moto S3 server (`.venv/bin/moto_server`, which scripts/test installs) on a loopback
+/// port of its own, stopped on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    async fn start_or_skip(test: &str) -> Option<Moto> {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+        if !bin.exists() {
+            assert!(
+                !crate::skip::ci(),
+                "{} is missing under CI: scripts/test installs it",
+                bin.display()
+            );
+            crate::skip::skipped(
+                test,
+                &format!(
+                    "{} is missing; run scripts/test to install it",
+                    bin.display()
+                ),
+            );
+            return None;
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if client.get(&moto.endpoint).send().await.is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not answer on {} within 60 s",
+                moto.endpoint
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Some(moto)
+    }
+
+    fn env(&self, c: &mut std::process::Command) {
+        c.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true");
+    }
+
+    fn keyward(&self, dir: &Path, args: &[&str]) -> std::process::Output {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"));
+        c.arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .env_remove("KEYWARD_DATABASE_URL")
+            .env_remove("KEYWARD_MASTER_KEYS");
+        self.env(&mut c);
+        c.output().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn s3_archive_against_a_real_s3_server_verifies_and_names_a_missing_segment() {
+    let Some(moto) = Moto::start_or_skip(
+        "archive::s3_archive_against_a_real_s3_server_verifies_and_names_a_missing_segment",
+    )
+    .await
+    else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let created = client
+        .put(format!("{}/keyward-archive", moto.endpoint))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+
+    let dir = tempfile::tempdir().unwrap();
+    let before = sqlite_log(dir.path(), 6, 5).await;
+    let db = dir.path().join("keyward.db");
+    let url = "s3://keyward-archive/logs/prod";
+    let o = moto.keyward(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            url,
+            "--until-seq",
+            "32",
+            "--segment-level",
+            "4",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(counts(&db).await.segments, 2);
+    // The objects are where the URL says, under their names, and no partial one is left.
+    let listing = client
+        .get(format!(
+            "{}/keyward-archive?list-type=2&prefix=logs/prod/",
+            moto.endpoint
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listing.contains(&format!("logs/prod/{SEG1}")), "{listing}");
+    assert!(listing.contains(&format!("logs/prod/{SEG2}")), "{listing}");
+    assert!(!listing.contains(".partial"), "{listing}");
+
+    let o = moto.keyward(dir.path(), &["audit", "verify", "--archive", url]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("in 2 segments"), "{}", stdout(&o));
+
+    let r = keyward::server::start(config_in(dir.path())).await.unwrap();
+    assert_eq!(r.state.0.live.read().usage, before.usage);
+    r.shutdown().await;
+
+    // Removed with a signed request, as an operator's tool would.
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&moto.endpoint)
+        .with_bucket_name("keyward-archive")
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .with_region("us-east-1")
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    object_store::ObjectStore::delete(
+        &s3,
+        &object_store::path::Path::from(format!("logs/prod/{SEG1}")),
+    )
+    .await
+    .unwrap();
+    let o = moto.keyward(dir.path(), &["audit", "verify", "--archive", url]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("the segment {SEG1} (seqs 1 to 16) is missing")),
+        "{}",
+        stdout(&o)
+    );
+}
