@@ -563,6 +563,8 @@ pub struct ArchiveRequest {
     pub zstd_level: i32,
     /// Write and verify segments, but prune nothing.
     pub no_prune: bool,
+    /// The actor of the `audit.archived` events: `cli` or `system`.
+    pub actor: String,
 }
 
 /// What a run did.
@@ -712,7 +714,7 @@ pub async fn run(
             &event,
             keyward_events::ExpectedVersion::Any,
             chrono::Utc::now(),
-            crate::cli::CLI_ACTOR,
+            req.actor.clone(),
             None,
         );
         let name = seg.name.clone();
@@ -830,4 +832,100 @@ pub async fn verify_archive(
         ));
     }
     Ok((problems, segments, events))
+}
+
+// ---------- the schedule (`serve --archive-to`) ----------
+
+/// What the scheduled archive of `serve` works with.
+pub struct Scheduled {
+    pub schedule: crate::config::ArchiveSchedule,
+    pub dest: Destination,
+    pub store: Arc<dyn EventStore>,
+    /// On PostgreSQL: the advisory lock that lets one node at a time archive.
+    pub postgres: Option<Arc<crate::store::postgres::PostgresStore>>,
+    pub live: Arc<crate::live::Live>,
+    pub snapshots: Arc<crate::snapshot::Snapshots>,
+    pub data_dir: std::path::PathBuf,
+    pub key: Arc<crate::checkpoint::CheckpointKey>,
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Runs the archive every `interval` until stopped. A run's failure is logged and tried
+/// again on the next interval; nothing is pruned unless its segment verified.
+pub fn spawn_schedule(mut s: Scheduled) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = s.stop.wait_for(|stop| *stop) => return,
+                () = tokio::time::sleep(s.schedule.interval) => {}
+            }
+            match run_scheduled(&s).await {
+                Ok(Some(r)) if !r.pruned_segments.is_empty() => tracing::info!(
+                    segments = r.pruned_segments.len(),
+                    pruned = r.pruned_events,
+                    covered = r.covered,
+                    archive = %s.dest.url,
+                    "archived and pruned usage events"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(
+                    error = %format!("{e:#}"),
+                    archive = %s.dest.url,
+                    "the scheduled archive failed; nothing unverified was pruned, it runs again next interval"
+                ),
+            }
+        }
+    })
+}
+
+/// One scheduled run: `None` when another node holds the archive lock.
+async fn run_scheduled(s: &Scheduled) -> anyhow::Result<Option<ArchiveReport>> {
+    let _lock = match &s.postgres {
+        Some(pg) => match pg.try_archive_lock().await? {
+            Some(lock) => Some(lock),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let retain =
+        chrono::Duration::from_std(s.schedule.retain).context("--retain-usage is too long")?;
+    let req = ArchiveRequest {
+        until_seq: None,
+        before: Some(chrono::Utc::now() - retain),
+        level: s.schedule.level,
+        zstd_level: DEFAULT_ZSTD_LEVEL,
+        no_prune: false,
+        actor: "system".to_owned(),
+    };
+    // Before a prune: the live state folded to the head, and a snapshot of it at or after
+    // the last seq pruned (the snapshot writer writes one only of a verified state).
+    let before_prune = async |last: u64| -> anyhow::Result<()> {
+        s.live.catch_up().await?;
+        s.snapshots.write_if_due(&s.live, 1).await;
+        let dir = s.data_dir.clone();
+        let newest = tokio::task::spawn_blocking(move || crate::snapshot::kept(&dir))
+            .await?
+            .last()
+            .copied()
+            .unwrap_or(0);
+        if newest < last {
+            bail!(
+                "no projection snapshot at or after seq {last} (newest: {newest}; the live state may not be verified yet): not pruning"
+            );
+        }
+        Ok(())
+    };
+    let report = run(
+        s.store.as_ref(),
+        &s.dest,
+        &s.key,
+        s.checkpoint_dir.as_deref(),
+        &req,
+        before_prune,
+    )
+    .await?;
+    // Fold the `audit.archived` events appended outside the appender.
+    s.live.catch_up().await?;
+    Ok(Some(report))
 }

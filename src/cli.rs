@@ -689,6 +689,7 @@ async fn audit(
                 level: segment_level,
                 zstd_level,
                 no_prune,
+                actor: CLI_ACTOR.to_owned(),
             };
             archive(config, store, &to, &req).await
         }

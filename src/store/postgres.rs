@@ -67,6 +67,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 pub const NOTIFY_CHANNEL: &str = "keyward_events";
 /// The advisory lock key every append takes: "keyward" in ASCII, then 1.
 pub const APPEND_LOCK: i64 = 0x6b65_7977_6172_6401;
+/// The advisory lock key that makes the scheduled archive run on one node at a time.
+pub const ARCHIVE_LOCK: i64 = 0x6b65_7977_6172_6403;
 /// The advisory lock key that makes the first-run bootstrap happen on one node only.
 pub const FIRST_RUN_LOCK: i64 = 0x6b65_7977_6172_6402;
 /// The first key of every claim lock ([`PostgresStore::claim_lock`]): "kw" and 3.
@@ -240,6 +242,20 @@ impl PostgresStore {
             conn: Some(conn),
             key: LockKey::One(FIRST_RUN_LOCK),
         })
+    }
+
+    /// The archive lock if no other node holds it, held until released; `None` if one
+    /// does (that node is archiving: this one skips its turn).
+    pub async fn try_archive_lock(&self) -> Result<Option<SessionLock>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(ARCHIVE_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(got.then(|| SessionLock {
+            conn: Some(conn),
+            key: LockKey::One(ARCHIVE_LOCK),
+        }))
     }
 
     /// Waits until no other session, on this node or another, holds the claim on `name`,
