@@ -972,3 +972,124 @@ async fn postgres_archive_lock_lets_one_node_at_a_time_archive() {
     assert!(again.is_some(), "the lock was not released");
     again.unwrap().release().await;
 }
+
+#[tokio::test]
+async fn a_usage_stream_emptied_by_a_prune_never_reuses_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    sqlite_log(dir.path(), 6, 5).await;
+    let db = dir.path().join("keyward.db");
+    // The first key's usage stream lies wholly in the first segment.
+    let mut c = raw_sqlite(&db).await;
+    let (stream, top): (String, i64) = sqlx::query_as(
+        "SELECT stream, max(stream_version) FROM events WHERE stream LIKE 'usage:%' \
+         GROUP BY stream ORDER BY min(seq) LIMIT 1",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    let last_seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM events WHERE stream = ?")
+        .bind(&stream)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        last_seq <= 16,
+        "the fixture changed: {stream} ends at seq {last_seq}"
+    );
+    drop(c);
+    run_ok(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            archive_dir(dir.path()).to_str().unwrap(),
+            "--until-seq",
+            "16",
+            "--segment-level",
+            "4",
+        ],
+    );
+    let mut c = raw_sqlite(&db).await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream = ?")
+        .bind(&stream)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the stream was not emptied by the prune");
+    drop(c);
+
+    let r = keyward::server::start(config_in(dir.path())).await.unwrap();
+    let key_id = stream.strip_prefix("usage:").unwrap().to_owned();
+    let used = keyward_events::Event::KeyUsed(KeyUsed {
+        key_id: key_id.clone(),
+        provider_id: "prv_x".into(),
+        model: Some("gpt-4o".into()),
+        endpoint: "/v1/chat/completions".into(),
+        outcome: UsageOutcome::Success,
+        status: 200,
+        latency_us: 1,
+        upstream_latency_us: None,
+        prompt_tokens: 1,
+        completion_tokens: 1,
+        stream: false,
+        client_ip: None,
+    });
+    let env = r
+        .state
+        .0
+        .commands
+        .appender
+        .submit(vec![NewEvent::new(
+            &used,
+            ExpectedVersion::Any,
+            chrono::Utc::now(),
+            key_id,
+            None,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(env[0].stream_version, top as u64 + 1);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn archive_before_a_time_takes_the_whole_segments_that_occurred_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    sqlite_log(dir.path(), 6, 5).await;
+    let to = archive_dir(dir.path());
+    let archive = |before: &str| {
+        run_ok(
+            dir.path(),
+            &[
+                "audit",
+                "archive",
+                "--to",
+                to.to_str().unwrap(),
+                "--before",
+                before,
+                "--segment-level",
+                "4",
+            ],
+        )
+    };
+    let out = archive("2000-01-01T00:00:00Z");
+    assert!(out.contains("nothing to prune"), "{out}");
+    assert!(segments(&to).is_empty());
+    let out = archive("2999-01-01T00:00:00Z");
+    let events = counts(&dir.path().join("keyward.db")).await;
+    assert!(out.contains("the archive covers up to seq 48"), "{out}");
+    assert_eq!(events.segments, 3);
+    let o = keyward(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            to.to_str().unwrap(),
+            "--segment-level",
+            "4",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
