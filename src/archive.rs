@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use futures::TryStreamExt;
+use keyward_events::Hash32;
 use keyward_events::merkle::{self, CompactRange, NodeId};
 use keyward_events::note::NoteVerifier;
-use keyward_events::{Envelope, Hash32};
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
@@ -196,14 +196,27 @@ async fn node_proof(store: &dyn EventStore, level: u8, index: u64) -> anyhow::Re
     Ok(plan.assemble(|id| nodes.get(&shift(id)).copied())?)
 }
 
-/// The events of seqs `first..=last`, all of them: a segment is built only from a range
-/// the store still holds whole.
-async fn read_range(
+/// Builds segment `index` at `level` from the store: the compressed object and its
+/// manifest. The events are read a page at a time and compressed as they come (one zstd
+/// frame); the manifest, known only at the end, is its own frame put first. Concatenated
+/// frames decompress as one stream, so the object is one NDJSON text.
+pub async fn build_segment(
     store: &dyn EventStore,
-    first: u64,
-    last: u64,
-) -> anyhow::Result<Vec<Envelope>> {
-    let mut out = Vec::with_capacity((last - first + 1) as usize);
+    key: &crate::checkpoint::CheckpointKey,
+    checkpoint_dir: Option<&std::path::Path>,
+    level: u8,
+    index: u64,
+    zstd_level: i32,
+) -> anyhow::Result<(Vec<u8>, Manifest)> {
+    use std::io::Write;
+    let first = (index << level) + 1;
+    let last = (index + 1) << level;
+    let mut range = CompactRange::new();
+    let mut usage = 0;
+    let mut prev_hash = None;
+    let mut last_hash = Hash32::ZERO;
+    let mut body = zstd::stream::write::Encoder::new(Vec::new(), zstd_level).context("zstd")?;
+    let mut line = Vec::with_capacity(1024);
     let mut after = first - 1;
     while after < last {
         let page = store
@@ -216,48 +229,40 @@ async fn read_range(
                 crate::audit::PAGE,
             )
             .await?;
-        let Some(end) = page.last() else { break };
-        after = end.seq;
-        out.extend(page);
-    }
-    for (i, env) in out.iter().enumerate() {
-        if env.seq != first + i as u64 {
-            bail!(
-                "seq {} is not in the store: seqs {first} to {last} cannot be archived whole",
-                first + i as u64
-            );
+        if page.is_empty() {
+            break;
+        }
+        for env in &page {
+            if env.seq != after + 1 {
+                bail!(
+                    "seq {} is not in the store: seqs {first} to {last} cannot be archived whole",
+                    after + 1
+                );
+            }
+            prev_hash.get_or_insert(env.prev_hash);
+            range.push(merkle::leaf_hash(&env.hash));
+            if PRUNABLE_TYPES.contains(&env.event_type.as_str()) {
+                usage += 1;
+            }
+            // The export's form: secrets redacted exactly as `audit export` does.
+            line.clear();
+            keyward_events::export::write_event_line(
+                &mut line,
+                &keyward_events::upcast::readable(env),
+                None,
+            )?;
+            body.write_all(&line)?;
+            last_hash = env.hash;
+            after = env.seq;
         }
     }
-    if out.len() as u64 != last - first + 1 {
+    if after != last {
         bail!(
             "seq {} is not in the store: seqs {first} to {last} cannot be archived whole",
-            first + out.len() as u64
+            after + 1
         );
     }
-    Ok(out)
-}
-
-/// Builds segment `index` at `level` from the store: the compressed object and its
-/// manifest.
-pub async fn build_segment(
-    store: &dyn EventStore,
-    key: &crate::checkpoint::CheckpointKey,
-    checkpoint_dir: Option<&std::path::Path>,
-    level: u8,
-    index: u64,
-    zstd_level: i32,
-) -> anyhow::Result<(Vec<u8>, Manifest)> {
-    let first = (index << level) + 1;
-    let last = (index + 1) << level;
-    let events = read_range(store, first, last).await?;
-    let mut range = CompactRange::new();
-    let mut usage = 0;
-    for env in &events {
-        range.push(merkle::leaf_hash(&env.hash));
-        if PRUNABLE_TYPES.contains(&env.event_type.as_str()) {
-            usage += 1;
-        }
-    }
+    let body = body.finish().context("zstd")?;
     let root = range.root();
     let stored = store
         .tree_nodes(&[NodeId { level, index }])
@@ -275,42 +280,28 @@ pub async fn build_segment(
     let root_proof = node_proof(store, level, index).await?;
     merkle::verify_inclusion(&root, index, index + 1, &root_proof, &cp.root)
         .context("the segment's root does not prove into the checkpoint")?;
-    let (Some(head), Some(tail)) = (events.first(), events.last()) else {
-        bail!("seqs {first} to {last}: no events");
-    };
     let manifest = Manifest {
         format: FORMAT.to_owned(),
         first_seq: first,
         last_seq: last,
-        count: events.len() as u64,
+        count: last - first + 1,
         level,
         index,
-        prev_hash: head.prev_hash,
-        last_hash: tail.hash,
+        prev_hash: prev_hash.unwrap_or(Hash32::ZERO),
+        last_hash,
         root,
         checkpoint: note,
         root_proof,
         usage,
         zstd_level,
     };
-    let mut raw = Vec::with_capacity(events.len() * 400);
-    serde_json::to_writer(
-        &mut raw,
-        &ManifestLine {
-            keyward_segment: manifest.clone(),
-        },
-    )?;
-    raw.push(b'\n');
-    for env in &events {
-        // The export's form: secrets redacted exactly as `audit export` does.
-        keyward_events::export::write_event_line(
-            &mut raw,
-            &keyward_events::upcast::readable(env),
-            None,
-        )?;
-    }
-    let compressed = zstd::bulk::compress(&raw, zstd_level).context("zstd")?;
-    Ok((compressed, manifest))
+    let mut head = serde_json::to_vec(&ManifestLine {
+        keyward_segment: manifest.clone(),
+    })?;
+    head.push(b'\n');
+    let mut object = zstd::bulk::compress(&head, zstd_level).context("zstd")?;
+    object.extend_from_slice(&body);
+    Ok((object, manifest))
 }
 
 /// What a segment that passed [`check_segment`] holds.
@@ -325,18 +316,37 @@ pub struct Checked {
     pub checkpoint_root: Hash32,
 }
 
-/// The largest a segment may decompress to (a level-24 segment of large events fits).
-const MAX_DECOMPRESSED: usize = 64 << 30;
-
-/// Checks one segment on its own: decompresses it, reads the manifest, and checks every
-/// line's form and hash, the chain through it, its count and range (against its name),
-/// the Merkle root, the checkpoint's signature with `verifier`, and that the root proves
-/// into the checkpoint. The error says what is wrong (the caller names the segment).
+/// Checks one segment on its own, reading it as a stream (one line at a time): decompresses
+/// it, reads the manifest, and checks every line's form and hash, the chain through it,
+/// its count and range (against its name), the Merkle root, the checkpoint's signature
+/// with `verifier`, and that the root proves into the checkpoint. The error says what is
+/// wrong (the caller names the segment).
 pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Result<Checked, String> {
-    let raw = decompress(bytes)?;
-    let mut lines = raw.split(|&b| b == b'\n');
-    let first_line = lines.next().unwrap_or_default();
-    let manifest: Manifest = serde_json::from_slice::<ManifestLine>(first_line)
+    use std::io::{BufRead, Read};
+    let decoder = zstd::stream::read::Decoder::new(bytes)
+        .map_err(|e| format!("cannot decompress it: {e}"))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, decoder);
+    let mut line = Vec::with_capacity(4096);
+    let mut read_line = |line: &mut Vec<u8>| -> Result<bool, String> {
+        line.clear();
+        let n = Read::take(&mut reader, keyward_events::export::MAX_LINE as u64 + 1)
+            .read_until(b'\n', line)
+            .map_err(|e| format!("cannot decompress it (zstd): {e}"))?;
+        if n > keyward_events::export::MAX_LINE {
+            return Err(format!(
+                "a line is longer than {} bytes",
+                keyward_events::export::MAX_LINE
+            ));
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        Ok(n > 0)
+    };
+    if !read_line(&mut line)? {
+        return Err("it is empty".to_owned());
+    }
+    let manifest: Manifest = serde_json::from_slice::<ManifestLine>(&line)
         .map_err(|e| format!("its first line is not a segment manifest: {e}"))?
         .keyward_segment;
     if manifest.format != FORMAT {
@@ -362,17 +372,17 @@ pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Resul
             manifest.first_seq, manifest.last_seq, manifest.count, manifest.index
         ));
     }
-    let mut hashes = Vec::with_capacity(manifest.count as usize);
+    let mut hashes = Vec::with_capacity(manifest.count.min(1 << 24) as usize);
     let mut usage = Vec::new();
     let mut range = CompactRange::new();
     let mut prev = manifest.prev_hash;
     let mut scratch = Vec::new();
     let mut expected = manifest.first_seq;
-    for line in lines {
+    while read_line(&mut line)? {
         if line.is_empty() {
             continue;
         }
-        let parsed = keyward_events::export::parse_bytes(line, &mut scratch)
+        let parsed = keyward_events::export::parse_bytes(&line, &mut scratch)
             .map_err(|e| format!("the line of seq {expected} is not an event line: {e}"))?;
         let keyward_events::export::Line::Event {
             envelope: env,
@@ -411,6 +421,12 @@ pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Resul
         hashes.push((env.seq, env.hash));
         prev = env.hash;
         expected += 1;
+        if expected > manifest.last_seq + 1 {
+            return Err(format!(
+                "it holds more events than the {} of its range",
+                manifest.count
+            ));
+        }
     }
     if hashes.len() as u64 != manifest.count {
         return Err(format!(
@@ -464,21 +480,11 @@ pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Resul
     })
 }
 
-fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    zstd::stream::read::Decoder::new(bytes)
-        .map_err(|e| format!("cannot decompress it: {e}"))?
-        .take(MAX_DECOMPRESSED as u64)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("cannot decompress it (zstd): {e}"))?;
-    Ok(out)
-}
-
 /// Checks a segment against the store: its root is the stored tree node, its checkpoint's
 /// root is the store's tree root at that size, and each of its events is the store's (the
 /// event itself, or the kept hash of a pruned one): every seq of its range must be in the
 /// store one way or the other, and its first event chains onto the store's seq before.
+/// Reads the store a page of seqs at a time.
 pub async fn check_against_store(store: &dyn EventStore, checked: &Checked) -> Result<(), String> {
     let m = &checked.manifest;
     let id = NodeId {
@@ -506,36 +512,36 @@ pub async fn check_against_store(store: &dyn EventStore, checked: &Checked) -> R
             m.last_seq
         ));
     }
-    let mut have: HashMap<u64, Hash32> = HashMap::new();
-    let mut after = m.first_seq - 1;
-    loop {
+    for chunk in checked.hashes.chunks(crate::audit::PAGE) {
+        let (Some(lo), Some(hi)) = (chunk.first(), chunk.last()) else {
+            continue;
+        };
+        let mut have: HashMap<u64, Hash32> = HashMap::with_capacity(chunk.len());
         let page = store
             .read(
                 &EventFilter {
-                    after_seq: after,
-                    until_seq: Some(m.last_seq),
+                    after_seq: lo.0 - 1,
+                    until_seq: Some(hi.0),
                     ..EventFilter::default()
                 },
-                crate::audit::PAGE,
+                chunk.len(),
             )
             .await
             .map_err(|e| e.to_string())?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
         have.extend(page.iter().map(|e| (e.seq, e.hash)));
-    }
-    for (seq, h) in store
-        .pruned_hashes(m.first_seq - 1, m.last_seq)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        have.insert(seq, h);
-    }
-    for (seq, hash) in &checked.hashes {
-        match have.get(seq) {
-            Some(h) if h == hash => {}
-            Some(_) => return Err(format!("seq {seq} differs from the store's")),
-            None => return Err(format!("seq {seq} is neither in the store nor archived")),
+        for (seq, h) in store
+            .pruned_hashes(lo.0 - 1, hi.0)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            have.insert(seq, h);
+        }
+        for (seq, hash) in chunk {
+            match have.get(seq) {
+                Some(h) if h == hash => {}
+                Some(_) => return Err(format!("seq {seq} differs from the store's")),
+                None => return Err(format!("seq {seq} is neither in the store nor archived")),
+            }
         }
     }
     // The boundary: the first event chains onto the store's seq first - 1.
