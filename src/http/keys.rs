@@ -656,6 +656,14 @@ pub(crate) async fn list_keys(
             )
             .await?;
             let state = as_of_replay(&app, AsOf::Time(t)).await.map_err(|e| {
+                if let Some(a) = e.downcast_ref::<crate::history::Archived>() {
+                    return ApiError::Coded {
+                        status: axum::http::StatusCode::CONFLICT,
+                        code: "archived",
+                        detail: a.to_string(),
+                        field: Some("as_of".to_owned()),
+                    };
+                }
                 tracing::error!(error = %e, "replay for as_of failed");
                 ApiError::Unavailable
             })?;

@@ -289,6 +289,29 @@ async fn archive_prunes_usage_and_a_restart_keeps_keys_counters_proofs_and_the_w
     assert_eq!(now.keys, before.keys);
     assert_eq!(now.usage, before.usage);
     assert_eq!(now.users, before.users);
+    // An as-of to a time inside the pruned range cannot fold across it: 409 `archived`,
+    // not a wrong table.
+    let early: i64 = sqlx::query_scalar("SELECT occurred_at FROM events WHERE seq = 33")
+        .fetch_one(&mut raw_sqlite(&db).await)
+        .await
+        .unwrap();
+    let t = chrono::DateTime::from_timestamp_micros(early - 1).unwrap();
+    let api = crate::api::Api {
+        app: keyward::app(r.state.clone()),
+    };
+    let admin = std::fs::read_to_string(dir.path().join("initial-admin-key")).unwrap();
+    let (status, body) = api
+        .get(
+            &format!(
+                "/api/v1/keys?as_of={}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    .replace('+', "%2B")
+            ),
+            admin.trim(),
+        )
+        .await;
+    assert_eq!(status, axum::http::StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "archived", "{body}");
     // New usage after the prune still counts on top.
     activity(&r, 1, 2).await;
     r.shutdown().await;
