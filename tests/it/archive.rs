@@ -1116,3 +1116,82 @@ async fn archive_before_a_time_takes_the_whole_segments_that_occurred_before_it(
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// Every seq up to the head is in the log or kept as a pruned hash, and every pruned seq
+/// lies in a recorded segment: no event lost, whatever was cut short.
+async fn no_event_lost(db: &Path) {
+    let mut c = raw_sqlite(db).await;
+    let (head, events, pruned, outside): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT max(seq) FROM events), (SELECT count(*) FROM events), \
+         (SELECT count(*) FROM pruned_hashes), \
+         (SELECT count(*) FROM pruned_hashes p WHERE NOT EXISTS (SELECT 1 FROM archived_segments a \
+            WHERE p.seq BETWEEN a.first_seq AND a.last_seq))",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(events + pruned, head, "events were lost");
+    assert_eq!(outside, 0, "a pruned seq lies in no recorded segment");
+}
+
+#[tokio::test]
+async fn kill_9_during_an_archive_loses_no_event_and_a_rerun_completes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = sqlite_log(dir.path(), 20, 6).await;
+    let db = dir.path().join("keyward.db");
+    let to = archive_dir(dir.path());
+    let args = [
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "audit",
+        "archive",
+        "--to",
+        to.to_str().unwrap(),
+        "--until-seq",
+        "160",
+        "--segment-level",
+        "4",
+    ];
+    let mut kills = 0;
+    for delay_ms in [5u64, 20, 40, 60, 80, 110, 140, 170, 200, 250, 300, 400] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(args)
+            .env_remove("KEYWARD_DATABASE_URL")
+            .env_remove("KEYWARD_MASTER_KEYS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        no_event_lost(&db).await;
+        eprintln!(
+            "after {delay_ms} ms: {} segments recorded, {} objects",
+            counts(&db).await.segments,
+            segments(&to).len()
+        );
+    }
+    assert!(kills > 0, "no run was cut short: the test proves nothing");
+    // A run to the end completes what the killed ones left.
+    let out = run_ok(dir.path(), &args[2..]);
+    assert!(out.contains("the archive covers up to seq 160"), "{out}");
+    no_event_lost(&db).await;
+    assert_eq!(counts(&db).await.segments, 10);
+    assert!(
+        segments(&to).iter().all(|n| !n.ends_with(".partial")),
+        "{:?}",
+        segments(&to)
+    );
+    run_ok(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    let r = keyward::server::start(config_in(dir.path())).await.unwrap();
+    assert_eq!(r.state.0.live.read().usage, before.usage);
+    assert_eq!(r.state.0.live.read().keys, before.keys);
+    r.shutdown().await;
+}
