@@ -561,6 +561,7 @@ const REPLAY_RETRY_AFTER_SECS: u64 = 10;
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`archived`: `as_of` lies before the end of a range whose usage events were archived and pruned, and no kept snapshot at or after it is usable", body = Problem, content_type = "application/problem+json"),
         (status = 429, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
