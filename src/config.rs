@@ -1398,6 +1398,38 @@ mod tests {
     }
 
     #[test]
+    fn the_archive_schedule_needs_a_retention_and_a_stored_tree_level() {
+        let resolve = |to: Option<&str>, retain: Option<&str>, level: Option<&str>| {
+            Config::resolve(
+                &GlobalArgs::default(),
+                &ServeArgs {
+                    archive_to: to.map(str::to_owned),
+                    retain_usage: retain.map(str::to_owned),
+                    archive_segment_level: level.map(str::to_owned),
+                    ..ServeArgs::default()
+                },
+            )
+        };
+        assert!(resolve(None, None, None).unwrap().archive.is_none());
+        let a = resolve(Some("s3://b/p"), Some("90d"), None)
+            .unwrap()
+            .archive
+            .unwrap();
+        assert_eq!(a.to, "s3://b/p");
+        assert_eq!(a.retain, std::time::Duration::from_secs(90 * 86_400));
+        assert_eq!(a.interval, std::time::Duration::from_secs(3600));
+        assert_eq!(a.level, crate::archive::DEFAULT_LEVEL);
+        let e = resolve(Some("s3://b/p"), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--retain-usage"), "{e}");
+        let e = resolve(Some("s3://b/p"), Some("90d"), Some("6"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--archive-segment-level"), "{e}");
+    }
+
+    #[test]
     fn snapshot_every_defaults_to_a_million_and_zero_turns_snapshots_off() {
         let resolve = |v: Option<&str>| {
             Config::resolve(
