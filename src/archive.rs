@@ -840,6 +840,63 @@ pub async fn verify_archive(
     Ok((problems, segments, events))
 }
 
+/// Writes a kept projection snapshot at exactly seq `at` (the last seq a prune will
+/// delete), folded from the newest kept snapshot at or before it, with its timeline: a
+/// start folds from it across nothing pruned, and an as-of to any point after the pruned
+/// range starts from it. Called before anything is deleted.
+pub async fn snapshot_at(
+    store: &dyn EventStore,
+    kept: &crate::history::Kept,
+    keep: usize,
+    at: u64,
+) -> anyhow::Result<()> {
+    let (mut state, mut timeline) =
+        match crate::history::newest_snapshot(store, kept, at, false).await? {
+            Some(l) => (l.state, l.timeline),
+            None => (
+                keyward_projections::State::default(),
+                crate::timeline::Timeline::default(),
+            ),
+        };
+    while state.head.seq < at {
+        let page = store
+            .read(
+                &EventFilter {
+                    after_seq: state.head.seq,
+                    until_seq: Some(at),
+                    ..EventFilter::default()
+                },
+                crate::audit::PAGE,
+            )
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        for env in &page {
+            state.apply(env).with_context(|| {
+                format!(
+                    "cannot fold the log to seq {at} for the projection snapshot the prune needs (is a kept snapshot after an earlier prune missing?); nothing was pruned"
+                )
+            })?;
+            timeline.record(env.seq, env.occurred_at);
+        }
+    }
+    if state.head.seq != at {
+        bail!(
+            "the log ends at seq {} before seq {at}: no projection snapshot can be taken there; nothing was pruned",
+            state.head.seq
+        );
+    }
+    let dir = kept.dir.clone();
+    let keys = kept.keys.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::snapshot::write_kept(&dir, &state, &timeline, &keys, keep)
+    })
+    .await?
+    .context("cannot write the projection snapshot; nothing was pruned")?;
+    Ok(())
+}
+
 // ---------- the schedule (`serve --archive-to`) ----------
 
 /// What the scheduled archive of `serve` works with.
@@ -850,8 +907,9 @@ pub struct Scheduled {
     /// On PostgreSQL: the advisory lock that lets one node at a time archive.
     pub postgres: Option<Arc<crate::store::postgres::PostgresStore>>,
     pub live: Arc<crate::live::Live>,
-    pub snapshots: Arc<crate::snapshot::Snapshots>,
-    pub data_dir: std::path::PathBuf,
+    /// Where projection snapshots are kept and the keys of their MACs.
+    pub kept: crate::history::Kept,
+    pub keep: usize,
     pub key: Arc<crate::checkpoint::CheckpointKey>,
     pub checkpoint_dir: Option<std::path::PathBuf>,
     pub stop: tokio::sync::watch::Receiver<bool>,
@@ -904,23 +962,9 @@ async fn run_scheduled(s: &Scheduled) -> anyhow::Result<Option<ArchiveReport>> {
         no_prune: false,
         actor: "system".to_owned(),
     };
-    // Before a prune: the live state folded to the head, and a snapshot of it at or after
-    // the last seq pruned (the snapshot writer writes one only of a verified state).
+    // Before a prune: a snapshot at the last seq it deletes.
     let before_prune = async |last: u64| -> anyhow::Result<()> {
-        s.live.catch_up().await?;
-        s.snapshots.write_if_due(&s.live, 1).await;
-        let dir = s.data_dir.clone();
-        let newest = tokio::task::spawn_blocking(move || crate::snapshot::kept(&dir))
-            .await?
-            .last()
-            .copied()
-            .unwrap_or(0);
-        if newest < last {
-            bail!(
-                "no projection snapshot at or after seq {last} (newest: {newest}; the live state may not be verified yet): not pruning"
-            );
-        }
-        Ok(())
+        snapshot_at(s.store.as_ref(), &s.kept, s.keep, last).await
     };
     let report = run(
         s.store.as_ref(),

@@ -940,8 +940,9 @@ async fn archive(
     };
     let dest = crate::archive::open_destination(to)?;
     let store_ref = store.as_ref();
-    // Before anything is deleted: a projection snapshot at or after the last seq pruned,
-    // so that a start folds from it and the counters keep what the pruned events held.
+    // Before anything is deleted: a projection snapshot at the last seq pruned, so that a
+    // start folds the counters from it, never across the hole, and an as-of to any point
+    // after the pruned range starts from it.
     let snapshot = async |last_pruned: u64| -> anyhow::Result<()> {
         let Some(kept) = kept_snapshots(config) else {
             bail!(
@@ -950,27 +951,7 @@ async fn archive(
                  the segments were written and verified"
             );
         };
-        let state = replay_for_cli(store_ref, config, AsOf::Seq(u64::MAX)).await?;
-        if state.head.seq < last_pruned {
-            bail!(
-                "the projection state reaches seq {} only, before the last seq to prune ({last_pruned})",
-                state.head.seq
-            );
-        }
-        let dir = kept.dir.clone();
-        let keep = config.snapshots_keep;
-        tokio::task::spawn_blocking(move || {
-            crate::snapshot::write_kept(
-                &dir,
-                &state,
-                &crate::timeline::Timeline::unknown(state.head.seq),
-                &kept.keys,
-                keep,
-            )
-        })
-        .await?
-        .context("cannot write the projection snapshot; nothing was pruned")?;
-        Ok(())
+        crate::archive::snapshot_at(store_ref, &kept, config.snapshots_keep, last_pruned).await
     };
     let report = crate::archive::run(
         store_ref,
@@ -1070,8 +1051,16 @@ async fn verify(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>) -> anyh
         println!("FAILED: {}", f.reason);
         return Ok(1);
     }
+    let pruned = if report.pruned > 0 {
+        format!(
+            " ({} archived, crossed by their kept hashes; `audit verify --archive URL` checks the segments)",
+            count(report.pruned as usize, "pruned event", "pruned events")
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "ok: {} verified; head seq {} hash {}",
+        "ok: {} verified{pruned}; head seq {} hash {}",
         count(report.checked as usize, "event", "events"),
         report.head.seq,
         report.head.hash

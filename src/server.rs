@@ -230,7 +230,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let snapshots = (config.snapshot_every > 0).then(|| {
         let s = Arc::new(Snapshots::new(
             config.data_dir.clone(),
-            snapshot_keys,
+            snapshot_keys.clone(),
             config.snapshot_every as u64,
             config.snapshots_keep,
             report.snapshot.map_or(0, |h| h.seq),
@@ -272,11 +272,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     "--archive-to needs the checkpoint key (KEYWARD_CHECKPOINT_KEY): each segment carries a signed checkpoint"
                 );
             };
-            let Some((snaps, _)) = &snapshots else {
+            if snapshots.is_none() {
                 bail!(
                     "--archive-to needs projection snapshots (--snapshot-every > 0): a start after a prune folds from one"
                 );
-            };
+            }
             let dest = crate::archive::open_destination(&schedule.to)
                 .with_context(|| format!("--archive-to {}", schedule.to))?;
             let (stop, rx) = tokio::sync::watch::channel(false);
@@ -286,8 +286,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 store: store.clone(),
                 postgres: postgres.clone(),
                 live: live.clone(),
-                snapshots: snaps.clone(),
-                data_dir: config.data_dir.clone(),
+                kept: crate::history::Kept {
+                    dir: config.data_dir.clone(),
+                    keys: snapshot_keys.clone(),
+                },
+                keep: config.snapshots_keep,
                 key,
                 checkpoint_dir: config.checkpoint.dir.clone(),
                 stop: rx,

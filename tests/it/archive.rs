@@ -1195,3 +1195,80 @@ async fn kill_9_during_an_archive_loses_no_event_and_a_rerun_completes_it() {
     assert_eq!(r.state.0.live.read().keys, before.keys);
     r.shutdown().await;
 }
+
+/// `GET /api/v1/keys?as_of=T` from the running service, as the admin.
+async fn keys_as_of(
+    r: &keyward::server::Running,
+    dir: &Path,
+    t: chrono::DateTime<chrono::Utc>,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    let api = crate::api::Api {
+        app: keyward::app(r.state.clone()),
+    };
+    let admin = std::fs::read_to_string(dir.join("initial-admin-key")).unwrap();
+    api.get(
+        &format!(
+            "/api/v1/keys?as_of={}",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .replace('+', "%2B")
+        ),
+        admin.trim(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn as_of_after_the_pruned_range_starts_from_the_archive_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    // More than two timeline blocks (256 seqs each), so that a time after the pruned
+    // range has a block boundary below it and above the snapshot.
+    let before = sqlite_log(dir.path(), 30, 20).await;
+    let db = dir.path().join("keyward.db");
+    let head: i64 = sqlx::query_scalar("SELECT max(seq) FROM events")
+        .fetch_one(&mut raw_sqlite(&db).await)
+        .await
+        .unwrap();
+    assert!(head > 600, "{head}");
+    let time_of = async |seq: i64| {
+        let us: i64 = sqlx::query_scalar("SELECT occurred_at FROM events WHERE seq = ?")
+            .bind(seq)
+            .fetch_one(&mut raw_sqlite(&db).await)
+            .await
+            .unwrap();
+        chrono::DateTime::from_timestamp_micros(us).unwrap()
+    };
+    let late = time_of(head).await;
+    let early = time_of(100).await;
+    run_ok(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            archive_dir(dir.path()).to_str().unwrap(),
+            "--until-seq",
+            "256",
+            "--segment-level",
+            "8",
+        ],
+    );
+    assert!(keyward::snapshot::kept(dir.path()).contains(&256));
+    let r = keyward::server::start(config_in(dir.path())).await.unwrap();
+    let (status, body) = keys_as_of(&r, dir.path(), late).await;
+    assert_eq!(status, axum::http::StatusCode::OK, "{body}");
+    assert_eq!(
+        body["keys"].as_array().map(Vec::len),
+        Some(before.keys.iter().count()),
+        "{body}"
+    );
+    // The counters as of then include the pruned usage: from the archive's snapshot.
+    for k in body["keys"].as_array().unwrap() {
+        if k["name"].as_str().is_some_and(|n| n.starts_with("key ")) {
+            assert_eq!(k["usage"]["requests"], 20, "{k}");
+        }
+    }
+    let (status, body) = keys_as_of(&r, dir.path(), early).await;
+    assert_eq!(status, axum::http::StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "archived", "{body}");
+    r.shutdown().await;
+}
