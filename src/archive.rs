@@ -743,21 +743,28 @@ pub async fn run(
 
 // ---------- verify --archive ----------
 
-/// Verifies the archive with the store: every segment on its own, against the store, the
-/// coverage (from seq 1, no gap, no overlap, in order), and every segment the store
-/// records as archived present. Returns a line per problem, naming the segment; empty
-/// when all is well. Also returns the number of segments and events checked.
+/// Verifies the archive, with the store when one is given: every segment on its own
+/// (chain, hashes, root, signature, the root's proof into its checkpoint), that each
+/// chains onto the one before it, and the coverage (from seq 1, no gap, no overlap, in
+/// order). With the store, also every segment against it (root against the stored tree
+/// node, checkpoint root against the store's tree, every event against the store's event
+/// or kept hash) and every segment the store records as archived present. Returns a line
+/// per problem, naming the segment (empty when all is well), the number of segments
+/// checked, the events they hold, and the last seq they cover.
 pub async fn verify_archive(
-    store: &dyn EventStore,
+    store: Option<&dyn EventStore>,
     dest: &Destination,
     verifier: &NoteVerifier,
-) -> anyhow::Result<(Vec<String>, u64, u64)> {
+) -> anyhow::Result<(Vec<String>, u64, u64, u64)> {
     let mut problems = Vec::new();
     let (names, partial) = list_segments(dest).await?;
     for p in partial {
         tracing::warn!(name = %p, "a partial segment (a write a crash cut short) is not counted");
     }
-    let recorded = store.archived_segments().await?;
+    let recorded = match store {
+        Some(store) => store.archived_segments().await?,
+        None => Vec::new(),
+    };
     let in_archive: std::collections::HashSet<&String> = names.iter().collect();
     for seg in &recorded {
         if !in_archive.contains(&seg.name) {
@@ -770,7 +777,7 @@ pub async fn verify_archive(
     let recorded_by_name: HashMap<&str, &ArchivedSegment> =
         recorded.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut covered = 0u64;
-    let mut prev: Option<(String, Hash32)> = None;
+    let mut prev: Option<(String, u64, Hash32)> = None;
     let mut segments = 0;
     let mut events = 0;
     for name in &names {
@@ -805,28 +812,35 @@ pub async fn verify_archive(
                 continue;
             }
         };
-        if let Some((prev_name, prev_last)) = &prev
-            && checked.manifest.first_seq > 1
-            && *prev_last != checked.manifest.prev_hash
-            && parse_segment_name(prev_name).map(|r| r.1) == Some(checked.manifest.first_seq - 1)
+        let m = &checked.manifest;
+        if let Some((prev_name, prev_last, prev_hash)) = &prev
+            && *prev_last + 1 == m.first_seq
+            && *prev_hash != m.prev_hash
         {
             problems.push(format!(
-                "the segment {name} does not chain onto {prev_name}: its first prev_hash is not that segment's last hash"
+                "the segment {name} does not chain onto {prev_name}: its first event's prev_hash is not that segment's last hash"
+            ));
+        }
+        if m.first_seq == 1 && m.prev_hash != Hash32::ZERO {
+            problems.push(format!(
+                "the segment {name} starts the log but its first prev_hash is not zero"
             ));
         }
         if let Some(rec) = recorded_by_name.get(name.as_str())
-            && (rec.root != checked.manifest.root || rec.first_seq != first || rec.last_seq != last)
+            && (rec.root != m.root || rec.first_seq != first || rec.last_seq != last)
         {
             problems.push(format!(
                 "the segment {name} is not the one the store recorded as archived (root or range differ)"
             ));
         }
-        if let Err(e) = check_against_store(store, &checked).await {
+        if let Some(store) = store
+            && let Err(e) = check_against_store(store, &checked).await
+        {
             problems.push(format!("the segment {name} does not match the store: {e}"));
         }
-        prev = Some((name.clone(), checked.manifest.last_hash));
+        prev = Some((name.clone(), m.last_seq, m.last_hash));
         segments += 1;
-        events += checked.manifest.count;
+        events += m.count;
     }
     // Every pruned seq lies in a segment the archive holds.
     if let Some(last) = recorded.last()
@@ -837,7 +851,7 @@ pub async fn verify_archive(
             last.last_seq
         ));
     }
-    Ok((problems, segments, events))
+    Ok((problems, segments, events, covered))
 }
 
 /// Writes a kept projection snapshot at exactly seq `at` (the last seq a prune will

@@ -1272,3 +1272,75 @@ async fn as_of_after_the_pruned_range_starts_from_the_archive_snapshot() {
     assert_eq!(body["code"], "archived", "{body}");
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_archive_verifies_offline_with_the_public_key_alone() {
+    let (dir, to) = archived().await;
+    let key = run_ok(dir.path(), &["audit", "public-key"]);
+    let key = key.trim();
+    // No database: another data dir, empty.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let offline = |to: &Path| {
+        keyward(
+            elsewhere.path(),
+            &[
+                "audit",
+                "verify",
+                "--archive",
+                to.to_str().unwrap(),
+                "--offline",
+                "--public-key",
+                key,
+            ],
+        )
+    };
+    let o = offline(&to);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("in 2 segments"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("seqs 1 to 32"), "{}", stdout(&o));
+    assert!(!elsewhere.path().join("keyward.db").exists());
+
+    // A segment rewritten and re-hashed consistently inside (a forged segment) still fails:
+    // its root no longer proves into its signed checkpoint.
+    rewrite_segment(&to.join(SEG1), |t| {
+        let mut lines: Vec<String> = t.lines().map(str::to_owned).collect();
+        let mut events: Vec<keyward_events::Envelope> = lines[1..]
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        events[3].actor = "usr_01J0000000000000000FORGED".into();
+        let mut prev = events[0].prev_hash;
+        let mut tree = keyward_events::merkle::CompactRange::new();
+        for e in &mut events {
+            e.prev_hash = prev;
+            e.hash = e.compute_hash();
+            prev = e.hash;
+            tree.push(keyward_events::merkle::leaf_hash(&e.hash));
+        }
+        let mut m: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        m["keyward_segment"]["root"] = serde_json::json!(tree.root());
+        m["keyward_segment"]["last_hash"] = serde_json::json!(prev);
+        lines[0] = m.to_string();
+        for (l, e) in lines[1..].iter_mut().zip(&events) {
+            *l = serde_json::to_string(e).unwrap();
+        }
+        lines.join("\n") + "\n"
+    });
+    let o = offline(&to);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!("the segment {SEG1} does not verify")),
+        "{out}"
+    );
+    assert!(
+        out.contains("does not prove into its signed checkpoint"),
+        "{out}"
+    );
+    // With the store it is refused too.
+    let o = keyward(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+}
