@@ -21,6 +21,9 @@ pub struct ChainReport {
     pub head: Head,
     /// Events whose hash was recomputed and matched.
     pub checked: u64,
+    /// Events an archive pruned, crossed by their kept hashes (not recomputed: the
+    /// archive's segments hold them; `audit verify --archive` checks those).
+    pub pruned: u64,
     /// The first event at which the chain does not hold, if any.
     pub failure: Option<ChainFailure>,
 }
@@ -53,21 +56,56 @@ pub async fn verify_chain(
         until_seq: Some(head.seq),
         ..EventFilter::default()
     };
-    let fail = |v: &ChainVerifier, seq: u64, reason: String| ChainReport {
+    let fail = |checked: u64, pruned: u64, seq: u64, reason: String| ChainReport {
         head,
-        checked: v.checked(),
+        checked,
+        pruned,
         failure: Some(ChainFailure { seq, reason }),
     };
     let mut tree = CompactRange::new();
+    // Events checked before the last hole an archive left (the verifier resumes after it).
+    let mut checked_before = 0;
+    let mut pruned = 0;
     loop {
         let page = store.read(&filter, PAGE).await?;
         let Some(last) = page.last() else { break };
         filter.after_seq = last.seq;
         let mut nodes: Vec<(NodeId, Hash32)> = Vec::new();
         for env in &page {
+            if env.seq > v.head().seq + 1 {
+                // A hole: the events an archive pruned, whose hashes the store keeps. The
+                // next event's prev_hash must be the last pruned hash; the pruned hashes
+                // themselves are bound by the stored tree nodes checked below (and by the
+                // archive's segments: `audit verify --archive`).
+                match hole(store, v.head().seq, env.seq).await? {
+                    Ok(hashes) => {
+                        for (_, h) in &hashes {
+                            crate::store::tree::push_events(&mut tree, [h], &mut nodes);
+                        }
+                        pruned += hashes.len() as u64;
+                        checked_before += v.checked();
+                        if let Some(&(seq, hash)) = hashes.last() {
+                            v = ChainVerifier::resume(Head { seq, hash });
+                        }
+                    }
+                    Err(reason) => {
+                        let c = checked_before + v.checked();
+                        return Ok(ChainReport {
+                            head,
+                            checked: c,
+                            pruned,
+                            failure: Some(ChainFailure {
+                                seq: v.head().seq + 1,
+                                reason,
+                            }),
+                        });
+                    }
+                }
+            }
             if let Err(brk) = v.push(env) {
                 return Ok(fail(
-                    &v,
+                    checked_before + v.checked(),
+                    pruned,
                     brk.seq(),
                     format!("the chain breaks at seq {}: {brk}", brk.seq()),
                 ));
@@ -76,7 +114,8 @@ pub async fn verify_chain(
                 && cp.hash != env.hash
             {
                 return Ok(fail(
-                    &v,
+                    checked_before + v.checked(),
+                    pruned,
                     env.seq,
                     format!(
                         "seq {} differs from the checkpoint: the log was rewritten",
@@ -87,14 +126,15 @@ pub async fn verify_chain(
             crate::store::tree::push_events(&mut tree, [&env.hash], &mut nodes);
         }
         if let Some((seq, reason)) = check_stored_nodes(store, &nodes).await? {
-            return Ok(fail(&v, seq, reason));
+            return Ok(fail(checked_before + v.checked(), pruned, seq, reason));
         }
     }
     let end = v.head().seq;
     if end < head.seq {
         // The store reported a head it then did not return: events are missing at the end.
         return Ok(fail(
-            &v,
+            checked_before + v.checked(),
+            pruned,
             end + 1,
             format!(
                 "the log's head is seq {} but it ends at seq {end}: events are missing",
@@ -104,7 +144,8 @@ pub async fn verify_chain(
     }
     if let Some(cp) = checkpoint.filter(|cp| cp.seq > end) {
         return Ok(fail(
-            &v,
+            checked_before + v.checked(),
+            pruned,
             end + 1,
             format!(
                 "the checkpoint is at seq {} but the log ends at seq {end}: events were removed",
@@ -114,9 +155,39 @@ pub async fn verify_chain(
     }
     Ok(ChainReport {
         head,
-        checked: v.checked(),
+        checked: checked_before + v.checked(),
+        pruned,
         failure: None,
     })
+}
+
+/// The kept hashes of the events pruned from seqs `(after, before)`: a hole in the log an
+/// archive left. `Err` says why it is not one (a seq in it is neither in the log nor
+/// pruned: events are missing).
+pub async fn hole(
+    store: &dyn EventStore,
+    after: u64,
+    before: u64,
+) -> Result<Result<Vec<(u64, Hash32)>, String>, StoreError> {
+    if before <= after + 1 {
+        return Ok(Ok(Vec::new()));
+    }
+    let hashes = store.pruned_hashes(after, before - 1).await?;
+    for (i, (seq, _)) in hashes.iter().enumerate() {
+        if *seq != after + 1 + i as u64 {
+            return Ok(Err(format!(
+                "the log skips from seq {after} to seq {before}: seq {} is neither in the log nor archived",
+                after + 1 + i as u64
+            )));
+        }
+    }
+    if hashes.len() as u64 != before - after - 1 {
+        return Ok(Err(format!(
+            "the log skips from seq {after} to seq {before}: seq {} is neither in the log nor archived",
+            after + 1 + hashes.len() as u64
+        )));
+    }
+    Ok(Ok(hashes))
 }
 
 /// The first of `nodes` (recomputed from the events) that the store keeps otherwise, as
@@ -306,8 +377,18 @@ pub async fn inclusion(
         )
         .await?
         .first()
-        .map(|env| env.hash)
-        .ok_or_else(|| TreeError::Corrupt(format!("the event of seq {seq} is missing")))?;
+        .map(|env| env.hash);
+    // An event an archive pruned: the store keeps its hash.
+    let event_hash = match event_hash {
+        Some(h) => Some(h),
+        None => store
+            .pruned_hashes(index, seq)
+            .await?
+            .first()
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, h)| *h),
+    }
+    .ok_or_else(|| TreeError::Corrupt(format!("the event of seq {seq} is missing")))?;
     if merkle::leaf_hash(&event_hash) != leaf_hash {
         return Err(TreeError::Corrupt(format!(
             "the event of seq {seq} changed while its proof was made"

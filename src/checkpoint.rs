@@ -225,10 +225,21 @@ pub async fn extend(
         }
         for env in &page {
             if env.seq != range.size() + 1 {
-                return Err(FoldError::Gap {
-                    after: range.size(),
-                    found: env.seq,
-                });
+                // A hole an archive left: its events' hashes are kept, and fold in their
+                // place. Any other gap is events missing.
+                match crate::audit::hole(store, range.size(), env.seq).await? {
+                    Ok(hashes) if !hashes.is_empty() => {
+                        for (_, h) in &hashes {
+                            range.push(leaf_hash(h));
+                        }
+                    }
+                    _ => {
+                        return Err(FoldError::Gap {
+                            after: range.size(),
+                            found: env.seq,
+                        });
+                    }
+                }
             }
             range.push(leaf_hash(&env.hash));
         }

@@ -126,6 +126,43 @@ pub enum AuditCommand {
         /// hashes the export redacted).
         #[arg(long, requires = "export")]
         strict: bool,
+        /// Also verify the archive (`audit archive --to URL`): every segment decompressed
+        /// and checked (chain, root against the store's tree, checkpoint signature against
+        /// the checkpoint key or --public-key), and that the segments cover the log from
+        /// seq 1 with no gap, overlap or segment missing. A bad segment is named.
+        #[arg(long, conflicts_with = "export")]
+        archive: Option<String>,
+        /// With --archive: the archive alone, with no database (needs --public-key):
+        /// every segment, their chaining and coverage, and each root's proof into its
+        /// signed checkpoint.
+        #[arg(long, requires = "archive", requires = "public_key")]
+        offline: bool,
+    },
+    /// Write the events up to a point as sealed, signed segments (zstd NDJSON) to an
+    /// archive (a directory, file://, s3://, gs://, az://), read each back and verify it,
+    /// then delete the archived usage events (key.used, key.denied) from the store in one
+    /// transaction, keeping their hashes. Lifecycle events stay. Needs the checkpoint key.
+    Archive {
+        /// Where segments go: a directory, file:///dir, s3://bucket/prefix (AWS_* variables:
+        /// AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+        /// AWS_ALLOW_HTTP), gs://bucket/prefix, az://container/prefix.
+        #[arg(long)]
+        to: String,
+        /// Archive up to this seq, rounded down to whole segments.
+        #[arg(long, conflicts_with = "before", required_unless_present = "before")]
+        until_seq: Option<u64>,
+        /// Archive the events that occurred before this RFC 3339 time, rounded down to
+        /// whole segments.
+        #[arg(long)]
+        before: Option<String>,
+        /// Each segment holds 2^LEVEL events (a multiple of 4; 20 = 1,048,576).
+        #[arg(long, default_value_t = crate::archive::DEFAULT_LEVEL)]
+        segment_level: u8,
+        #[arg(long, default_value_t = crate::archive::DEFAULT_ZSTD_LEVEL)]
+        zstd_level: i32,
+        /// Write and verify the segments only; delete nothing.
+        #[arg(long)]
+        no_prune: bool,
     },
     /// Print the public key that verifies this service's signed checkpoints.
     PublicKey,
@@ -237,6 +274,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
+        // The archive alone: no config, no store.
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    archive: Some(url),
+                    offline: true,
+                    public_key: Some(key),
+                    ..
+                },
+        } => verify_archive_offline(&url, &key).await,
         // Offline: no config, no store.
         Command::Audit {
             command:
@@ -247,6 +294,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     complete,
                     filtered,
                     strict,
+                    archive: _,
+                    offline: _,
                 },
         } => verify_export_offline(
             &export,
@@ -625,11 +674,41 @@ async fn audit(
 ) -> anyhow::Result<i32> {
     match command {
         AuditCommand::Verify {
+            archive: Some(url),
+            public_key,
+            checkpoint,
+            ..
+        } => verify_with_archive(config, store, &url, public_key, checkpoint).await,
+        AuditCommand::Verify {
             checkpoint: Some(path),
             public_key,
             ..
         } if !is_json_head(&path) => verify_signed(config, store, &path, public_key).await,
         AuditCommand::Verify { checkpoint, .. } => verify(store, checkpoint).await,
+        AuditCommand::Archive {
+            to,
+            until_seq,
+            before,
+            segment_level,
+            zstd_level,
+            no_prune,
+        } => {
+            let before = before
+                .map(|t| {
+                    crate::time::parse(&t)
+                        .with_context(|| format!("--before {t:?} is not an RFC 3339 time"))
+                })
+                .transpose()?;
+            let req = crate::archive::ArchiveRequest {
+                until_seq,
+                before,
+                level: segment_level,
+                zstd_level,
+                no_prune,
+                actor: CLI_ACTOR.to_owned(),
+            };
+            archive(config, store, &to, &req).await
+        }
         AuditCommand::PublicKey | AuditCommand::GenerateCheckpointKey { .. } => {
             bail!("handled before the store is opened")
         }
@@ -828,6 +907,172 @@ async fn verify_signed(
     Ok(0)
 }
 
+/// The checkpoint public key: `--public-key` (text or file), else the configured key's.
+fn checkpoint_verifier(
+    config: &Config,
+    public_key: Option<String>,
+) -> anyhow::Result<keyward_events::note::NoteVerifier> {
+    match public_key {
+        Some(arg) => keyward_events::note::NoteVerifier::from_text(&public_key_text(&arg)?)
+            .map_err(|e| anyhow::anyhow!("--public-key: {e}")),
+        None => match crate::checkpoint::load_key(config, false)? {
+            Some(key) => Ok(key.verifier()),
+            None => bail!(
+                "no public key to check the archive's checkpoints with: give --public-key, or configure KEYWARD_CHECKPOINT_KEY"
+            ),
+        },
+    }
+}
+
+/// `audit archive`: segments written, read back and verified, then the prune.
+async fn archive(
+    config: &Config,
+    store: Arc<dyn EventStore>,
+    to: &str,
+    req: &crate::archive::ArchiveRequest,
+) -> anyhow::Result<i32> {
+    let Some(key) = crate::checkpoint::load_key(config, false)? else {
+        bail!(
+            "the archive signs each segment's checkpoint and there is no checkpoint key: set KEYWARD_CHECKPOINT_KEY \
+             (--checkpoint-key or --checkpoint-key-file); on SQLite `serve` generates a development key into {}",
+            config
+                .data_dir
+                .join(crate::checkpoint::DEV_KEY_FILE)
+                .display()
+        );
+    };
+    // On SQLite `serve` alone appends while it holds the data dir: a prune (a delete and
+    // an append) from here would race its head. Held to the end.
+    let _lock = if config.sqlite_path().is_some() && !req.no_prune {
+        Some(crate::server::lock_data_dir(&config.data_dir).map_err(|_| {
+            anyhow::anyhow!(
+                "`serve` is running on the data dir {}: stop it to archive and prune from the command line \
+                 (or archive with --no-prune, which deletes nothing)",
+                config.data_dir.display()
+            )
+        })?)
+    } else {
+        None
+    };
+    let dest = crate::archive::open_destination(to)?;
+    let store_ref = store.as_ref();
+    // Before anything is deleted: a projection snapshot at the last seq pruned, so that a
+    // start folds the counters from it, never across the hole, and an as-of to any point
+    // after the pruned range starts from it.
+    let snapshot = async |last_pruned: u64| -> anyhow::Result<()> {
+        let Some(kept) = kept_snapshots(config) else {
+            bail!(
+                "no projection snapshot can be taken (snapshots are off, or no master key is at hand to MAC it): \
+                 refusing to prune, since a start could not fold the counters across the pruned events; \
+                 the segments were written and verified"
+            );
+        };
+        crate::archive::snapshot_at(store_ref, &kept, config.snapshots_keep, last_pruned).await
+    };
+    let report = crate::archive::run(
+        store_ref,
+        &dest,
+        &key,
+        config.checkpoint.dir.as_deref(),
+        req,
+        snapshot,
+    )
+    .await?;
+    for name in &report.written {
+        println!("verified {name}");
+    }
+    if req.no_prune {
+        println!(
+            "{} written and verified in {}; nothing pruned (--no-prune)",
+            count(report.written.len(), "segment", "segments"),
+            dest.url
+        );
+    } else if report.pruned_segments.is_empty() {
+        println!(
+            "nothing to prune: the archive covers up to seq {} (whole segments of {} events only)",
+            report.covered,
+            1u64 << req.level
+        );
+    } else {
+        println!(
+            "pruned {} from {}; the archive covers up to seq {}",
+            count(report.pruned_events as usize, "usage event", "usage events"),
+            count(report.pruned_segments.len(), "segment", "segments"),
+            report.covered
+        );
+    }
+    Ok(0)
+}
+
+/// `audit verify --archive URL`: the store's chain (across the pruned holes), then every
+/// segment of the archive. Exits 1 naming each bad segment.
+async fn verify_with_archive(
+    config: &Config,
+    store: Arc<dyn EventStore>,
+    url: &str,
+    public_key: Option<String>,
+    checkpoint: Option<PathBuf>,
+) -> anyhow::Result<i32> {
+    let verifier = checkpoint_verifier(config, public_key.clone())?;
+    if let Some(path) = &checkpoint {
+        let code = if is_json_head(path) {
+            verify(store.clone(), checkpoint.clone()).await?
+        } else {
+            verify_signed(config, store.clone(), path, public_key).await?
+        };
+        if code != 0 {
+            return Ok(code);
+        }
+    }
+    let report = crate::audit::verify_chain(store.as_ref(), None).await?;
+    if let Some(f) = &report.failure {
+        println!("FAILED: {}", f.reason);
+        return Ok(1);
+    }
+    let dest = crate::archive::open_destination(url)?;
+    let (problems, segments, events, _) =
+        crate::archive::verify_archive(Some(store.as_ref()), &dest, &verifier).await?;
+    if !problems.is_empty() {
+        for p in &problems {
+            println!("FAILED: {p}");
+        }
+        return Ok(1);
+    }
+    println!(
+        "ok: {} in the store verified ({} pruned, crossed by their kept hashes); {} in {} of the archive {url} verified; head seq {} hash {}",
+        count(report.checked as usize, "event", "events"),
+        report.pruned,
+        count(events as usize, "event", "events"),
+        count(segments as usize, "segment", "segments"),
+        report.head.seq,
+        report.head.hash
+    );
+    Ok(0)
+}
+
+/// `audit verify --archive URL --offline --public-key KEY`: the archive with no database.
+async fn verify_archive_offline(url: &str, public_key: &str) -> anyhow::Result<i32> {
+    let verifier = keyward_events::note::NoteVerifier::from_text(&public_key_text(public_key)?)
+        .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+    let dest = crate::archive::open_destination(url)?;
+    let (problems, segments, events, covered) =
+        crate::archive::verify_archive(None, &dest, &verifier).await?;
+    if !problems.is_empty() {
+        for p in &problems {
+            println!("FAILED: {p}");
+        }
+        return Ok(1);
+    }
+    println!(
+        "ok: {} in {} of the archive {url} verified, seqs 1 to {covered}, signed by {} \
+         (offline: the store was not compared)",
+        count(events as usize, "event", "events"),
+        count(segments as usize, "segment", "segments"),
+        verifier.name()
+    );
+    Ok(0)
+}
+
 async fn verify(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>) -> anyhow::Result<i32> {
     let cp: Option<Head> = match checkpoint {
         Some(p) => {
@@ -845,8 +1090,16 @@ async fn verify(store: Arc<dyn EventStore>, checkpoint: Option<PathBuf>) -> anyh
         println!("FAILED: {}", f.reason);
         return Ok(1);
     }
+    let pruned = if report.pruned > 0 {
+        format!(
+            " ({} archived, crossed by their kept hashes; `audit verify --archive URL` checks the segments)",
+            count(report.pruned as usize, "pruned event", "pruned events")
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "ok: {} verified; head seq {} hash {}",
+        "ok: {} verified{pruned}; head seq {} hash {}",
         count(report.checked as usize, "event", "events"),
         report.head.seq,
         report.head.hash

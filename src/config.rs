@@ -165,6 +165,21 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub checkpoint_witness_secret: Option<String>,
+    /// Archive the log on a schedule (`audit archive`, run by `serve`): where segments go
+    /// (a directory, file://, s3://, gs://, az://). Needs --retain-usage and the
+    /// checkpoint key. On PostgreSQL one node at a time archives.
+    #[arg(long, env = "KEYWARD_ARCHIVE_TO")]
+    pub archive_to: Option<String>,
+    /// With --archive-to: usage events older than this (e.g. `90d`) are archived and
+    /// pruned, in whole segments.
+    #[arg(long, env = "KEYWARD_RETAIN_USAGE")]
+    pub retain_usage: Option<String>,
+    /// How often the scheduled archive looks for whole segments to archive (`1h`).
+    #[arg(long, env = "KEYWARD_ARCHIVE_INTERVAL")]
+    pub archive_interval: Option<String>,
+    /// Each segment holds 2^LEVEL events (a multiple of 4, default 20).
+    #[arg(long, env = "KEYWARD_ARCHIVE_SEGMENT_LEVEL")]
+    pub archive_segment_level: Option<String>,
     /// Start even though the audit chain does not verify, or the log is behind or
     /// inconsistent with the newest signed checkpoint. Loudly.
     #[arg(long)]
@@ -215,6 +230,10 @@ struct FileConfig {
     checkpoint_interval: Option<String>,
     checkpoint_witness_url: Option<String>,
     checkpoint_witness_secret: Option<String>,
+    archive_to: Option<String>,
+    retain_usage: Option<String>,
+    archive_interval: Option<String>,
+    archive_segment_level: Option<u8>,
 }
 
 /// The checkpoint settings of the file, taken out before the rest is read.
@@ -243,6 +262,16 @@ impl FileCheckpoint {
             checkpoint_witness_secret: f.checkpoint_witness_secret.take(),
         }
     }
+}
+
+/// `serve --archive-to URL --retain-usage D`: the scheduled archive.
+#[derive(Clone, Debug)]
+pub struct ArchiveSchedule {
+    pub to: String,
+    /// Usage events older than this are archived, in whole segments.
+    pub retain: std::time::Duration,
+    pub interval: std::time::Duration,
+    pub level: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,6 +326,8 @@ pub struct Config {
     pub snapshots_keep: usize,
     /// Signed checkpoints: the key, where they go and how often.
     pub checkpoint: CheckpointConfig,
+    /// The scheduled archive (`--archive-to`), when one is configured.
+    pub archive: Option<ArchiveSchedule>,
     pub allow_broken_chain: bool,
 }
 
@@ -578,6 +609,10 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "checkpoint-origin" => "checkpoint_origin",
         "checkpoint-every" => "checkpoint_every",
         "checkpoint-interval" => "checkpoint_interval",
+        "archive-to" => "archive_to",
+        "retain-usage" => "retain_usage",
+        "archive-interval" => "archive_interval",
+        "archive-segment-level" => "archive_segment_level",
         "checkpoint-witness-url" => "checkpoint_witness_url",
         "checkpoint-witness-secret" => "checkpoint_witness_secret",
         other => other,
@@ -822,6 +857,46 @@ impl Config {
                 ));
             }
         };
+        let archive = match s.archive_to.clone().or(file.archive_to.take()) {
+            None => None,
+            Some(to) => {
+                let retain = s
+                    .retain_usage
+                    .clone()
+                    .or(file.retain_usage.take())
+                    .ok_or_else(|| bad("archive-to", "needs --retain-usage, e.g. 90d"))?;
+                let retain = parse_duration(&retain)
+                    .map_err(|r| bad("retain-usage", r))?
+                    .to_std()
+                    .map_err(|_| bad("retain-usage", "must be positive"))?;
+                let interval = std_duration(
+                    s.archive_interval.as_deref(),
+                    file.archive_interval.take(),
+                    "1h",
+                    "archive-interval",
+                )?;
+                let level = match s.archive_segment_level.as_deref() {
+                    Some(t) => t
+                        .parse::<u8>()
+                        .map_err(|_| bad("archive-segment-level", "must be a number"))?,
+                    None => file
+                        .archive_segment_level
+                        .unwrap_or(crate::archive::DEFAULT_LEVEL),
+                };
+                if level == 0 || !level.is_multiple_of(4) || level > 40 {
+                    return Err(bad(
+                        "archive-segment-level",
+                        "must be a multiple of 4 from 4 to 40",
+                    ));
+                }
+                Some(ArchiveSchedule {
+                    to,
+                    retain,
+                    interval,
+                    level,
+                })
+            }
+        };
         let notify_url = s.notify_webhook_url.clone().or(file.notify_webhook_url);
         let notify_secret = s
             .notify_webhook_secret
@@ -920,6 +995,7 @@ impl Config {
             snapshot_every,
             snapshots_keep,
             checkpoint,
+            archive,
             allow_broken_chain: s.allow_broken_chain,
         })
     }
@@ -1319,6 +1395,38 @@ mod tests {
             .to_string();
         assert!(e.contains("KEYWARD_UPSTREAM_ALLOW"), "{e}");
         assert!(e.contains("\"intranet\""), "{e}");
+    }
+
+    #[test]
+    fn the_archive_schedule_needs_a_retention_and_a_stored_tree_level() {
+        let resolve = |to: Option<&str>, retain: Option<&str>, level: Option<&str>| {
+            Config::resolve(
+                &GlobalArgs::default(),
+                &ServeArgs {
+                    archive_to: to.map(str::to_owned),
+                    retain_usage: retain.map(str::to_owned),
+                    archive_segment_level: level.map(str::to_owned),
+                    ..ServeArgs::default()
+                },
+            )
+        };
+        assert!(resolve(None, None, None).unwrap().archive.is_none());
+        let a = resolve(Some("s3://b/p"), Some("90d"), None)
+            .unwrap()
+            .archive
+            .unwrap();
+        assert_eq!(a.to, "s3://b/p");
+        assert_eq!(a.retain, std::time::Duration::from_secs(90 * 86_400));
+        assert_eq!(a.interval, std::time::Duration::from_secs(3600));
+        assert_eq!(a.level, crate::archive::DEFAULT_LEVEL);
+        let e = resolve(Some("s3://b/p"), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--retain-usage"), "{e}");
+        let e = resolve(Some("s3://b/p"), Some("90d"), Some("6"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--archive-segment-level"), "{e}");
     }
 
     #[test]

@@ -167,6 +167,18 @@ pub async fn replay_from(
     })
 }
 
+/// A replay that would have to fold across events an archive pruned.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the usage events of seqs {first} to {last} were archived and pruned from the log: a replay can only start \
+     from a kept projection snapshot at or after seq {last}, and none at or before the point asked for is usable \
+     (the archive's segments hold the pruned events)"
+)]
+pub struct Archived {
+    pub first: u64,
+    pub last: u64,
+}
+
 /// Folds the events in `(after, until]` (to the end of the log without `until`), only
 /// those that occurred by `time` when given.
 async fn fold(
@@ -185,8 +197,25 @@ async fn fold(
         let Some(last) = page.last() else {
             return Ok(());
         };
+        let mut prev = after;
         after = last.seq;
         for env in page.iter().take_while(|e| until.is_none_or(|u| e.seq <= u)) {
+            if env.seq != prev + 1 {
+                // A hole an archive left: the usage events in it are not in the store, so
+                // a fold across it would give wrong counters. Only a kept snapshot at or
+                // after the hole can be the start.
+                match crate::audit::hole(store, prev, env.seq).await? {
+                    Ok(_) => {
+                        return Err(Archived {
+                            first: prev + 1,
+                            last: env.seq - 1,
+                        }
+                        .into());
+                    }
+                    Err(reason) => anyhow::bail!(reason),
+                }
+            }
+            prev = env.seq;
             *read += 1;
             apply(state, env, time)?;
         }

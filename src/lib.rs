@@ -3,6 +3,7 @@
 //! Layers, each using only the ones below it: `http` → `commands` / `auth` → `live` →
 //! `store` and the pure `keyward_projections` → `keyward_events`, `config`, `crypto`.
 
+pub mod archive;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;

@@ -112,6 +112,12 @@ pub enum LiveError {
     BrokenChain(keyward_events::ChainBreak),
     #[error("cannot fold the log: {0}")]
     Apply(#[from] ApplyError),
+    #[error(
+        "the usage events of seqs {first} to {last} were archived and pruned from the log, so the projections cannot be \
+         folded across them: a start needs a projection snapshot at or after seq {last} (the archive takes one into the \
+         data dir's snapshots/; copy it to this node's data dir, with the same master keys)"
+    )]
+    Archived { first: u64, last: u64 },
 }
 
 /// What the start-up rebuild found.
@@ -186,6 +192,16 @@ impl Live {
                 break;
             }
             for env in &page {
+                if env.seq > state.head.seq + 1
+                    && let Ok(Ok(hashes)) =
+                        crate::audit::hole(store.as_ref(), state.head.seq, env.seq).await
+                    && let (Some(first), Some(last)) = (hashes.first(), hashes.last())
+                {
+                    return Err(LiveError::Archived {
+                        first: first.0,
+                        last: last.0,
+                    });
+                }
                 if let Err(brk) = verifier.push(env) {
                     if !allow_broken_chain {
                         return Err(LiveError::BrokenChain(brk));
@@ -396,17 +412,50 @@ pub async fn log_hash_at(
             1,
         )
         .await?;
-    Ok(page.first().filter(|e| e.seq == seq).map(|e| e.hash))
+    if let Some(h) = page.first().filter(|e| e.seq == seq).map(|e| e.hash) {
+        return Ok(Some(h));
+    }
+    // An event an archive pruned: the store keeps its hash, bound into the chain by the
+    // next event's prev_hash, so a snapshot at its seq is still one the log holds.
+    Ok(store
+        .pruned_hashes(seq - 1, seq)
+        .await?
+        .first()
+        .filter(|(s, _)| *s == seq)
+        .map(|(_, h)| *h))
+}
+
+/// Crosses the hole an archive left before seq `next`: the verifier resumes from the last
+/// pruned hash (the chain inside the hole is the archive's to check, and the next event's
+/// prev_hash binds it). A gap that is not such a hole is a break.
+async fn cross_hole(
+    store: &dyn EventStore,
+    after: Head,
+    next: u64,
+) -> Result<ChainVerifier, keyward_events::ChainBreak> {
+    let gap = keyward_events::ChainBreak::Gap {
+        seq: next,
+        expected: after.seq + 1,
+    };
+    match crate::audit::hole(store, after.seq, next).await {
+        Ok(Ok(hashes)) => match hashes.last() {
+            Some(&(seq, hash)) => Ok(ChainVerifier::resume(Head { seq, hash })),
+            None => Err(gap),
+        },
+        _ => Err(gap),
+    }
 }
 
 /// Verifies the chain from seq 1 up to `head`, the snapshot a start used, and that it
 /// arrives at `head`'s hash. Reads the log a page at a time; meant for a background task.
-/// Returns the number of events checked and their timeline (see [`Live::fill_timeline`]).
+/// Crosses the holes an archive left by their kept hashes. Returns the number of events
+/// checked and their timeline (see [`Live::fill_timeline`]).
 pub async fn verify_prefix(
     store: &dyn EventStore,
     head: Head,
 ) -> Result<(u64, Timeline), keyward_events::ChainBreak> {
     let mut verifier = ChainVerifier::new();
+    let mut checked = 0;
     let mut timeline = Timeline::default();
     while verifier.head().seq < head.seq {
         let page = match store.read_from(verifier.head().seq, PAGE).await {
@@ -418,10 +467,23 @@ pub async fn verify_prefix(
                 continue;
             }
         };
+        // A hole before the next event, or before the snapshot's own seq (itself pruned).
+        let hole_end = page
+            .first()
+            .map_or(head.seq + 1, |e| e.seq.min(head.seq + 1));
+        if hole_end > verifier.head().seq + 1 {
+            checked += verifier.checked();
+            verifier = cross_hole(store, verifier.head(), hole_end).await?;
+            continue;
+        }
         if page.is_empty() {
             return Err(keyward_events::ChainBreak::Checkpoint { seq: head.seq });
         }
         for env in page.iter().take_while(|e| e.seq <= head.seq) {
+            if env.seq > verifier.head().seq + 1 {
+                checked += verifier.checked();
+                verifier = cross_hole(store, verifier.head(), env.seq).await?;
+            }
             verifier.push(env)?;
             timeline.record(env.seq, env.occurred_at);
         }
@@ -429,5 +491,5 @@ pub async fn verify_prefix(
     if verifier.head() != head {
         return Err(keyward_events::ChainBreak::Checkpoint { seq: head.seq });
     }
-    Ok((verifier.checked(), timeline))
+    Ok((checked + verifier.checked(), timeline))
 }

@@ -51,6 +51,11 @@ pub struct Running {
         tokio::sync::watch::Sender<bool>,
         tokio::task::JoinHandle<()>,
     )>,
+    /// The scheduled archive (`--archive-to`) and its stop.
+    archiver: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
     _lock: Option<File>,
 }
 
@@ -63,6 +68,10 @@ impl Running {
         let _ = task.await;
         if let Some(n) = self.notifier {
             let _ = n.await;
+        }
+        if let Some((stop, task)) = self.archiver {
+            let _ = stop.send(true);
+            let _ = task.await;
         }
         self.proxy_janitor.abort();
         let _ = self.proxy_janitor.await;
@@ -221,7 +230,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let snapshots = (config.snapshot_every > 0).then(|| {
         let s = Arc::new(Snapshots::new(
             config.data_dir.clone(),
-            snapshot_keys,
+            snapshot_keys.clone(),
             config.snapshot_every as u64,
             config.snapshots_keep,
             report.snapshot.map_or(0, |h| h.seq),
@@ -251,6 +260,44 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let (stop, rx) = tokio::sync::watch::channel(false);
         checkpoints = Some((stop, writer.spawn(rx)));
     }
+    let archiver = match &config.archive {
+        None => None,
+        Some(schedule) => {
+            let key = match &checkpoint_start {
+                Some((key, _, _)) => Some(key.clone()),
+                None => crate::checkpoint::load_key(&config, false)?,
+            };
+            let Some(key) = key else {
+                bail!(
+                    "--archive-to needs the checkpoint key (KEYWARD_CHECKPOINT_KEY): each segment carries a signed checkpoint"
+                );
+            };
+            if snapshots.is_none() {
+                bail!(
+                    "--archive-to needs projection snapshots (--snapshot-every > 0): a start after a prune folds from one"
+                );
+            }
+            let dest = crate::archive::open_destination(&schedule.to)
+                .with_context(|| format!("--archive-to {}", schedule.to))?;
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let task = crate::archive::spawn_schedule(crate::archive::Scheduled {
+                schedule: schedule.clone(),
+                dest,
+                store: store.clone(),
+                postgres: postgres.clone(),
+                live: live.clone(),
+                kept: crate::history::Kept {
+                    dir: config.data_dir.clone(),
+                    keys: snapshot_keys.clone(),
+                },
+                keep: config.snapshots_keep,
+                key,
+                checkpoint_dir: config.checkpoint.dir.clone(),
+                stop: rx,
+            });
+            Some((stop, task))
+        }
+    };
     let mut app = App::new(config, store, live, commands, keyring, proxy);
     app.checkpoint_key = checkpoint_start.map(|(key, _, _)| key);
     app.set_ready(true);
@@ -268,6 +315,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         report,
         initial_key_file,
         appender: handle,
+        archiver,
         sweeper,
         notifier,
         tail,

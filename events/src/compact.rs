@@ -682,9 +682,15 @@ mod tests {
             assert!(shape.windows(2).all(|w| w[0].as_bytes() < w[1].as_bytes()));
         }
         // A subset of a shape's keys, and one with a key outside every shape.
-        round(&json!({"client_ip": "::1", "endpoint": "/x", "stream": true}), &[]);
+        round(
+            &json!({"client_ip": "::1", "endpoint": "/x", "stream": true}),
+            &[],
+        );
         round(&json!({"client_ip": 1, "endpoint": 2, "zzz": 3}), &[]);
-        round(&json!({"suppressed": 0, "reason": "ip", "key_id": "k"}), &[]);
+        round(
+            &json!({"suppressed": 0, "reason": "ip", "key_id": "k"}),
+            &[],
+        );
     }
 
     #[test]

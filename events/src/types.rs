@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::hash::Hash32;
 use crate::time::{self, Timestamp};
 
 pub const SYSTEM_ACTOR: &str = "system";
@@ -55,6 +56,8 @@ pub enum Event {
     UserSignedIn(UserSignedIn),
     #[serde(rename = "user.signed_out")]
     UserSignedOut(UserSignedOut),
+    #[serde(rename = "audit.archived")]
+    AuditArchived(AuditArchived),
 }
 
 /// Every type name, in the order of the table in DESIGN.md.
@@ -79,6 +82,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "audit.read",
     "user.signed_in",
     "user.signed_out",
+    "audit.archived",
 ];
 
 impl Event {
@@ -104,6 +108,7 @@ impl Event {
             Event::AuditRead(_) => "audit.read",
             Event::UserSignedIn(_) => "user.signed_in",
             Event::UserSignedOut(_) => "user.signed_out",
+            Event::AuditArchived(_) => "audit.archived",
         }
     }
 
@@ -137,6 +142,7 @@ impl Event {
             Event::AuditRead(_) => AUDIT_STREAM.to_owned(),
             Event::UserSignedIn(e) => session_stream(&e.user_id),
             Event::UserSignedOut(e) => session_stream(&e.user_id),
+            Event::AuditArchived(_) => ARCHIVE_STREAM.to_owned(),
         }
     }
 
@@ -187,6 +193,8 @@ pub fn user_stream(user_id: &str) -> String {
 }
 /// The stream of `audit.read`: who read the audit history, in one place.
 pub const AUDIT_STREAM: &str = "audit";
+/// The stream of `audit.archived`: the log's own life cycle.
+pub const ARCHIVE_STREAM: &str = "archive";
 /// Console sign-ins and sign-outs, on their own stream so that they never move the
 /// version a command on the user (`user:<id>`) expects.
 pub fn session_stream(user_id: &str) -> String {
@@ -696,4 +704,31 @@ mod double_option {
     ) -> Result<Option<Option<T>>, D::Error> {
         Option::<T>::deserialize(d).map(Some)
     }
+}
+
+/// `audit.archived`: the usage events (`key.used`, `key.denied`) of seqs `first_seq` to
+/// `last_seq` were written to sealed archive segments, read back and verified, and then
+/// deleted from the hot store. Their hashes stay in the store (`pruned_hashes`), so the
+/// chain and the Merkle tree still verify across the hole; every other event of the range
+/// stays in the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditArchived {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// How many usage events were deleted.
+    pub pruned: u64,
+    pub segments: Vec<ArchivedSegmentRef>,
+}
+
+/// One sealed segment an `audit.archived` names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArchivedSegmentRef {
+    /// The object's name in the archive.
+    pub name: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The Merkle subtree root over the segment's events (hex): the tree's stored node.
+    pub root: Hash32,
+    /// The signed checkpoint (a C2SP signed note) the segment carries.
+    pub checkpoint: String,
 }

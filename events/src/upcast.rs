@@ -66,6 +66,7 @@ fn decode_current(event_type: &str, data: &Value) -> Result<Event, serde_json::E
         "audit.read" => Event::AuditRead(AuditRead::deserialize(data)?),
         "user.signed_in" => Event::UserSignedIn(UserSignedIn::deserialize(data)?),
         "user.signed_out" => Event::UserSignedOut(UserSignedOut::deserialize(data)?),
+        "audit.archived" => Event::AuditArchived(AuditArchived::deserialize(data)?),
         // The caller checked the type against `current_schema`; keep both lists in step.
         other => {
             return Err(serde::de::Error::custom(format!("no decoder for {other}")));

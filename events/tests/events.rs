@@ -256,6 +256,18 @@ fn every_type_has_a_schema_and_round_trips_through_its_envelope() {
             user_id: "usr_1".into(),
             session: "0123456789abcdef".into(),
         }),
+        Event::AuditArchived(AuditArchived {
+            first_seq: 1,
+            last_seq: 16,
+            pruned: 12,
+            segments: vec![ArchivedSegmentRef {
+                name: "keyward-segment-00000000000000000001-00000000000000000016.ndjson.zst".into(),
+                first_seq: 1,
+                last_seq: 16,
+                root: Hash32([7; 32]),
+                checkpoint: "example.com/log\n16\nroot\n".into(),
+            }],
+        }),
     ];
     let names: Vec<_> = events.iter().map(Event::type_name).collect();
     assert_eq!(names, EVENT_TYPES);

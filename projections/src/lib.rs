@@ -120,7 +120,10 @@ impl State {
             | Event::UserEnabled(_) => self.users.apply(env, event),
             // Reads of the audit history and console sessions change no key, provider or
             // user: only the head moves.
-            Event::AuditRead(_) | Event::UserSignedIn(_) | Event::UserSignedOut(_) => {}
+            Event::AuditRead(_)
+            | Event::UserSignedIn(_)
+            | Event::UserSignedOut(_)
+            | Event::AuditArchived(_) => {}
         }
         self.head = Head {
             seq: env.seq,

@@ -561,6 +561,7 @@ const REPLAY_RETRY_AFTER_SECS: u64 = 10;
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`archived`: `as_of` lies before the end of a range whose usage events were archived and pruned, and no kept snapshot at or after it is usable", body = Problem, content_type = "application/problem+json"),
         (status = 429, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
@@ -656,6 +657,14 @@ pub(crate) async fn list_keys(
             )
             .await?;
             let state = as_of_replay(&app, AsOf::Time(t)).await.map_err(|e| {
+                if let Some(a) = e.downcast_ref::<crate::history::Archived>() {
+                    return ApiError::Coded {
+                        status: axum::http::StatusCode::CONFLICT,
+                        code: "archived",
+                        detail: a.to_string(),
+                        field: Some("as_of".to_owned()),
+                    };
+                }
                 tracing::error!(error = %e, "replay for as_of failed");
                 ApiError::Unavailable
             })?;

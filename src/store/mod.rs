@@ -177,7 +177,106 @@ pub trait EventStore: Send + Sync + 'static {
         let _ = (lo, hi);
         Err(no_tree())
     }
+
+    /// The hashes the store keeps of events an archive pruned, with seq in
+    /// `(after, until]`, in seq order. A store that never prunes has none.
+    async fn pruned_hashes(
+        &self,
+        after: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, Hash32)>, StoreError> {
+        let _ = (after, until);
+        Ok(Vec::new())
+    }
+
+    /// The archived segments recorded, in seq order.
+    async fn archived_segments(&self) -> Result<Vec<ArchivedSegment>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// In one transaction: records the segments, keeps the hashes of their usage events,
+    /// deletes those events and appends `prune.event`. Refused, with nothing changed, if
+    /// a segment is already recorded or the rows to delete are not exactly the ones given.
+    async fn prune_archived(&self, prune: Prune) -> Result<Envelope, StoreError> {
+        let _ = prune;
+        Err(StoreError::Unavailable(
+            "this store cannot prune archived events".to_owned(),
+        ))
+    }
 }
+
+/// Why a prune was refused: nothing was changed.
+pub(crate) fn prune_refused(reason: String) -> StoreError {
+    StoreError::Unavailable(format!(
+        "the prune was refused, nothing was deleted: {reason}"
+    ))
+}
+
+/// Checks the usage rows a prune is about to delete against the verified segment's.
+pub(crate) fn check_prune_rows(
+    seg: &ArchivedSegment,
+    want: &[(u64, Hash32)],
+    got: &[(u64, Hash32)],
+) -> Result<(), StoreError> {
+    if want.len() != got.len() {
+        return Err(prune_refused(format!(
+            "the segment {} holds {} usage events but the store has {} in seqs {} to {}",
+            seg.name,
+            want.len(),
+            got.len(),
+            seg.first_seq,
+            seg.last_seq
+        )));
+    }
+    for (w, g) in want.iter().zip(got) {
+        if w != g {
+            return Err(prune_refused(format!(
+                "the segment {} and the store differ at seq {}",
+                seg.name,
+                w.0.min(g.0)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The highest stream version per stream of the rows a prune deletes.
+pub(crate) fn stream_maxima(rows: &[(String, u64)]) -> Vec<(String, u64)> {
+    let mut max: HashMap<&str, u64> = HashMap::new();
+    for (stream, v) in rows {
+        let e = max.entry(stream.as_str()).or_default();
+        *e = (*e).max(*v);
+    }
+    let mut out: Vec<(String, u64)> = max.into_iter().map(|(s, v)| (s.to_owned(), v)).collect();
+    out.sort();
+    out
+}
+
+/// A sealed archive segment whose usage events were pruned from the hot store
+/// (`archived_segments`): seqs `first_seq` to `last_seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedSegment {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub name: String,
+    /// The Merkle subtree root over the segment's events.
+    pub root: Hash32,
+    /// The signed checkpoint the segment carries.
+    pub checkpoint: String,
+}
+
+/// One prune ([`EventStore::prune_archived`]): the segments, already written, read back
+/// and verified, and the usage events of each that may be deleted, as the verified
+/// segment holds them (seq, hash): the rows deleted must be exactly these.
+#[derive(Clone, Debug)]
+pub struct Prune {
+    pub segments: Vec<(ArchivedSegment, Vec<(u64, Hash32)>)>,
+    /// The `audit.archived` event appended in the same transaction.
+    pub event: NewEvent,
+}
+
+/// The types a prune deletes; every other event stays in the log.
+pub const PRUNABLE_TYPES: &[&str] = &["key.used", "key.denied"];
 
 fn no_tree() -> StoreError {
     StoreError::Unavailable("this store keeps no Merkle tree".to_owned())

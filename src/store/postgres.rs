@@ -56,7 +56,10 @@ use ulid::Ulid;
 
 use super::plan::{self, seal_run};
 use super::tree::{self, Reads, Rows};
-use super::{AppendError, EventFilter, EventStore, Order, RawEvent, StoreError, select_events};
+use super::{
+    AppendError, ArchivedSegment, EventFilter, EventStore, Order, Prune, RawEvent, StoreError,
+    select_events,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -64,6 +67,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 pub const NOTIFY_CHANNEL: &str = "keyward_events";
 /// The advisory lock key every append takes: "keyward" in ASCII, then 1.
 pub const APPEND_LOCK: i64 = 0x6b65_7977_6172_6401;
+/// The advisory lock key that makes the scheduled archive run on one node at a time.
+pub const ARCHIVE_LOCK: i64 = 0x6b65_7977_6172_6403;
 /// The advisory lock key that makes the first-run bootstrap happen on one node only.
 pub const FIRST_RUN_LOCK: i64 = 0x6b65_7977_6172_6402;
 /// The first key of every claim lock ([`PostgresStore::claim_lock`]): "kw" and 3.
@@ -239,6 +244,20 @@ impl PostgresStore {
         })
     }
 
+    /// The archive lock if no other node holds it, held until released; `None` if one
+    /// does (that node is archiving: this one skips its turn).
+    pub async fn try_archive_lock(&self) -> Result<Option<SessionLock>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(ARCHIVE_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(got.then(|| SessionLock {
+            conn: Some(conn),
+            key: LockKey::One(ARCHIVE_LOCK),
+        }))
+    }
+
     /// Waits until no other session, on this node or another, holds the claim on `name`,
     /// and holds it until released: what makes a decision on a username or on a user's
     /// state hold across nodes (see [`crate::commands`]). The two-key form of the advisory
@@ -310,6 +329,121 @@ impl PostgresStore {
             *self.tree.lock() = Some(cr);
         }
         Ok(decided.answer(sealed.into_iter().map(|(env, _)| env).collect()))
+    }
+
+    /// [`EventStore::prune_archived`] in one transaction under the append lock.
+    async fn prune_in(
+        &self,
+        conn: &mut PgConnection,
+        prune: Prune,
+    ) -> Result<Envelope, StoreError> {
+        let mut tx =
+            sqlx::Connection::begin_with(conn, "BEGIN ISOLATION LEVEL READ COMMITTED").await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let now = chrono::Utc::now().timestamp_micros();
+        for (seg, want) in &prune.segments {
+            let exists: Option<i64> = sqlx::query_scalar(
+                "SELECT first_seq FROM archived_segments WHERE (first_seq <= $2 AND last_seq >= $1) \
+                 OR name = $3 LIMIT 1",
+            )
+            .bind(to_i64(seg.first_seq)?)
+            .bind(to_i64(seg.last_seq)?)
+            .bind(seg.name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if exists.is_some() {
+                return Err(super::prune_refused(format!(
+                    "seqs {} to {} ({}) are already recorded as archived",
+                    seg.first_seq, seg.last_seq, seg.name
+                )));
+            }
+            let rows = sqlx::query(
+                "SELECT seq, hash, stream, stream_version FROM events \
+                 WHERE seq >= $1 AND seq <= $2 AND type IN ('key.used', 'key.denied') ORDER BY seq",
+            )
+            .bind(to_i64(seg.first_seq)?)
+            .bind(to_i64(seg.last_seq)?)
+            .fetch_all(&mut *tx)
+            .await?;
+            let got: Vec<(u64, Hash32)> =
+                rows.iter().map(decode_seq_hash).collect::<Result<_, _>>()?;
+            super::check_prune_rows(seg, want, &got)?;
+            let mut streams = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let stream: String = row.try_get(2)?;
+                let version: i64 = row.try_get(3)?;
+                streams.push((stream, u64::try_from(version).unwrap_or(0)));
+            }
+            sqlx::query(
+                "INSERT INTO archived_segments (first_seq, last_seq, name, root, checkpoint, archived_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(to_i64(seg.first_seq)?)
+            .bind(to_i64(seg.last_seq)?)
+            .bind(seg.name.as_str())
+            .bind(&seg.root.0[..])
+            .bind(seg.checkpoint.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let mut seqs = Vec::with_capacity(got.len());
+            let mut hashes = Vec::with_capacity(got.len());
+            for (seq, hash) in &got {
+                seqs.push(to_i64(*seq)?);
+                hashes.push(&hash.0[..]);
+            }
+            sqlx::query(
+                "INSERT INTO pruned_hashes (seq, hash) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
+            )
+            .bind(seqs)
+            .bind(hashes)
+            .execute(&mut *tx)
+            .await?;
+            for (stream, version) in super::stream_maxima(&streams) {
+                sqlx::query(
+                    "INSERT INTO pruned_streams (stream, last_seq, version) VALUES ($1, $2, $3)",
+                )
+                .bind(stream)
+                .bind(to_i64(seg.last_seq)?)
+                .bind(to_i64(version)?)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let deleted = sqlx::query(
+                "DELETE FROM events WHERE seq >= $1 AND seq <= $2 AND type IN ('key.used', 'key.denied')",
+            )
+            .bind(to_i64(seg.first_seq)?)
+            .bind(to_i64(seg.last_seq)?)
+            .execute(&mut *tx)
+            .await?;
+            if deleted.rows_affected() != got.len() as u64 {
+                return Err(super::prune_refused(format!(
+                    "deleting the usage events of {} removed {} rows, not {}",
+                    seg.name,
+                    deleted.rows_affected(),
+                    got.len()
+                )));
+            }
+        }
+        let head = read_head(&mut tx).await?;
+        let stream = prune.event.stream.clone();
+        let version = lookup_stream_versions(&mut tx, &[stream.as_str()])
+            .await?
+            .first()
+            .map_or(0, |(_, v)| *v);
+        let sealed = prune
+            .event
+            .seal_with_data(head.seq + 1, version + 1, head.hash);
+        let mut cr = tree_at(&mut tx, head.seq).await?;
+        insert(&mut tx, std::slice::from_ref(&sealed)).await?;
+        let mut nodes = Vec::new();
+        tree::push_events(&mut cr, [&sealed.0.hash], &mut nodes);
+        insert_nodes(&mut tx, &nodes).await?;
+        tx.commit().await?;
+        Ok(sealed.0)
     }
 
     /// Gives a log that predates the Merkle tree (or whose tree stops short of it) its
@@ -512,6 +646,41 @@ impl EventStore for PostgresStore {
         Ok(read_rows(&mut conn, &reads).await?.nodes)
     }
 
+    async fn pruned_hashes(
+        &self,
+        after: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, Hash32)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, hash FROM pruned_hashes WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(to_i64(after)?)
+        .bind(to_i64(until.min(i64::MAX as u64))?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_seq_hash).collect()
+    }
+
+    async fn archived_segments(&self) -> Result<Vec<ArchivedSegment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT first_seq, last_seq, name, root, checkpoint FROM archived_segments ORDER BY first_seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_segment).collect()
+    }
+
+    async fn prune_archived(&self, prune: Prune) -> Result<Envelope, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let done = self.prune_in(&mut conn, prune).await;
+        if done.is_err() {
+            conn.close_on_drop();
+        }
+        // The cached tree edge is behind the appended event now.
+        *self.tree.lock() = None;
+        done
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
             .fetch_one(&self.pool)
@@ -531,7 +700,7 @@ impl EventStore for PostgresStore {
 /// statement, so that both come from one snapshot.
 async fn read_tree_size(conn: &mut PgConnection) -> Result<u64, StoreError> {
     let row = sqlx::query(
-        "SELECT (SELECT max(seq) FROM events), \
+        "SELECT greatest((SELECT max(seq) FROM events), (SELECT max(seq) FROM pruned_hashes)), \
          (SELECT max(idx) FROM merkle_nodes WHERE level = $1)",
     )
     .bind(i32::from(tree::STRIDE))
@@ -556,7 +725,9 @@ const READ_ROWS: &str = "SELECT r.level, n.idx, n.hash \
      SELECT 0, e.seq - 1, e.hash \
      FROM UNNEST($4::bigint[], $5::bigint[]) AS l(lo, hi) \
      CROSS JOIN LATERAL (SELECT ev.seq, ev.hash FROM events ev \
-         WHERE ev.seq > l.lo AND ev.seq <= l.hi) e";
+         WHERE ev.seq > l.lo AND ev.seq <= l.hi \
+         UNION ALL SELECT p.seq, p.hash FROM pruned_hashes p \
+         WHERE p.seq > l.lo AND p.seq <= l.hi) e";
 
 async fn read_rows(conn: &mut PgConnection, reads: &Reads) -> Result<Rows, StoreError> {
     let mut rows = Rows::default();
@@ -703,9 +874,14 @@ async fn insert_nodes(
 }
 
 async fn read_head(conn: &mut PgConnection) -> Result<Head, StoreError> {
-    let row = sqlx::query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
+    // The last event may be one an archive pruned: its hash is kept in pruned_hashes.
+    let row = sqlx::query(
+        "(SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1) UNION ALL \
+         (SELECT seq, hash FROM pruned_hashes ORDER BY seq DESC LIMIT 1) \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some(row) = row else {
         return Ok(Head::default());
     };
@@ -743,9 +919,12 @@ async fn lookup_stream_versions(
     if streams.is_empty() {
         return Ok(Vec::new());
     }
-    // One index probe per stream on UNIQUE (stream, stream_version).
+    // One index probe per stream on UNIQUE (stream, stream_version), and one on
+    // pruned_streams: versions an archive pruned are never handed out again.
     let rows = sqlx::query(
-        "SELECT s.stream, (SELECT max(e.stream_version) FROM events e WHERE e.stream = s.stream) \
+        "SELECT s.stream, GREATEST(\
+         (SELECT max(e.stream_version) FROM events e WHERE e.stream = s.stream), \
+         (SELECT max(p.version) FROM pruned_streams p WHERE p.stream = s.stream)) \
          FROM UNNEST($1::text[]) AS s(stream)",
     )
     .bind(streams)
@@ -820,6 +999,34 @@ fn decode_seq(row: &PgRow) -> Result<u64, StoreError> {
 }
 
 /// Decodes a row selected with [`COLUMNS`].
+/// A `(seq, hash)` row.
+fn decode_seq_hash(row: &PgRow) -> Result<(u64, Hash32), StoreError> {
+    let seq = decode_seq(row)?;
+    let hash: &[u8] = row.try_get(1).map_err(|e| corrupt(seq, e))?;
+    let hash = Hash32::from_slice(hash).ok_or_else(|| StoreError::Corrupt {
+        seq,
+        reason: format!("hash has {} bytes, not 32", hash.len()),
+    })?;
+    Ok((seq, hash))
+}
+
+/// A row of `archived_segments`: first_seq, last_seq, name, root, checkpoint.
+fn decode_segment(row: &PgRow) -> Result<ArchivedSegment, StoreError> {
+    let first: i64 = row.try_get(0)?;
+    let last: i64 = row.try_get(1)?;
+    let root: &[u8] = row.try_get(3)?;
+    Ok(ArchivedSegment {
+        first_seq: u64::try_from(first).unwrap_or(0),
+        last_seq: u64::try_from(last).unwrap_or(0),
+        name: row.try_get(2)?,
+        root: Hash32::from_slice(root).ok_or_else(|| StoreError::Corrupt {
+            seq: u64::try_from(first).unwrap_or(0),
+            reason: "an archived segment's root is not 32 bytes".to_owned(),
+        })?,
+        checkpoint: row.try_get(4)?,
+    })
+}
+
 fn decode_row(row: &PgRow) -> Result<Envelope, StoreError> {
     let seq = decode_seq(row)?;
     let c = |e| corrupt(seq, e);

@@ -23,7 +23,10 @@ use ulid::Ulid;
 
 use super::plan::{self, seal_run};
 use super::tree::{self, Reads, Rows};
-use super::{AppendError, EventFilter, EventStore, Order, StoreError, Unwritten, select_events};
+use super::{
+    AppendError, ArchivedSegment, EventFilter, EventStore, Order, Prune, StoreError, Unwritten,
+    select_events,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -105,8 +108,12 @@ const LOOKUP_IDS_SQL: &str = concat!(
     columns!(),
     " FROM events WHERE event_id IN (SELECT value FROM json_each(?2))"
 );
-const LOOKUP_STREAMS_SQL: &str = "SELECT j.value, (SELECT MAX(e.stream_version) FROM events e \
-     WHERE e.stream = (SELECT n.id FROM names n WHERE n.name = j.value)) FROM json_each(?1) AS j";
+/// A stream's last version is the highest in the log or, if an archive pruned later ones,
+/// the highest pruned (`pruned_streams`): versions are never handed out twice.
+const LOOKUP_STREAMS_SQL: &str = "SELECT j.value, max(coalesce((SELECT MAX(e.stream_version) \
+     FROM events e WHERE e.stream = (SELECT n.id FROM names n WHERE n.name = j.value)), 0), \
+     coalesce((SELECT MAX(version) FROM pruned_streams WHERE stream = j.value), 0)) \
+     FROM json_each(?1) AS j";
 const LOOKUP_NAMES_SQL: &str =
     "SELECT name, id FROM names WHERE name IN (SELECT value FROM json_each(?1))";
 const INSERT_NAMES_SQL: &str =
@@ -539,6 +546,133 @@ impl SqliteStore {
         Ok(found)
     }
 
+    /// [`EventStore::prune_archived`] in one IMMEDIATE transaction on the writer.
+    async fn prune_in(
+        &self,
+        conn: &mut SqliteConnection,
+        prune: Prune,
+    ) -> Result<Envelope, StoreError> {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let now = chrono::Utc::now().timestamp_micros();
+        for (seg, want) in &prune.segments {
+            let exists: Option<i64> = sqlx::query_scalar(
+                "SELECT first_seq FROM archived_segments WHERE first_seq <= ?2 AND last_seq >= ?1 \
+                 OR name = ?3",
+            )
+            .bind(to_i64(seg.first_seq)?)
+            .bind(to_i64(seg.last_seq)?)
+            .bind(seg.name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if exists.is_some() {
+                return Err(super::prune_refused(format!(
+                    "seqs {} to {} ({}) are already recorded as archived",
+                    seg.first_seq, seg.last_seq, seg.name
+                )));
+            }
+            let rows = sqlx::query(
+                "SELECT e.seq, e.hash, n.name, e.stream_version FROM events e \
+                 JOIN names n ON n.id = e.stream WHERE e.seq >= ?1 AND e.seq <= ?2 \
+                 AND e.type IN (SELECT id FROM names WHERE name IN ('key.used', 'key.denied')) \
+                 ORDER BY e.seq",
+            )
+            .bind(to_i64(seg.first_seq)?)
+            .bind(to_i64(seg.last_seq)?)
+            .fetch_all(&mut *tx)
+            .await?;
+            let got: Vec<(u64, Hash32)> =
+                rows.iter().map(decode_seq_hash).collect::<Result<_, _>>()?;
+            super::check_prune_rows(seg, want, &got)?;
+            let mut streams = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let stream: String = row.try_get(2)?;
+                let version: i64 = row.try_get(3)?;
+                streams.push((stream, u64::try_from(version).unwrap_or(0)));
+            }
+            sqlx::query(
+                "INSERT INTO archived_segments (first_seq, last_seq, name, root, checkpoint, archived_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(to_i64(seg.first_seq)?)
+            .bind(to_i64(seg.last_seq)?)
+            .bind(seg.name.as_str())
+            .bind(&seg.root.0[..])
+            .bind(seg.checkpoint.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            for chunk in got.chunks(NODE_CHUNK) {
+                let sql = format!(
+                    "INSERT INTO pruned_hashes (seq, hash) VALUES {}",
+                    vec!["(?, ?)"; chunk.len()].join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for (seq, hash) in chunk {
+                    q = q.bind(to_i64(*seq)?).bind(&hash.0[..]);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            for (stream, version) in super::stream_maxima(&streams) {
+                sqlx::query(
+                    "INSERT INTO pruned_streams (stream, last_seq, version) VALUES (?1, ?2, ?3)",
+                )
+                .bind(stream)
+                .bind(to_i64(seg.last_seq)?)
+                .bind(to_i64(version)?)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let deleted = sqlx::query(
+                "DELETE FROM events WHERE seq >= ?1 AND seq <= ?2 \
+                 AND type IN (SELECT id FROM names WHERE name IN ('key.used', 'key.denied'))",
+            )
+            .bind(to_i64(seg.first_seq)?)
+            .bind(to_i64(seg.last_seq)?)
+            .execute(&mut *tx)
+            .await?;
+            if deleted.rows_affected() != got.len() as u64 {
+                return Err(super::prune_refused(format!(
+                    "deleting the usage events of {} removed {} rows, not {}",
+                    seg.name,
+                    deleted.rows_affected(),
+                    got.len()
+                )));
+            }
+        }
+        // The `audit.archived` event, sealed onto the head in this transaction.
+        let head = read_head(&mut *tx).await?;
+        let stream = prune.event.stream.clone();
+        let version = self
+            .lookup_stream_versions(&mut tx, &[stream.as_str()])
+            .await?
+            .first()
+            .map_or(0, |(_, v)| *v);
+        let sealed = prune
+            .event
+            .seal_with_data(head.seq + 1, version + 1, head.hash);
+        let mut cr = tree_at(&mut tx, head.seq).await?;
+        let mut names = HashMap::new();
+        let env = &sealed.0;
+        intern_names(
+            &mut tx,
+            &mut names,
+            vec![
+                env.stream.as_str(),
+                env.event_type.as_str(),
+                env.actor.as_str(),
+            ],
+        )
+        .await?;
+        self.insert_query(std::slice::from_ref(&sealed), &names)?
+            .execute(&mut *tx)
+            .await?;
+        let mut nodes = Vec::new();
+        tree::push_events(&mut cr, [&sealed.0.hash], &mut nodes);
+        insert_nodes(&mut tx, &nodes).await?;
+        tx.commit().await?;
+        Ok(sealed.0)
+    }
+
     async fn writer_conn(&self, writer: &mut Writer) -> Result<SqliteConnection, StoreError> {
         match writer.conn.take() {
             Some(c) => Ok(c),
@@ -644,6 +778,46 @@ impl EventStore for SqliteStore {
         Ok(read_rows(&mut conn, &reads).await?.nodes)
     }
 
+    async fn pruned_hashes(
+        &self,
+        after: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, Hash32)>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT seq, hash FROM pruned_hashes WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+        )
+        .bind(to_i64(after)?)
+        .bind(to_i64(until.min(i64::MAX as u64))?)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(decode_seq_hash).collect()
+    }
+
+    async fn archived_segments(&self) -> Result<Vec<ArchivedSegment>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT first_seq, last_seq, name, root, checkpoint FROM archived_segments ORDER BY first_seq",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(decode_segment).collect()
+    }
+
+    async fn prune_archived(&self, prune: Prune) -> Result<Envelope, StoreError> {
+        let mut writer = self.writer.lock().await;
+        let mut conn = self.writer_conn(&mut writer).await?;
+        // The prune moves the head and may change stream versions: the next append reads
+        // both afresh.
+        writer.cache = None;
+        *self.head.lock() = None;
+        let done = self.prune_in(&mut conn, prune).await;
+        if done.is_ok() {
+            writer.conn = Some(conn);
+        }
+        done
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().await;
         let mut conn = self.writer_conn(&mut writer).await?;
@@ -672,7 +846,8 @@ const NODE_CHUNK: usize = 128;
 /// statement, so that both come from one snapshot.
 async fn read_tree_size(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
     let row = sqlx::query(
-        "SELECT (SELECT max(seq) FROM events), \
+        "SELECT max(coalesce((SELECT max(seq) FROM events), 0), \
+         coalesce((SELECT max(seq) FROM pruned_hashes), 0)), \
          (SELECT max(idx) FROM merkle_nodes WHERE level = ?1)",
     )
     .bind(i64::from(tree::STRIDE))
@@ -712,6 +887,11 @@ async fn read_rows(conn: &mut SqliteConnection, reads: &Reads) -> Result<Rows, S
     for &(lo, hi) in &reads.leaves {
         union(&mut qb);
         qb.push("SELECT 0, seq - 1, hash FROM events WHERE seq > ")
+            .push_bind(to_i64(lo)?)
+            .push(" AND seq <= ")
+            .push_bind(to_i64(hi)?);
+        // The leaves of events an archive pruned: their hashes are kept.
+        qb.push(" UNION ALL SELECT 0, seq - 1, hash FROM pruned_hashes WHERE seq > ")
             .push_bind(to_i64(lo)?)
             .push(" AND seq <= ")
             .push_bind(to_i64(hi)?);
@@ -867,9 +1047,14 @@ async fn backfill_tree(conn: &mut SqliteConnection) -> Result<(), StoreError> {
 }
 
 async fn read_head(conn: impl SqliteExecutor<'_>) -> Result<Head, StoreError> {
-    let row = sqlx::query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(conn)
-        .await?;
+    // The last event may be one an archive pruned: its hash is kept in pruned_hashes.
+    let row = sqlx::query(
+        "SELECT seq, hash FROM events WHERE seq = (SELECT max(seq) FROM events) \
+         UNION ALL SELECT seq, hash FROM pruned_hashes \
+         WHERE seq = (SELECT max(seq) FROM pruned_hashes) ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?;
     let Some(row) = row else {
         return Ok(Head::default());
     };
@@ -887,6 +1072,34 @@ fn decode_seq(row: &SqliteRow) -> Result<u64, StoreError> {
     u64::try_from(seq).map_err(|_| StoreError::Corrupt {
         seq: 0,
         reason: format!("negative seq {seq}"),
+    })
+}
+
+/// A `(seq, hash)` row.
+fn decode_seq_hash(row: &SqliteRow) -> Result<(u64, Hash32), StoreError> {
+    let seq = decode_seq(row)?;
+    let hash: &[u8] = row.try_get(1).map_err(|e| corrupt(seq, e))?;
+    let hash = Hash32::from_slice(hash).ok_or_else(|| StoreError::Corrupt {
+        seq,
+        reason: format!("hash has {} bytes, not 32", hash.len()),
+    })?;
+    Ok((seq, hash))
+}
+
+/// A row of `archived_segments`: first_seq, last_seq, name, root, checkpoint.
+fn decode_segment(row: &SqliteRow) -> Result<ArchivedSegment, StoreError> {
+    let first: i64 = row.try_get(0)?;
+    let last: i64 = row.try_get(1)?;
+    let root: &[u8] = row.try_get(3)?;
+    Ok(ArchivedSegment {
+        first_seq: u64::try_from(first).unwrap_or(0),
+        last_seq: u64::try_from(last).unwrap_or(0),
+        name: row.try_get(2)?,
+        root: Hash32::from_slice(root).ok_or_else(|| StoreError::Corrupt {
+            seq: u64::try_from(first).unwrap_or(0),
+            reason: "an archived segment's root is not 32 bytes".to_owned(),
+        })?,
+        checkpoint: row.try_get(4)?,
     })
 }
 
@@ -1115,6 +1328,21 @@ async fn intern(
             }
         }
     }
+    intern_names(conn, names, wanted).await
+}
+
+/// Gives each of `wanted` (distinct, not yet in `names`) its id in `names`, inserting
+/// those the dictionary does not hold yet.
+async fn intern_names(
+    conn: &mut SqliteConnection,
+    names: &mut HashMap<String, i64>,
+    wanted: Vec<&str>,
+) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    let wanted: Vec<&str> = wanted
+        .into_iter()
+        .filter(|s| !names.contains_key(*s) && seen.insert(*s))
+        .collect();
     if wanted.is_empty() {
         return Ok(());
     }
