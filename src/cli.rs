@@ -820,6 +820,16 @@ async fn audit(
                 },
             )
             .await?;
+            if let Some(last) = store.archived_segments().await?.last()
+                && from_seq <= last.last_seq
+            {
+                eprintln!(
+                    "warning: the usage events (key.used, key.denied) of seqs 1 to {} were archived and pruned from the store: \
+                     this export has gaps there, so it verifies as a filtered export (give --with-proofs); \
+                     the archive's segments hold them (`audit verify --archive URL`)",
+                    last.last_seq
+                );
+            }
             export(store, from_seq, head, types, signed).await?;
             Ok(0)
         }

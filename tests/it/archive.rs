@@ -331,6 +331,30 @@ async fn archive_prunes_usage_and_a_restart_keeps_keys_counters_proofs_and_the_w
     );
     assert!(out.contains("in 2 segments of the archive"), "{out}");
 
+    // An export of the store now has gaps: it says so, and with proofs it verifies
+    // (as a filtered export) offline.
+    let o = keyward(dir.path(), &["audit", "export", "--with-proofs"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("were archived and pruned"),
+        "{}",
+        stderr(&o)
+    );
+    let export = dir.path().join("export.ndjson");
+    std::fs::write(&export, &o.stdout).unwrap();
+    let key = run_ok(dir.path(), &["audit", "public-key"]);
+    let out = run_ok(
+        dir.path(),
+        &[
+            "audit",
+            "verify",
+            "--export",
+            export.to_str().unwrap(),
+            "--public-key",
+            key.trim(),
+        ],
+    );
+    assert!(!out.contains("FAILED"), "{out}");
     // As-of before the pruned range cannot fold across it: said, not a wrong answer.
     let out = run_fails(dir.path(), &["audit", "replay", "--until-seq", "20"]);
     assert!(out.contains("archived"), "{out}");
