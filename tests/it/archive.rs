@@ -10,6 +10,22 @@ use sqlx::Row;
 
 use crate::common::*;
 
+/// A raw connection to the SQLite log, with a temporary view `ev` that shows the compact
+/// events table (migration 0003) with its names as text, for the tests' own queries.
+async fn raw_sqlite(db: &Path) -> sqlx::SqliteConnection {
+    let mut c = crate::common::raw_sqlite(db).await;
+    sqlx::query(
+        "CREATE TEMP VIEW IF NOT EXISTS ev AS SELECT e.seq, e.stream_version, e.occurred_at, \
+         s.name AS stream, t.name AS type, a.name AS actor FROM events e \
+         JOIN names s ON s.id = e.stream JOIN names t ON t.id = e.type \
+         JOIN names a ON a.id = e.actor",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    c
+}
+
 /// Users, keys, usage and denials through the real command path: per round a user, a
 /// key, `uses` key.used and one key.denied (so usage dominates, as in production).
 async fn activity(r: &keyward::server::Running, rounds: usize, uses: usize) {
@@ -122,8 +138,8 @@ async fn counts(db: &Path) -> Counts {
     };
     Counts {
         events: get("SELECT count(*) FROM events").await,
-        usage: get("SELECT count(*) FROM events WHERE type IN ('key.used', 'key.denied')").await,
-        lifecycle: get("SELECT count(*) FROM events WHERE type NOT IN ('key.used', 'key.denied')")
+        usage: get("SELECT count(*) FROM ev WHERE type IN ('key.used', 'key.denied')").await,
+        lifecycle: get("SELECT count(*) FROM ev WHERE type NOT IN ('key.used', 'key.denied')")
             .await,
         pruned: get("SELECT count(*) FROM pruned_hashes").await,
         segments: get("SELECT count(*) FROM archived_segments").await,
@@ -190,7 +206,7 @@ async fn archive_prunes_usage_and_a_restart_keeps_keys_counters_proofs_and_the_w
     // A usage event inside the first segment, and a root over the log as it was.
     let size = start.events as u64;
     let usage_seq: i64 =
-        sqlx::query_scalar("SELECT min(seq) FROM events WHERE type = 'key.used' AND seq <= 16")
+        sqlx::query_scalar("SELECT min(seq) FROM ev WHERE type = 'key.used' AND seq <= 16")
             .fetch_one(&mut raw_sqlite(&db).await)
             .await
             .unwrap();
@@ -222,7 +238,7 @@ async fn archive_prunes_usage_and_a_restart_keeps_keys_counters_proofs_and_the_w
     let after = counts(&db).await;
     let mut c = raw_sqlite(&db).await;
     let usage_left: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE seq <= 32 AND type IN ('key.used', 'key.denied')",
+        "SELECT count(*) FROM ev WHERE seq <= 32 AND type IN ('key.used', 'key.denied')",
     )
     .fetch_one(&mut c)
     .await
@@ -233,17 +249,16 @@ async fn archive_prunes_usage_and_a_restart_keeps_keys_counters_proofs_and_the_w
     // Lifecycle events all stay; two `audit.archived` (and nothing else) were added.
     assert_eq!(after.lifecycle, start.lifecycle + 2);
     assert_eq!(after.usage, start.usage - after.pruned);
-    let archived: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'audit.archived'")
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
+    let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM ev WHERE type = 'audit.archived'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
     assert_eq!(archived, 2);
 
     // The trigger: a lifecycle row, or a usage row outside an archived segment, cannot be
     // deleted; UPDATE is refused as before.
     let lifecycle_seq: i64 =
-        sqlx::query_scalar("SELECT min(seq) FROM events WHERE type = 'user.created'")
+        sqlx::query_scalar("SELECT min(seq) FROM ev WHERE type = 'user.created'")
             .fetch_one(&mut c)
             .await
             .unwrap();
@@ -254,7 +269,7 @@ async fn archive_prunes_usage_and_a_restart_keeps_keys_counters_proofs_and_the_w
         .unwrap_err();
     assert!(e.to_string().contains("append-only"), "{e}");
     let live_usage: i64 =
-        sqlx::query_scalar("SELECT min(seq) FROM events WHERE seq > 32 AND type = 'key.used'")
+        sqlx::query_scalar("SELECT min(seq) FROM ev WHERE seq > 32 AND type = 'key.used'")
             .fetch_one(&mut c)
             .await
             .unwrap();
@@ -975,7 +990,7 @@ async fn serve_archives_on_a_schedule_without_stopping_the_service() {
     r.shutdown().await;
     let mut conn = raw_sqlite(&db).await;
     let actor: String =
-        sqlx::query_scalar("SELECT actor FROM events WHERE type = 'audit.archived' LIMIT 1")
+        sqlx::query_scalar("SELECT actor FROM ev WHERE type = 'audit.archived' LIMIT 1")
             .fetch_one(&mut conn)
             .await
             .unwrap();
@@ -1028,13 +1043,13 @@ async fn a_usage_stream_emptied_by_a_prune_never_reuses_a_version() {
     // The first key's usage stream lies wholly in the first segment.
     let mut c = raw_sqlite(&db).await;
     let (stream, top): (String, i64) = sqlx::query_as(
-        "SELECT stream, max(stream_version) FROM events WHERE stream LIKE 'usage:%' \
+        "SELECT stream, max(stream_version) FROM ev WHERE stream LIKE 'usage:%' \
          GROUP BY stream ORDER BY min(seq) LIMIT 1",
     )
     .fetch_one(&mut c)
     .await
     .unwrap();
-    let last_seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM events WHERE stream = ?")
+    let last_seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM ev WHERE stream = ?")
         .bind(&stream)
         .fetch_one(&mut c)
         .await
@@ -1058,7 +1073,7 @@ async fn a_usage_stream_emptied_by_a_prune_never_reuses_a_version() {
         ],
     );
     let mut c = raw_sqlite(&db).await;
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream = ?")
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM ev WHERE stream = ?")
         .bind(&stream)
         .fetch_one(&mut c)
         .await
@@ -1367,4 +1382,95 @@ async fn the_archive_verifies_offline_with_the_public_key_alone() {
         &["audit", "verify", "--archive", to.to_str().unwrap()],
     );
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+}
+
+/// When the last event of the log is a usage event at the end of a segment, the prune
+/// deletes the head itself: the next event (`audit.archived`) must still chain onto it and
+/// take the next seq, not one that was handed out already.
+#[tokio::test]
+async fn pruning_the_head_itself_keeps_the_chain_and_the_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    // One key and no use yet: fewer than 16 events, so that the first segment ends at
+    // the head once usage events fill it.
+    sqlite_log(dir.path(), 1, 1).await;
+    let db = dir.path().join("keyward.db");
+    {
+        let store = keyward::store::open(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let head = store.head().await.unwrap().seq;
+        let key_id: String = sqlx::query_scalar("SELECT actor FROM ev WHERE type = 'key.used'")
+            .fetch_one(&mut raw_sqlite(&db).await)
+            .await
+            .unwrap();
+        assert!(head < 16, "{head}");
+        let fill = 16 - head;
+        let units = (0..fill)
+            .map(|j| {
+                vec![NewEvent::new(
+                    &keyward_events::Event::KeyUsed(KeyUsed {
+                        key_id: key_id.clone(),
+                        provider_id: "prv_x".into(),
+                        model: None,
+                        endpoint: "/v1/chat/completions".into(),
+                        outcome: UsageOutcome::Success,
+                        status: 200,
+                        latency_us: j,
+                        upstream_latency_us: None,
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                        stream: false,
+                        client_ip: None,
+                    }),
+                    ExpectedVersion::Any,
+                    chrono::Utc::now(),
+                    key_id.clone(),
+                    None,
+                )]
+            })
+            .collect();
+        for r in store.append(units).await.unwrap() {
+            r.unwrap();
+        }
+    }
+    let head = counts_head(&db).await;
+    assert_eq!(head, 16);
+    let to = archive_dir(dir.path());
+    run_ok(
+        dir.path(),
+        &[
+            "audit",
+            "archive",
+            "--to",
+            to.to_str().unwrap(),
+            "--until-seq",
+            &head.to_string(),
+            "--segment-level",
+            "4",
+        ],
+    );
+    let mut c = raw_sqlite(&db).await;
+    let (archived_seq, pruned_head): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT seq FROM ev WHERE type = 'audit.archived'), \
+         (SELECT count(*) FROM pruned_hashes WHERE seq = ?1)",
+    )
+    .bind(head)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(pruned_head, 1, "the head was a usage event of the segment");
+    assert_eq!(archived_seq, head + 1);
+    drop(c);
+    let out = run_ok(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert!(!out.is_empty());
+}
+
+async fn counts_head(db: &Path) -> i64 {
+    sqlx::query_scalar("SELECT max(seq) FROM events")
+        .fetch_one(&mut raw_sqlite(db).await)
+        .await
+        .unwrap()
 }
