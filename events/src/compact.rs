@@ -345,7 +345,7 @@ fn encode_string(s: &str, context: &[&str], ulid_suffix: bool, out: &mut Vec<u8>
         return;
     }
     if !s.is_empty()
-        && s.len() % 2 == 0
+        && s.len().is_multiple_of(2)
         && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     {
         out.push(HEX);
@@ -671,7 +671,7 @@ mod tests {
         ] {
             assert!(decode(b, &[]).is_err(), "{b:?}");
         }
-        let deep = vec![ARRAY, 1].repeat(10_000);
+        let deep = [ARRAY, 1].repeat(10_000);
         assert!(decode(&deep, &[]).is_err());
     }
 
@@ -682,9 +682,15 @@ mod tests {
             assert!(shape.windows(2).all(|w| w[0].as_bytes() < w[1].as_bytes()));
         }
         // A subset of a shape's keys, and one with a key outside every shape.
-        round(&json!({"client_ip": "::1", "endpoint": "/x", "stream": true}), &[]);
+        round(
+            &json!({"client_ip": "::1", "endpoint": "/x", "stream": true}),
+            &[],
+        );
         round(&json!({"client_ip": 1, "endpoint": 2, "zzz": 3}), &[]);
-        round(&json!({"suppressed": 0, "reason": "ip", "key_id": "k"}), &[]);
+        round(
+            &json!({"suppressed": 0, "reason": "ip", "key_id": "k"}),
+            &[],
+        );
     }
 
     #[test]
