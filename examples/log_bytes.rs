@@ -112,7 +112,7 @@ fn lifecycle(f: &Fixture) -> Vec<Vec<NewEvent>> {
             owner.clone(),
             req(),
         )]);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let e = Event::KeyUpdated(KeyUpdated {
                 key_id: k.clone(),
                 name: Some(format!("service {i} (renamed)")),
@@ -134,18 +134,18 @@ fn lifecycle(f: &Fixture) -> Vec<Vec<NewEvent>> {
 fn key_used(f: &Fixture, n: usize) -> NewEvent {
     let (key_id, _) = &f.keys[(n * 7919) % f.keys.len()];
     let model = MODELS[n % MODELS.len()];
-    let stream = n % 3 == 0;
+    let stream = n.is_multiple_of(3);
     let e = Event::KeyUsed(KeyUsed {
         key_id: key_id.clone(),
         provider_id: f.providers[n % f.providers.len()].clone(),
         model: Some(model.into()),
         endpoint: ENDPOINTS[n % ENDPOINTS.len()].into(),
-        outcome: if n % 50 == 0 {
+        outcome: if n.is_multiple_of(50) {
             UsageOutcome::UpstreamError
         } else {
             UsageOutcome::Success
         },
-        status: if n % 50 == 0 { 502 } else { 200 },
+        status: if n.is_multiple_of(50) { 502 } else { 200 },
         latency_us: 350_000 + (n as u64 * 7_919) % 2_000_000,
         upstream_latency_us: Some(340_000 + (n as u64 * 7_919) % 2_000_000),
         prompt_tokens: 200 + (n as u64 * 31) % 1_800,

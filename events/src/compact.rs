@@ -345,7 +345,7 @@ fn encode_string(s: &str, context: &[&str], ulid_suffix: bool, out: &mut Vec<u8>
         return;
     }
     if !s.is_empty()
-        && s.len() % 2 == 0
+        && s.len().is_multiple_of(2)
         && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     {
         out.push(HEX);
@@ -671,7 +671,7 @@ mod tests {
         ] {
             assert!(decode(b, &[]).is_err(), "{b:?}");
         }
-        let deep = vec![ARRAY, 1].repeat(10_000);
+        let deep = [ARRAY, 1].repeat(10_000);
         assert!(decode(&deep, &[]).is_err());
     }
 

@@ -283,7 +283,16 @@ impl SqliteStore {
             limit,
             order,
             |qb, column, values| {
-                // Streams and types are stored as ids in `names`.
+                // Streams and types are stored as ids in `names`. One value is compared
+                // with `=`: SQLite then knows an index on the column alone yields rows in
+                // seq (rowid) order, and sorts nothing for ORDER BY seq … LIMIT.
+                if let [one] = values {
+                    qb.push(column)
+                        .push(" = (SELECT id FROM names WHERE name = ")
+                        .push_bind(one.as_str())
+                        .push(")");
+                    return;
+                }
                 qb.push(column)
                     .push(" IN (SELECT id FROM names WHERE name IN (");
                 if values.len() <= INLINE_VALUES_MAX {
