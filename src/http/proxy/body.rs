@@ -173,10 +173,20 @@ impl<'de> Visitor<'de> for Top<'_> {
                 "model" => match map.next_value::<Value>()? {
                     Value::String(m) => self.walk.out.model = Some(m),
                     Value::Null => {}
-                    _ => self.walk.out.model_invalid = true,
+                    v => {
+                        // Not a model, but its keys are checked as every other value's.
+                        self.walk.path.push(Seg::Key(key));
+                        check_value(self.walk, &v)?;
+                        self.walk.path.pop();
+                        self.walk.out.model_invalid = true;
+                    }
                 },
                 "stream" => {
-                    self.walk.out.stream = matches!(map.next_value::<Value>()?, Value::Bool(true));
+                    let v = map.next_value::<Value>()?;
+                    self.walk.path.push(Seg::Key(key));
+                    check_value(self.walk, &v)?;
+                    self.walk.path.pop();
+                    self.walk.out.stream = matches!(v, Value::Bool(true));
                 }
                 "stream_options" => {
                     let v = map.next_value::<Value>()?;
@@ -333,6 +343,22 @@ impl<'de> Visitor<'de> for Nested<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forbidden_key_inside_a_non_string_model_or_stream_is_refused() {
+        // Found by the openai_body fuzz target: a model that is not a string was not
+        // walked, so a forbidden key inside it passed.
+        for body in [
+            &br#"{"model":[{"role":"user","extra":{"api_base":"69"}}]}"#[..],
+            br#"{"model":"m","stream":{"api_base":"x"}}"#,
+        ] {
+            assert!(
+                matches!(scan(body), Err(ScanError::Forbidden(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 
     #[test]
     fn reads_model_stream_and_include_usage() {
