@@ -566,7 +566,13 @@ fn copy_db(from: &Path, to: &Path) {
         let e = e.unwrap();
         let name = e.file_name();
         if name.to_str().unwrap().starts_with("keyward.db") {
-            std::fs::copy(e.path(), to.join(&name)).unwrap();
+            // A -wal or -shm file may go between listing and copying (SQLite removes
+            // them when the last connection closes): that is not a failure.
+            match std::fs::copy(e.path(), to.join(&name)) {
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => panic!("copying {}: {err}", e.path().display()),
+            }
         }
     }
 }
