@@ -6,7 +6,13 @@
 //! `(k + 1) * 2^level`. It is one zstd-compressed NDJSON object named
 //! `keyward-segment-<first:020>-<last:020>.ndjson.zst`: a manifest line
 //! `{"keyward_segment":{…}}`, then every event of the range (lifecycle events too) in the
-//! export's line format (the same readable, redacted form as `audit export`). The manifest
+//! export's line format (the same readable, redacted form as `audit export`) without its
+//! last two members, `prev_hash` and `hash` (format 2): both follow from the lines, since
+//! each event's hash is over its canonical form and the hash before it, and the reader
+//! recomputes them from the manifest's `prev_hash` on. They are random to a compressor and
+//! were more than half of a compressed segment (format 1 kept them; it is still read). A
+//! line whose hash cannot be recomputed (a schema-1 password hash the export redacts)
+//! keeps both. The manifest
 //! carries the range, the prev_hash of the first event and the hash of the last, the
 //! subtree root, a checkpoint of the tree of `last` events signed with the checkpoint key,
 //! and the inclusion proof of the subtree root in that checkpoint's tree, so a segment
@@ -38,7 +44,21 @@ pub const SEGMENT_SUFFIX: &str = ".ndjson.zst";
 pub const PARTIAL_SUFFIX: &str = ".partial";
 /// The manifest line's member.
 pub const MANIFEST_MEMBER: &str = "keyward_segment";
-pub const FORMAT: &str = "keyward-segment/1";
+pub const FORMAT: &str = "keyward-segment/2";
+/// The first format: every line carried its `prev_hash` and `hash`.
+pub const FORMAT_1: &str = "keyward-segment/1";
+/// `,"prev_hash":"<64 hex>","hash":"<64 hex>"}`: how an export line ends.
+const HASHES_TAIL: usize = 14 + 64 + 10 + 64 + 2;
+
+/// Whether an event line (no newline) ends with its `prev_hash` and `hash` members.
+fn has_hashes(line: &[u8]) -> bool {
+    line.len() > HASHES_TAIL && {
+        let t = &line[line.len() - HASHES_TAIL..];
+        t.starts_with(b",\"prev_hash\":\"")
+            && &t[14 + 64..14 + 64 + 10] == b"\",\"hash\":\""
+            && t.ends_with(b"\"}")
+    }
+}
 /// 2^20 = 1,048,576 events a segment by default.
 pub const DEFAULT_LEVEL: u8 = 20;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
@@ -244,13 +264,22 @@ pub async fn build_segment(
             if PRUNABLE_TYPES.contains(&env.event_type.as_str()) {
                 usage += 1;
             }
-            // The export's form: secrets redacted exactly as `audit export` does.
+            // The export's form: secrets redacted exactly as `audit export` does, without
+            // the hashes the reader recomputes.
             line.clear();
-            keyward_events::export::write_event_line(
-                &mut line,
-                &keyward_events::upcast::readable(env),
-                None,
-            )?;
+            let readable = keyward_events::upcast::readable(env);
+            keyward_events::export::encode_event_line(&mut line, &readable, None)?;
+            if !keyward_events::export::is_redacted(&readable) {
+                if !has_hashes(&line) {
+                    bail!(
+                        "seq {}: the export line does not end with its hashes",
+                        env.seq
+                    );
+                }
+                line.truncate(line.len() - HASHES_TAIL);
+                line.push(b'}');
+            }
+            line.push(b'\n');
             body.write_all(&line)?;
             last_hash = env.hash;
             after = env.seq;
@@ -349,7 +378,8 @@ pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Resul
     let manifest: Manifest = serde_json::from_slice::<ManifestLine>(&line)
         .map_err(|e| format!("its first line is not a segment manifest: {e}"))?
         .keyward_segment;
-    if manifest.format != FORMAT {
+    let recompute = manifest.format == FORMAT;
+    if !recompute && manifest.format != FORMAT_1 {
         return Err(format!("unknown segment format {:?}", manifest.format));
     }
     let named = parse_segment_name(name);
@@ -382,10 +412,25 @@ pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Resul
         if line.is_empty() {
             continue;
         }
+        // Format 2: a line without its hashes gets the hash before it and a zero hash
+        // (so that the strict parse sees the export's exact form), then its own hash
+        // recomputed.
+        let computed = recompute && !has_hashes(&line);
+        if computed {
+            if line.last() != Some(&b'}') {
+                return Err(format!("the line of seq {expected} is not an event line"));
+            }
+            line.pop();
+            line.extend_from_slice(b",\"prev_hash\":\"");
+            line.extend_from_slice(prev.to_hex().as_bytes());
+            line.extend_from_slice(b"\",\"hash\":\"");
+            line.extend_from_slice(Hash32::ZERO.to_hex().as_bytes());
+            line.extend_from_slice(b"\"}");
+        }
         let parsed = keyward_events::export::parse_bytes(&line, &mut scratch)
             .map_err(|e| format!("the line of seq {expected} is not an event line: {e}"))?;
         let keyward_events::export::Line::Event {
-            envelope: env,
+            envelope: mut env,
             proof: None,
         } = parsed
         else {
@@ -406,9 +451,14 @@ pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Resul
                 env.seq - 1
             ));
         }
+        if computed {
+            // Its hash is what its content makes it: an altered line changes it and every
+            // hash after it, which the manifest's last hash and root catch.
+            env.hash = env.compute_hash();
+        }
         // A line the export redacted (a schema-1 password hash) is checked by its place:
         // its hash binds it into the chain and the tree, and the store holds it.
-        if !keyward_events::export::is_redacted(&env) && env.compute_hash() != env.hash {
+        else if !keyward_events::export::is_redacted(&env) && env.compute_hash() != env.hash {
             return Err(format!(
                 "seq {}: the stored hash does not match the recomputed hash: the event was altered",
                 env.seq
@@ -436,7 +486,10 @@ pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Resul
         ));
     }
     if prev != manifest.last_hash {
-        return Err("its last event's hash is not the manifest's".to_owned());
+        return Err(
+            "its events do not hash to the manifest's last hash: an event in it was altered, added or removed"
+                .to_owned(),
+        );
     }
     if usage.len() as u64 != manifest.usage {
         return Err(format!(
@@ -446,7 +499,10 @@ pub fn check_segment(name: &str, bytes: &[u8], verifier: &NoteVerifier) -> Resul
         ));
     }
     if range.root() != manifest.root {
-        return Err("its events do not hash to the manifest's Merkle root".to_owned());
+        return Err(
+            "its events do not hash to the manifest's Merkle root: an event in it was altered, added or removed"
+                .to_owned(),
+        );
     }
     let (_, cp) = keyward_events::note::open(
         manifest.checkpoint.as_bytes(),
@@ -583,6 +639,14 @@ pub struct ArchiveReport {
     pub pruned_events: u64,
     /// The last seq the archive covers after this run.
     pub covered: u64,
+    /// Compressed bytes of the segments read back and verified by this run.
+    pub bytes: u64,
+    /// Where the time went: building and writing the segments, reading them back and
+    /// verifying them, the projection snapshot before the prune, and the prune.
+    pub write: std::time::Duration,
+    pub verify: std::time::Duration,
+    pub snapshot: std::time::Duration,
+    pub prune: std::time::Duration,
 }
 
 /// The last seq to archive up to, rounded down to whole segments.
@@ -653,6 +717,7 @@ pub async fn run(
         let index = (next_first - 1) >> level;
         let last = next_first + (1 << level) - 1;
         let name = segment_name(next_first, last);
+        let started = std::time::Instant::now();
         if !existing.contains(&name) {
             let (bytes, _) =
                 build_segment(store, key, checkpoint_dir, level, index, req.zstd_level).await?;
@@ -666,7 +731,9 @@ pub async fn run(
                 .await
                 .with_context(|| format!("cannot rename the segment {name} into place"))?;
         }
+        report.write += started.elapsed();
         // Read back what the destination holds and verify it before anything is pruned.
+        let started = std::time::Instant::now();
         let Some(bytes) = get(dest, &name).await? else {
             bail!(
                 "the segment {name} is not in {} after it was written",
@@ -685,6 +752,8 @@ pub async fn run(
                 dest.url
             )
         })?;
+        report.bytes += bytes.len() as u64;
+        report.verify += started.elapsed();
         report.written.push(name.clone());
         ready.push((
             ArchivedSegment {
@@ -702,7 +771,10 @@ pub async fn run(
         return Ok(report);
     }
     let last_pruned = ready.last().map_or(0, |(s, _)| s.last_seq);
+    let started = std::time::Instant::now();
     before_prune(last_pruned).await?;
+    report.snapshot = started.elapsed();
+    let started = std::time::Instant::now();
     for (seg, checked) in ready {
         let event = keyward_events::Event::AuditArchived(keyward_events::AuditArchived {
             first_seq: seg.first_seq,
@@ -738,6 +810,7 @@ pub async fn run(
             .max(parse_segment_name(&name).map_or(0, |r| r.1));
         report.pruned_segments.push(name);
     }
+    report.prune = started.elapsed();
     Ok(report)
 }
 

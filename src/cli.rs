@@ -1011,6 +1011,16 @@ async fn archive(
             report.covered
         );
     }
+    if !report.written.is_empty() {
+        println!(
+            "{} compressed; written in {:.1} s, read back and verified in {:.1} s, snapshot {:.1} s, pruned in {:.1} s",
+            human_bytes(report.bytes),
+            report.write.as_secs_f64(),
+            report.verify.as_secs_f64(),
+            report.snapshot.as_secs_f64(),
+            report.prune.as_secs_f64()
+        );
+    }
     Ok(0)
 }
 
@@ -1308,5 +1318,15 @@ fn verify_export_offline(
             println!("({} events passed before the failure)", e.checked);
             Ok(1)
         }
+    }
+}
+
+/// Bytes for a message: `812 B`, `74.1 MB`.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.2} GB", n as f64 / 1e9),
     }
 }

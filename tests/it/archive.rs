@@ -422,6 +422,118 @@ const SEG1: &str = "keyward-segment-00000000000000000001-00000000000000000016.nd
 const SEG2: &str = "keyward-segment-00000000000000000017-00000000000000000032.ndjson.zst";
 
 #[tokio::test]
+async fn segments_leave_out_the_hashes_a_reader_recomputes() {
+    let (dir, to) = archived().await;
+    let raw = zstd::decode_all(std::fs::read(to.join(SEG1)).unwrap().as_slice()).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .contains("\"format\":\"keyward-segment/2\""),
+        "{text}"
+    );
+    let events: Vec<&str> = lines.collect();
+    assert_eq!(events.len(), 16);
+    for l in &events {
+        assert!(l.starts_with("{\"seq\":"), "{l}");
+        assert!(!l.contains("\"prev_hash\""), "{l}");
+        assert!(!l.contains("\"hash\""), "{l}");
+    }
+    let out = run_ok(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert!(out.contains("in 2 segments of the archive"), "{out}");
+}
+
+/// Rewrites a format-2 segment as format 1 wrote it: every event line with its
+/// `prev_hash` and `hash`, recomputed here from the line and the one before.
+fn to_format_1(path: &Path) {
+    rewrite_segment(path, |text| {
+        let mut lines = text.lines();
+        let manifest = lines.next().unwrap();
+        let m: serde_json::Value = serde_json::from_str(manifest).unwrap();
+        let mut prev: keyward_events::Hash32 =
+            serde_json::from_value(m["keyward_segment"]["prev_hash"].clone()).unwrap();
+        let mut out = manifest.replace("keyward-segment/2", "keyward-segment/1");
+        out.push('\n');
+        for l in lines {
+            let open = l.strip_suffix('}').unwrap();
+            let zero = format!(
+                "{open},\"prev_hash\":\"{}\",\"hash\":\"{}\"}}",
+                prev.to_hex(),
+                keyward_events::Hash32::ZERO.to_hex()
+            );
+            let keyward_events::export::Line::Event { envelope, .. } =
+                keyward_events::export::parse_line(&zero).unwrap()
+            else {
+                panic!("{l}")
+            };
+            let hash = envelope.compute_hash();
+            out.push_str(&format!(
+                "{open},\"prev_hash\":\"{}\",\"hash\":\"{}\"}}\n",
+                prev.to_hex(),
+                hash.to_hex()
+            ));
+            prev = hash;
+        }
+        out
+    });
+}
+
+#[tokio::test]
+async fn segments_of_format_1_still_verify_and_their_altered_lines_are_named() {
+    let (dir, to) = archived().await;
+    to_format_1(&to.join(SEG1));
+    to_format_1(&to.join(SEG2));
+    let out = run_ok(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert!(out.contains("in 2 segments of the archive"), "{out}");
+    rewrite_segment(&to.join(SEG2), |t| t.replacen("gpt-4o", "gpt-4x", 1));
+    let out = run_fails(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert!(
+        out.contains(&format!("FAILED: the segment {SEG2}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("the stored hash does not match the recomputed hash: the event was altered"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_line_given_hashes_of_its_own_in_format_2_is_checked_against_them() {
+    let (dir, to) = archived().await;
+    // A forged pair of hashes on one line: its prev_hash breaks the chain.
+    rewrite_segment(&to.join(SEG2), |t| {
+        let mut lines: Vec<String> = t.lines().map(str::to_owned).collect();
+        let l = lines[3].strip_suffix('}').unwrap().to_owned();
+        lines[3] = format!(
+            "{l},\"prev_hash\":\"{}\",\"hash\":\"{}\"}}",
+            "ab".repeat(32),
+            "cd".repeat(32)
+        );
+        lines.join("\n") + "\n"
+    });
+    let out = run_fails(
+        dir.path(),
+        &["audit", "verify", "--archive", to.to_str().unwrap()],
+    );
+    assert!(
+        out.contains(&format!("FAILED: the segment {SEG2}")),
+        "{out}"
+    );
+    assert!(out.contains("the chain breaks"), "{out}");
+}
+
+#[tokio::test]
 async fn an_altered_segment_is_named() {
     let (dir, to) = archived().await;
     rewrite_segment(&to.join(SEG2), |t| t.replacen("gpt-4o", "gpt-4x", 1));
