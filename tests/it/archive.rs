@@ -1452,7 +1452,9 @@ async fn the_archive_verifies_offline_with_the_public_key_alone() {
     assert!(!elsewhere.path().join("keyward.db").exists());
 
     // A segment rewritten and re-hashed consistently inside (a forged segment) still fails:
-    // its root no longer proves into its signed checkpoint.
+    // its root no longer proves into its signed checkpoint. (Written as format 1, whose
+    // lines carry their hashes, to forge them line by line.)
+    to_format_1(&to.join(SEG1));
     rewrite_segment(&to.join(SEG1), |t| {
         let mut lines: Vec<String> = t.lines().map(str::to_owned).collect();
         let mut events: Vec<keyward_events::Envelope> = lines[1..]
