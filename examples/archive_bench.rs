@@ -15,8 +15,8 @@
 //! event and per `key.used`; the time to prune; the hot store's pages in use before and
 //! after; and the time to verify the store's chain and the archive.
 //!
-//! `build` writes the log into `DATA_DIR/keyward.db` (what `serve --data-dir DATA_DIR`
-//! opens) with the events `--days-ago` days old (default 100), for a `serve --archive-to
+//! `build` appends the log to `DATA_DIR/keyward.db` (what `serve --data-dir DATA_DIR`
+//! opens; created if missing, appended to if a stopped Keyward left one) with the events `--days-ago` days old (default 100), for a `serve --archive-to
 //! … --retain-usage 1d` to archive (scripts/bench-archive.sh).
 
 #[path = "common/log_fixture.rs"]
@@ -239,8 +239,8 @@ async fn build_only(a: Args) -> anyhow::Result<()> {
     let usage = a.numbers.first().copied().unwrap_or(10_000_000);
     let keys = a.numbers.get(1).copied().unwrap_or(1_000).max(1);
     std::fs::create_dir_all(&dir)?;
+    // Appended to the log that is there, if any (a Keyward's data dir, stopped).
     let path = dir.join("keyward.db");
-    anyhow::ensure!(!path.exists(), "{} exists already", path.display());
     let store: Arc<SqliteStore> = Arc::new(SqliteStore::open(&path).await?);
     let f = fixture(keys);
     let start = chrono::Utc::now() - chrono::Duration::days(a.days_ago);
