@@ -216,6 +216,82 @@ async fn node_proof(store: &dyn EventStore, level: u8, index: u64) -> anyhow::Re
     Ok(plan.assemble(|id| nodes.get(&shift(id)).copied())?)
 }
 
+/// Events read from the store per page by the archive: small enough that decoding a page
+/// holds a runtime worker for a few milliseconds at most (the proxy's p99 while an archive
+/// runs), large enough that the queries cost little.
+const PAGE: usize = 1_000;
+
+/// A segment's body as it is built: the zstd stream of its lines, the compact Merkle range
+/// of its leaves, and where it has got to.
+struct SegmentBody {
+    range: CompactRange,
+    usage: u64,
+    prev_hash: Option<Hash32>,
+    last_hash: Hash32,
+    body: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    line: Vec<u8>,
+    /// The last seq added.
+    after: u64,
+}
+
+impl SegmentBody {
+    fn new(first: u64, zstd_level: i32) -> anyhow::Result<Self> {
+        Ok(Self {
+            range: CompactRange::new(),
+            usage: 0,
+            prev_hash: None,
+            last_hash: Hash32::ZERO,
+            body: zstd::stream::write::Encoder::new(Vec::new(), zstd_level).context("zstd")?,
+            line: Vec::with_capacity(1024),
+            after: first - 1,
+        })
+    }
+
+    /// Adds a page of events, which must continue the seqs without a gap.
+    fn push_page(
+        &mut self,
+        page: &[keyward_events::Envelope],
+        first: u64,
+        last: u64,
+    ) -> anyhow::Result<()> {
+        use std::io::Write;
+        for env in page {
+            if env.seq != self.after + 1 {
+                bail!(
+                    "seq {} is not in the store: seqs {first} to {last} cannot be archived whole",
+                    self.after + 1
+                );
+            }
+            self.prev_hash.get_or_insert(env.prev_hash);
+            self.range.push(merkle::leaf_hash(&env.hash));
+            if PRUNABLE_TYPES.contains(&env.event_type.as_str()) {
+                self.usage += 1;
+            }
+            // The export's form: secrets redacted exactly as `audit export` does, without
+            // the hashes the reader recomputes.
+            let line = &mut self.line;
+            line.clear();
+            let readable = keyward_events::upcast::readable(env);
+            keyward_events::export::encode_event_line(line, &readable, None)?;
+            if !keyward_events::export::is_redacted(&readable) {
+                if !has_hashes(line) {
+                    bail!(
+                        "seq {}: the export line does not end with its hashes",
+                        env.seq
+                    );
+                }
+                line.truncate(line.len() - HASHES_TAIL);
+                line.push(b'}');
+            }
+            line.push(b'\n');
+            self.body.write_all(line)?;
+            self.last_hash = env.hash;
+            self.after = env.seq;
+        }
+        Ok(())
+    }
+}
+
 /// Builds segment `index` at `level` from the store: the compressed object and its
 /// manifest. The events are read a page at a time and compressed as they come (one zstd
 /// frame); the manifest, known only at the end, is its own frame put first. Concatenated
@@ -228,17 +304,11 @@ pub async fn build_segment(
     index: u64,
     zstd_level: i32,
 ) -> anyhow::Result<(Vec<u8>, Manifest)> {
-    use std::io::Write;
     let first = (index << level) + 1;
     let last = (index + 1) << level;
-    let mut range = CompactRange::new();
-    let mut usage = 0;
-    let mut prev_hash = None;
-    let mut last_hash = Hash32::ZERO;
-    let mut body = zstd::stream::write::Encoder::new(Vec::new(), zstd_level).context("zstd")?;
-    let mut line = Vec::with_capacity(1024);
-    let mut after = first - 1;
-    while after < last {
+    let mut body = Some(SegmentBody::new(first, zstd_level)?);
+    while body.as_ref().is_some_and(|b| b.after < last) {
+        let after = body.as_ref().map_or(last, |b| b.after);
         let page = store
             .read(
                 &EventFilter {
@@ -246,53 +316,40 @@ pub async fn build_segment(
                     until_seq: Some(last),
                     ..EventFilter::default()
                 },
-                crate::audit::PAGE,
+                PAGE,
             )
             .await?;
         if page.is_empty() {
             break;
         }
-        for env in &page {
-            if env.seq != after + 1 {
-                bail!(
-                    "seq {} is not in the store: seqs {first} to {last} cannot be archived whole",
-                    after + 1
-                );
-            }
-            prev_hash.get_or_insert(env.prev_hash);
-            range.push(merkle::leaf_hash(&env.hash));
-            if PRUNABLE_TYPES.contains(&env.event_type.as_str()) {
-                usage += 1;
-            }
-            // The export's form: secrets redacted exactly as `audit export` does, without
-            // the hashes the reader recomputes.
-            line.clear();
-            let readable = keyward_events::upcast::readable(env);
-            keyward_events::export::encode_event_line(&mut line, &readable, None)?;
-            if !keyward_events::export::is_redacted(&readable) {
-                if !has_hashes(&line) {
-                    bail!(
-                        "seq {}: the export line does not end with its hashes",
-                        env.seq
-                    );
-                }
-                line.truncate(line.len() - HASHES_TAIL);
-                line.push(b'}');
-            }
-            line.push(b'\n');
-            body.write_all(&line)?;
-            last_hash = env.hash;
-            after = env.seq;
-        }
+        // Encoding, hashing and compressing run on the background thread, a page at a time.
+        let mut b = body.take().context("the segment's body")?;
+        let (b, done) = crate::background::run(move || {
+            let done = b.push_page(&page, first, last);
+            (b, done)
+        })
+        .await;
+        done?;
+        body = Some(b);
     }
+    let SegmentBody {
+        range,
+        usage,
+        prev_hash,
+        last_hash,
+        body,
+        after,
+        ..
+    } = body.context("the segment's body")?;
     if after != last {
         bail!(
             "seq {} is not in the store: seqs {first} to {last} cannot be archived whole",
             after + 1
         );
     }
-    let body = body.finish().context("zstd")?;
-    let root = range.root();
+    let (body, root) =
+        crate::background::run(move || (body.finish().context("zstd"), range.root())).await;
+    let body = body?;
     let stored = store
         .tree_nodes(&[NodeId { level, index }])
         .await?
@@ -568,7 +625,7 @@ pub async fn check_against_store(store: &dyn EventStore, checked: &Checked) -> R
             m.last_seq
         ));
     }
-    for chunk in checked.hashes.chunks(crate::audit::PAGE) {
+    for chunk in checked.hashes.chunks(PAGE) {
         let (Some(lo), Some(hi)) = (chunk.first(), chunk.last()) else {
             continue;
         };
@@ -740,7 +797,11 @@ pub async fn run(
                 dest.url
             );
         };
-        let checked = check_segment(&name, &bytes, &verifier).map_err(|e| {
+        let checked = {
+            let (name, verifier, bytes) = (name.clone(), verifier.clone(), bytes.clone());
+            crate::background::run(move || check_segment(&name, &bytes, &verifier)).await
+        };
+        let checked = checked.map_err(|e| {
             anyhow::anyhow!(
                 "the segment {name} in {} does not verify: {e}. Nothing was pruned; move it away to have it written again",
                 dest.url
@@ -953,20 +1014,28 @@ pub async fn snapshot_at(
                     until_seq: Some(at),
                     ..EventFilter::default()
                 },
-                crate::audit::PAGE,
+                PAGE,
             )
             .await?;
         if page.is_empty() {
             break;
         }
-        for env in &page {
-            state.apply(env).with_context(|| {
-                format!(
-                    "cannot fold the log to seq {at} for the projection snapshot the prune needs (is a kept snapshot after an earlier prune missing?); nothing was pruned"
-                )
-            })?;
-            timeline.record(env.seq, env.occurred_at);
-        }
+        // The fold runs on the background thread, a page at a time.
+        let folded;
+        (state, timeline, folded) = crate::background::run(move || {
+            let folded = page.iter().try_for_each(|env| {
+                state.apply(env)?;
+                timeline.record(env.seq, env.occurred_at);
+                Ok::<_, keyward_projections::ApplyError>(())
+            });
+            (state, timeline, folded)
+        })
+        .await;
+        folded.with_context(|| {
+            format!(
+                "cannot fold the log to seq {at} for the projection snapshot the prune needs (is a kept snapshot after an earlier prune missing?); nothing was pruned"
+            )
+        })?;
     }
     if state.head.seq != at {
         bail!(

@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod audit;
 pub mod auth;
+pub mod background;
 pub mod bootstrap;
 pub mod checkpoint;
 pub mod cli;
