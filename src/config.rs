@@ -118,6 +118,11 @@ pub struct ServeArgs {
     /// `none` (default) or `key_id`: whether proxy metrics carry a per-key label.
     #[arg(long, env = "KEYWARD_METRICS_KEY_LABELS")]
     pub metrics_key_labels: Option<String>,
+    /// `async` (default): a proxied answer is sent while its `key.used` waits for the
+    /// next group commit. `durable`: an answer completes only once its `key.used` has
+    /// committed; if the commit fails the answer is cut off.
+    #[arg(long, env = "KEYWARD_USAGE_DURABILITY")]
+    pub usage_durability: Option<String>,
     /// Where expiry notices are POSTed; none are sent without it.
     #[arg(long, env = "KEYWARD_NOTIFY_WEBHOOK_URL")]
     pub notify_webhook_url: Option<String>,
@@ -215,6 +220,7 @@ struct FileConfig {
     session_ttl: Option<String>,
     trust_forwarded_proto: Option<bool>,
     metrics_key_labels: Option<String>,
+    usage_durability: Option<String>,
     notify_webhook_url: Option<String>,
     notify_webhook_secret: Option<String>,
     notify_within: Option<String>,
@@ -316,6 +322,8 @@ pub struct Config {
     /// Whether `X-Forwarded-Proto: https` marks console cookies `Secure`.
     pub trust_forwarded_proto: bool,
     pub metrics_key_labels: KeyLabels,
+    /// Whether an answer waits for its `key.used` to commit.
+    pub usage_durability: UsageDurability,
     /// The expiry notice webhook, when one is configured.
     pub notify: Option<NoticeWebhook>,
     /// Loopback and private ranges a provider may be reached at.
@@ -329,6 +337,18 @@ pub struct Config {
     /// The scheduled archive (`--archive-to`), when one is configured.
     pub archive: Option<ArchiveSchedule>,
     pub allow_broken_chain: bool,
+}
+
+/// When a proxied answer may complete relative to the commit of its `key.used`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UsageDurability {
+    /// The answer is sent while the event waits in the appender's queue: a crash can lose
+    /// the uses of the last few milliseconds (RELIABILITY.md measures how many).
+    #[default]
+    Async,
+    /// A non-streamed answer is sent, and a stream's end (its final event and the end of
+    /// its body), only once the event has committed; a failed commit cuts the answer off.
+    Durable,
 }
 
 /// The checkpoint signer key text. Its `Debug` prints nothing; zeroed on drop.
@@ -555,6 +575,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "session-ttl" => "KEYWARD_SESSION_TTL",
         "trust-forwarded-proto" => "KEYWARD_TRUST_FORWARDED_PROTO",
         "metrics-key-labels" => "KEYWARD_METRICS_KEY_LABELS",
+        "usage-durability" => "KEYWARD_USAGE_DURABILITY",
         "notify-webhook-url" => "KEYWARD_NOTIFY_WEBHOOK_URL",
         "notify-webhook-secret" => "KEYWARD_NOTIFY_WEBHOOK_SECRET",
         "notify-within" => "KEYWARD_NOTIFY_WITHIN",
@@ -596,6 +617,7 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         "session-ttl" => "session_ttl",
         "trust-forwarded-proto" => "trust_forwarded_proto",
         "metrics-key-labels" => "metrics_key_labels",
+        "usage-durability" => "usage_durability",
         "notify-webhook-url" => "notify_webhook_url",
         "notify-webhook-secret" => "notify_webhook_secret",
         "notify-within" => "notify_within",
@@ -857,6 +879,21 @@ impl Config {
                 ));
             }
         };
+        let usage_durability = match s
+            .usage_durability
+            .clone()
+            .or(file.usage_durability.take())
+            .as_deref()
+        {
+            None | Some("async") => UsageDurability::Async,
+            Some("durable") => UsageDurability::Durable,
+            Some(other) => {
+                return Err(bad(
+                    "usage-durability",
+                    format!("{other:?} is neither `async` nor `durable`"),
+                ));
+            }
+        };
         let archive = match s.archive_to.clone().or(file.archive_to.take()) {
             None => None,
             Some(to) => {
@@ -990,6 +1027,7 @@ impl Config {
             session_ttl,
             trust_forwarded_proto,
             metrics_key_labels,
+            usage_durability,
             notify,
             upstream_allow,
             snapshot_every,
@@ -1371,6 +1409,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("KEYWARD_METRICS_KEY_LABELS"), "{e}");
+        let s = ServeArgs {
+            usage_durability: Some("sync".into()),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&GlobalArgs::default(), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("KEYWARD_USAGE_DURABILITY"), "{e}");
+        assert!(
+            e.contains("\"sync\" is neither `async` nor `durable`"),
+            "{e}"
+        );
+        let c = Config::resolve(&GlobalArgs::default(), &ServeArgs::default()).unwrap();
+        assert_eq!(c.usage_durability, UsageDurability::Async);
+        let s = ServeArgs {
+            usage_durability: Some("durable".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&GlobalArgs::default(), &s).unwrap();
+        assert_eq!(c.usage_durability, UsageDurability::Durable);
     }
 
     #[test]

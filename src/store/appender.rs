@@ -5,6 +5,11 @@
 //! its envelopes or its error. A usage event waits only for room in the queue, and once
 //! accepted it is never dropped: if the store fails, the appender keeps it and tries
 //! again, and while it does the queue fills and the proxy path waits (fail closed).
+//!
+//! Under `--usage-durability durable` a usage event also carries a [`Durable`] handle:
+//! the batch that commits it releases it, all of the batch's handles at once, right after
+//! the store acknowledged the commit; a failed batch releases them as not recorded (its
+//! events are kept and tried again, but their requests do not wait for that).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -68,7 +73,8 @@ enum Item {
         reply: Reply,
         progress: Arc<AtomicU8>,
     },
-    Usage(NewEvent),
+    /// A usage event, and under `durable` whom to tell once it is committed.
+    Usage(NewEvent, Option<oneshot::Sender<()>>),
 }
 
 impl Item {
@@ -78,7 +84,7 @@ impl Item {
             Item::Unit { progress, .. } => progress
                 .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok(),
-            Item::Usage(_) => true,
+            Item::Usage(..) => true,
         }
     }
 }
@@ -87,8 +93,26 @@ impl Item {
     fn len(&self) -> usize {
         match self {
             Item::Unit { events, .. } => events.len(),
-            Item::Usage(_) => 1,
+            Item::Usage(..) => 1,
         }
+    }
+}
+
+/// A queued usage event's commit: one small handle per request (a oneshot), released by
+/// the commit of the batch that holds the event, with every other handle of that batch.
+#[must_use = "a durable use is only recorded once `committed` says so"]
+pub struct Durable(oneshot::Receiver<()>);
+
+/// The usage event was not committed: its batch failed (the event is kept and tried
+/// again, but it may never be written), or the appender stopped first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the use was not committed to the log")]
+pub struct NotCommitted;
+
+impl Durable {
+    /// Waits for the commit of the event's batch.
+    pub async fn committed(self) -> Result<(), NotCommitted> {
+        self.0.await.map_err(|_| NotCommitted)
     }
 }
 
@@ -172,7 +196,16 @@ impl Appender {
     /// A usage event: waits only for queue space (back-pressure: when the queue is full
     /// the caller waits, the event is never dropped). `Err(Closed)` after shutdown.
     pub async fn record(&self, event: NewEvent) -> Result<(), AppendError> {
-        self.send(Item::Usage(event)).await
+        self.send(Item::Usage(event, None)).await
+    }
+
+    /// A usage event whose caller will wait for its commit (`--usage-durability
+    /// durable`): waits for queue space like [`Appender::record`], then hands back the
+    /// handle that the commit of the event's batch releases.
+    pub async fn record_durable(&self, event: NewEvent) -> Result<Durable, AppendError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Item::Usage(event, Some(tx))).await?;
+        Ok(Durable(rx))
     }
 
     /// No room left in the queue: a usage event recorded now would wait for the store.
@@ -365,6 +398,8 @@ impl Task {
     ) -> Result<(), (Vec<NewEvent>, StoreError)> {
         let mut units: Vec<Vec<NewEvent>> = Vec::with_capacity(retry.len() + items.len());
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(units.capacity());
+        // Durable usage events: their unit's index, and whom to tell once it committed.
+        let mut waiters: Vec<(usize, oneshot::Sender<()>)> = Vec::new();
         for e in retry {
             units.push(vec![e]);
             replies.push(None);
@@ -375,7 +410,10 @@ impl Task {
                     units.push(events);
                     replies.push(Some(reply));
                 }
-                Item::Usage(e) => {
+                Item::Usage(e, waiter) => {
+                    if let Some(w) = waiter {
+                        waiters.push((units.len(), w));
+                    }
                     units.push(vec![e]);
                     replies.push(None);
                 }
@@ -409,6 +447,8 @@ impl Task {
         let (delivered_through, results, took) = match outcome {
             Ok(ok) => ok,
             Err(Unwritten { error, units }) => {
+                // Their requests are told at once (dropped senders): not recorded.
+                drop(waiters);
                 // Usage events are kept to be tried again; commands get the error.
                 let mut usage = Vec::new();
                 let mut answers = Vec::new();
@@ -428,6 +468,13 @@ impl Task {
             }
         };
 
+        // The commit is acknowledged: release the batch's durable waiters, every one at
+        // once, before anything else (an event the store refused is not recorded).
+        for (i, w) in waiters {
+            if results.get(i).is_some_and(Result::is_ok) {
+                let _ = w.send(());
+            }
+        }
         // Usage events have no one waiting, so their envelopes move to the sink; a
         // command's are copied, since its submitter gets them too.
         let mut fresh: Vec<Envelope> = Vec::new();

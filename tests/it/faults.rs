@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
+use http_body_util::BodyExt;
+use keyward::config::UsageDurability;
 use serde_json::json;
 
 use crate::proxy::{Gw, KeySpec, Reply, chat};
@@ -167,10 +169,18 @@ async fn used_count(gw: &Gw) -> usize {
 
 /// Starts a gateway on `data_dir` (a fresh temp dir when `None`) with a small queue.
 async fn gateway(data_dir: Option<&Path>) -> (Gw, String, String, String) {
+    gateway_in(data_dir, UsageDurability::Async).await
+}
+
+async fn gateway_in(
+    data_dir: Option<&Path>,
+    durability: UsageDurability,
+) -> (Gw, String, String, String) {
     let dir = data_dir.map(Path::to_path_buf);
     let gw = Gw::start_with(|c| {
         c.usage_queue_capacity = QUEUE;
         c.append_batch_max = BATCH;
+        c.usage_durability = durability;
         if let Some(d) = dir {
             c.database_url = format!("sqlite://{}", d.join("keyward.db").display());
             c.data_dir = d;
@@ -375,4 +385,100 @@ async fn database_locked_by_another_process() {
         return unavailable("locking the database from python3", &e);
     }
     survives(gw, admin, p, secret, move || Locker::hold(&db).unwrap()).await;
+}
+
+/// A streamed chat request's body, read frame by frame: the bytes that arrived, and
+/// whether the body ended with an error (the connection aborted) rather than cleanly.
+async fn read_stream(gw: &Gw, secret: &str) -> (u16, String, bool) {
+    let mut body = chat("m");
+    body["stream"] = json!(true);
+    let res = gw
+        .call(crate::proxy::post("/v1/chat/completions", secret, body))
+        .await;
+    let status = res.status().as_u16();
+    let mut body = res.into_body();
+    let mut text = Vec::new();
+    let aborted = loop {
+        match body.frame().await {
+            None => break false,
+            Some(Err(_)) => break true,
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    text.extend_from_slice(&d);
+                }
+            }
+        }
+    };
+    (status, String::from_utf8_lossy(&text).into_owned(), aborted)
+}
+
+/// `--usage-durability durable` under a store fault (the database file made read-only):
+/// before it, an answer arrives only with its `key.used` already in the log; during it,
+/// answers are held for the commit and then cut off (503 `usage_not_recorded`, or a stream
+/// without its end, an error event and an aborted body), never completed unrecorded; after
+/// it, the uses of the cut-off answers are committed (kept and retried, not lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_answers_wait_for_their_commit_and_are_cut_off_when_it_fails() {
+    let (gw, _admin, _p, secret) = gateway_in(None, UsageDurability::Durable).await;
+    let db = gw.t.db_path();
+    let files = vec![db.clone(), PathBuf::from(format!("{}-wal", db.display()))];
+    let probe = gw.t.dir.path().join("probe");
+    std::fs::write(&probe, b"x").unwrap();
+    if let Err(e) = Immutable::set(vec![probe]) {
+        return unavailable("chattr +i", &e);
+    }
+
+    // No waiting for the log: the answer itself says the use is committed.
+    let r = gw.post("/v1/chat/completions", &secret, chat("m")).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(used_count(&gw).await, 1);
+    let (status, text, aborted) = read_stream(&gw, &secret).await;
+    assert_eq!(status, 200);
+    assert!(!aborted, "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert_eq!(used_count(&gw).await, 2);
+
+    let fault = Immutable::set(files).unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        gw.post("/v1/chat/completions", &secret, chat("m")),
+    )
+    .await
+    .expect("a durable answer was held past its failed commit");
+    r.assert_error(503, "usage_not_recorded");
+    assert_eq!(r.json()["error"]["type"], "api_error");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        !r.text().contains("chatcmpl"),
+        "the answer leaked: {}",
+        r.text()
+    );
+
+    let (status, text, aborted) =
+        tokio::time::timeout(Duration::from_secs(60), read_stream(&gw, &secret))
+            .await
+            .expect("a durable stream was held past its failed commit");
+    assert_eq!(status, 200);
+    assert!(aborted, "the stream ended cleanly: {text}");
+    assert!(
+        !text.contains("[DONE]"),
+        "the stream's end went out: {text}"
+    );
+    assert!(text.contains("chat.completion.chunk"), "{text}");
+    assert!(text.contains("usage_not_recorded"), "{text}");
+    assert_eq!(used_count(&gw).await, 2);
+
+    drop(fault);
+    // The two cut-off uses were kept and are committed once the store is back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while used_count(&gw).await < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cut-off uses were not committed after the fault cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = gw.post("/v1/chat/completions", &secret, chat("m")).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(used_count(&gw).await, 5);
 }

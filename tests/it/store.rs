@@ -1194,6 +1194,94 @@ async fn concurrent_records_are_group_committed() {
 }
 
 #[tokio::test]
+async fn durable_records_are_released_by_their_batch_commit_all_at_once() {
+    let h = Harness::sqlite().await;
+    // The first batch is held at the gate until every record is queued.
+    let store = Wrapped::new(h.store.clone(), true);
+    let sink = Recorder::new();
+    let cfg = AppenderConfig {
+        queue_capacity: 4096,
+        max_batch: 256,
+    };
+    let (appender, handle) = Appender::spawn(store.clone(), sink.clone(), cfg);
+    const N: usize = 1000;
+    let mut handles = Vec::with_capacity(N);
+    for i in 0..N {
+        handles.push(
+            appender
+                .record_durable(key_used(&format!("key_{}", i % 7), i as u64))
+                .await
+                .unwrap(),
+        );
+    }
+    store.wait_entered(1).await;
+    // Nothing is committed yet, so no handle is released.
+    let first = handles.remove(0);
+    let first = tokio::spawn(first.committed());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !first.is_finished(),
+        "a handle was released before its commit"
+    );
+    store.release();
+    let inner = h.store.clone();
+    let waiters: Vec<_> = handles
+        .into_iter()
+        .map(|d| {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                d.committed().await?;
+                // Released only once its event is in the store.
+                Ok::<usize, keyward::store::appender::NotCommitted>(
+                    inner.head().await.unwrap().seq as usize,
+                )
+            })
+        })
+        .collect();
+    first.await.unwrap().unwrap();
+    for w in waiters {
+        assert!(w.await.unwrap().unwrap() >= 1);
+    }
+    assert_eq!(all(&*h.store).await.len(), N);
+    // Still group-committed: the waiting requests did not serialise the batches.
+    let appends = store.appends.load(Ordering::SeqCst);
+    assert!(
+        appends <= 1 + N.div_ceil(cfg.max_batch),
+        "{appends} appends for {N} events"
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_durable_record_whose_batch_fails_is_told_at_once_and_still_committed_later() {
+    let h = Harness::sqlite().await;
+    let store = Wrapped::new(h.store.clone(), false);
+    let sink = Recorder::new();
+    let (appender, handle) =
+        Appender::spawn(store.clone(), sink.clone(), AppenderConfig::default());
+    store.down.store(true, Ordering::SeqCst);
+    let d = appender.record_durable(key_used("key_1", 1)).await.unwrap();
+    let told = tokio::time::timeout(Duration::from_secs(5), d.committed())
+        .await
+        .expect("a failed batch must release its waiters at once, not after the retries");
+    assert_eq!(told, Err(keyward::store::appender::NotCommitted));
+    assert!(all(&*h.store).await.is_empty());
+    // The event is kept and retried: once the store is back it is committed.
+    store.down.store(false, Ordering::SeqCst);
+    sink.wait_for(1).await;
+    assert_eq!(all(&*h.store).await.len(), 1);
+    // A durable record queued at shutdown is drained and released as committed.
+    let d = appender.record_durable(key_used("key_1", 2)).await.unwrap();
+    handle.shutdown().await;
+    assert_eq!(d.committed().await, Ok(()));
+    assert_eq!(all(&*h.store).await.len(), 2);
+    assert!(matches!(
+        appender.record_durable(key_used("key_1", 3)).await,
+        Err(AppendError::Closed)
+    ));
+}
+
+#[tokio::test]
 async fn a_full_queue_makes_record_wait() {
     let h = Harness::sqlite().await;
     let store = Wrapped::new(h.store.clone(), true);

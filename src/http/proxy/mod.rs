@@ -76,6 +76,8 @@ pub struct Proxy {
     auth_failures: AuthFailures,
     denials: DenyThrottle,
     metrics: Arc<ProxyMetrics>,
+    /// `--usage-durability durable`: answers wait for their event's commit.
+    durable: bool,
 }
 
 impl Proxy {
@@ -102,6 +104,7 @@ impl Proxy {
             auth_failures: AuthFailures::new(config.auth_failures_per_second),
             denials: DenyThrottle::new(config.denied_event_window),
             metrics: Arc::new(ProxyMetrics::new(config.metrics_key_labels)),
+            durable: config.usage_durability == crate::config::UsageDurability::Durable,
         })
     }
 
@@ -351,7 +354,14 @@ impl Ctx<'_> {
     }
 
     /// Counts a refusal of a known key and records it if the throttle lets it through.
-    async fn deny(&self, key_id: &str, reason: DenyReason, model: Option<&str>) {
+    /// Under `durable`, a refusal it records is answered only once the event committed:
+    /// otherwise the error is [`not_recorded`].
+    async fn deny(
+        &self,
+        key_id: &str,
+        reason: DenyReason,
+        model: Option<&str>,
+    ) -> Result<(), ProxyError> {
         let d = KeyDenied {
             key_id: key_id.to_owned(),
             reason,
@@ -370,10 +380,21 @@ impl Ctx<'_> {
                 key_id,
                 Some(self.request_id.clone()),
             );
-            if self.app.commands.appender.record(ev).await.is_err() {
+            let appender = &self.app.commands.appender;
+            if self.proxy().durable {
+                let committed = match appender.record_durable(ev).await {
+                    Ok(d) => d.committed().await.is_ok(),
+                    Err(_) => false,
+                };
+                if !committed {
+                    tracing::warn!(request_id = %self.request_id, "a refusal was not committed; its answer is withheld");
+                    return Err(not_recorded());
+                }
+            } else if appender.record(ev).await.is_err() {
                 tracing::warn!("the usage queue is closed; a refusal was not recorded");
             }
         }
+        Ok(())
     }
 
     /// Steps 1 to 5.
@@ -415,7 +436,7 @@ impl Ctx<'_> {
             Err(e) => {
                 px.auth_failures.failed(self.ip, t);
                 if let AuthError::Refused { key_id, reason } = &e {
-                    self.deny(key_id, *reason, None).await;
+                    self.deny(key_id, *reason, None).await?;
                 }
                 return Err(auth_error(&e));
             }
@@ -423,14 +444,14 @@ impl Ctx<'_> {
         // An auditor's key reads the management API and nothing else: it never reaches a
         // provider, whatever its scopes.
         if auditor {
-            self.deny(adm.key.key_id(), DenyReason::Scope, None).await;
+            self.deny(adm.key.key_id(), DenyReason::Scope, None).await?;
             return Err(ProxyError::forbidden(
                 "insufficient_scope",
                 "this key belongs to an auditor: it may read the management API, not use the proxy",
             ));
         }
         if !scope_allows(adm.key.scopes(), needed) {
-            self.deny(adm.key.key_id(), DenyReason::Scope, None).await;
+            self.deny(adm.key.key_id(), DenyReason::Scope, None).await?;
             return Err(ProxyError::forbidden(
                 "insufficient_scope",
                 format!(
@@ -454,7 +475,7 @@ impl Ctx<'_> {
     ) -> Result<(HeaderMap, Option<Reservation>), ProxyError> {
         let key = &adm.key;
         if !ip_allowed(key.ip_allowlist(), self.ip) {
-            self.deny(key.key_id(), DenyReason::Ip, model).await;
+            self.deny(key.key_id(), DenyReason::Ip, model).await?;
             return Err(ProxyError::forbidden(
                 "ip_not_allowed",
                 format!(
@@ -487,7 +508,7 @@ impl Ctx<'_> {
             Ok(r) => return Ok((headers, Some(r))),
             Err(over) => over,
         };
-        self.deny(key.key_id(), DenyReason::Quota, model).await;
+        self.deny(key.key_id(), DenyReason::Quota, model).await?;
         Err(ProxyError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "insufficient_quota",
@@ -510,7 +531,7 @@ impl Ctx<'_> {
             RateDecision::Allowed { limit, remaining } => Ok(rate_headers(limit, remaining)),
             RateDecision::Refused { limit, retry_after } => {
                 self.deny(adm.key.key_id(), DenyReason::RateLimit, model)
-                    .await;
+                    .await?;
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 Err(ProxyError::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -549,6 +570,7 @@ impl Ctx<'_> {
                 request_id: self.request_id.clone(),
                 started: self.started,
                 metrics: self.proxy().metrics.clone(),
+                durable: self.proxy().durable,
             },
         )
     }
@@ -572,14 +594,18 @@ impl Ctx<'_> {
             false,
             hold,
         );
-        m.record(
-            UsageOutcome::InvalidRequest,
-            e.status.as_u16(),
-            Tokens::default(),
-            None,
-        )
-        .await;
-        e
+        match m
+            .record(
+                UsageOutcome::InvalidRequest,
+                e.status.as_u16(),
+                Tokens::default(),
+                None,
+            )
+            .await
+        {
+            Ok(()) => e,
+            Err(NotRecorded) => not_recorded(),
+        }
     }
 
     async fn forward(&self, headers: &HeaderMap, body: Body) -> Result<Response, ProxyError> {
@@ -611,7 +637,7 @@ impl Ctx<'_> {
             .collect();
         if offering.is_empty() {
             self.deny(key.key_id(), DenyReason::Provider, Some(&model))
-                .await;
+                .await?;
             return Err(ProxyError::forbidden(
                 "provider_not_allowed",
                 format!(
@@ -622,7 +648,7 @@ impl Ctx<'_> {
         }
         if !key.models().is_empty() && !key.models().contains(&model) {
             self.deny(key.key_id(), DenyReason::Model, Some(&model))
-                .await;
+                .await?;
             return Err(ProxyError::forbidden(
                 "model_not_allowed",
                 format!(
@@ -634,7 +660,7 @@ impl Ctx<'_> {
         }
         let Some(provider) = upstream::choose(&offering, self.endpoint, &model).cloned() else {
             self.deny(key.key_id(), DenyReason::Model, Some(&model))
-                .await;
+                .await?;
             return Err(upstream::model_not_found(&model));
         };
         let bound = token_bound(self.endpoint, &provider, &scanned, bytes.len());
@@ -899,9 +925,13 @@ impl Ctx<'_> {
             let out = upstream::scrub_credential(&body, secret.expose()).map_or(body, Bytes::from);
             (out, UsageOutcome::Success, tokens, false)
         };
-        meter
+        if meter
             .record(outcome, status.as_u16(), tokens, Some(up_latency))
-            .await;
+            .await
+            .is_err()
+        {
+            return Err(not_recorded());
+        }
         let mut res = Response::new(Body::from(out));
         *res.status_mut() = status;
         let h = res.headers_mut();
@@ -926,7 +956,7 @@ impl Ctx<'_> {
         let adm = self.admit(headers, Scope::Read).await?;
         let key = &adm.key;
         if adm.providers.is_empty() {
-            self.deny(key.key_id(), DenyReason::Provider, None).await;
+            self.deny(key.key_id(), DenyReason::Provider, None).await?;
             return Err(ProxyError::forbidden(
                 "provider_not_allowed",
                 "this key is not bound to any provider",
@@ -956,7 +986,7 @@ impl Ctx<'_> {
                         list
                     }
                     Err((e, outcome)) => {
-                        meter
+                        let recorded = meter
                             .record(
                                 outcome,
                                 e.status.as_u16(),
@@ -964,7 +994,7 @@ impl Ctx<'_> {
                                 Some(t.elapsed()),
                             )
                             .await;
-                        return Err(e);
+                        return Err(recorded.map_or_else(|NotRecorded| not_recorded(), |()| e));
                     }
                 }
             };
@@ -975,14 +1005,18 @@ impl Ctx<'_> {
                 }
             }
         }
-        meter
+        if meter
             .record(
                 UsageOutcome::Success,
                 200,
                 Tokens::default(),
                 upstream_latency,
             )
-            .await;
+            .await
+            .is_err()
+        {
+            return Err(not_recorded());
+        }
         let data: Vec<Value> = ids
             .into_iter()
             .map(
@@ -1084,10 +1118,26 @@ fn invalid_response() -> ProxyError {
 
 /// Records a use that failed before the provider answered, and hands back its error.
 async fn fail(meter: &mut Meter, e: ProxyError, outcome: UsageOutcome) -> ProxyError {
-    meter
+    match meter
         .record(outcome, e.status.as_u16(), Tokens::default(), None)
-        .await;
-    e
+        .await
+    {
+        Ok(()) => e,
+        Err(NotRecorded) => not_recorded(),
+    }
+}
+
+/// Under `--usage-durability durable`, the answer in place of one whose `key.used` did not
+/// commit (the store failed, or the service is stopping): the provider's answer, or the
+/// error, is withheld.
+pub fn not_recorded() -> ProxyError {
+    ProxyError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        error::UPSTREAM,
+        "usage_not_recorded",
+        "Keyward could not record this use in its audit log, so its answer is withheld; try again shortly",
+    )
+    .with_header(axum::http::header::RETRY_AFTER, 1)
 }
 
 /// The client's body, at most `limit` bytes.
@@ -1168,7 +1218,14 @@ struct MeterSpec {
     request_id: String,
     started: Instant,
     metrics: Arc<ProxyMetrics>,
+    /// `--usage-durability durable`: [`Meter::record`] returns once the event committed.
+    durable: bool,
 }
+
+/// Under `--usage-durability durable`: the use was not committed, so its answer must not
+/// complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotRecorded;
 
 /// The one `key.used` of a request. Dropped before it was recorded (the client went away
 /// while the answer was on its way), it records `client_closed` with the tokens and
@@ -1204,6 +1261,11 @@ impl Meter {
         }
     }
 
+    /// Whether [`Meter::record`] waits for the commit (`--usage-durability durable`).
+    pub fn durable(&self) -> bool {
+        self.spec.as_ref().is_some_and(|s| s.durable)
+    }
+
     /// The request's `key.used`, counted in the metrics as it is built: it is built once.
     fn event(
         s: &MeterSpec,
@@ -1236,15 +1298,18 @@ impl Meter {
         )
     }
 
-    /// Queues the event (waiting for room, never dropping it). Once only.
+    /// Queues the event (waiting for room, never dropping it). Once only. Under
+    /// `durable` it then waits for the event's commit, and says if it did not commit: the
+    /// caller must then cut its answer off. Under `async` it is always `Ok`.
+    #[must_use = "under durable, an answer whose use was not recorded must not complete"]
     pub async fn record(
         &mut self,
         outcome: UsageOutcome,
         status: u16,
         tokens: Tokens,
         upstream: Option<Duration>,
-    ) {
-        let Some(s) = &self.spec else { return };
+    ) -> Result<(), NotRecorded> {
+        let Some(s) = &self.spec else { return Ok(()) };
         tracing::debug!(
             request_id = %s.request_id,
             key_id = %s.key_id,
@@ -1262,14 +1327,36 @@ impl Meter {
             .hold
             .as_ref()
             .map(|h| h.record(ev.event_id, total(tokens)));
-        if s.appender.record(ev).await.is_err() {
-            tracing::warn!(request_id = %s.request_id, "the usage queue is closed; a use was not recorded");
-        } else if let Some(r) = recorded {
-            r.queued();
-        }
+        let queued = if s.durable {
+            s.appender.record_durable(ev).await.map(Some)
+        } else {
+            s.appender.record(ev).await.map(|()| None)
+        };
+        let durable = s.durable;
+        let request_id = s.request_id.clone();
+        let queued = match queued {
+            Err(_) => {
+                tracing::warn!(%request_id, "the usage queue is closed; a use was not recorded");
+                None
+            }
+            Ok(waiting) => {
+                if let Some(r) = recorded {
+                    r.queued();
+                }
+                Some(waiting)
+            }
+        };
         // Only now: if the wait above is cut short, the guard still records the use.
         self.spec = None;
         self.hold = None;
+        match queued {
+            None if durable => Err(NotRecorded),
+            None | Some(None) => Ok(()),
+            Some(Some(waiting)) => waiting.committed().await.map_err(|_| {
+                tracing::warn!(%request_id, "a use was not committed; its answer is cut off");
+                NotRecorded
+            }),
+        }
     }
 }
 

@@ -12,6 +12,14 @@
 //! away), the task notices, and the [`Meter`] records `client_closed` with the tokens seen
 //! so far.
 //!
+//! Under `--usage-durability durable` the stream's end is held back until the event has
+//! committed: the final event (`[DONE]`, `message_stop`, the provider's error event or
+//! Keyward's own cut-off event) and whatever follows it wait in `held`, and the body ends
+//! only after the commit. If the commit fails, the held events are dropped, an error event
+//! `usage_not_recorded` is sent in their place, and the body ends with an error (the
+//! connection is aborted, never ended cleanly): no client sees a complete stream whose
+//! use is not in the log.
+//!
 //! Every byte that reaches the client passes the credential scrub: data, comments,
 //! `event:`/`id:`/`retry:` lines and `[DONE]` alike (the scrub works on whole events, so a
 //! credential split across two network chunks is still found).
@@ -77,6 +85,12 @@ pub struct Pump {
     upstream_started: Instant,
     upstream_latency: Option<Duration>,
     meter: Meter,
+    /// `durable`: the stream's end, held back until the use has committed.
+    durable: bool,
+    holding: bool,
+    held: VecDeque<Bytes>,
+    /// The use is recorded: what is left in `out` is sent, then the body ends.
+    finished: bool,
 }
 
 /// Why a stream ends early.
@@ -148,8 +162,27 @@ impl Pump {
             credential,
             upstream_started,
             upstream_latency: None,
+            durable: meter.durable(),
             meter,
+            holding: false,
+            held: VecDeque::new(),
+            finished: false,
         }
+    }
+
+    /// Queues an event for the client, or holds it back once the stream's end was seen
+    /// (under `durable`).
+    fn emit(&mut self, b: Bytes) {
+        if self.holding {
+            self.held.push_back(b);
+        } else {
+            self.out.push_back(b);
+        }
+    }
+
+    /// Under `durable`: the next events are the stream's end; hold them back.
+    fn end_begins(&mut self) {
+        self.holding = self.durable;
     }
 
     /// Starts the task that owns the provider's stream, and returns the client's body. The
@@ -204,11 +237,27 @@ impl Pump {
                     }
                 }
             }
-            if let Some(outcome) = self.outcome {
+            if let Some(outcome) = self.outcome.take() {
                 let tokens = self.tokens();
-                self.meter
+                let recorded = self
+                    .meter
                     .record(outcome, 200, tokens, self.upstream_latency)
                     .await;
+                if recorded.is_err() {
+                    self.not_recorded(&tx, &cut).await;
+                    return;
+                }
+                if self.held.is_empty() {
+                    return;
+                }
+                // Committed: the stream's end goes out, then the body ends.
+                self.holding = false;
+                let held = std::mem::take(&mut self.held);
+                self.out.extend(held);
+                self.finished = true;
+                continue;
+            }
+            if self.finished {
                 return;
             }
             tokio::select! {
@@ -226,18 +275,14 @@ impl Pump {
             "the client did not read the stream before the maximum duration; it is cut off"
         );
         self.out.clear();
+        self.held.clear();
+        self.holding = false;
         self.parser.clear();
         self.outcome = None;
         self.fail(Cut::Overran);
-        let queued = self
-            .out
-            .pop_front()
-            .is_some_and(|ev| tx.try_send(ev).is_ok());
-        if !queued {
-            cut.store(true, Ordering::Release);
-        }
         let tokens = self.tokens();
-        self.meter
+        let recorded = self
+            .meter
             .record(
                 UsageOutcome::UpstreamTimeout,
                 200,
@@ -245,6 +290,46 @@ impl Pump {
                 self.upstream_latency,
             )
             .await;
+        // The error event goes only to a use that is recorded (under `durable`, held back
+        // until then).
+        let queued = recorded.is_ok()
+            && self
+                .out
+                .pop_front()
+                .or_else(|| self.held.pop_front())
+                .is_some_and(|ev| tx.try_send(ev).is_ok());
+        if !queued {
+            cut.store(true, Ordering::Release);
+        }
+    }
+
+    /// Under `durable`, the use did not commit: the held end is dropped, an error event
+    /// says why, and the body ends with an error rather than cleanly.
+    async fn not_recorded(&mut self, tx: &mpsc::Sender<Bytes>, cut: &AtomicBool) {
+        self.held.clear();
+        self.holding = false;
+        let ev = self.error_event(
+            "usage_not_recorded",
+            "Keyward could not record this use in its audit log, so the stream is cut off before its end",
+        );
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        let _ = tokio::time::timeout_at(deadline, tx.send(ev)).await;
+        cut.store(true, Ordering::Release);
+    }
+
+    /// An error event in the client's dialect.
+    fn error_event(&self, code: &str, message: &str) -> Bytes {
+        match self.mode {
+            Mode::Anthropic => named_event(
+                "error",
+                &json!({"type": "error", "error": {"type": "api_error", "message": message}})
+                    .to_string(),
+            ),
+            _ => data_event(
+                &json!({"error": {"message": message, "type": "api_error", "code": code, "param": null}})
+                    .to_string(),
+            ),
+        }
     }
 
     /// Waits for the provider's next chunk (or its end, or a timeout) and handles it.
@@ -309,24 +394,15 @@ impl Pump {
         self.upstream_latency = Some(self.upstream_started.elapsed());
         self.outcome = Some(why.outcome());
         let (code, message) = why.code_and_message();
-        let ev = match self.mode {
-            Mode::Anthropic => named_event(
-                "error",
-                &json!({"type": "error", "error": {"type": "api_error", "message": message}})
-                    .to_string(),
-            ),
-            _ => data_event(
-                &json!({"error": {"message": message, "type": "api_error", "code": code, "param": null}})
-                    .to_string(),
-            ),
-        };
-        self.out.push_back(ev);
+        let ev = self.error_event(code, message);
+        self.end_begins();
+        self.emit(ev);
     }
 
     /// A successful event, with the provider's credential replaced if it was echoed.
     fn push_clean(&mut self, raw: Bytes) {
         let clean = scrub_credential(&raw, self.credential.expose()).map_or(raw, Into::into);
-        self.out.push_back(clean);
+        self.emit(clean);
     }
 
     fn handle(&mut self, ev: SseEvent) {
@@ -336,14 +412,17 @@ impl Pump {
                 if ev.data.is_empty() || ev.data == "[DONE]" {
                     // Comments, `event:`/`id:`/`retry:`-only events and `[DONE]` are the
                     // provider's bytes too: scrubbed like any other.
+                    if ev.data == "[DONE]" {
+                        self.end_begins();
+                    }
                     self.push_clean(ev.raw);
                     return;
                 }
                 let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
                 if v.get("error").is_some() {
                     self.upstream_error = true;
-                    self.out
-                        .push_back(scrub(&ev.raw, self.credential.expose()).into());
+                    self.end_begins();
+                    self.emit(scrub(&ev.raw, self.credential.expose()).into());
                     return;
                 }
                 let choices = v.get("choices").and_then(Value::as_array);
@@ -367,9 +446,12 @@ impl Pump {
                     self.anthropic.observe(&kind, &v);
                     if kind == "error" {
                         self.upstream_error = true;
-                        self.out
-                            .push_back(scrub(&ev.raw, self.credential.expose()).into());
+                        self.end_begins();
+                        self.emit(scrub(&ev.raw, self.credential.expose()).into());
                         return;
+                    }
+                    if kind == "message_stop" {
+                        self.end_begins();
                     }
                 }
                 self.push_clean(ev.raw);
@@ -378,13 +460,17 @@ impl Pump {
                 if ev.event.as_deref() == Some("error") {
                     self.upstream_error = true;
                 }
-                for b in t.event(&ev) {
+                let outs = t.event(&ev);
+                if t.done || self.upstream_error {
+                    self.end_begins();
+                }
+                for b in outs {
                     let b = if self.upstream_error {
                         scrub(&b, self.credential.expose()).into()
                     } else {
                         scrub_credential(&b, self.credential.expose()).map_or(b, Into::into)
                     };
-                    self.out.push_back(b);
+                    self.emit(b);
                 }
             }
         }
