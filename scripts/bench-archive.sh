@@ -12,7 +12,13 @@
 #
 #   scripts/bench-archive.sh [N]             # both parts
 #   PART=1 scripts/bench-archive.sh [N]      # only the first (PART=2: only the second)
-#   BENCH_RATE=5000 BENCH_WINDOW=15 LEVEL=20 scripts/bench-archive.sh
+#   BENCH_RATE=5000 BENCH_WINDOW=15 LEVEL=20 MAX_WINDOWS=20 scripts/bench-archive.sh
+#
+# The archive's work runs at the lowest CPU priority (src/background.rs), so under a load
+# that keeps both cores busy it advances slowly: after MAX_WINDOWS loaded windows the load
+# stops and the script waits for the archive to finish on the idle machine, and says how
+# long each part took. With segments of 2^LEVEL events, only whole segments older than a
+# day are archived: N must be at least 2^LEVEL.
 #
 # Needs: cargo, curl, python3, oha (scripts/bench-proxy.sh installs it). Scratch space: a
 # few GB in ${TMPDIR:-/tmp} at 10M (about 2.5 GB of SQLite, 0.4 GB of segments).
@@ -23,6 +29,7 @@ PART=${PART:-all}
 RATE=${BENCH_RATE:-5000}
 WINDOW=${BENCH_WINDOW:-15}
 LEVEL=${LEVEL:-20}
+MAX_WINDOWS=${MAX_WINDOWS:-20}
 MOCK_PORT=18095 KW_PORT=18096
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -108,16 +115,23 @@ start_serve "$WORK/archive.log" --archive-to "$WORK/archive" --retain-usage 1d \
     --archive-interval 1s --archive-segment-level "$LEVEL"
 echo "start (folds the log): $(($(date +%s) - t0)) s"
 t0=$(date +%s)
-i=0
-while ! grep -q "archived and pruned usage events" "$WORK/archive.log"; do
+archived() {
     if grep -q "the scheduled archive failed" "$WORK/archive.log"; then
         grep "the scheduled archive failed" "$WORK/archive.log" >&2
         exit 1
     fi
+    grep -q "archived and pruned usage events" "$WORK/archive.log"
+}
+i=0
+while ! archived && [[ $i -lt $MAX_WINDOWS ]]; do
     i=$((i + 1))
     echo "archive running, window $i: $(load "$WINDOW")"
-    [[ $i -lt 200 ]] || { echo "the archive did not finish" >&2; exit 1; }
 done
+if ! archived; then
+    echo "load stopped after $i windows ($(($(date +%s) - t0)) s); the archive goes on with the machine idle"
+    for _ in $(seq 1 7200); do archived && break; sleep 1; done
+    archived || { echo "the archive did not finish within 2 h" >&2; exit 1; }
+fi
 echo "the archive finished after about $(($(date +%s) - t0)) s (windows of ${WINDOW}s):"
 grep "archived and pruned usage events" "$WORK/archive.log" | tail -1
 echo "segments: $(find "$WORK/archive" -name '*.ndjson.zst' | wc -l), $(du -sb "$WORK/archive" | cut -f1) bytes"

@@ -72,6 +72,10 @@ pub enum Command {
         /// A loopback address and port.
         #[arg(long, default_value = crate::mock_provider::DEFAULT_LISTEN)]
         listen: String,
+        /// How long each chat completion takes (`1s`, `250ms`): a whole answer comes after
+        /// it, a stream's chunks are spread over it. None by default.
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        latency: Option<std::time::Duration>,
     },
 }
 
@@ -256,8 +260,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        Command::MockProvider { listen } => {
-            crate::mock_provider::run(&listen).await?;
+        Command::MockProvider { listen, latency } => {
+            crate::mock_provider::run(&listen, latency.unwrap_or_default()).await?;
             Ok(0)
         }
         Command::Openapi => {

@@ -17,6 +17,10 @@
 //! `GET /healthz` answers `{"status":"ok"}` without a credential, for scripts that wait
 //! for it to start.
 //!
+//! `--latency DURATION` makes chat completions take that long, as a real model does: a
+//! whole answer comes after it, and a stream's chunks are spread evenly over it (the
+//! benchmarks' in-flight scenario: thousands of requests held open at once).
+//!
 //! Every answer has a usage block: about one token per four characters of the input, and
 //! one per word of the canned reply (one per streamed content chunk). A request without a
 //! credential gets the provider's 401; a body that is not JSON, or lacks `model` (or
@@ -112,13 +116,17 @@ pub fn banner(addr: SocketAddr) -> String {
     )
 }
 
-/// `keyward mock-provider --listen ADDR`: serves until the process is stopped.
-pub async fn run(listen: &str) -> Result<(), anyhow::Error> {
+/// `keyward mock-provider --listen ADDR [--latency D]`: serves until the process is
+/// stopped.
+pub async fn run(listen: &str, latency: std::time::Duration) -> Result<(), anyhow::Error> {
     let addr = parse_listen(listen)?;
     let listener = bind(addr).await?;
     let addr = listener.local_addr()?;
     eprintln!("{}", banner(addr));
-    axum::serve(listener, router())
+    if !latency.is_zero() {
+        eprintln!("  chat completions take {latency:?} (streams spread their chunks over it)");
+    }
+    axum::serve(listener, router_with(latency))
         .with_graceful_shutdown(stopped())
         .await?;
     Ok(())
@@ -140,10 +148,23 @@ async fn stopped() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// The mock's routes.
+/// The mock's routes, answering at once.
 pub fn router() -> Router {
+    router_with(std::time::Duration::ZERO)
+}
+
+/// How long a chat completion takes.
+#[derive(Clone, Copy)]
+struct Latency(std::time::Duration);
+
+/// The mock's routes, with chat completions that take `latency`.
+pub fn router_with(latency: std::time::Duration) -> Router {
+    let l = Latency(latency);
     Router::new()
-        .route("/v1/chat/completions", post(chat))
+        .route(
+            "/v1/chat/completions",
+            post(move |h: HeaderMap, b: Bytes| chat(h, b, l)),
+        )
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(messages))
@@ -212,10 +233,24 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
 }
 
 fn sse_response(frames: Vec<String>) -> Response {
-    let stream = futures::stream::iter(
-        frames
-            .into_iter()
-            .map(|f| Ok::<_, std::convert::Infallible>(Bytes::from(f))),
+    sse_response_over(frames, std::time::Duration::ZERO)
+}
+
+/// A stream whose frames are spread evenly over `over` (the first goes at once).
+fn sse_response_over(frames: Vec<String>, over: std::time::Duration) -> Response {
+    let gap = over / u32::try_from(frames.len().max(1)).unwrap_or(u32::MAX);
+    let stream = futures::stream::unfold(
+        (frames.into_iter(), true),
+        move |(mut frames, first)| async move {
+            let f = frames.next()?;
+            if !first && !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(f)),
+                (frames, false),
+            ))
+        },
     );
     (
         [
@@ -316,7 +351,7 @@ struct ChatMessage {
     content: Value,
 }
 
-async fn chat(headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(headers: HeaderMap, body: Bytes, latency: Latency) -> Response {
     if !has_bearer(&headers) {
         return openai_unauthorized();
     }
@@ -359,6 +394,9 @@ async fn chat(headers: HeaderMap, body: Bytes) -> Response {
     let id = format!("chatcmpl-mock{:010}", next_id());
     let created = now_secs();
     if !req.stream {
+        if !latency.0.is_zero() {
+            tokio::time::sleep(latency.0).await;
+        }
         return json_response(
             StatusCode::OK,
             &json!({
@@ -395,7 +433,7 @@ async fn chat(headers: HeaderMap, body: Bytes) -> Response {
         frames.push(format!("data: {last}\n\n"));
     }
     frames.push("data: [DONE]\n\n".to_owned());
-    sse_response(frames)
+    sse_response_over(frames, latency.0)
 }
 
 // ---------- OpenAI: embeddings ----------

@@ -6,7 +6,10 @@
 //! - the key table the restarted API reports equals `keyward audit replay` of the log, and
 //!   each key's usage count equals its `key.used` events in the export;
 //! - the uses answered to a client but missing from the log (the queued usage window) are
-//!   counted and printed with the request rate, never asserted away.
+//!   counted and printed with the request rate, never asserted away, under
+//!   `--usage-durability async`; under `durable` there must be none: every request whose
+//!   client received a complete answer (a whole body, or a stream through `[DONE]`) has its
+//!   `key.used` in the log after every kill.
 //!
 //! `KEYWARD_CRASH_CYCLES` sets the cycles (20 by default), `KEYWARD_CRASH_SEED` replays a
 //! run (the kill moments and the workers' choices; the exact interleaving is the
@@ -70,7 +73,7 @@ fn bin(dir: &Path) -> Command {
     c
 }
 
-async fn start_server(dir: &Path, http: &reqwest::Client) -> Server {
+async fn start_server(dir: &Path, http: &reqwest::Client, durability: &str) -> Server {
     let log = dir.join("serve.log");
     for _attempt in 0..5 {
         let port = free_port();
@@ -84,6 +87,7 @@ async fn start_server(dir: &Path, http: &reqwest::Client) -> Server {
             .env("KEYWARD_LISTEN", format!("127.0.0.1:{port}"))
             .env("KEYWARD_LOG", "warn")
             .env("KEYWARD_SHUTDOWN_GRACE", "1s")
+            .env("KEYWARD_USAGE_DURABILITY", durability)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -276,7 +280,8 @@ async fn manage(ctx: Arc<Ctx>, seed: u64) {
     }
 }
 
-/// One proxy worker: chat completions with a random live key; counts the 200s.
+/// One proxy worker: chat completions with a random live key, one in three streamed;
+/// counts the 200s whose answer arrived complete.
 async fn traffic(ctx: Arc<Ctx>, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     while !ctx.stop.load(Ordering::Relaxed) {
@@ -288,11 +293,13 @@ async fn traffic(ctx: Arc<Ctx>, seed: u64) {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
+        let stream = rng.gen_range(0..3) == 0;
         let r = ctx
             .http
             .post(format!("{}/v1/chat/completions", ctx.base))
             .bearer_auth(&secret)
-            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .json(&json!({"model": "gpt-4o-mini", "stream": stream,
+                          "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await;
         let Ok(r) = r else { continue };
@@ -303,8 +310,9 @@ async fn traffic(ctx: Arc<Ctx>, seed: u64) {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        // The answer counts once its body has arrived whole.
-        if r.bytes().await.is_err() {
+        // The answer counts once its body has arrived whole (a stream: through its end).
+        let Ok(body) = r.bytes().await else { continue };
+        if stream && !body.ends_with(b"data: [DONE]\n\n") {
             continue;
         }
         if let (200, Some(id)) = (status, id) {
@@ -496,8 +504,13 @@ fn seed_from_env() -> u64 {
         .unwrap_or_else(|| rand::thread_rng().r#gen())
 }
 
-async fn first_start(dir: &Path, http: &reqwest::Client, mock: &Mock) -> (Server, String, String) {
-    let server = start_server(dir, http).await;
+async fn first_start(
+    dir: &Path,
+    http: &reqwest::Client,
+    mock: &Mock,
+    durability: &str,
+) -> (Server, String, String) {
+    let server = start_server(dir, http, durability).await;
     let admin = std::fs::read_to_string(dir.join("initial-admin-key"))
         .unwrap()
         .trim()
@@ -522,8 +535,10 @@ async fn first_start(dir: &Path, http: &reqwest::Client, mock: &Mock) -> (Server
     (server, admin, provider)
 }
 
-async fn run_cycles(cycles: usize, seed: u64) -> Totals {
-    eprintln!("crash harness: {cycles} cycles, KEYWARD_CRASH_SEED={seed}");
+async fn run_cycles(cycles: usize, seed: u64, durability: &str) -> Totals {
+    eprintln!(
+        "crash harness: {cycles} cycles, --usage-durability {durability}, KEYWARD_CRASH_SEED={seed}"
+    );
     let mut rng = StdRng::seed_from_u64(seed);
     let mock = Mock::start().await;
     let http = reqwest::Client::builder()
@@ -539,7 +554,7 @@ async fn run_cycles(cycles: usize, seed: u64) -> Totals {
                 kill9(&mut server);
             }
             let d = tempfile::tempdir().unwrap();
-            let (server, admin, provider) = first_start(d.path(), &http, &mock).await;
+            let (server, admin, provider) = first_start(d.path(), &http, &mock, durability).await;
             state = Some((server, admin, provider, Acked::default()));
             dir = Some(d);
         }
@@ -577,7 +592,7 @@ async fn run_cycles(cycles: usize, seed: u64) -> Totals {
         let acked = ctx.acked.into_inner();
 
         let (log, replay) = check_offline(&path, &acked);
-        let server = start_server(&path, &http).await;
+        let server = start_server(&path, &http, durability).await;
         let ctx = Ctx {
             base: server.base.clone(),
             acked: Mutex::new(Acked::default()),
@@ -594,6 +609,12 @@ async fn run_cycles(cycles: usize, seed: u64) -> Totals {
             answered as f64 / ran.as_secs_f64(),
             log.len()
         );
+        if durability == "durable" {
+            assert_eq!(
+                lost, 0,
+                "cycle {cycle} (KEYWARD_CRASH_SEED={seed}): under durable, {lost} answered uses are not in the log"
+            );
+        }
         totals.cycles += 1;
         totals.writes += acked.writes;
         totals.answered += answered;
@@ -611,9 +632,9 @@ async fn run_cycles(cycles: usize, seed: u64) -> Totals {
 async fn kill_9_loses_no_acknowledged_write() {
     let seed = seed_from_env();
     let started = Instant::now();
-    let t = run_cycles(cycles_from_env(), seed).await;
+    let t = run_cycles(cycles_from_env(), seed, "async").await;
     eprintln!(
-        "crash harness done: seed {seed}, {} cycles in {:?}; {} management writes \
+        "crash harness done (async): seed {seed}, {} cycles in {:?}; {} management writes \
          acknowledged, none lost; {} proxy uses answered at {:.0}/s, {} of them not logged \
          at the kill (the usage window, {:.2} per kill)",
         t.cycles,
@@ -623,5 +644,26 @@ async fn kill_9_loses_no_acknowledged_write() {
         t.answered as f64 / t.traffic.as_secs_f64().max(0.001),
         t.lost_uses,
         t.lost_uses as f64 / t.cycles.max(1) as f64
+    );
+}
+
+/// The same cycles under `--usage-durability durable`: after every kill, every request
+/// whose client received a complete answer has its `key.used` in the log (asserted in each
+/// cycle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_in_durable_mode_loses_no_answered_use() {
+    let seed = seed_from_env();
+    let started = Instant::now();
+    let t = run_cycles(cycles_from_env(), seed, "durable").await;
+    assert_eq!(t.lost_uses, 0);
+    eprintln!(
+        "crash harness done (durable): seed {seed}, {} cycles in {:?}; {} management writes \
+         acknowledged, none lost; {} proxy uses answered at {:.0}/s, none of them missing \
+         from the log",
+        t.cycles,
+        started.elapsed(),
+        t.writes,
+        t.answered,
+        t.answered as f64 / t.traffic.as_secs_f64().max(0.001),
     );
 }
