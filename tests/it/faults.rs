@@ -482,3 +482,37 @@ async fn durable_answers_wait_for_their_commit_and_are_cut_off_when_it_fails() {
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     assert_eq!(used_count(&gw).await, 5);
 }
+
+/// `durable` on PostgreSQL: the commit an answer waits for is the database's, so each
+/// answer, whole or streamed, arrives with its `key.used` already readable by any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_answers_on_postgres_arrive_with_their_use_committed() {
+    let Some(db) = crate::pg::TestDb::create().await else {
+        return;
+    };
+    let url = db.url.clone();
+    let gw = Gw::start_with(move |c| {
+        c.database_url = url;
+        c.master_keys = Some(crate::nodes::MASTER_KEYS.to_owned());
+        c.usage_durability = UsageDurability::Durable;
+    })
+    .await;
+    let p = gw.openai(&[]).await;
+    let (_, secret) = gw.key(KeySpec::on(&p)).await;
+    // Read from the database directly, not through the node's projection.
+    let mut conn = db.connect().await;
+    let mut logged = async || -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'key.used'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    for i in 1..=3 {
+        let r = gw.post("/v1/chat/completions", &secret, chat("m")).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+        let (status, text, aborted) = read_stream(&gw, &secret).await;
+        assert_eq!(status, 200);
+        assert!(!aborted && text.contains("[DONE]"), "{text}");
+        assert_eq!(logged().await, 2 * i);
+    }
+}
