@@ -516,3 +516,71 @@ async fn durable_answers_on_postgres_arrive_with_their_use_committed() {
         assert_eq!(logged().await, 2 * i);
     }
 }
+
+/// `durable`, no fault: in each stream mode (OpenAI passed through, Anthropic passed
+/// through, Anthropic translated to OpenAI) the held end is released after the commit, so
+/// the stream ends whole, and a provider's error answer is held and released the same way.
+#[tokio::test]
+async fn durable_streams_of_every_dialect_end_whole_once_their_use_committed() {
+    let gw = Gw::start_with(|c| c.usage_durability = UsageDurability::Durable).await;
+    let openai = gw.openai(&[]).await;
+    let anthropic = gw.anthropic(json!({})).await;
+    let (_, s_openai) = gw.key(KeySpec::on(&openai)).await;
+    let (_, s_anthropic) = gw.key(KeySpec::on(&anthropic)).await;
+    let stream = |path: &str, secret: &str, body: serde_json::Value| {
+        let req = crate::proxy::post(path, secret, body);
+        async { Reply::read(gw.call(req).await).await }
+    };
+    let mut chat_stream = chat("claude-sonnet-4-20250514");
+    chat_stream["stream"] = json!(true);
+
+    // OpenAI through.
+    let (status, text, aborted) = read_stream(&gw, &s_openai).await;
+    assert_eq!(status, 200);
+    assert!(
+        !aborted && text.trim_end().ends_with("data: [DONE]"),
+        "{text}"
+    );
+    assert_eq!(used_count(&gw).await, 1);
+    // Anthropic through: ends with message_stop.
+    let r = stream(
+        "/v1/messages",
+        &s_anthropic,
+        json!({"model": "claude-sonnet-4-20250514", "max_tokens": 64, "stream": true,
+               "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert!(r.text().contains("event: message_stop"), "{}", r.text());
+    assert_eq!(used_count(&gw).await, 2);
+    // Anthropic translated for an OpenAI client: ends with [DONE].
+    let r = stream("/v1/chat/completions", &s_anthropic, chat_stream).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert!(
+        r.text().trim_end().ends_with("data: [DONE]"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(used_count(&gw).await, 3);
+    // A provider's error, whole: recorded before it is answered.
+    let r = gw
+        .post("/v1/chat/completions", &s_anthropic, chat("claude-error"))
+        .await;
+    assert_eq!(r.status.as_u16(), 401, "{}", r.text());
+    assert_eq!(used_count(&gw).await, 4);
+    // A refusal that records a key.denied: recorded before it is answered.
+    let r = gw
+        .post("/v1/chat/completions", "kw_not_a_key", chat("m"))
+        .await;
+    assert_eq!(r.status.as_u16(), 401);
+    let mut narrow = KeySpec::on(&openai);
+    narrow.models = vec!["gpt-4o".to_owned()];
+    let (_, s_narrow) = gw.key(narrow).await;
+    let r = gw.post("/v1/chat/completions", &s_narrow, chat("m")).await;
+    r.assert_error(403, "model_not_allowed");
+    assert_eq!(
+        crate::proxy::stored(&gw.state, "key.denied").await.len(),
+        1,
+        "the refusal was answered before its key.denied committed"
+    );
+}
