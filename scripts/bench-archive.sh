@@ -18,7 +18,7 @@
 # that keeps both cores busy it advances slowly: after MAX_WINDOWS loaded windows the load
 # stops and the script waits for the archive to finish on the idle machine, and says how
 # long each part took. With segments of 2^LEVEL events, only whole segments older than a
-# day are archived: N must be at least 2^LEVEL.
+# day are archived: N must be at least 2^LEVEL (LEVEL a multiple of 4).
 #
 # Needs: cargo, curl, python3, oha (scripts/bench-proxy.sh installs it). Scratch space: a
 # few GB in ${TMPDIR:-/tmp} at 10M (about 2.5 GB of SQLite, 0.4 GB of segments).
@@ -71,7 +71,13 @@ start_serve() { # log file, extra args...
     "$BIN/keyward" serve "$@" >"$out" 2>&1 &
     KW=$!
     PIDS+=("$KW")
-    wait_http "http://127.0.0.1:$KW_PORT/readyz" 6000
+    for _ in $(seq 1 6000); do
+        curl -fs -o /dev/null "http://127.0.0.1:$KW_PORT/readyz" && return 0
+        kill -0 "$KW" 2>/dev/null || { echo "keyward serve exited:" >&2; tail -3 "$out" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "keyward serve was not ready within 10 min" >&2
+    exit 1
 }
 stop_serve() {
     kill "$KW" 2>/dev/null || true
