@@ -74,7 +74,7 @@ pub enum Command {
         listen: String,
         /// How long each chat completion takes (`1s`, `250ms`): a whole answer comes after
         /// it, a stream's chunks are spread over it. None by default.
-        #[arg(long, value_parser = crate::config::parse_duration)]
+        #[arg(long, value_parser = std_duration)]
         latency: Option<std::time::Duration>,
     },
 }
@@ -1332,5 +1332,32 @@ fn human_bytes(n: u64) -> String {
         1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
         1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
         _ => format!("{:.2} GB", n as f64 / 1e9),
+    }
+}
+
+/// A duration flag (`1s`, `250ms`) as a `std::time::Duration`.
+fn std_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)?
+        .to_std()
+        .map_err(|_| format!("{s:?} must not be negative"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn mock_provider_takes_a_latency_with_a_unit() {
+        let cli = Cli::try_parse_from(["keyward", "mock-provider", "--latency", "250ms"]).unwrap();
+        match cli.command {
+            Command::MockProvider { latency, .. } => {
+                assert_eq!(latency, Some(std::time::Duration::from_millis(250)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = Cli::try_parse_from(["keyward", "mock-provider", "--latency", "5"]).unwrap_err();
+        assert!(e.to_string().contains("--latency"), "{e}");
     }
 }

@@ -354,3 +354,48 @@ fn the_process_is_a_loopback_test_tool_that_names_a_taken_port() {
     );
     assert!(mock_provider::banner(SocketAddr::from(([127, 0, 0, 1], 1))).contains("test tool"));
 }
+
+/// `--latency`: a whole answer comes after it, and a stream's chunks are spread over it
+/// (the first at once, the end only after the latency), with the same content.
+#[tokio::test]
+async fn a_latency_delays_whole_answers_and_spreads_streams() {
+    use http_body_util::BodyExt;
+    let latency = std::time::Duration::from_millis(300);
+    let router = mock_provider::router_with(latency);
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]});
+    let t = std::time::Instant::now();
+    let r = Reply::read(
+        router
+            .clone()
+            .oneshot(post("/v1/chat/completions", &[BEARER], body.clone()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert!(t.elapsed() >= latency, "{:?}", t.elapsed());
+    assert_eq!(r.json()["choices"][0]["message"]["content"], REPLY);
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let t = std::time::Instant::now();
+    let res = router
+        .oneshot(post("/v1/chat/completions", &[BEARER], streamed))
+        .await
+        .unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let first_at = t.elapsed();
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    let mut rest = Vec::new();
+    while let Some(f) = body.frame().await {
+        rest.extend_from_slice(&f.unwrap().into_data().unwrap());
+    }
+    let whole_at = t.elapsed();
+    assert!(first_at < latency, "the first chunk waited {first_at:?}");
+    assert!(
+        whole_at >= latency * 9 / 10,
+        "the stream ended after {whole_at:?}"
+    );
+    assert!(String::from_utf8_lossy(&rest).ends_with("data: [DONE]\n\n"));
+}
