@@ -392,10 +392,10 @@ async fn a_latency_delays_whole_answers_and_spreads_streams() {
         rest.extend_from_slice(&f.unwrap().into_data().unwrap());
     }
     let whole_at = t.elapsed();
-    assert!(first_at < latency, "the first chunk waited {first_at:?}");
+    // Spread: the rest came over most of the latency after the first chunk.
     assert!(
-        whole_at >= latency * 9 / 10,
-        "the stream ended after {whole_at:?}"
+        whole_at - first_at >= latency * 8 / 10,
+        "first chunk at {first_at:?}, end at {whole_at:?}"
     );
     assert!(String::from_utf8_lossy(&rest).ends_with("data: [DONE]\n\n"));
 }
