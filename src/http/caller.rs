@@ -120,7 +120,7 @@ impl FromRequestParts<AppState> for Caller {
         match auth::check_restrictions(&authed.key, ip, now) {
             Ok(()) => {}
             Err(e @ Restricted::Ip(_)) => {
-                deny(state, key_id, DenyReason::Ip, parts, ip, &request_id).await;
+                deny(state, key_id, DenyReason::Ip, parts, ip, &request_id).await?;
                 return Err(ApiError::coded(
                     StatusCode::FORBIDDEN,
                     "ip_not_allowed",
@@ -139,7 +139,7 @@ impl FromRequestParts<AppState> for Caller {
             && let RateDecision::Refused { limit, retry_after } =
                 state.0.proxy.check_rate(key_id, rl)
         {
-            deny(state, key_id, DenyReason::RateLimit, parts, ip, &request_id).await;
+            deny(state, key_id, DenyReason::RateLimit, parts, ip, &request_id).await?;
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             return Err(ApiError::TooManyRequests {
                 detail: format!(
@@ -181,7 +181,7 @@ async fn deny(
     parts: &Parts,
     ip: Option<IpAddr>,
     request_id: &Option<String>,
-) {
+) -> Result<(), ApiError> {
     tracing::info!(%key_id, ?reason, "management call refused by the key's restrictions");
     let d = KeyDenied {
         key_id: key_id.to_owned(),
@@ -191,11 +191,17 @@ async fn deny(
         client_ip: ip.map(|i| i.to_canonical().to_string()),
         suppressed: 0,
     };
-    state
+    let recorded = state
         .0
         .proxy
         .record_denial(&state.0.commands.appender, d, request_id.clone())
         .await;
+    // Under `--usage-durability durable` a refusal is answered only once it is recorded.
+    if recorded {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable)
+    }
 }
 
 fn unauthorized(e: AuthError) -> ApiError {

@@ -428,6 +428,19 @@ async fn durable_answers_wait_for_their_commit_and_are_cut_off_when_it_fails() {
         return unavailable("chattr +i", &e);
     }
 
+    // Two keys refused on the management API for their IP allowlist (two keys, so the
+    // per-key denial throttle records both refusals).
+    let p = gw.openai(&[]).await;
+    let (_, outside_1) = gw.key(narrow_key(&p)).await;
+    let (_, outside_2) = gw.key(narrow_key(&p)).await;
+    let r = me_from_outside(&gw, &outside_1).await;
+    assert_eq!(r.status.as_u16(), 403, "{}", r.text());
+    assert_eq!(
+        crate::proxy::stored(&gw.state, "key.denied").await.len(),
+        1,
+        "a management refusal was answered before its key.denied committed"
+    );
+
     // No waiting for the log: the answer itself says the use is committed.
     let r = gw.post("/v1/chat/completions", &secret, chat("m")).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
@@ -460,6 +473,11 @@ async fn durable_answers_wait_for_their_commit_and_are_cut_off_when_it_fails() {
             .expect("a durable stream was held past its failed commit");
     assert_eq!(status, 200);
     assert!(aborted, "the stream ended cleanly: {text}");
+    // A management refusal whose key.denied cannot commit is 503, not the 403.
+    let r = tokio::time::timeout(Duration::from_secs(60), me_from_outside(&gw, &outside_2))
+        .await
+        .expect("a durable management refusal was held past its failed commit");
+    assert_unavailable(&r);
     assert!(
         !text.contains("[DONE]"),
         "the stream's end went out: {text}"
@@ -583,4 +601,20 @@ async fn durable_streams_of_every_dialect_end_whole_once_their_use_committed() {
         1,
         "the refusal was answered before its key.denied committed"
     );
+}
+
+/// GET /api/v1/me with a key whose IP allowlist leaves out the test client (127.0.0.1).
+async fn me_from_outside(gw: &Gw, secret: &str) -> Reply {
+    let req = Request::get("/api/v1/me")
+        .header("authorization", format!("Bearer {secret}"))
+        .body(Body::empty())
+        .unwrap();
+    Reply::read(gw.call(req).await).await
+}
+
+fn narrow_key(p: &str) -> KeySpec {
+    let mut spec = KeySpec::on(p);
+    spec.scopes = vec![keyward_events::Scope::Full];
+    spec.ip_allowlist = vec!["10.0.0.0/8".to_owned()];
+    spec
 }

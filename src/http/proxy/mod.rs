@@ -147,26 +147,40 @@ impl Proxy {
     }
 
     /// Records a refusal of a known key outside the proxy (the management API), under the
-    /// same per-key, per-reason throttle as the proxy's own refusals.
+    /// same per-key, per-reason throttle as the proxy's own refusals. Under `durable`, a
+    /// refusal it records waits for the commit, and `false` says it did not commit: the
+    /// caller must not answer the refusal as if it were recorded.
     pub async fn record_denial(
         &self,
         appender: &Appender,
         d: KeyDenied,
         request_id: Option<String>,
-    ) {
+    ) -> bool {
         let key_id = d.key_id.clone();
-        if let Some(d) = self.denials.deny(d, Instant::now()) {
-            let ev = NewEvent::new(
-                &Event::KeyDenied(d),
-                ExpectedVersion::Any,
-                Utc::now(),
-                key_id,
-                request_id,
-            );
-            if appender.record(ev).await.is_err() {
-                tracing::warn!("the usage queue is closed; a refusal was not recorded");
+        let Some(d) = self.denials.deny(d, Instant::now()) else {
+            return true;
+        };
+        let ev = NewEvent::new(
+            &Event::KeyDenied(d),
+            ExpectedVersion::Any,
+            Utc::now(),
+            key_id,
+            request_id,
+        );
+        if self.durable {
+            let committed = match appender.record_durable(ev).await {
+                Ok(d) => d.committed().await.is_ok(),
+                Err(_) => false,
+            };
+            if !committed {
+                tracing::warn!("a management refusal was not committed; it is answered 503");
             }
+            return committed;
         }
+        if appender.record(ev).await.is_err() {
+            tracing::warn!("the usage queue is closed; a refusal was not recorded");
+        }
+        true
     }
 }
 
