@@ -306,13 +306,12 @@ pub async fn build_segment(
 ) -> anyhow::Result<(Vec<u8>, Manifest)> {
     let first = (index << level) + 1;
     let last = (index + 1) << level;
-    let mut body = Some(SegmentBody::new(first, zstd_level)?);
-    while body.as_ref().is_some_and(|b| b.after < last) {
-        let after = body.as_ref().map_or(last, |b| b.after);
+    let mut body = SegmentBody::new(first, zstd_level)?;
+    while body.after < last {
         let page = store
             .read(
                 &EventFilter {
-                    after_seq: after,
+                    after_seq: body.after,
                     until_seq: Some(last),
                     ..EventFilter::default()
                 },
@@ -323,14 +322,13 @@ pub async fn build_segment(
             break;
         }
         // Encoding, hashing and compressing run on the background thread, a page at a time.
-        let mut b = body.take().context("the segment's body")?;
-        let (b, done) = crate::background::run(move || {
-            let done = b.push_page(&page, first, last);
-            (b, done)
+        let done;
+        (body, done) = crate::background::run(move || {
+            let done = body.push_page(&page, first, last);
+            (body, done)
         })
         .await;
         done?;
-        body = Some(b);
     }
     let SegmentBody {
         range,
@@ -340,7 +338,7 @@ pub async fn build_segment(
         body,
         after,
         ..
-    } = body.context("the segment's body")?;
+    } = body;
     if after != last {
         bail!(
             "seq {} is not in the store: seqs {first} to {last} cannot be archived whole",

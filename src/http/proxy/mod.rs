@@ -146,8 +146,8 @@ impl Proxy {
         self.rate.check(key_id, limit)
     }
 
-    /// Records a refusal of a known key outside the proxy (the management API), under the
-    /// same per-key, per-reason throttle as the proxy's own refusals. Under `durable`, a
+    /// Records a refusal of a known key, on the proxy or the management API, under one
+    /// per-key, per-reason throttle. Under `durable`, a
     /// refusal it records waits for the commit, and `false` says it did not commit: the
     /// caller must not answer the refusal as if it were recorded.
     pub async fn record_denial(
@@ -173,7 +173,7 @@ impl Proxy {
                 Err(_) => false,
             };
             if !committed {
-                tracing::warn!("a management refusal was not committed; it is answered 503");
+                tracing::warn!("a refusal was not committed; its answer is withheld");
             }
             return committed;
         }
@@ -386,29 +386,19 @@ impl Ctx<'_> {
         };
         tracing::debug!(request_id = %self.request_id, %key_id, ?reason, "refused");
         self.proxy().metrics.refused(key_id, reason);
-        if let Some(d) = self.proxy().denials.deny(d, Instant::now()) {
-            let ev = NewEvent::new(
-                &Event::KeyDenied(d),
-                ExpectedVersion::Any,
-                Utc::now(),
-                key_id,
+        let recorded = self
+            .proxy()
+            .record_denial(
+                &self.app.commands.appender,
+                d,
                 Some(self.request_id.clone()),
-            );
-            let appender = &self.app.commands.appender;
-            if self.proxy().durable {
-                let committed = match appender.record_durable(ev).await {
-                    Ok(d) => d.committed().await.is_ok(),
-                    Err(_) => false,
-                };
-                if !committed {
-                    tracing::warn!(request_id = %self.request_id, "a refusal was not committed; its answer is withheld");
-                    return Err(not_recorded());
-                }
-            } else if appender.record(ev).await.is_err() {
-                tracing::warn!("the usage queue is closed; a refusal was not recorded");
-            }
+            )
+            .await;
+        if recorded {
+            Ok(())
+        } else {
+            Err(not_recorded())
         }
-        Ok(())
     }
 
     /// Steps 1 to 5.
