@@ -45,6 +45,7 @@ fn no_key() -> ApiError {
         (status = 200, body = PublicKey),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: under `--usage-durability durable`, the key was refused for its IP allowlist or rate limit and the refusal could not be recorded", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`no_checkpoint_key`: no checkpoints are signed", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn audit_public_key(
@@ -67,6 +68,7 @@ pub(crate) async fn audit_public_key(
         (status = 200, description = "The signed note", body = String, content_type = "text/plain"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: under `--usage-durability durable`, the key was refused for its IP allowlist or rate limit and the refusal could not be recorded", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`no_checkpoint_key`: no checkpoints are signed; `no_checkpoint`: none written yet", body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn audit_checkpoint_latest(

@@ -739,6 +739,7 @@ fn find(app: &AppState, caller: &Caller, id: &str) -> Result<Arc<KeyRecord>, Api
         (status = 200, body = KeyView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: under `--usage-durability durable`, the key was refused for its IP allowlist or rate limit and the refusal could not be recorded", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn get_key(

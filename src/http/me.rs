@@ -30,6 +30,7 @@ pub struct Me {
         (status = 200, body = Me),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: under `--usage-durability durable`, the key was refused for its IP allowlist or rate limit and the refusal could not be recorded", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn me(caller: Caller) -> Json<Me> {
     Json(Me {
