@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::config::{Config, GlobalArgs, ServeArgs};
 use crate::notify::ends_at;
-use crate::provider_check::count;
+use crate::providers::check::count;
 use crate::store::{self, EventFilter, EventStore};
 
 #[derive(Debug, Parser)]

@@ -20,7 +20,7 @@ use keyward_projections::{KeyRecord, KeyStatus, ProviderRecord, State, UserRecor
 
 use crate::crypto::{Keyring, PasswordHash, ProviderSecret, Secret};
 use crate::live::Live;
-use crate::provider_check::CheckResult;
+use crate::providers::check::CheckResult;
 use crate::store::appender::Appender;
 use crate::store::postgres::{PostgresStore, SessionLock};
 use crate::store::{AppendError, StoreError};

@@ -327,7 +327,7 @@ pub struct Config {
     /// The expiry notice webhook, when one is configured.
     pub notify: Option<NoticeWebhook>,
     /// Loopback and private ranges a provider may be reached at.
-    pub upstream_allow: crate::egress::EgressPolicy,
+    pub upstream_allow: crate::providers::egress::EgressPolicy,
     /// New events between two projection snapshots; 0 when snapshots are off.
     pub snapshot_every: usize,
     /// Snapshots kept in `<data dir>/snapshots`, the newest; at least 1.
@@ -952,7 +952,7 @@ impl Config {
             "60s",
             "notify-interval",
         )?;
-        let upstream_allow = crate::egress::EgressPolicy::parse(
+        let upstream_allow = crate::providers::egress::EgressPolicy::parse(
             s.upstream_allow
                 .as_deref()
                 .or(file.upstream_allow.as_deref())

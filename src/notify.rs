@@ -193,7 +193,7 @@ async fn deliver(client: reqwest::Client, hook: Webhook, key_id: String, body: s
 
 /// The webhook's HTTP client: timeouts, no redirects, no environment proxy.
 pub fn client() -> reqwest::Result<reqwest::Client> {
-    crate::egress::client_builder()
+    crate::providers::egress::client_builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .build()

@@ -43,7 +43,25 @@
       } else { document.execCommand("copy"); done(); }
     }
   });
+  // The provider form: only the chosen kind's fields show, and its usual base URL is
+  // suggested.
+  function showKind(select) {
+    var form = select.closest("form");
+    var kind = select.value;
+    form.querySelectorAll(".kind-fields").forEach(function (fs) {
+      var on = fs.dataset.kind === kind;
+      fs.hidden = !on;
+      fs.disabled = !on;
+    });
+    var opt = select.selectedOptions[0];
+    var url = form.querySelector("input[name=base_url]");
+    if (url && opt && opt.dataset.baseUrl) url.placeholder = opt.dataset.baseUrl;
+  }
+  document.addEventListener("change", function (e) {
+    if (e.target.matches("[data-kind-select]")) showKind(e.target);
+  });
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-kind-select]").forEach(showKind);
     document.querySelectorAll("dialog.open-on-load").forEach(function (d) { open(d, null); });
     // A fetch from this console carries the session's token too.
     var token = document.querySelector("input[name=csrf]");

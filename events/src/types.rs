@@ -251,9 +251,25 @@ pub enum ProviderKind {
     Gemini,
     Groq,
     OpenaiCompatible,
+    /// Amazon Bedrock: requests signed with AWS Signature Version 4.
+    Bedrock,
+    /// Google Vertex AI: a service account's key exchanged for short-lived tokens.
+    Vertex,
 }
 
 impl ProviderKind {
+    /// Every kind, in the order of the enum (and of the snapshot's indexes).
+    pub const ALL: [ProviderKind; 8] = [
+        ProviderKind::Openai,
+        ProviderKind::AzureOpenai,
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Groq,
+        ProviderKind::OpenaiCompatible,
+        ProviderKind::Bedrock,
+        ProviderKind::Vertex,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Openai => "openai",
@@ -262,6 +278,8 @@ impl ProviderKind {
             ProviderKind::Gemini => "gemini",
             ProviderKind::Groq => "groq",
             ProviderKind::OpenaiCompatible => "openai_compatible",
+            ProviderKind::Bedrock => "bedrock",
+            ProviderKind::Vertex => "vertex",
         }
     }
 }

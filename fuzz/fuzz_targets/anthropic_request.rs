@@ -1,4 +1,4 @@
-//! OpenAI chat request → Anthropic Messages request (`proxy::anthropic::request`).
+//! OpenAI chat request → Anthropic Messages request (`providers::messages::request`).
 //!
 //! - Never panics.
 //! - An accepted request becomes a JSON object Anthropic accepts in shape: the model
@@ -9,7 +9,7 @@
 //!   (`kw_…` or `sk-…`) from the body.
 #![no_main]
 
-use keyward::http::proxy::anthropic;
+use keyward::providers::messages as anthropic;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

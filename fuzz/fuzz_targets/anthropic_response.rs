@@ -1,5 +1,5 @@
 //! Anthropic → OpenAI: a Messages response, an error body, and a stream of events
-//! (`proxy::anthropic::{response, error, StreamTranslator}` behind the SSE parser).
+//! (`providers::messages::{response, error, StreamTranslator}` behind the SSE parser).
 //!
 //! - Never panics, whatever the provider sends; token counts that overflow do not wrap.
 //! - A translated response is a `chat.completion` whose usage adds up.
@@ -9,8 +9,8 @@
 //!   nothing follows it, and a usage chunk adds up.
 #![no_main]
 
-use keyward::http::proxy::anthropic::{self, StreamTranslator};
-use keyward::http::proxy::sse::SseParser;
+use keyward::providers::messages::{self as anthropic, StreamTranslator};
+use keyward::providers::sse::SseParser;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -8,7 +8,7 @@
 //! - Each event's raw bytes end at its first blank line, and no blank line comes before.
 #![no_main]
 
-use keyward::http::proxy::sse::{SseEvent, SseParser};
+use keyward::providers::sse::{SseEvent, SseParser};
 use libfuzzer_sys::fuzz_target;
 
 fn feed(chunks: &[&[u8]]) -> (Vec<SseEvent>, Option<SseEvent>) {

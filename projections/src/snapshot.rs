@@ -604,6 +604,8 @@ mod tests {
             idx(ProviderKind::Gemini),
             idx(ProviderKind::Groq),
             idx(ProviderKind::OpenaiCompatible),
+            idx(ProviderKind::Bedrock),
+            idx(ProviderKind::Vertex),
             idx(ExpireReason::Manual),
             idx(ExpireReason::Scheduled),
             idx(ExpireReason::Rotated),
@@ -614,7 +616,7 @@ mod tests {
         ];
         assert_eq!(
             got,
-            [0, 1, 2, 0, 1, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 0, 1, 2],
+            [0, 1, 2, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 0, 1, 2],
             "an enum in the snapshot changed order: bump snapshot::FORMAT"
         );
     }

@@ -365,7 +365,7 @@ pub fn redact_keys(text: String) -> String {
     if !text.contains("kw_") {
         return text;
     }
-    String::from_utf8_lossy(&crate::http::proxy::upstream::scrub(text.as_bytes(), "")).into_owned()
+    String::from_utf8_lossy(&crate::providers::wire::scrub(text.as_bytes(), "")).into_owned()
 }
 
 /// A serde message without the client's values in it: `invalid type: string "…"`,

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
 
 use crate::http::error::ApiError;
-use crate::http::proxy::error::{ProxyError, UPSTREAM};
+use crate::providers::error::{ProxyError, UPSTREAM};
 
 /// The proxy's paths answer in OpenAI's error shape, the rest in problem+json.
 fn is_proxy_path(path: &str) -> bool {

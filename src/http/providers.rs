@@ -25,8 +25,9 @@ use crate::crypto::{self, ProviderSecret};
 use crate::http::caller::{Admin, Reader};
 use crate::http::error::{ApiError, Json, Problem, Query};
 use crate::http::keys::{check_models, check_name};
-use crate::http::schema::{KeyStatusSchema, ProviderKindSchema};
-use crate::provider_check::{self, CheckError, CheckResult};
+use crate::http::schema::{KeyStatusSchema, ProviderCredentialSchema, ProviderKindSchema};
+use crate::providers;
+use crate::providers::check::{self as provider_check, CheckError, CheckResult};
 use crate::time::{self, Timestamp};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -129,8 +130,12 @@ fn credential_view(app: &AppState, p: &ProviderRecord) -> Option<CredentialView>
         .keyring
         .open(&p.provider_id, &c.ciphertext, &c.nonce, c.keyring_version)
         .ok();
+    let masked = match &secret {
+        Some(s) => providers::kind(p.kind).masked(s),
+        None => crypto::mask(None, &c.last4),
+    };
     Some(CredentialView {
-        masked: crypto::mask(secret.as_ref(), &c.last4),
+        masked,
         fingerprint: c.fingerprint.clone(),
         keyring_version: c.keyring_version,
         updated_at: time::format(&c.updated_at),
@@ -229,11 +234,43 @@ impl fmt::Debug for ApiKey {
 
 impl<'de> Deserialize<'de> for ApiKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(|s| ApiKey(ProviderSecret::new(s)))
+        /// A key, or a credential of named parts (Bedrock's access key, Vertex's service
+        /// account key), kept as its JSON text.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Key(String),
+            Parts(Map<String, Value>),
+        }
+        match Text::deserialize(d)? {
+            Text::Key(s) => Ok(ApiKey(ProviderSecret::new(s))),
+            Text::Parts(m) => serde_json::to_string(&m)
+                .map(|s| ApiKey(ProviderSecret::new(s)))
+                .map_err(serde::de::Error::custom),
+        }
     }
 }
 
-fn check_api_key(key: ApiKey) -> Result<ProviderSecret, ApiError> {
+/// The credential, checked for its kind: a key that travels in a header, or (for a kind
+/// whose credential has parts) a JSON object the kind can use.
+fn check_api_key(
+    key: ApiKey,
+    kind: ProviderKind,
+    config: &Map<String, Value>,
+) -> Result<ProviderSecret, ApiError> {
+    let k = providers::kind(kind);
+    if k.structured_credential() {
+        let s = key.0.expose();
+        if s.len() > MAX_API_KEY {
+            return Err(ApiError::invalid(
+                "api_key",
+                format!("api_key must be at most {MAX_API_KEY} characters"),
+            ));
+        }
+        k.check_secret(config, s)
+            .map_err(|p| ApiError::invalid(&p.field, p.message))?;
+        return Ok(key.0);
+    }
     let s = key.0.expose();
     if s.is_empty() {
         return Err(ApiError::invalid("api_key", "api_key must not be empty"));
@@ -327,25 +364,10 @@ fn check_config(kind: ProviderKind, config: Option<Value>) -> Result<Map<String,
             "credentials go in api_key, where they are sealed; config is stored in the clear",
         ));
     }
-    if kind == ProviderKind::AzureOpenai {
-        match config.get("api_version") {
-            Some(Value::String(v)) if !v.trim().is_empty() && v.len() <= 64 => {}
-            _ => {
-                return Err(ApiError::invalid(
-                    "config.api_version",
-                    "azure_openai needs config.api_version, e.g. \"2024-10-21\"",
-                ));
-            }
-        }
-        let deployments = match config.get("deployments") {
-            Some(Value::Object(d)) if !d.is_empty() => d,
-            _ => {
-                return Err(ApiError::invalid(
-                    "config.deployments",
-                    "azure_openai needs config.deployments, an object from model name to deployment name, e.g. {\"gpt-4o\": \"my-gpt-4o\"}",
-                ));
-            }
-        };
+    providers::kind(kind)
+        .check_config(&config)
+        .map_err(|p| ApiError::invalid(&p.field, p.message))?;
+    if let Some(Value::Object(deployments)) = config.get("deployments") {
         for (model, dep) in deployments {
             if let Some(c) = crate::names::hidden_char(model)
                 .or_else(|| dep.as_str().and_then(crate::names::hidden_char))
@@ -353,12 +375,6 @@ fn check_config(kind: ProviderKind, config: Option<Value>) -> Result<Map<String,
                 return Err(crate::http::keys::hidden_char_error(
                     "config.deployments",
                     c,
-                ));
-            }
-            if dep.as_str().is_none_or(|d| d.trim().is_empty()) {
-                return Err(ApiError::invalid(
-                    &format!("config.deployments.{model}"),
-                    "a deployment name must be a non-empty string",
                 ));
             }
         }
@@ -374,17 +390,24 @@ pub(crate) async fn live_check(
     config: &Map<String, Value>,
     secret: &ProviderSecret,
 ) -> Result<CheckResult, ApiError> {
-    let proxy = &app.0.proxy;
-    match provider_check::check(
-        proxy.check_client(),
-        proxy.egress(),
+    // The provider as it would be stored, so the check goes through its kind exactly as
+    // the proxy will.
+    let now = Utc::now();
+    let candidate = ProviderRecord {
+        provider_id: "prv_candidate".to_owned(),
+        name: String::new(),
         kind,
-        base_url,
-        config,
-        secret,
-    )
-    .await
-    {
+        base_url: base_url.to_owned(),
+        config: config.clone(),
+        models: Vec::new(),
+        credential: None,
+        verification: None,
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+        version: 0,
+    };
+    match provider_check::check(app.0.proxy.upstreams(), &candidate, secret).await {
         Ok(r) => Ok(r),
         Err(CheckError::Unreachable(d)) => {
             tracing::warn!(%base_url, reason = %d, "a provider could not be reached for a credential check");
@@ -438,11 +461,16 @@ pub struct CreateProvider {
     /// an Azure resource endpoint `https://NAME.openai.azure.com`.
     #[schema(example = "https://api.openai.com/v1")]
     pub base_url: String,
-    /// The provider's credential. Stored sealed; never returned.
-    #[schema(value_type = String, write_only)]
+    /// The provider's credential: a key, or for `bedrock` an object `{"access_key_id",
+    /// "secret_access_key", "session_token"?}` and for `vertex` the service account's JSON
+    /// key. For `azure_openai` with `config.auth: "entra_id"`, the application's client
+    /// secret. Stored sealed; never returned.
+    #[schema(value_type = ProviderCredentialSchema, write_only)]
     pub api_key: ApiKey,
     /// Kind-specific settings. `azure_openai` needs
-    /// `{"api_version": "2024-10-21", "deployments": {"<model>": "<deployment>"}}`.
+    /// `{"api_version": "2024-10-21", "deployments": {"<model>": "<deployment>"}}`, and for
+    /// Entra ID `"auth": "entra_id", "tenant_id", "client_id"`; `bedrock` needs `{"region"}`;
+    /// `vertex` needs `{"project_id", "location"}`.
     #[schema(value_type = Option<Object>)]
     pub config: Option<Value>,
     /// The models keys may use; empty or absent means all.
@@ -476,8 +504,8 @@ pub(crate) async fn create_provider(
     let name = check_name(&req.name)?;
     let base_url = check_base_url(&req.base_url)?;
     check_egress(&app, &base_url).await?;
-    let secret = check_api_key(req.api_key)?;
     let config = check_config(req.kind, req.config)?;
+    let secret = check_api_key(req.api_key, req.kind, &config)?;
     let models = check_models(req.models.unwrap_or_default())?;
     // Fail fast, before calling the provider; the command checks again under its lock.
     app.0.commands.check_provider_name(&name, None)?;
@@ -652,8 +680,9 @@ pub(crate) async fn update_provider(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceCredential {
-    /// The new credential. Stored sealed; never returned.
-    #[schema(value_type = String, write_only)]
+    /// The new credential, in the form its kind takes (see `CreateProvider.api_key`).
+    /// Stored sealed; never returned.
+    #[schema(value_type = ProviderCredentialSchema, write_only)]
     pub api_key: ApiKey,
     /// Check it against the provider before storing it. Default true.
     pub verify: Option<bool>,
@@ -684,7 +713,7 @@ pub(crate) async fn replace_credential(
     Json(req): Json<ReplaceCredential>,
 ) -> Result<Json<ProviderView>, ApiError> {
     let p = find(&app, &id)?;
-    let secret = check_api_key(req.api_key)?;
+    let secret = check_api_key(req.api_key, p.kind, &p.config)?;
     if p.is_deleted() {
         return Err(ApiError::Conflict {
             detail: format!("provider {id} was deleted and can no longer be changed"),
@@ -754,16 +783,7 @@ pub(crate) async fn verify_provider(
             status: None,
             detail: Some(format!("the stored credential cannot be opened: {e}")),
         },
-        Ok(secret) => match provider_check::check(
-            app.0.proxy.check_client(),
-            app.0.proxy.egress(),
-            p.kind,
-            &p.base_url,
-            &p.config,
-            &secret,
-        )
-        .await
-        {
+        Ok(secret) => match provider_check::check(app.0.proxy.upstreams(), &p, &secret).await {
             Ok(r) => r,
             Err(e) => CheckResult {
                 ok: false,

@@ -22,6 +22,7 @@ use crate::http::keys::{self as keys_api, ListKeys};
 use crate::http::logs::{self as logs_api, LogsQuery};
 use crate::http::providers::{self as providers_api, DeleteProvider, ListProviders, ProviderView};
 use crate::http::users::{self as users_api, ListUsers};
+use crate::providers;
 
 fn admin(user: &ConsoleUser) -> Result<Admin, Box<Response>> {
     user.caller
@@ -215,12 +216,37 @@ fn provider_dialog(user: &ConsoleUser, err: Option<&(String, String)>) -> Markup
                 div.field { label for="p-name" { "Name" } input #p-name name="name" type="text" required; (fe("name")) }
                 div.field {
                     label for="p-kind" { "Kind" }
-                    select #p-kind name="kind" {
-                        @for k in ["openai", "anthropic", "azure_openai", "groq", "gemini", "openai_compatible"] { option value=(k) { (k) } }
+                    select #p-kind name="kind" data-kind-select {
+                        @for k in providers::KINDS { option value=(k.kind().as_str()) data-base-url=(k.default_base_url()) { (k.label()) } }
                     }
                 }
                 div.field.span2 { label for="p-url" { "Base URL" } input #p-url name="base_url" type="url" required placeholder="https://api.openai.com/v1"; (fe("base_url")) }
-                div.field.span2 { label for="p-key" { "API key" } input #p-key name="api_key" type="password" required autocomplete="off"; (fe("api_key")) }
+                // Each kind's own fields; the console script shows the selected kind's.
+                @for k in providers::KINDS {
+                    @let kind = k.kind().as_str();
+                    fieldset.span2.kind-fields data-kind=(kind) {
+                        legend { (k.label()) }
+                        @if !k.structured_credential() {
+                            @let id = format!("p-{kind}-api_key");
+                            div.field { label for=(id) { "API key" } input id=(id) name=(format!("cred.{kind}.api_key")) type="password" autocomplete="off"; }
+                        }
+                        @for f in k.fields() {
+                            @let id = format!("p-{kind}-{}", f.name);
+                            @let name = if f.secret { format!("cred.{kind}.{}", f.name) } else { format!("cfg.{kind}.{}", f.name) };
+                            div.field {
+                                label for=(id) { (f.label) @if f.required { " *" } }
+                                @if f.secret && f.name == "service_account" {
+                                    textarea id=(id) name=(name) rows="4" autocomplete="off" spellcheck="false" placeholder=(f.hint) {}
+                                } @else if f.secret {
+                                    input id=(id) name=(name) type="password" autocomplete="off";
+                                } @else {
+                                    input id=(id) name=(name) type="text" placeholder=(f.hint);
+                                }
+                            }
+                        }
+                    }
+                }
+                (fe("api_key")) (fe("config"))
                 div.field.span2 { label for="p-models" { "Models" } input #p-models name="models" type="text" placeholder="gpt-4o-mini, gpt-4o"; p.hint { "Comma-separated; empty enables every model." } (fe("models")) }
                 div.buttons.span2 {
                     button type="button" data-close { "Cancel" }
@@ -240,9 +266,57 @@ pub struct ProviderForm {
     #[serde(default)]
     base_url: String,
     #[serde(default)]
-    api_key: super::sign_in::Secret,
-    #[serde(default)]
     models: String,
+    /// Each kind's fields: `cfg.<kind>.<name>` and `cred.<kind>.<name>`; only the chosen
+    /// kind's are read. Zeroed when dropped (credential parts are among them).
+    #[serde(flatten)]
+    fields: std::collections::HashMap<String, super::sign_in::Secret>,
+}
+
+impl ProviderForm {
+    /// The chosen kind's config and credential, as the API takes them.
+    fn kind_parts(&self) -> (serde_json::Map<String, Value>, Value) {
+        let kind = self.kind.as_str();
+        let mut config = serde_json::Map::new();
+        let mut parts = serde_json::Map::new();
+        for (name, value) in &self.fields {
+            let v = value.0.as_str().trim();
+            if v.is_empty() {
+                continue;
+            }
+            if let Some(key) = name.strip_prefix(&format!("cfg.{kind}.")) {
+                // A JSON object (Azure's deployments) is taken as one.
+                let parsed = match v.starts_with('{') {
+                    true => serde_json::from_str::<Value>(v)
+                        .unwrap_or_else(|_| Value::String(v.to_owned())),
+                    false => Value::String(v.to_owned()),
+                };
+                config.insert(key.to_owned(), parsed);
+            } else if let Some(key) = name.strip_prefix(&format!("cred.{kind}.")) {
+                parts.insert(key.to_owned(), Value::String(v.to_owned()));
+            }
+        }
+        let structured = providers::KINDS
+            .iter()
+            .find(|k| k.kind().as_str() == kind)
+            .is_some_and(|k| k.structured_credential());
+        // A form without per-kind fields (a script, an older page) sends `api_key`.
+        let plain = || {
+            self.fields
+                .get("api_key")
+                .map(|v| Value::String(v.0.as_str().to_owned()))
+                .unwrap_or(Value::String(String::new()))
+        };
+        let credential = if !structured {
+            parts.remove("api_key").unwrap_or_else(plain)
+        } else if let Some(Value::String(sa)) = parts.get("service_account") {
+            // A service account's key is pasted as its JSON file.
+            serde_json::from_str::<Value>(sa).unwrap_or_else(|_| Value::String(sa.clone()))
+        } else {
+            Value::Object(parts)
+        };
+        (config, credential)
+    }
 }
 
 fn list_of(s: &str) -> Vec<String> {
@@ -260,9 +334,11 @@ pub async fn create_provider(State(state): State<AppState>, p: Posted<ProviderFo
         Err(r) => return *r,
     };
     let f = p.form;
+    let (config, credential) = f.kind_parts();
     let req = from_json(json!({
         "name": f.name, "kind": f.kind, "base_url": f.base_url,
-        "api_key": f.api_key.0.as_str(), "models": list_of(&f.models),
+        "api_key": credential, "models": list_of(&f.models),
+        "config": config,
     }));
     let res = match req {
         Ok(req) => providers_api::create_provider(State(state.clone()), a, Json(req))

@@ -592,7 +592,7 @@ async fn durable_streams_of_every_dialect_end_whole_once_their_use_committed() {
     let r = gw
         .post("/v1/chat/completions", &s_anthropic, chat("claude-error"))
         .await;
-    assert_eq!(r.status.as_u16(), 401, "{}", r.text());
+    assert_eq!(r.status.as_u16(), 400, "{}", r.text());
     assert_eq!(used_count(&gw).await, 4);
     // A refusal that records a key.denied: recorded before it is answered.
     let r = gw

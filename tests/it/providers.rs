@@ -423,7 +423,7 @@ async fn provider_refusals_are_exact_and_write_nothing() {
 
     let cases: Vec<(Value, StatusCode, &str, Option<&str>)> = vec![
         (
-            with(&|b| b["kind"] = json!("bedrock")),
+            with(&|b| b["kind"] = json!("cohere")),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
             Some("kind"),

@@ -19,13 +19,10 @@
 //!
 //! A known key refused at 4, 5, 7, 8, 9 or 10 records a throttled `key.denied`.
 
-pub mod anthropic;
 pub mod body;
-pub mod error;
 pub mod limits;
-pub mod sse;
+pub mod meter;
 pub mod stream;
-pub mod upstream;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -41,33 +38,32 @@ use bytes::{Bytes, BytesMut};
 use chrono::{Datelike, Utc};
 use futures::StreamExt;
 use keyward_events::{
-    DenyReason, Event, ExpectedVersion, KeyDenied, KeyUsed, NewEvent, ProviderKind, Scope,
-    UsageOutcome,
+    DenyReason, Event, ExpectedVersion, KeyDenied, NewEvent, Scope, UsageOutcome,
 };
 use keyward_projections::{KeyRecord, ProviderRecord};
 use serde_json::{Value, json};
 use ulid::Ulid;
 
 use self::body::{ScanError, Scanned};
-use self::error::{ProxyError, RATE_LIMIT};
 use self::limits::{AuthFailures, DenyThrottle, RateDecision, RateLimits};
+use self::meter::{Meter, MeterSpec, NotRecorded};
 use self::stream::{Mode, Pump};
-use self::upstream::{Dialect, Endpoint, Tokens};
 use crate::auth::{AuthError, authenticate, client_ip, ip_allowed, presented_key, scope_allows};
 use crate::config::Config;
 use crate::crypto::ProviderSecret;
 use crate::live::reservations::{Reservation, TokenBound};
 use crate::metrics::ProxyMetrics;
+use crate::providers::error::{self, ProxyError, RATE_LIMIT};
+use crate::providers::wire::{self, Dialect, Endpoint, Tokens};
+use crate::providers::{self, Framing, Outgoing, Route, Upstreams, converse, messages};
 use crate::store::appender::Appender;
 use crate::{App, AppState};
 
 /// The proxy's long-lived parts: one pooled HTTP client for every provider, and the
 /// in-memory limits.
 pub struct Proxy {
-    client: reqwest::Client,
-    /// The client for live credential checks of providers (management API).
-    check_client: reqwest::Client,
-    egress: crate::egress::EgressPolicy,
+    /// The clients, the egress policy and the access-token caches of the provider layer.
+    upstreams: Upstreams,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     max_duration: Duration,
@@ -82,20 +78,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(config: &Config) -> anyhow::Result<Proxy> {
-        // No environment proxy, no redirects, the guard's resolver.
-        let client = config
-            .upstream_allow
-            .client_builder()
-            .connect_timeout(config.upstream_connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()?;
-        let check_client = crate::provider_check::client(&config.upstream_allow)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let upstreams = Upstreams::new(
+            config.upstream_allow.clone(),
+            config.upstream_connect_timeout,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
         Ok(Proxy {
-            client,
-            check_client,
-            egress: config.upstream_allow.clone(),
+            upstreams,
             first_byte_timeout: config.upstream_first_byte_timeout,
             idle_timeout: config.upstream_idle_timeout,
             max_duration: config.upstream_max_duration,
@@ -112,14 +101,14 @@ impl Proxy {
         &self.metrics
     }
 
-    /// The client for live checks of provider credentials, under the same egress policy.
-    pub fn check_client(&self) -> &reqwest::Client {
-        &self.check_client
+    /// The provider layer: clients, egress policy, access tokens.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 
     /// Where providers may be reached.
-    pub fn egress(&self) -> &crate::egress::EgressPolicy {
-        &self.egress
+    pub fn egress(&self) -> &providers::egress::EgressPolicy {
+        &self.upstreams.egress
     }
 
     /// Records the refusals the denial throttle still holds: those of windows that have
@@ -380,7 +369,7 @@ impl Ctx<'_> {
             key_id: key_id.to_owned(),
             reason,
             endpoint: self.path.clone(),
-            model: model.map(upstream::recorded_model),
+            model: model.map(wire::recorded_model),
             client_ip: self.client_ip_text(),
             suppressed: 0,
         };
@@ -566,7 +555,7 @@ impl Ctx<'_> {
                 appender: self.app.commands.appender.clone(),
                 key_id: key_id.to_owned(),
                 provider_id: provider_id.to_owned(),
-                model: model.map(|(m, _)| upstream::recorded_model(m)),
+                model: model.map(|(m, _)| wire::recorded_model(m)),
                 model_named: model.is_some_and(|(_, named)| named),
                 endpoint: self.path.clone(),
                 stream,
@@ -636,7 +625,7 @@ impl Ctx<'_> {
         let offering: Vec<Arc<ProviderRecord>> = adm
             .providers
             .iter()
-            .filter(|p| upstream::offers(p.kind, self.endpoint))
+            .filter(|p| providers::kind(p.kind).offers(self.endpoint))
             .cloned()
             .collect();
         if offering.is_empty() {
@@ -657,15 +646,15 @@ impl Ctx<'_> {
                 "model_not_allowed",
                 format!(
                     "this key may not use the model `{}`",
-                    upstream::named_model(&model)
+                    wire::named_model(&model)
                 ),
             )
             .with_param("model"));
         }
-        let Some(provider) = upstream::choose(&offering, self.endpoint, &model).cloned() else {
+        let Some(provider) = wire::choose(&offering, self.endpoint, &model).cloned() else {
             self.deny(key.key_id(), DenyReason::Model, Some(&model))
                 .await?;
-            return Err(upstream::model_not_found(&model));
+            return Err(wire::model_not_found(&model));
         };
         let bound = token_bound(self.endpoint, &provider, &scanned, bytes.len());
         let (rl_headers, hold) = self.limits(&adm, Some(&model), bound).await?;
@@ -686,7 +675,7 @@ impl Ctx<'_> {
         // when either is a list (or an Azure deployment map), not "every model".
         let named = !key.models().is_empty()
             || !provider.models.is_empty()
-            || provider.kind == ProviderKind::AzureOpenai;
+            || providers::kind(provider.kind).names_models();
         let meter = self.meter(
             key.key_id(),
             &provider.provider_id,
@@ -733,90 +722,21 @@ impl Ctx<'_> {
         p: &ProviderRecord,
         mut meter: Meter,
     ) -> Result<Response, ProxyError> {
-        let secret = match self.credential(p) {
-            Ok(s) => s,
-            Err(e) => return Err(fail(&mut meter, e, UsageOutcome::UpstreamUnavailable).await),
+        let prepared = match self.prepare(client_headers, bytes, scanned, model, p).await {
+            Ok(x) => x,
+            Err((e, outcome)) => return Err(fail(&mut meter, e, outcome).await),
         };
-        let (url, dialect) = match upstream::url(p, self.endpoint, model) {
-            Ok(u) => u,
-            Err(e) => return Err(fail(&mut meter, e, UsageOutcome::UpstreamUnavailable).await),
-        };
-        // A name is checked by the client's resolver at connect time; an address literal
-        // never reaches a resolver, so it is checked here, on every request.
-        if let Err(e) = self.proxy().egress.check_literal(&url) {
-            tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, reason = %e, "refused to connect to the provider's address");
-            return Err(fail(
-                &mut meter,
-                address_refused(),
-                UsageOutcome::UpstreamUnavailable,
-            )
-            .await);
-        }
-        let wants_sse = scanned.stream && self.endpoint != Endpoint::Embeddings;
-        let (out_body, mode) = match dialect {
-            Dialect::OpenAi if wants_sse && !scanned.include_usage => {
-                match body::with_include_usage(&bytes) {
-                    Ok(b) => (Bytes::from(b), Mode::OpenAi { strip_usage: true }),
-                    Err(e) => {
-                        return Err(
-                            fail(&mut meter, scan_error(e), UsageOutcome::InvalidRequest).await,
-                        );
-                    }
-                }
-            }
-            Dialect::OpenAi => (bytes, Mode::OpenAi { strip_usage: false }),
-            Dialect::Anthropic => (bytes, Mode::Anthropic),
-            Dialect::AnthropicFromOpenAi => {
-                match anthropic::request(&bytes, upstream::default_max_tokens(p)) {
-                    Ok(b) => (
-                        Bytes::from(b),
-                        Mode::AnthropicToOpenAi(Box::new(anthropic::StreamTranslator::new(
-                            scanned.include_usage,
-                        ))),
-                    ),
-                    Err(e) => return Err(fail(&mut meter, e, UsageOutcome::InvalidRequest).await),
-                }
-            }
-        };
-        let mut headers = upstream::forwarded_headers(client_headers);
-        if let Err(e) = upstream::set_credential(&mut headers, p, &secret, client_headers, dialect)
-        {
-            return Err(fail(&mut meter, e, UsageOutcome::UpstreamUnavailable).await);
-        }
-        let req = self
-            .proxy()
-            .client
-            .post(url)
-            .headers(headers)
-            .body(out_body);
-
+        let Prepared {
+            req,
+            mode,
+            route,
+            secret,
+            scrub_with,
+        } = prepared;
         let up_started = Instant::now();
-        let resp = match tokio::time::timeout(self.proxy().first_byte_timeout, req.send()).await {
-            Err(_) => {
-                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider did not answer within the first-byte timeout");
-                return Err(fail(
-                    &mut meter,
-                    ProxyError::upstream_timeout(),
-                    UsageOutcome::UpstreamTimeout,
-                )
-                .await);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, error = %crate::redact::http_error(&e), "the provider could not be reached");
-                let (err, outcome) = if e.is_timeout() {
-                    (
-                        ProxyError::upstream_timeout(),
-                        UsageOutcome::UpstreamTimeout,
-                    )
-                } else {
-                    (
-                        ProxyError::upstream_unavailable(),
-                        UsageOutcome::UpstreamUnavailable,
-                    )
-                };
-                return Err(fail(&mut meter, err, outcome).await);
-            }
-            Ok(Ok(r)) => r,
+        let resp = match self.call(req, p).await {
+            Ok(r) => r,
+            Err((e, outcome)) => return Err(fail(&mut meter, e, outcome).await),
         };
         let status = resp.status();
         if status.is_redirection() {
@@ -832,22 +752,44 @@ impl Ctx<'_> {
             )
             .await);
         }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            // Keyward's credential for the provider was refused, not the client's key.
+            tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, status = status.as_u16(), "the provider refused Keyward's credential");
+            providers::kind(p.kind).rejected(&self.proxy().upstreams, p, &secret);
+            return Err(fail(
+                &mut meter,
+                providers::credential_rejected(),
+                UsageOutcome::UpstreamError,
+            )
+            .await);
+        }
         let mut out_headers = HeaderMap::new();
-        upstream::response_headers(resp.headers(), &mut out_headers, secret.expose());
-        let is_sse = resp
+        wire::response_headers(resp.headers(), &mut out_headers, scrub_with.expose());
+        let content_type = resp
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
-
-        if status.is_success() && is_sse {
+            .unwrap_or("");
+        let streamed = match route.framing {
+            Framing::Sse => content_type.starts_with("text/event-stream"),
+            Framing::EventStream(_) => {
+                content_type.starts_with("application/vnd.amazon.eventstream")
+            }
+        };
+        if status.is_success() && streamed {
+            let upstream: stream::Upstream = match route.framing {
+                Framing::Sse => Box::pin(resp.bytes_stream()),
+                Framing::EventStream(flavour) => {
+                    stream::from_event_stream(Box::pin(resp.bytes_stream()), flavour)
+                }
+            };
             let pump = Pump::new(
-                Box::pin(resp.bytes_stream()),
+                upstream,
                 self.proxy().idle_timeout,
                 up_started + self.proxy().max_duration,
                 mode,
                 meter,
-                secret,
+                scrub_with,
                 up_started,
             );
             let mut res = Response::new(Body::from_stream(pump.spawn()));
@@ -865,13 +807,185 @@ impl Ctx<'_> {
             );
             return Ok(res);
         }
+        self.answer(
+            resp,
+            route.dialect,
+            model,
+            up_started,
+            out_headers,
+            &scrub_with,
+            p,
+            meter,
+        )
+        .await
+    }
 
+    /// The request as it leaves: the route, the body in the provider's dialect, the
+    /// client's headers that may cross, and the credential the kind adds.
+    async fn prepare(
+        &self,
+        client_headers: &HeaderMap,
+        bytes: Bytes,
+        scanned: &Scanned,
+        model: &str,
+        p: &ProviderRecord,
+    ) -> Result<Prepared, (ProxyError, UsageOutcome)> {
+        let unavailable = |e| (e, UsageOutcome::UpstreamUnavailable);
+        let invalid = |e| (e, UsageOutcome::InvalidRequest);
+        let kind = providers::kind(p.kind);
+        let secret = self.credential(p).map_err(unavailable)?;
+        let wants_sse = scanned.stream && self.endpoint != Endpoint::Embeddings;
+        let route = kind
+            .route(p, self.endpoint, model, wants_sse)
+            .map_err(unavailable)?;
+        // A name is checked by the client's resolver at connect time; an address literal
+        // never reaches a resolver, so it is checked here, on every request.
+        if let Err(e) = self.proxy().upstreams.egress.check_literal(&route.url) {
+            tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, reason = %e, "refused to connect to the provider's address");
+            return Err(unavailable(address_refused()));
+        }
+        let max_tokens = kind
+            .default_max_tokens(p)
+            .unwrap_or(messages::DEFAULT_MAX_TOKENS);
+        let (body, mode) = match route.dialect {
+            Dialect::OpenAi if wants_sse && !scanned.include_usage => {
+                let b = body::with_include_usage(&bytes).map_err(|e| invalid(scan_error(e)))?;
+                (Bytes::from(b), Mode::OpenAi { strip_usage: true })
+            }
+            Dialect::OpenAi => (bytes, Mode::OpenAi { strip_usage: false }),
+            Dialect::Anthropic => {
+                let b = match route.anthropic_body {
+                    Some(version) => {
+                        Bytes::from(converse::anthropic_request(&bytes, version).map_err(invalid)?)
+                    }
+                    None => bytes,
+                };
+                (b, Mode::Anthropic)
+            }
+            Dialect::AnthropicFromOpenAi => {
+                let mut b = messages::request(&bytes, max_tokens).map_err(invalid)?;
+                if let Some(version) = route.anthropic_body {
+                    b = converse::anthropic_request(&b, version).map_err(invalid)?;
+                }
+                (
+                    Bytes::from(b),
+                    Mode::AnthropicToOpenAi(Box::new(messages::StreamTranslator::new(
+                        scanned.include_usage,
+                    ))),
+                )
+            }
+            Dialect::Converse => {
+                let b = converse::request(&bytes, max_tokens).map_err(invalid)?;
+                (
+                    Bytes::from(b),
+                    Mode::ConverseToOpenAi(Box::new(converse::StreamTranslator::new(
+                        scanned.include_usage,
+                        model,
+                    ))),
+                )
+            }
+        };
+        let mut headers = if kind.signs_requests() {
+            // A signature covers the headers it names: only Keyward's own go.
+            HeaderMap::new()
+        } else {
+            wire::forwarded_headers(client_headers)
+        };
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let anthropic_version = match route.dialect {
+            Dialect::Anthropic => client_headers.get("anthropic-version").cloned(),
+            _ => None,
+        };
+        let mut req = Outgoing {
+            method: axum::http::Method::POST,
+            url: route.url.clone(),
+            headers,
+            body,
+            anthropic_version,
+        };
+        let sent = kind
+            .authorize(&self.proxy().upstreams, p, &secret, &mut req)
+            .await
+            .map_err(|e| unavailable(e.into_proxy(&p.provider_id)))?;
+        let scrub_with = sent.unwrap_or_else(|| ProviderSecret::new(secret.expose().to_owned()));
+        Ok(Prepared {
+            req,
+            mode,
+            route,
+            secret,
+            scrub_with,
+        })
+    }
+
+    /// Sends the request and waits, at most the first-byte timeout, for the answer's head.
+    async fn call(
+        &self,
+        req: Outgoing,
+        p: &ProviderRecord,
+    ) -> Result<reqwest::Response, (ProxyError, UsageOutcome)> {
+        let req = self
+            .proxy()
+            .upstreams
+            .client
+            .request(req.method, req.url)
+            .headers(req.headers)
+            .body(req.body);
+        match tokio::time::timeout(self.proxy().first_byte_timeout, req.send()).await {
+            Err(_) => {
+                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider did not answer within the first-byte timeout");
+                Err((
+                    ProxyError::upstream_timeout(),
+                    UsageOutcome::UpstreamTimeout,
+                ))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, error = %crate::redact::http_error(&e), "the provider could not be reached");
+                if e.is_timeout() {
+                    Err((
+                        ProxyError::upstream_timeout(),
+                        UsageOutcome::UpstreamTimeout,
+                    ))
+                } else {
+                    Err((
+                        ProxyError::upstream_unavailable(),
+                        UsageOutcome::UpstreamUnavailable,
+                    ))
+                }
+            }
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// A whole (not streamed) answer: read, translated to the client's dialect, scrubbed,
+    /// its use recorded.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &self,
+        resp: reqwest::Response,
+        dialect: Dialect,
+        model: &str,
+        up_started: Instant,
+        out_headers: HeaderMap,
+        scrub_with: &ProviderSecret,
+        p: &ProviderRecord,
+        mut meter: Meter,
+    ) -> Result<Response, ProxyError> {
+        let status = resp.status();
         // The provider's header is passed on only when it holds no secret.
         let content_type = resp
             .headers()
             .get(header::CONTENT_TYPE)
-            .filter(|v| upstream::clean_header(v, secret.expose()))
+            .filter(|v| wire::clean_header(v, scrub_with.expose()))
             .cloned();
+        // Bedrock names its exception in a header (`ThrottlingException:…`).
+        let aws_error_type = resp
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let deadline = up_started + self.proxy().max_duration;
         let body = match read_upstream(resp, self.proxy().idle_timeout, deadline).await {
             Ok(b) => b,
@@ -885,29 +999,33 @@ impl Ctx<'_> {
             }
         };
         let up_latency = up_started.elapsed();
-        let translate = matches!(dialect, Dialect::AnthropicFromOpenAi);
+        let secret = scrub_with.expose();
         let (out, outcome, tokens, json_out) = if !status.is_success() {
-            let scrubbed = upstream::scrub(&body, secret.expose());
-            let out = if translate {
-                anthropic::error(&scrubbed)
-            } else {
-                scrubbed
+            let scrubbed = wire::scrub(&body, secret);
+            let out = match dialect {
+                Dialect::AnthropicFromOpenAi => messages::error(&scrubbed),
+                Dialect::Converse => converse::error_typed(&scrubbed, aws_error_type.as_deref()),
+                _ => scrubbed,
             };
             tracing::info!(request_id = %self.request_id, provider_id = %p.provider_id, status = status.as_u16(), "the provider answered with an error");
             (
                 Bytes::from(out),
                 UsageOutcome::UpstreamError,
                 Tokens::default(),
-                translate,
+                dialect != Dialect::OpenAi && dialect != Dialect::Anthropic,
             )
-        } else if translate {
-            match anthropic::response(&body) {
+        } else if matches!(dialect, Dialect::AnthropicFromOpenAi | Dialect::Converse) {
+            let translated = match dialect {
+                Dialect::Converse => converse::response(&body, model),
+                _ => messages::response(&body),
+            };
+            match translated {
                 Some((out, tokens)) => {
-                    let out = upstream::scrub_credential(&out, secret.expose()).unwrap_or(out);
+                    let out = wire::scrub_credential(&out, secret).unwrap_or(out);
                     (Bytes::from(out), UsageOutcome::Success, tokens, true)
                 }
                 None => {
-                    tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider's answer is not a Messages response");
+                    tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider's answer is not in its API's response shape");
                     return Err(
                         fail(&mut meter, invalid_response(), UsageOutcome::UpstreamError).await,
                     );
@@ -916,8 +1034,8 @@ impl Ctx<'_> {
         } else {
             // One parse both checks that the answer is JSON and reads its tokens.
             let tokens = match dialect {
-                Dialect::Anthropic => anthropic::checked_response_tokens(&body),
-                _ => upstream::openai_tokens(&body),
+                Dialect::Anthropic => messages::checked_response_tokens(&body),
+                _ => wire::openai_tokens(&body),
             };
             let Some(tokens) = tokens else {
                 tracing::warn!(request_id = %self.request_id, provider_id = %p.provider_id, "the provider's answer is not JSON");
@@ -926,7 +1044,7 @@ impl Ctx<'_> {
                 );
             };
             // The provider's bytes are passed on as they are, unless they held the credential.
-            let out = upstream::scrub_credential(&body, secret.expose()).map_or(body, Bytes::from);
+            let out = wire::scrub_credential(&body, secret).map_or(body, Bytes::from);
             (out, UsageOutcome::Success, tokens, false)
         };
         if meter
@@ -976,12 +1094,8 @@ impl Ctx<'_> {
                 p.models.clone()
             } else if !key.models().is_empty() {
                 key.models().to_vec()
-            } else if p.kind == ProviderKind::AzureOpenai {
-                p.config
-                    .get("deployments")
-                    .and_then(Value::as_object)
-                    .map(|d| d.keys().cloned().collect())
-                    .unwrap_or_default()
+            } else if let Some(configured) = providers::kind(p.kind).configured_models(p) {
+                configured
             } else {
                 let t = Instant::now();
                 match self.fetch_models(p).await {
@@ -1004,7 +1118,10 @@ impl Ctx<'_> {
             };
             for m in listed {
                 let allowed = key.models().is_empty() || key.models().contains(&m);
-                if allowed && upstream::serves(p, &m) && !ids.iter().any(|(id, _)| *id == m) {
+                if allowed
+                    && providers::kind(p.kind).serves(p, &m)
+                    && !ids.iter().any(|(id, _)| *id == m)
+                {
                     ids.push((m, p.name.clone()));
                 }
             }
@@ -1039,17 +1156,37 @@ impl Ctx<'_> {
         let secret = self
             .credential(p)
             .map_err(|e| (e, UsageOutcome::UpstreamUnavailable))?;
-        let (url, dialect) = upstream::url(p, Endpoint::Models, "")
+        let kind = providers::kind(p.kind);
+        let route = kind
+            .route(p, Endpoint::Models, "", false)
             .map_err(|e| (e, UsageOutcome::UpstreamUnavailable))?;
-        let mut headers = HeaderMap::new();
-        upstream::set_credential(&mut headers, p, &secret, &HeaderMap::new(), dialect)
-            .map_err(|e| (e, UsageOutcome::UpstreamUnavailable))?;
-        headers.remove(header::CONTENT_TYPE);
-        if let Err(e) = self.proxy().egress.check_literal(&url) {
+        if let Err(e) = self.proxy().upstreams.egress.check_literal(&route.url) {
             tracing::warn!(provider_id = %p.provider_id, reason = %e, "refused to connect to the provider's address");
             return Err((address_refused(), UsageOutcome::UpstreamUnavailable));
         }
-        let req = self.proxy().client.get(url).headers(headers);
+        let mut out = Outgoing {
+            method: axum::http::Method::GET,
+            url: route.url,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            anthropic_version: None,
+        };
+        let sent = kind
+            .authorize(&self.proxy().upstreams, p, &secret, &mut out)
+            .await
+            .map_err(|e| {
+                (
+                    e.into_proxy(&p.provider_id),
+                    UsageOutcome::UpstreamUnavailable,
+                )
+            })?;
+        let scrub_with = sent.unwrap_or_else(|| ProviderSecret::new(secret.expose().to_owned()));
+        let req = self
+            .proxy()
+            .upstreams
+            .client
+            .request(out.method, out.url)
+            .headers(out.headers);
         let resp = match tokio::time::timeout(self.proxy().first_byte_timeout, req.send()).await {
             Err(_) => {
                 return Err((
@@ -1077,14 +1214,22 @@ impl Ctx<'_> {
                 UsageOutcome::UpstreamError,
             )
         };
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            tracing::warn!(provider_id = %p.provider_id, status = status.as_u16(), "the provider refused Keyward's credential");
+            kind.rejected(&self.proxy().upstreams, p, &secret);
+            return Err((
+                providers::credential_rejected(),
+                UsageOutcome::UpstreamError,
+            ));
+        }
         if !status.is_success() {
             tracing::info!(provider_id = %p.provider_id, status = status.as_u16(), "the provider refused to list its models");
             return Err(bad());
         }
         // The ids go to the client: a provider that echoes its credential in one does not
         // hand it over.
-        let body = upstream::scrub_credential(&body, secret.expose()).map_or(body, Bytes::from);
-        upstream::listed_models(&body).ok_or_else(bad)
+        let body = wire::scrub_credential(&body, scrub_with.expose()).map_or(body, Bytes::from);
+        kind.listed_models(&body).ok_or_else(bad)
     }
 }
 
@@ -1096,9 +1241,9 @@ fn token_bound(ep: Endpoint, p: &ProviderRecord, scanned: &Scanned, body_len: us
     let prompt = (body_len as u64).div_ceil(4);
     let completion = match ep {
         Endpoint::Embeddings | Endpoint::Models => Some(0),
-        Endpoint::Chat | Endpoint::Messages => scanned.max_tokens.or_else(|| {
-            (p.kind == ProviderKind::Anthropic).then(|| upstream::default_max_tokens(p))
-        }),
+        Endpoint::Chat | Endpoint::Messages => scanned
+            .max_tokens
+            .or_else(|| providers::kind(p.kind).default_max_tokens(p)),
     };
     completion.map_or(TokenBound::Unbounded, |c| {
         TokenBound::AtMost(prompt.saturating_add(c))
@@ -1118,6 +1263,17 @@ fn invalid_response() -> ProxyError {
         "upstream_invalid_response",
         "the provider's answer could not be read",
     )
+}
+
+/// A request ready to leave for its provider.
+struct Prepared {
+    req: Outgoing,
+    mode: Mode,
+    route: Route,
+    /// The provider's credential, opened.
+    secret: ProviderSecret,
+    /// What the request carries that the provider could echo: scrubbed from the answer.
+    scrub_with: ProviderSecret,
 }
 
 /// Records a use that failed before the provider answered, and hands back its error.
@@ -1205,193 +1361,6 @@ async fn read_upstream(
                 }
                 buf.extend_from_slice(&b);
             }
-        }
-    }
-}
-
-struct MeterSpec {
-    appender: Appender,
-    key_id: String,
-    provider_id: String,
-    model: Option<String>,
-    /// The provider or the key names the model: `/metrics` counts it under its name.
-    model_named: bool,
-    endpoint: String,
-    stream: bool,
-    client_ip: Option<String>,
-    request_id: String,
-    started: Instant,
-    metrics: Arc<ProxyMetrics>,
-    /// `--usage-durability durable`: [`Meter::record`] returns once the event committed.
-    durable: bool,
-}
-
-/// Under `--usage-durability durable`: the use was not committed, so its answer must not
-/// complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotRecorded;
-
-/// The one `key.used` of a request. Dropped before it was recorded (the client went away
-/// while the answer was on its way), it records `client_closed` with the tokens and
-/// upstream latency seen so far, so that no admitted request goes unrecorded.
-pub struct Meter {
-    spec: Option<MeterSpec>,
-    /// The request's place in its key's quota; given back once the use is queued (the
-    /// ledger counts the queued use then, until its fold).
-    hold: Option<Reservation>,
-    pub(crate) tokens_so_far: Tokens,
-    pub(crate) upstream_so_far: Option<Duration>,
-}
-
-/// The status recorded for a client that went away: nginx's "client closed request".
-pub const CLIENT_CLOSED_STATUS: u16 = 499;
-
-/// Prompt plus completion, as a token quota counts them (saturating, as the projection).
-fn total(t: Tokens) -> u64 {
-    t.prompt.saturating_add(t.completion)
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-impl Meter {
-    fn new(hold: Option<Reservation>, spec: MeterSpec) -> Meter {
-        Meter {
-            spec: Some(spec),
-            hold,
-            tokens_so_far: Tokens::default(),
-            upstream_so_far: None,
-        }
-    }
-
-    /// Whether [`Meter::record`] waits for the commit (`--usage-durability durable`).
-    pub fn durable(&self) -> bool {
-        self.spec.as_ref().is_some_and(|s| s.durable)
-    }
-
-    /// The request's `key.used`, counted in the metrics as it is built: it is built once.
-    fn event(
-        s: &MeterSpec,
-        outcome: UsageOutcome,
-        status: u16,
-        tokens: Tokens,
-        upstream: Option<Duration>,
-    ) -> NewEvent {
-        let used = KeyUsed {
-            key_id: s.key_id.clone(),
-            provider_id: s.provider_id.clone(),
-            model: s.model.clone(),
-            endpoint: s.endpoint.clone(),
-            outcome,
-            status,
-            latency_us: micros(s.started.elapsed()),
-            upstream_latency_us: upstream.map(micros),
-            prompt_tokens: tokens.prompt,
-            completion_tokens: tokens.completion,
-            stream: s.stream,
-            client_ip: s.client_ip.clone(),
-        };
-        s.metrics.used(&used, s.model_named);
-        NewEvent::new(
-            &Event::KeyUsed(used),
-            ExpectedVersion::Any,
-            Utc::now(),
-            s.key_id.clone(),
-            Some(s.request_id.clone()),
-        )
-    }
-
-    /// Queues the event (waiting for room, never dropping it). Once only. Under
-    /// `durable` it then waits for the event's commit, and says if it did not commit: the
-    /// caller must then cut its answer off. Under `async` it is always `Ok`.
-    #[must_use = "under durable, an answer whose use was not recorded must not complete"]
-    pub async fn record(
-        &mut self,
-        outcome: UsageOutcome,
-        status: u16,
-        tokens: Tokens,
-        upstream: Option<Duration>,
-    ) -> Result<(), NotRecorded> {
-        let Some(s) = &self.spec else { return Ok(()) };
-        tracing::debug!(
-            request_id = %s.request_id,
-            key_id = %s.key_id,
-            provider_id = %s.provider_id,
-            ?outcome,
-            status,
-            prompt_tokens = tokens.prompt,
-            completion_tokens = tokens.completion,
-            "proxied"
-        );
-        let ev = Meter::event(s, outcome, status, tokens, upstream);
-        // Counted from before it is queued; if the wait below is cut short, `recorded`
-        // withdraws it and the hold stays for the use the guard records instead.
-        let recorded = self
-            .hold
-            .as_ref()
-            .map(|h| h.record(ev.event_id, total(tokens)));
-        let queued = if s.durable {
-            s.appender.record_durable(ev).await.map(Some)
-        } else {
-            s.appender.record(ev).await.map(|()| None)
-        };
-        let durable = s.durable;
-        let request_id = s.request_id.clone();
-        let queued = match queued {
-            Err(_) => {
-                tracing::warn!(%request_id, "the usage queue is closed; a use was not recorded");
-                None
-            }
-            Ok(waiting) => {
-                if let Some(r) = recorded {
-                    r.queued();
-                }
-                Some(waiting)
-            }
-        };
-        // Only now: if the wait above is cut short, the guard still records the use.
-        self.spec = None;
-        self.hold = None;
-        match queued {
-            None if durable => Err(NotRecorded),
-            None | Some(None) => Ok(()),
-            Some(Some(waiting)) => waiting.committed().await.map_err(|_| {
-                tracing::warn!(%request_id, "a use was not committed; its answer is cut off");
-                NotRecorded
-            }),
-        }
-    }
-}
-
-impl Drop for Meter {
-    fn drop(&mut self) {
-        let Some(s) = self.spec.take() else { return };
-        let ev = Meter::event(
-            &s,
-            UsageOutcome::ClientClosed,
-            CLIENT_CLOSED_STATUS,
-            self.tokens_so_far,
-            self.upstream_so_far,
-        );
-        tracing::debug!(request_id = %s.request_id, key_id = %s.key_id, "the client went away");
-        let recorded = self
-            .hold
-            .take()
-            .map(|h| h.record(ev.event_id, total(self.tokens_so_far)));
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    if s.appender.record(ev).await.is_err() {
-                        tracing::warn!(
-                            "the usage queue is closed; a client_closed use was not recorded"
-                        );
-                    } else if let Some(r) = recorded {
-                        r.queued();
-                    }
-                });
-            }
-            Err(_) => tracing::warn!("no runtime; a client_closed use was not recorded"),
         }
     }
 }

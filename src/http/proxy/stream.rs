@@ -37,11 +37,13 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::Meter;
-use super::anthropic::{self, StreamMeter, StreamTranslator};
-use super::sse::{MAX_EVENT_BYTES, SseEvent, SseParser, data_event, named_event};
-use super::upstream::{Tokens, scrub, scrub_credential};
+use super::meter::Meter;
 use crate::crypto::ProviderSecret;
+use crate::providers::converse;
+use crate::providers::eventstream::{EventStreamToSse, Flavour};
+use crate::providers::messages::{self, StreamMeter, StreamTranslator};
+use crate::providers::sse::{MAX_EVENT_BYTES, SseEvent, SseParser, data_event, named_event};
+use crate::providers::wire::{Tokens, scrub, scrub_credential};
 
 /// How many events wait for a client that reads slowly. Past that the task waits too, until
 /// the deadline; with [`MAX_EVENT_BYTES`] per event this bounds what one stream holds.
@@ -58,6 +60,48 @@ pub enum Mode {
     Anthropic,
     /// Anthropic events translated to OpenAI chunks.
     AnthropicToOpenAi(Box<StreamTranslator>),
+    /// Bedrock ConverseStream events (re-framed as SSE by [`from_event_stream`])
+    /// translated to OpenAI chunks.
+    ConverseToOpenAi(Box<converse::StreamTranslator>),
+}
+
+/// AWS's binary event stream, re-framed as SSE events (`event: <type>`, `data: <json>`)
+/// for the pump's parser: frames are decoded with `aws-smithy-eventstream`, at most one
+/// frame is held, and a malformed frame ends the stream with an error event.
+pub fn from_event_stream(upstream: Upstream, flavour: Flavour) -> Upstream {
+    fn joined(events: Vec<Bytes>) -> Bytes {
+        if events.len() == 1 {
+            return events.into_iter().next().unwrap_or_default();
+        }
+        events.concat().into()
+    }
+    let state = (upstream, EventStreamToSse::new(flavour), false);
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut up, mut frames, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                match up.next().await {
+                    Some(Ok(chunk)) => {
+                        let out = frames.push(&chunk);
+                        if !out.is_empty() {
+                            return Some((Ok(joined(out)), (up, frames, false)));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (up, frames, true))),
+                    None => {
+                        let out = frames.finish();
+                        if out.is_empty() {
+                            return None;
+                        }
+                        return Some((Ok(joined(out)), (up, frames, true)));
+                    }
+                }
+            }
+        },
+    ))
 }
 
 /// Follows the usage in an OpenAI stream: the final usage chunk when there is one, and
@@ -89,6 +133,9 @@ pub struct Pump {
     durable: bool,
     holding: bool,
     held: VecDeque<Bytes>,
+    /// The stream's final event was seen: the client leaving after it has had the whole
+    /// answer, and the use is recorded as the provider's end makes it.
+    end_seen: bool,
     /// The use is recorded: what is left in `out` is sent, then the body ends.
     finished: bool,
 }
@@ -166,6 +213,7 @@ impl Pump {
             meter,
             holding: false,
             held: VecDeque::new(),
+            end_seen: false,
             finished: false,
         }
     }
@@ -182,6 +230,7 @@ impl Pump {
 
     /// Under `durable`: the next events are the stream's end; hold them back.
     fn end_begins(&mut self) {
+        self.end_seen = true;
         self.holding = self.durable;
     }
 
@@ -218,6 +267,7 @@ impl Pump {
             }),
             Mode::Anthropic => self.anthropic.tokens(),
             Mode::AnthropicToOpenAi(t) => t.meter.tokens(),
+            Mode::ConverseToOpenAi(t) => t.tokens(),
         }
     }
 
@@ -259,6 +309,14 @@ impl Pump {
             }
             if self.finished {
                 return;
+            }
+            // The final event went out (not under `durable`, where it waits in `held`): a
+            // client that stops reading now, as SDKs do at `[DONE]`, has the whole answer,
+            // so the provider's end is awaited (its idle timeout still applies) rather than
+            // the use recorded as `client_closed`.
+            if self.end_seen && !self.holding && self.held.is_empty() {
+                self.step().await;
+                continue;
             }
             tokio::select! {
                 biased;
@@ -350,8 +408,24 @@ impl Pump {
                     self.handle(ev);
                 }
                 self.upstream_latency = Some(self.upstream_started.elapsed());
+                // ConverseStream's usage comes after its stop; a stream that stopped
+                // without it still ends cleanly.
+                if let Mode::ConverseToOpenAi(t) = &mut self.mode
+                    && !t.done
+                    && t.stopped()
+                    && !self.upstream_error
+                {
+                    let outs = t.finish();
+                    self.end_begins();
+                    for b in outs {
+                        let b =
+                            scrub_credential(&b, self.credential.expose()).map_or(b, Into::into);
+                        self.emit(b);
+                    }
+                }
                 let complete = match &self.mode {
                     Mode::AnthropicToOpenAi(t) => t.done,
+                    Mode::ConverseToOpenAi(t) => t.done,
                     _ => true,
                 };
                 if self.upstream_error {
@@ -442,7 +516,7 @@ impl Pump {
                 self.push_clean(ev.raw);
             }
             Mode::Anthropic => {
-                if let Some((kind, v)) = anthropic::parse_event(&ev) {
+                if let Some((kind, v)) = messages::parse_event(&ev) {
                     self.anthropic.observe(&kind, &v);
                     if kind == "error" {
                         self.upstream_error = true;
@@ -455,6 +529,23 @@ impl Pump {
                     }
                 }
                 self.push_clean(ev.raw);
+            }
+            Mode::ConverseToOpenAi(t) => {
+                if ev.event.as_deref() == Some("error") {
+                    self.upstream_error = true;
+                }
+                let outs = t.event(&ev);
+                if t.done || self.upstream_error {
+                    self.end_begins();
+                }
+                for b in outs {
+                    let b = if self.upstream_error {
+                        scrub(&b, self.credential.expose()).into()
+                    } else {
+                        scrub_credential(&b, self.credential.expose()).map_or(b, Into::into)
+                    };
+                    self.emit(b);
+                }
             }
             Mode::AnthropicToOpenAi(t) => {
                 if ev.event.as_deref() == Some("error") {

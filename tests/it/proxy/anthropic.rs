@@ -161,9 +161,9 @@ async fn anthropic_errors_reach_openai_clients_in_openai_shape_and_scrubbed() {
     let r = gw
         .post("/v1/chat/completions", &secret, chat("claude-error"))
         .await;
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 400);
     let v = r.json();
-    assert_eq!(v["error"]["type"], "authentication_error");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
     let msg = v["error"]["message"].as_str().unwrap();
     assert_eq!(msg, "invalid x-api-key [redacted]");
     assert!(!r.text().contains(ANTHROPIC_CREDENTIAL));
@@ -176,8 +176,28 @@ async fn anthropic_errors_reach_openai_clients_in_openai_shape_and_scrubbed() {
             json!({"model": "claude-error", "max_tokens": 5, "messages": []}),
         )
         .await;
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 400);
     assert_eq!(r.json()["type"], "error");
     assert!(!r.text().contains(ANTHROPIC_CREDENTIAL));
     assert_eq!(gw.last_used(2).await.outcome, UsageOutcome::UpstreamError);
+
+    // The provider refusing Keyward's own credential is not the client's 401: a 502 in
+    // either dialect, recorded as the provider's error.
+    let r = gw
+        .post("/v1/chat/completions", &secret, chat("claude-401"))
+        .await;
+    r.assert_error(502, "provider_credential_rejected");
+    assert!(!r.text().contains(ANTHROPIC_CREDENTIAL));
+    let r = gw
+        .post(
+            "/v1/messages",
+            &secret,
+            json!({"model": "claude-401", "max_tokens": 5, "messages": []}),
+        )
+        .await;
+    assert_eq!(r.status, 502);
+    assert!(!r.text().contains(ANTHROPIC_CREDENTIAL));
+    let used = gw.last_used(4).await;
+    assert_eq!(used.outcome, UsageOutcome::UpstreamError);
+    assert_eq!(used.status, 502);
 }

@@ -178,6 +178,7 @@ async fn failure_paths_logged_at_trace() {
         )
         .await,
     );
+    replies.push(gw.post(c, &anth_key, chat("claude-401")).await);
     let mut s = chat("stall");
     s["stream"] = json!(true);
     replies.push(gw.post(c, &key, s).await);
@@ -197,8 +198,8 @@ async fn failure_paths_logged_at_trace() {
     assert_eq!(
         statuses,
         [
-            401, 401, 401, 403, 403, 403, 404, 400, 413, 200, 429, 502, 504, 500, 401, 404, 401,
-            401, 200, 401, 401
+            401, 401, 401, 403, 403, 403, 404, 400, 413, 200, 429, 502, 504, 500, 502, 404, 400,
+            400, 502, 200, 401, 401
         ]
     );
     gw.events("key.used", 10).await;

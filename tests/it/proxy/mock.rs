@@ -1,7 +1,7 @@
 //! An in-process mock of the providers on 127.0.0.1:0: OpenAI-style, Azure-style and
 //! Anthropic-style routes answering with the shared wire-format fixtures. The model named
 //! in a request picks a behaviour: `slow`, `stall`, `drip`, `error-500`, `error-401`,
-//! `huge-usage`, `claude-error`; anything else answers normally.
+//! `huge-usage`, `claude-error` (400), `claude-401`; anything else answers normally.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -265,7 +265,15 @@ async fn anthropic_messages(
         );
     }
     match v["model"].as_str().unwrap_or("") {
+        // A refusal that echoes the credential: scrubbed wherever it reaches the client.
         "claude-error" => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"type":"error","error":{"type":"invalid_request_error",
+                   "message": format!("invalid x-api-key {}", credential(&headers))}})
+            .to_string(),
+        ),
+        // The credential itself refused: Keyward answers 502, never this 401.
+        "claude-401" => json_response(
             StatusCode::UNAUTHORIZED,
             json!({"type":"error","error":{"type":"authentication_error",
                    "message": format!("invalid x-api-key {}", credential(&headers))}})

@@ -335,10 +335,15 @@ async fn no_secret_reaches_logs_responses_events_metrics_or_the_export() {
         )
         .await;
         seen.add(&format!("chat {model}"), &r);
-        let expect = model
+        // A provider refusing Keyward's credential (401, 403) is a 502 to the client.
+        let expect = match model
             .strip_prefix("echo-")
             .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(200);
+            .unwrap_or(200)
+        {
+            401 | 403 => 502,
+            s => s,
+        };
         assert_eq!(r.status.as_u16(), expect, "{model}: {}", r.text());
     }
     let r = send(

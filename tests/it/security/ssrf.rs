@@ -10,7 +10,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use keyward::egress::EgressPolicy;
+use keyward::providers::egress::EgressPolicy;
 use keyward_events::{Event, ProviderKind, UsageOutcome};
 use serde_json::{Value, json};
 

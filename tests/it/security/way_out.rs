@@ -360,12 +360,24 @@ async fn child_outbound_clients_under_environment_proxies() {
     assert_eq!(r.status, 200, "{}", r.text());
     // The client of live credential checks.
     let app = &gw.state.0;
-    let checked = keyward::provider_check::check(
-        app.proxy.check_client(),
-        app.proxy.egress(),
-        ProviderKind::Openai,
-        &gw.mock.openai_base(),
-        &Default::default(),
+    let now = chrono::Utc::now();
+    let candidate = keyward_projections::ProviderRecord {
+        provider_id: "prv_candidate".into(),
+        name: "p".into(),
+        kind: ProviderKind::Openai,
+        base_url: gw.mock.openai_base(),
+        config: Default::default(),
+        models: Vec::new(),
+        credential: None,
+        verification: None,
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+        version: 0,
+    };
+    let checked = keyward::providers::check::check(
+        app.proxy.upstreams(),
+        &candidate,
         &keyward::crypto::ProviderSecret::new(OPENAI_CREDENTIAL.to_owned()),
     )
     .await

@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn the_fixture_parses() {
-        let text = include_str!("../../../tests/fixtures/anthropic-stream.sse");
+        let text = include_str!("../../tests/fixtures/anthropic-stream.sse");
         let mut p = SseParser::new();
         p.push(text.as_bytes());
         let names: Vec<_> = all(&mut p).into_iter().filter_map(|e| e.event).collect();

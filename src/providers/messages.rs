@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::ProxyError;
 use super::sse::{SseEvent, data_event};
-use super::upstream::Tokens;
+use super::wire::Tokens;
 
 pub const DEFAULT_VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -582,7 +582,7 @@ impl StreamTranslator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::proxy::sse::SseParser;
+    use crate::providers::sse::SseParser;
 
     #[test]
     fn requests_move_the_system_prompt_and_map_the_fields() {
@@ -647,7 +647,7 @@ mod tests {
 
     #[test]
     fn the_fixture_response_translates() {
-        let body = include_bytes!("../../../tests/fixtures/anthropic-message.json");
+        let body = include_bytes!("../../tests/fixtures/anthropic-message.json");
         let (out, tokens) = response(body).unwrap();
         assert_eq!(
             tokens,
@@ -670,7 +670,7 @@ mod tests {
 
     #[test]
     fn errors_take_the_openai_shape() {
-        let body = include_bytes!("../../../tests/fixtures/anthropic-error-401.json");
+        let body = include_bytes!("../../tests/fixtures/anthropic-error-401.json");
         let v: Value = serde_json::from_slice(&error(body)).unwrap();
         assert_eq!(v["error"]["type"], "authentication_error");
         assert_eq!(v["error"]["message"], "invalid x-api-key");
@@ -678,7 +678,7 @@ mod tests {
 
     #[test]
     fn the_fixture_stream_translates() {
-        let text = include_str!("../../../tests/fixtures/anthropic-stream.sse");
+        let text = include_str!("../../tests/fixtures/anthropic-stream.sse");
         let mut p = SseParser::new();
         p.push(text.as_bytes());
         let mut t = StreamTranslator::new(true);

@@ -7,19 +7,20 @@
 
 use std::time::Duration;
 
-use keyward_events::ProviderKind;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Map, Value};
+use axum::http::{HeaderMap, Method};
+use keyward_projections::ProviderRecord;
+use serde_json::Value;
 
+use super::cloudauth::AuthError;
+use super::egress::EgressPolicy;
+use super::{AuthorizeError, Endpoint, Outgoing, Upstreams};
 use crate::crypto::ProviderSecret;
-use crate::egress::EgressPolicy;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 /// How much of a provider's answer is read: enough for an error message or a model list.
 const MAX_BODY: usize = 256 * 1024;
 const MAX_DETAIL_CHARS: usize = 500;
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// What the provider answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,51 +69,6 @@ pub fn client(policy: &EgressPolicy) -> Result<reqwest::Client, CheckError> {
         })
 }
 
-/// The models endpoint of a provider and the headers that carry its credential.
-pub fn models_request(
-    kind: ProviderKind,
-    base_url: &str,
-    config: &Map<String, Value>,
-    secret: &ProviderSecret,
-) -> Result<(reqwest::Url, HeaderMap), CheckError> {
-    let base = base_url.trim_end_matches('/');
-    let mut headers = HeaderMap::new();
-    let mut put = |name: &'static str, value: &str, sensitive: bool| -> Result<(), CheckError> {
-        let mut v = HeaderValue::from_str(value).map_err(|_| {
-            CheckError::Request("the credential cannot be sent in an HTTP header".to_owned())
-        })?;
-        v.set_sensitive(sensitive);
-        headers.insert(HeaderName::from_static(name), v);
-        Ok(())
-    };
-    let url = match kind {
-        ProviderKind::Openai
-        | ProviderKind::Gemini
-        | ProviderKind::Groq
-        | ProviderKind::OpenaiCompatible => {
-            let bearer = zeroize::Zeroizing::new(format!("Bearer {}", secret.expose()));
-            put("authorization", &bearer, true)?;
-            url(&format!("{base}/models"))?
-        }
-        ProviderKind::AzureOpenai => {
-            put("api-key", secret.expose(), true)?;
-            let mut u = url(&format!("{base}/openai/models"))?;
-            let version = config
-                .get("api_version")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            u.query_pairs_mut().append_pair("api-version", version);
-            u
-        }
-        ProviderKind::Anthropic => {
-            put("x-api-key", secret.expose(), true)?;
-            put("anthropic-version", ANTHROPIC_VERSION, false)?;
-            url(&format!("{base}/v1/models"))?
-        }
-    };
-    Ok((url, headers))
-}
-
 /// `1 model`, `3 models`.
 pub fn count(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
@@ -122,28 +78,62 @@ pub fn count(n: usize, one: &str, many: &str) -> String {
     }
 }
 
-fn url(s: &str) -> Result<reqwest::Url, CheckError> {
-    reqwest::Url::parse(s)
-        .map_err(|e| CheckError::Request(format!("the base URL does not make a valid URL: {e}")))
-}
-
-/// Calls the provider's models endpoint with the credential.
+/// Calls the provider's models endpoint with the credential, authorised the way its kind
+/// does it (a header, an access token it exchanges the credential for, a signature).
+/// `p` may be a provider not yet stored.
 pub async fn check(
-    client: &reqwest::Client,
-    policy: &EgressPolicy,
-    kind: ProviderKind,
-    base_url: &str,
-    config: &Map<String, Value>,
+    up: &Upstreams,
+    p: &ProviderRecord,
     secret: &ProviderSecret,
 ) -> Result<CheckResult, CheckError> {
-    let (url, headers) = models_request(kind, base_url, config, secret)?;
+    let kind = super::kind(p.kind);
+    let route = kind
+        .route(p, Endpoint::Models, "", false)
+        .map_err(|e| CheckError::Request(e.message))?;
     // An address literal never reaches the resolver: it is checked here.
-    policy
-        .check_literal(&url)
+    up.egress
+        .check_literal(&route.url)
         .map_err(|e| CheckError::Unreachable(e.to_string()))?;
-    let mut res = client
-        .get(url)
-        .headers(headers)
+    let mut out = Outgoing {
+        method: Method::GET,
+        url: route.url,
+        headers: HeaderMap::new(),
+        body: bytes::Bytes::new(),
+        anthropic_version: None,
+    };
+    let sent = match kind.authorize(up, p, secret, &mut out).await {
+        Ok(sent) => sent,
+        Err(AuthorizeError::Proxy(e)) => return Err(CheckError::Request(e.message)),
+        Err(AuthorizeError::Token(AuthError::Rejected { status, detail })) => {
+            return Ok(CheckResult {
+                ok: false,
+                status: Some(status),
+                detail: Some(truncate(
+                    &format!(
+                        "the identity provider refused the credential: {}",
+                        scrub(&detail, secret)
+                    ),
+                    MAX_DETAIL_CHARS,
+                )),
+            });
+        }
+        Err(AuthorizeError::Token(AuthError::Unreachable(why))) => {
+            return Err(CheckError::Unreachable(format!(
+                "the identity provider could not be reached: {why}"
+            )));
+        }
+        Err(AuthorizeError::Token(AuthError::Invalid(why))) => {
+            return Err(CheckError::Request(why));
+        }
+    };
+    // What was sent is scrubbed from the answer too (an access token, not only the
+    // credential).
+    let echoed = sent.as_ref().unwrap_or(secret);
+    let mut res = up
+        .check_client
+        .request(out.method, out.url)
+        .headers(out.headers)
+        .body(out.body)
         .send()
         .await
         .map_err(|e| CheckError::Unreachable(describe(&e)))?;
@@ -162,9 +152,7 @@ pub async fn check(
     }
     let code = status.as_u16();
     if status.is_success() {
-        let models = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("data").and_then(Value::as_array).map(Vec::len));
+        let models = kind.listed_models(&body).map(|m| m.len());
         return Ok(CheckResult {
             ok: true,
             status: Some(code),
@@ -185,11 +173,11 @@ pub async fn check(
             .unwrap_or("elsewhere");
         format!(
             "the provider redirects to {}; give that URL as base_url (redirects are not followed)",
-            scrub(to, secret)
+            scrub(&scrub(to, secret), echoed)
         )
     } else {
         match provider_message(&body) {
-            Some(m) => scrub(&m, secret),
+            Some(m) => scrub(&scrub(&m, secret), echoed),
             None => format!(
                 "the provider answered {code} {}",
                 status.canonical_reason().unwrap_or("")
@@ -349,42 +337,107 @@ mod tests {
         assert_eq!(provider_message(b"<html>nope</html>"), None);
     }
 
-    #[test]
-    fn each_kind_gets_its_endpoint_and_header() {
-        let s = ProviderSecret::new("k-123".into());
-        let mut cfg = Map::new();
-        cfg.insert("api_version".into(), "2024-10-21".into());
-        let (u, h) = models_request(
-            ProviderKind::AzureOpenai,
-            "https://x.openai.azure.com/",
-            &cfg,
-            &s,
+    fn record(
+        kind: keyward_events::ProviderKind,
+        base: &str,
+        config: serde_json::Value,
+    ) -> ProviderRecord {
+        let now = chrono::Utc::now();
+        ProviderRecord {
+            provider_id: "prv_1".into(),
+            name: "p".into(),
+            kind,
+            base_url: base.into(),
+            config: config.as_object().cloned().unwrap_or_default(),
+            models: Vec::new(),
+            credential: None,
+            verification: None,
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+            version: 1,
+        }
+    }
+
+    /// The models request of a kind, as the check and the proxy both build it.
+    async fn models_request(p: &ProviderRecord, s: &ProviderSecret) -> (String, HeaderMap) {
+        let up = Upstreams::new(
+            EgressPolicy::new(Vec::new()),
+            std::time::Duration::from_secs(1),
         )
         .unwrap();
+        let kind = super::super::kind(p.kind);
+        let route = kind.route(p, Endpoint::Models, "", false).unwrap();
+        let mut out = Outgoing {
+            method: Method::GET,
+            url: route.url,
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            anthropic_version: None,
+        };
+        kind.authorize(&up, p, s, &mut out).await.unwrap();
+        (out.url.to_string(), out.headers)
+    }
+
+    #[tokio::test]
+    async fn each_kind_gets_its_endpoint_and_header() {
+        use keyward_events::ProviderKind;
+        use serde_json::json;
+        let s = ProviderSecret::new("k-123".into());
+        let azure = record(
+            ProviderKind::AzureOpenai,
+            "https://x.openai.azure.com/",
+            json!({"api_version": "2024-10-21", "deployments": {"gpt-4o": "d"}}),
+        );
+        let (u, h) = models_request(&azure, &s).await;
         assert_eq!(
-            u.as_str(),
+            u,
             "https://x.openai.azure.com/openai/models?api-version=2024-10-21"
         );
         assert_eq!(h["api-key"], "k-123");
-        let (u, h) = models_request(
+        let anth = record(
             ProviderKind::Anthropic,
             "https://api.anthropic.com",
-            &cfg,
-            &s,
-        )
-        .unwrap();
-        assert_eq!(u.as_str(), "https://api.anthropic.com/v1/models");
+            json!({}),
+        );
+        let (u, h) = models_request(&anth, &s).await;
+        assert_eq!(u, "https://api.anthropic.com/v1/models");
         assert_eq!(h["x-api-key"], "k-123");
-        assert_eq!(h["anthropic-version"], ANTHROPIC_VERSION);
-        let (u, h) = models_request(
+        assert_eq!(
+            h["anthropic-version"],
+            super::super::messages::DEFAULT_VERSION
+        );
+        let groq = record(
             ProviderKind::Groq,
             "https://api.groq.com/openai/v1",
-            &cfg,
-            &s,
-        )
-        .unwrap();
-        assert_eq!(u.as_str(), "https://api.groq.com/openai/v1/models");
+            json!({}),
+        );
+        let (u, h) = models_request(&groq, &s).await;
+        assert_eq!(u, "https://api.groq.com/openai/v1/models");
         assert_eq!(h["authorization"], "Bearer k-123");
         assert!(h["authorization"].is_sensitive());
+        // Bedrock: the control plane's foundation models, signed with SigV4.
+        let aws = ProviderSecret::new(
+            json!({"access_key_id": "AKIDEXAMPLE12345", "secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"})
+                .to_string(),
+        );
+        let bedrock = record(
+            ProviderKind::Bedrock,
+            "https://bedrock-runtime.eu-west-1.amazonaws.com",
+            json!({"region": "eu-west-1"}),
+        );
+        let (u, h) = models_request(&bedrock, &aws).await;
+        assert_eq!(
+            u,
+            "https://bedrock.eu-west-1.amazonaws.com/foundation-models"
+        );
+        let auth = h["authorization"].to_str().unwrap();
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE12345/")
+                && auth.contains("/eu-west-1/bedrock/aws4_request"),
+            "{auth}"
+        );
+        assert!(h["authorization"].is_sensitive() && h.contains_key("x-amz-date"));
+        assert!(!auth.contains("wJalrXUtnFEMI"));
     }
 }

@@ -1,18 +1,15 @@
-//! Providers as the proxy sees them: which one serves a model, the URL and credential
-//! header of each kind, the headers that may cross, and what a provider's answer may
-//! carry back (scrubbed of credentials).
+//! What every kind shares on the wire: endpoints and dialects, URL building, the headers
+//! that may cross, and what a provider's answer may carry back (scrubbed of credentials).
 
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
-use keyward_events::ProviderKind;
 use keyward_projections::ProviderRecord;
 use reqwest::Url;
 use serde_json::Value;
 
-use super::anthropic;
 use super::error::ProxyError;
-use crate::crypto::ProviderSecret;
+use super::misconfigured;
 
 /// Tokens a request used, as the provider reported them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,45 +32,22 @@ pub enum Endpoint {
 pub enum Dialect {
     /// OpenAI's format on both sides, forwarded as it came.
     OpenAi,
-    /// Anthropic's format on both sides, forwarded as it came.
+    /// Anthropic's format on both sides, forwarded as it came (on Bedrock and Vertex with
+    /// the model moved from the body to the URL and the version into the body).
     Anthropic,
-    /// An OpenAI client against an Anthropic provider: translated both ways.
+    /// An OpenAI client against Anthropic's Messages API: translated both ways.
     AnthropicFromOpenAi,
+    /// An OpenAI client against Bedrock's Converse API: translated both ways.
+    Converse,
 }
 
-const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
-
-/// Whether a provider of this kind offers the endpoint at all.
-pub fn offers(kind: ProviderKind, ep: Endpoint) -> bool {
-    match ep {
-        Endpoint::Messages => kind == ProviderKind::Anthropic,
-        Endpoint::Embeddings => kind != ProviderKind::Anthropic,
-        Endpoint::Chat | Endpoint::Models => true,
-    }
+/// Whether the provider's enabled list allows the model (an empty list allows every model).
+pub fn enabled(p: &ProviderRecord, model: &str) -> bool {
+    p.models.is_empty() || p.models.iter().any(|m| m == model)
 }
 
-fn azure_deployment<'a>(p: &'a ProviderRecord, model: &str) -> Option<&'a str> {
-    p.config
-        .get("deployments")
-        .and_then(|d| d.get(model))
-        .and_then(Value::as_str)
-}
-
-/// Whether the provider serves this model: its enabled list allows it (an empty list
-/// allows every model) and, on Azure, a deployment is mapped to it.
-pub fn serves(p: &ProviderRecord, model: &str) -> bool {
-    let enabled = p.models.is_empty() || p.models.iter().any(|m| m == model);
-    enabled && (p.kind != ProviderKind::AzureOpenai || azure_deployment(p, model).is_some())
-}
-
-fn misconfigured() -> ProxyError {
-    ProxyError::bad_gateway(
-        "provider_misconfigured",
-        "the provider's configuration is not usable; an admin must correct it",
-    )
-}
-
-fn join(base: &str, segments: &[&str]) -> Result<Url, ProxyError> {
+/// `base` with path segments added.
+pub fn join(base: &str, segments: &[&str]) -> Result<Url, ProxyError> {
     let mut url = parse_base(base.trim_end_matches('/'))?;
     url.path_segments_mut()
         .map_err(|_| misconfigured())?
@@ -86,7 +60,7 @@ fn join(base: &str, segments: &[&str]) -> Result<Url, ProxyError> {
 /// noticeable share of a proxied request's CPU, and a worker thread serves the same few
 /// providers again and again: each thread keeps its last few parses and clones one when
 /// the text matches exactly.
-fn parse_base(base: &str) -> Result<Url, ProxyError> {
+pub fn parse_base(base: &str) -> Result<Url, ProxyError> {
     const KEPT: usize = 8;
     thread_local! {
         static PARSED: std::cell::RefCell<Vec<(String, Url)>> =
@@ -109,46 +83,26 @@ fn parse_base(base: &str) -> Result<Url, ProxyError> {
     })
 }
 
-/// The URL of an endpoint at a provider, and the dialect the request travels in.
-pub fn url(p: &ProviderRecord, ep: Endpoint, model: &str) -> Result<(Url, Dialect), ProxyError> {
-    let last: &[&str] = match ep {
+/// The path of an OpenAI-format endpoint below an OpenAI-compatible base URL.
+pub fn openai_path(ep: Endpoint) -> &'static [&'static str] {
+    match ep {
         Endpoint::Chat => &["chat", "completions"],
         Endpoint::Embeddings => &["embeddings"],
         Endpoint::Models => &["models"],
         Endpoint::Messages => &["messages"],
-    };
-    match p.kind {
-        ProviderKind::Anthropic => {
-            let dialect = if ep == Endpoint::Chat {
-                Dialect::AnthropicFromOpenAi
-            } else {
-                Dialect::Anthropic
-            };
-            let path: &[&str] = if ep == Endpoint::Models {
-                &["v1", "models"]
-            } else {
-                &["v1", "messages"]
-            };
-            Ok((join(&p.base_url, path)?, dialect))
-        }
-        ProviderKind::AzureOpenai => {
-            let deployment = azure_deployment(p, model).ok_or_else(|| model_not_found(model))?;
-            let mut segs = vec!["openai", "deployments", deployment];
-            segs.extend_from_slice(last);
-            let mut url = join(&p.base_url, &segs)?;
-            let version = p
-                .config
-                .get("api_version")
-                .and_then(Value::as_str)
-                .unwrap_or(AZURE_DEFAULT_API_VERSION);
-            url.query_pairs_mut().append_pair("api-version", version);
-            Ok((url, Dialect::OpenAi))
-        }
-        ProviderKind::Openai
-        | ProviderKind::Groq
-        | ProviderKind::Gemini
-        | ProviderKind::OpenaiCompatible => Ok((join(&p.base_url, last)?, Dialect::OpenAi)),
     }
+}
+
+/// A credential as people may see it: a known prefix such as `sk-`, then `…` and its last
+/// four characters.
+pub fn mask(secret: &str) -> String {
+    let prefix = ["sk-ant-", "sk-proj-", "sk-", "gsk_", "AIza"]
+        .into_iter()
+        .find(|p| secret.starts_with(p) && secret.len() > p.len() + 8)
+        .unwrap_or("");
+    let chars: Vec<char> = secret.chars().collect();
+    let last4: String = chars[chars.len().saturating_sub(4)..].iter().collect();
+    format!("{prefix}…{last4}")
 }
 
 pub fn model_not_found(model: &str) -> ProxyError {
@@ -239,61 +193,6 @@ pub fn forwarded_headers(client: &HeaderMap) -> HeaderMap {
         out.append(name.clone(), value.clone());
     }
     out
-}
-
-/// Sets the provider's own credential header, and Anthropic's version header.
-pub fn set_credential(
-    headers: &mut HeaderMap,
-    p: &ProviderRecord,
-    secret: &ProviderSecret,
-    client: &HeaderMap,
-    dialect: Dialect,
-) -> Result<(), ProxyError> {
-    let (name, value) = match p.kind {
-        ProviderKind::Anthropic => (
-            HeaderName::from_static("x-api-key"),
-            secret.expose().to_owned(),
-        ),
-        ProviderKind::AzureOpenai => (
-            HeaderName::from_static("api-key"),
-            secret.expose().to_owned(),
-        ),
-        _ => (header::AUTHORIZATION, format!("Bearer {}", secret.expose())),
-    };
-    let mut value = HeaderValue::from_str(&value).map_err(|_| misconfigured())?;
-    // Keeps it out of any Debug output of the HTTP stack.
-    value.set_sensitive(true);
-    headers.insert(name, value);
-    if p.kind == ProviderKind::Anthropic {
-        let from_client = match dialect {
-            Dialect::Anthropic => client.get("anthropic-version").cloned(),
-            _ => None,
-        };
-        let version = match from_client {
-            Some(v) => v,
-            None => HeaderValue::from_str(
-                p.config
-                    .get("anthropic_version")
-                    .and_then(Value::as_str)
-                    .unwrap_or(anthropic::DEFAULT_VERSION),
-            )
-            .map_err(|_| misconfigured())?,
-        };
-        headers.insert(HeaderName::from_static("anthropic-version"), version);
-    }
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(())
-}
-
-pub fn default_max_tokens(p: &ProviderRecord) -> u64 {
-    p.config
-        .get("default_max_tokens")
-        .and_then(Value::as_u64)
-        .filter(|n| *n > 0)
-        .unwrap_or(anthropic::DEFAULT_MAX_TOKENS)
 }
 
 /// Upstream response headers passed on to the client: a few informational ones, and
@@ -438,16 +337,18 @@ pub fn choose<'a>(
     ep: Endpoint,
     model: &str,
 ) -> Option<&'a Arc<ProviderRecord>> {
-    providers
-        .iter()
-        .find(|p| offers(p.kind, ep) && serves(p, model))
+    providers.iter().find(|p| {
+        let k = super::kind(p.kind);
+        k.offers(ep) && k.serves(p, model)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::Utc;
-    use serde_json::json;
+    use keyward_events::ProviderKind;
+    use serde_json::{Value, json};
 
     fn provider(kind: ProviderKind, base: &str, config: Value, models: &[&str]) -> ProviderRecord {
         ProviderRecord {
@@ -520,6 +421,20 @@ mod tests {
             let e = parse_base("not a url").unwrap_err();
             assert_eq!(e.status, axum::http::StatusCode::BAD_GATEWAY);
         }
+    }
+
+    fn url(p: &ProviderRecord, ep: Endpoint, model: &str) -> Result<(Url, Dialect), ProxyError> {
+        super::super::kind(p.kind)
+            .route(p, ep, model, false)
+            .map(|r| (r.url, r.dialect))
+    }
+
+    fn serves(p: &ProviderRecord, model: &str) -> bool {
+        super::super::kind(p.kind).serves(p, model)
+    }
+
+    fn offers(k: ProviderKind, ep: Endpoint) -> bool {
+        super::super::kind(k).offers(ep)
     }
 
     #[test]
@@ -646,7 +561,7 @@ mod tests {
     fn tokens_from_the_fixtures() {
         assert_eq!(
             openai_tokens(include_bytes!(
-                "../../../tests/fixtures/openai-chat-completion.json"
+                "../../tests/fixtures/openai-chat-completion.json"
             )),
             Some(Tokens {
                 prompt: 19,
@@ -655,7 +570,7 @@ mod tests {
         );
         assert_eq!(
             openai_tokens(include_bytes!(
-                "../../../tests/fixtures/openai-embeddings.json"
+                "../../tests/fixtures/openai-embeddings.json"
             )),
             Some(Tokens {
                 prompt: 8,
@@ -663,7 +578,7 @@ mod tests {
             })
         );
         assert_eq!(
-            listed_models(include_bytes!("../../../tests/fixtures/openai-models.json")).unwrap(),
+            listed_models(include_bytes!("../../tests/fixtures/openai-models.json")).unwrap(),
             ["gpt-4o-mini", "gpt-4.1", "text-embedding-3-small"]
         );
         // JSON of another shape has no tokens but is an answer; only non-JSON is `None`.
