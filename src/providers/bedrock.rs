@@ -204,6 +204,10 @@ impl Kind for Bedrock {
                 Framing::Sse,
                 None,
             ),
+            // `.` and `..` would climb the path the signature is for.
+            Endpoint::Chat | Endpoint::Messages if matches!(model, "" | "." | "..") => {
+                return Err(wire::model_not_found(model));
+            }
             Endpoint::Chat => (
                 p.base_url.clone(),
                 format!(
@@ -306,6 +310,39 @@ impl Kind for Bedrock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_cannot_climb_the_path() {
+        let now = chrono::Utc::now();
+        let p = ProviderRecord {
+            provider_id: "prv_1".into(),
+            name: "b".into(),
+            kind: ProviderKind::Bedrock,
+            base_url: "https://bedrock-runtime.us-east-1.amazonaws.com".into(),
+            config: serde_json::json!({"region": "us-east-1"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            models: Vec::new(),
+            credential: None,
+            verification: None,
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+            version: 1,
+        };
+        for m in ["..", ".", ""] {
+            let e = Bedrock.route(&p, Endpoint::Chat, m, false).unwrap_err();
+            assert_eq!(e.status, 404, "{m:?}");
+        }
+        let r = Bedrock
+            .route(&p, Endpoint::Messages, "../../x/y", true)
+            .unwrap();
+        assert_eq!(
+            r.url.path(),
+            "/model/..%2F..%2Fx%2Fy/invoke-with-response-stream"
+        );
+    }
 
     #[test]
     fn model_ids_are_encoded_as_the_sdks_do() {
