@@ -9,6 +9,7 @@ pub mod keys;
 pub mod listener;
 pub mod logs;
 pub mod me;
+pub mod metrics;
 pub mod ops;
 pub mod panic;
 pub mod providers;
