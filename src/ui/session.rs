@@ -17,7 +17,6 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use keyward_events::Role;
 use parking_lot::Mutex;
 use rand::RngCore;
 use serde::de::DeserializeOwned;
@@ -28,10 +27,11 @@ use crate::config::Config;
 use crate::http::caller::Caller;
 use crate::http::request_id::RequestId;
 
+pub use super::user::{CSRF_FIELD, ConsoleUser};
+
 pub const SESSION_COOKIE: &str = "kw_session";
 /// The double-submit token of the sign-in and set-up forms, before any session exists.
 pub const PRE_COOKIE: &str = "kw_pre";
-pub const CSRF_FIELD: &str = "csrf";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Form bodies are small; anything larger is refused.
 const FORM_LIMIT: usize = 64 * 1024;
@@ -383,40 +383,6 @@ pub fn client_ip(parts: &Parts) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
-/// The signed-in console user: a session cookie, never an API key.
-#[derive(Clone)]
-pub struct ConsoleUser {
-    pub caller: Caller,
-    pub csrf: String,
-    pub token: String,
-}
-
-/// The session token and the CSRF token are secrets: `Debug` shows the user only.
-impl std::fmt::Debug for ConsoleUser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsoleUser")
-            .field("user_id", &self.caller.user_id)
-            .field("role", &self.caller.role)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ConsoleUser {
-    pub fn is_admin(&self) -> bool {
-        self.caller.role == Role::Admin
-    }
-
-    /// An auditor: every page it may see is read-only.
-    pub fn is_auditor(&self) -> bool {
-        self.caller.is_auditor()
-    }
-
-    /// An admin or an auditor: sees every key, log row and event.
-    pub fn reads_everything(&self) -> bool {
-        self.caller.reads_everything()
-    }
-}
-
 /// Why a console request was refused before its handler ran.
 #[derive(Debug)]
 pub enum Refused {
@@ -606,6 +572,7 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for PrePosted<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyward_events::Role;
 
     fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
