@@ -462,3 +462,23 @@ where
     .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     Ok(qb)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_names_its_backend() {
+        let sqlite = |p: &str| Some(Backend::Sqlite(std::path::PathBuf::from(p)));
+        assert_eq!(Backend::of("sqlite://./data/k.db"), sqlite("./data/k.db"));
+        assert_eq!(
+            Backend::of("sqlite:/abs/k.db?mode=rwc"),
+            sqlite("/abs/k.db")
+        );
+        assert_eq!(Backend::of("postgres://u@h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("mysql://h/db"), None);
+        assert!(is_postgres("postgresql://h/db") && !is_postgres("sqlite://k.db"));
+        assert_eq!(sqlite_path("postgres://h/db"), None);
+    }
+}
