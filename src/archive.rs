@@ -59,8 +59,8 @@ fn has_hashes(line: &[u8]) -> bool {
             && t.ends_with(b"\"}")
     }
 }
-/// 2^20 = 1,048,576 events a segment by default.
-pub const DEFAULT_LEVEL: u8 = 20;
+/// 2^20 = 1,048,576 events a segment by default (defined with the configuration).
+pub use crate::config::ARCHIVE_LEVEL_DEFAULT as DEFAULT_LEVEL;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
 
 pub fn segment_name(first: u64, last: u64) -> String {

@@ -32,7 +32,7 @@ use crate::live::Live;
 use crate::store::{EventFilter, EventStore, StoreError};
 
 /// The checkpoint directory's default name, in the data dir (SQLite).
-pub const DIR: &str = "checkpoints";
+pub use crate::config::CHECKPOINT_DIR as DIR;
 /// The development key's file, in the data dir.
 pub const DEV_KEY_FILE: &str = "checkpoint.key";
 /// The latest checkpoint, at a fixed name in the checkpoint directory.

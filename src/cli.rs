@@ -14,7 +14,6 @@ use keyward_projections::{AsOf, KeyStatus, State};
 use serde_json::json;
 
 use crate::config::{Config, GlobalArgs, ServeArgs};
-use crate::notify::ends_at;
 use crate::providers::check::count;
 use crate::store::{self, EventFilter, EventStore};
 
@@ -488,9 +487,13 @@ fn print_expiring(
         .keys
         .iter()
         .filter(|k| matches!(k.status(now), KeyStatus::Active | KeyStatus::Grace))
-        .filter(|k| ends_at(k) <= until)
+        .filter(|k| k.ends_at() <= until)
         .collect();
-    keys.sort_by(|a, b| ends_at(a).cmp(&ends_at(b)).then(a.key_id().cmp(b.key_id())));
+    keys.sort_by(|a, b| {
+        a.ends_at()
+            .cmp(&b.ends_at())
+            .then(a.key_id().cmp(b.key_id()))
+    });
     let owner = |id: &str| owner_name(state, id);
     let mut out = std::io::stdout().lock();
     match format {
@@ -501,7 +504,7 @@ fn print_expiring(
                     json!({
                         "key_id": k.key_id(), "name": k.name(), "owner_id": k.owner_id(),
                         "owner": owner(k.owner_id()), "prefix": k.prefix(), "status": k.status(now),
-                        "ends_at": crate::time::format(&ends_at(k)),
+                        "ends_at": crate::time::format(&k.ends_at()),
                         "expires_at": crate::time::format(&k.expires_at),
                         "grace_until": k.grace_until().as_ref().map(crate::time::format),
                         "rotated_to": k.rotated_to(),
@@ -544,7 +547,7 @@ fn print_expiring(
                     name,
                     who,
                     status,
-                    crate::time::format(&ends_at(k)),
+                    crate::time::format(&k.ends_at()),
                     k.prefix()
                 )?;
             }

@@ -19,6 +19,7 @@ pub mod live;
 pub mod metrics;
 pub mod mock_provider;
 pub mod names;
+pub mod net;
 pub mod notify;
 pub mod providers;
 pub mod redact;
@@ -50,69 +51,10 @@ pub mod time {
     pub use keyward_events::time::*;
 }
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use axum::Router;
 
-use crate::commands::Commands;
-use crate::config::Config;
-use crate::crypto::Keyring;
-use crate::http::proxy::Proxy;
-use crate::live::Live;
-use crate::store::EventStore;
-
-/// Everything a request may need. Cloned per request: one `Arc`.
-#[derive(Clone)]
-pub struct AppState(pub Arc<App>);
-
-pub struct App {
-    pub config: Config,
-    pub store: Arc<dyn EventStore>,
-    pub live: Arc<Live>,
-    pub commands: Commands,
-    pub keyring: Keyring,
-    pub proxy: Proxy,
-    /// The web console's sessions and sign-in throttles.
-    pub console: ui::Console,
-    /// `?as_of=` replays running at once: each folds the log from seq 1.
-    pub replays: tokio::sync::Semaphore,
-    /// The key that signs audit checkpoints, when there is one (`crate::checkpoint`).
-    pub checkpoint_key: Option<Arc<checkpoint::CheckpointKey>>,
-    ready: AtomicBool,
-}
-
-impl App {
-    pub fn new(
-        config: Config,
-        store: Arc<dyn EventStore>,
-        live: Arc<Live>,
-        commands: Commands,
-        keyring: Keyring,
-        proxy: Proxy,
-    ) -> App {
-        App {
-            console: ui::Console::new(&config),
-            replays: tokio::sync::Semaphore::new(http::keys::REPLAYS_AT_ONCE),
-            config,
-            store,
-            live,
-            commands,
-            keyring,
-            proxy,
-            checkpoint_key: None,
-            ready: AtomicBool::new(false),
-        }
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-    }
-}
+/// The state every handler takes, defined in `http` (re-exported here, where it was).
+pub use http::state::{App, AppState};
 
 /// The whole HTTP application. Tests call this directly.
 pub fn app(state: AppState) -> Router {

@@ -21,6 +21,14 @@ use crate::store::appender::CommitSink;
 use crate::store::{EventStore, StoreError};
 use crate::timeline::{Bounds, Timeline};
 
+/// A snapshot that passed its own checks: the state and the timeline of its prefix. The
+/// caller still has to check that the log holds `state.head`.
+#[derive(Debug)]
+pub struct Loaded {
+    pub state: State,
+    pub timeline: Timeline,
+}
+
 const PAGE: usize = 10_000;
 /// Events folded per write-lock hold on the commit path.
 const APPLY_SLICE: usize = 64;
@@ -152,7 +160,7 @@ impl Live {
         snapshot: Option<State>,
         allow_broken_chain: bool,
     ) -> Result<(Live, RebuildReport), LiveError> {
-        let snapshot = snapshot.map(|state| crate::snapshot::Loaded {
+        let snapshot = snapshot.map(|state| Loaded {
             timeline: Timeline::unknown(state.head.seq),
             state,
         });
@@ -162,7 +170,7 @@ impl Live {
     /// [`rebuild_from`](Self::rebuild_from) with the snapshot's timeline.
     pub async fn rebuild_from_loaded(
         store: Arc<dyn EventStore>,
-        snapshot: Option<crate::snapshot::Loaded>,
+        snapshot: Option<Loaded>,
         allow_broken_chain: bool,
     ) -> Result<(Live, RebuildReport), LiveError> {
         let started = std::time::Instant::now();

@@ -1,4 +1,6 @@
-//! Prometheus metrics (`/metrics`), with `prometheus-client`.
+//! Prometheus metrics, with `prometheus-client`: the families that the proxy and the
+//! appender record into. `/metrics` renders them with the gauges computed from the live
+//! state in [`crate::http::metrics`] (this module needs nothing above it).
 //!
 //! Counters and histograms that traffic moves live here and in the appender; gauges that
 //! describe state (keys by status, keys expiring soon, the head, the tail lag) are computed
@@ -21,20 +23,15 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use chrono::Utc;
 use keyward_events::{DenyReason, KeyUsed, UsageOutcome};
-use keyward_projections::KeyStatus;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-
-use crate::App;
 
 /// Whether proxy series carry the key id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -388,7 +385,7 @@ impl ProxyMetrics {
         self.auth_throttled.inc();
     }
 
-    fn register(&self, r: &mut Registry) {
+    pub fn register(&self, r: &mut Registry) {
         r.register(
             "keyward_proxy_requests",
             "Proxied requests, by outcome, HTTP status class, provider and model",
@@ -424,119 +421,6 @@ impl ProxyMetrics {
     }
 }
 
-fn status_name(s: KeyStatus) -> &'static str {
-    match s {
-        KeyStatus::Active => "active",
-        KeyStatus::Grace => "grace",
-        KeyStatus::Expired => "expired",
-        KeyStatus::Deleted => "deleted",
-    }
-}
-
-/// The days ahead that `keyward_keys_expiring` looks.
-pub const EXPIRING_WITHIN_DAYS: i64 = 7;
-
-/// The whole exposition, in the OpenMetrics text format.
-pub fn render(app: &App) -> Result<String, std::fmt::Error> {
-    let mut r = Registry::default();
-    app.proxy.metrics().register(&mut r);
-    let appender = &app.commands.appender;
-    appender.stats().set_queue_depth(appender.queue_depth());
-    appender.stats().register(&mut r);
-
-    let by_status: Family<Vec<(&'static str, &'static str)>, Gauge> = Family::default();
-    let expiring: Gauge = Gauge::default();
-    let head = {
-        let state = app.live.read();
-        let now = Utc::now();
-        let soon = now + chrono::Duration::days(EXPIRING_WITHIN_DAYS);
-        for s in [
-            KeyStatus::Active,
-            KeyStatus::Grace,
-            KeyStatus::Expired,
-            KeyStatus::Deleted,
-        ] {
-            by_status
-                .get_or_create(&vec![("status", status_name(s))])
-                .set(0);
-        }
-        let mut n_expiring = 0;
-        for k in state.keys.iter() {
-            let status = k.status(now);
-            by_status
-                .get_or_create(&vec![("status", status_name(status))])
-                .inc();
-            if matches!(status, KeyStatus::Active | KeyStatus::Grace)
-                && crate::notify::ends_at(k) <= soon
-            {
-                n_expiring += 1;
-            }
-        }
-        expiring.set(n_expiring);
-        state.head.seq
-    };
-    r.register(
-        "keyward_keys",
-        "Keys in the live projection, by status",
-        by_status,
-    );
-    r.register(
-        "keyward_keys_expiring_7d",
-        "Active or grace keys that stop working (expiry, or end of rotation grace) within 7 days",
-        expiring,
-    );
-    let head_seq: Gauge<i64, AtomicI64> = Gauge::default();
-    head_seq.set(i64::try_from(head).unwrap_or(i64::MAX));
-    r.register(
-        "keyward_projection_head_seq",
-        "The seq of the last event folded into the live projection",
-        head_seq,
-    );
-    if crate::store::is_postgres(&app.config.database_url) {
-        let tail = app.live.tail_stats();
-        let lag: Gauge<f64, AtomicU64> = Gauge::default();
-        lag.set(tail.lag_us() as f64 / 1e6);
-        r.register_with_unit(
-            "keyward_tail_lag",
-            "How stale this node was about the newest event another node wrote, when it folded it",
-            Unit::Seconds,
-            lag,
-        );
-        let events: Counter = Counter::default();
-        events.inc_by(tail.events());
-        r.register(
-            "keyward_tail_events",
-            "Events folded from the shared store rather than from this node's commits",
-            events,
-        );
-        let reconnects: Counter = Counter::default();
-        reconnects.inc_by(tail.reconnects());
-        r.register(
-            "keyward_tail_reconnects",
-            "Times the tail set up its notification connection again",
-            reconnects,
-        );
-        let listening: Gauge = Gauge::default();
-        listening.set(i64::from(tail.listening()));
-        r.register(
-            "keyward_tail_listening",
-            "1 while the tail is subscribed to notifications, 0 while it polls",
-            listening,
-        );
-    }
-    let ready: Gauge = Gauge::default();
-    ready.set(i64::from(app.is_ready()));
-    r.register(
-        "keyward_ready",
-        "1 when ready for traffic, 0 while starting or draining",
-        ready,
-    );
-
-    let mut out = String::new();
-    encode(&mut out, &r)?;
-    Ok(out)
-}
-
 /// The appender's own metrics, kept by its task.
 #[derive(Clone)]
 pub struct AppenderStats {
@@ -570,7 +454,7 @@ impl AppenderStats {
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
-    fn register(&self, r: &mut Registry) {
+    pub fn register(&self, r: &mut Registry) {
         r.register(
             "keyward_appender_queue_depth",
             "Items waiting for the appender, counting callers waiting for room",
@@ -598,6 +482,7 @@ impl AppenderStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::encoding::text::encode;
 
     fn used(model: &str, outcome: UsageOutcome, status: u16, prompt: u64) -> KeyUsed {
         KeyUsed {

@@ -32,16 +32,9 @@ pub const GRACE_NOTICE_WINDOW: chrono::Duration = chrono::Duration::days(1);
 const ATTEMPTS: u32 = 6;
 const BACKOFF_START: Duration = Duration::from_millis(500);
 
-/// When a key stops (or stopped) working: the time it was expired, or the end of its
-/// rotation grace if that comes before its expiry, or its expiry.
+/// When a key stops (or stopped) working: [`KeyRecord::ends_at`].
 pub fn ends_at(k: &KeyRecord) -> Timestamp {
-    if let Some((_, at)) = k.expired() {
-        return at.min(k.expires_at);
-    }
-    match k.grace_until() {
-        Some(g) if k.rotated_to().is_some() && g < k.expires_at => g,
-        _ => k.expires_at,
-    }
+    k.ends_at()
 }
 
 struct Due {
@@ -193,7 +186,7 @@ async fn deliver(client: reqwest::Client, hook: Webhook, key_id: String, body: s
 
 /// The webhook's HTTP client: timeouts, no redirects, no environment proxy.
 pub fn client() -> reqwest::Result<reqwest::Client> {
-    crate::providers::egress::client_builder()
+    crate::net::client_builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .build()

@@ -153,7 +153,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         drop(l);
         let url = format!("http://127.0.0.1:{port}/hook/PATH-SECRET?token=QUERY-SECRET");
-        let e = crate::providers::egress::client_builder()
+        let e = crate::net::client_builder()
             .build()
             .unwrap()
             .get(&url)

@@ -45,13 +45,10 @@ pub const FILE: &str = "projections.snapshot";
 /// The directory of kept snapshots, in the data dir.
 pub const DIR: &str = "snapshots";
 const EXT: &str = ".snapshot";
-/// New events between two snapshots unless configured. An as-of replay folds at most this
-/// many events on top of a kept snapshot (about 0.6 s on the reference VM at 100,000, ~6 s
-/// at 1,000,000), and a restart after `kill -9` as many.
-pub const EVERY_DEFAULT: usize = 100_000;
-/// How many snapshots are kept unless configured: with [`EVERY_DEFAULT`], the newest
-/// 6.4 million events are answered from a snapshot.
-pub const KEEP_DEFAULT: usize = 64;
+/// The defaults of `snapshot_every` and `snapshot_keep`, defined with the configuration.
+pub use crate::config::{
+    SNAPSHOT_EVERY_DEFAULT as EVERY_DEFAULT, SNAPSHOT_KEEP_DEFAULT as KEEP_DEFAULT,
+};
 const MAGIC_V1: &[u8; 8] = b"KWSNAP\x00\x01";
 const MAGIC: &[u8; 8] = b"KWSNAP\x00\x02";
 const HEADER: usize = 8 + 8 + 32 + 32;
@@ -83,13 +80,8 @@ pub enum Rejected {
     Timeline,
 }
 
-/// A snapshot that passed its own checks: the state and the timeline of its prefix. The
-/// caller still has to check that the log holds `state.head`.
-#[derive(Debug)]
-pub struct Loaded {
-    pub state: State,
-    pub timeline: Timeline,
-}
+/// A snapshot that passed its own checks (defined where the live projection starts from it).
+pub use crate::live::Loaded;
 
 /// The directory of kept snapshots.
 pub fn kept_dir(dir: &Path) -> PathBuf {

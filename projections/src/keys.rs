@@ -206,6 +206,18 @@ impl KeyRecord {
         self.history.get_or_insert_default()
     }
 
+    /// When the key stops (or stopped) working: the time it was expired, or the end of its
+    /// rotation grace if that comes before its expiry, or its expiry.
+    pub fn ends_at(&self) -> Timestamp {
+        if let Some((_, at)) = self.expired() {
+            return at.min(self.expires_at);
+        }
+        match self.grace_until() {
+            Some(g) if self.rotated_to().is_some() && g < self.expires_at => g,
+            _ => self.expires_at,
+        }
+    }
+
     /// Deleted wins over everything, then any kind of expiry, then the rotation grace.
     pub fn status(&self, now: Timestamp) -> KeyStatus {
         if self.deleted_at().is_some() {

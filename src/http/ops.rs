@@ -45,7 +45,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Prometheus metrics, in the OpenMetrics text format that Prometheus negotiates.
 async fn metrics(State(state): State<AppState>) -> Response {
-    match crate::metrics::render(&state.0) {
+    match crate::http::metrics::render(&state.0) {
         Ok(body) => (
             [(
                 axum::http::header::CONTENT_TYPE,

@@ -212,14 +212,7 @@ impl EgressPolicy {
     }
 }
 
-/// Where every outbound HTTP client of Keyward starts: no environment proxy (it would
-/// bypass the guard) and no redirects (one could carry a credential header to another
-/// host). A unit test checks that no client in `src` is built any other way.
-pub fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-}
+pub use crate::net::client_builder;
 
 /// Resolves through the system resolver and keeps only the addresses the policy permits;
 /// a name with none left fails to resolve, so no connection is attempted.
@@ -280,7 +273,7 @@ mod tests {
         walk(&src, &mut files);
         assert!(files.len() > 20, "{files:?}");
         for f in files {
-            if f.ends_with("egress.rs") {
+            if f.ends_with("net.rs") {
                 continue;
             }
             let text = std::fs::read_to_string(&f).unwrap();
@@ -293,7 +286,7 @@ mod tests {
             ] {
                 assert!(
                     !text.contains(needle),
-                    "{} builds an HTTP client itself ({needle}); use egress::client_builder",
+                    "{} builds an HTTP client itself ({needle}); use net::client_builder",
                     f.display()
                 );
             }

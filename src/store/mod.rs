@@ -282,25 +282,59 @@ fn no_tree() -> StoreError {
     StoreError::Unavailable("this store keeps no Merkle tree".to_owned())
 }
 
+/// The backend a database URL names. The one place a database URL is read: the
+/// configuration checks it, the server and `/metrics` ask which backend it is, [`open`]
+/// opens it, all through here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://PATH` or `sqlite:PATH`, the path without any `?query`.
+    Sqlite(std::path::PathBuf),
+    /// `postgres://…` or `postgresql://…`.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend `url` names, or `None` when it names neither.
+    pub fn of(url: &str) -> Option<Backend> {
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let path = rest.split('?').next().unwrap_or(rest);
+            return Some(Backend::Sqlite(std::path::PathBuf::from(path)));
+        }
+        (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            .then_some(Backend::Postgres)
+    }
+}
+
 /// Opens the store a database URL names: `sqlite://PATH` or `postgres://…`
 /// (`postgresql://…`), running its migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn EventStore>, StoreError> {
-    if let Some(path) = crate::config::sqlite_path(url) {
-        return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&path).await?));
-    }
-    if is_postgres(url) {
-        return Ok(std::sync::Arc::new(
+    match Backend::of(url) {
+        Some(Backend::Sqlite(path)) => {
+            Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&path).await?))
+        }
+        Some(Backend::Postgres) => Ok(std::sync::Arc::new(
             postgres::PostgresStore::connect(url).await?,
-        ));
+        )),
+        None => Err(StoreError::Unavailable(
+            "the database URL must start with sqlite://, postgres:// or postgresql://".to_owned(),
+        )),
     }
-    Err(StoreError::Unavailable(
-        "the database URL must start with sqlite://, postgres:// or postgresql://".to_owned(),
-    ))
 }
 
 /// Whether a database URL names PostgreSQL.
 pub fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
+    Backend::of(url) == Some(Backend::Postgres)
+}
+
+/// The SQLite file a database URL names, if it names SQLite.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    match Backend::of(url) {
+        Some(Backend::Sqlite(path)) => Some(path),
+        _ => None,
+    }
 }
 
 /// A stored row's columns as the database returned them, before any checking. Both
@@ -427,4 +461,24 @@ where
     })
     .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     Ok(qb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_names_its_backend() {
+        let sqlite = |p: &str| Some(Backend::Sqlite(std::path::PathBuf::from(p)));
+        assert_eq!(Backend::of("sqlite://./data/k.db"), sqlite("./data/k.db"));
+        assert_eq!(
+            Backend::of("sqlite:/abs/k.db?mode=rwc"),
+            sqlite("/abs/k.db")
+        );
+        assert_eq!(Backend::of("postgres://u@h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("mysql://h/db"), None);
+        assert!(is_postgres("postgresql://h/db") && !is_postgres("sqlite://k.db"));
+        assert_eq!(sqlite_path("postgres://h/db"), None);
+    }
 }

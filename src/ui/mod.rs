@@ -12,6 +12,7 @@ mod keys;
 mod pages;
 mod session;
 mod sign_in;
+mod user;
 
 use axum::Router;
 use axum::extract::Request;

@@ -5,7 +5,7 @@ use axum::response::{Html, IntoResponse, Response};
 use keyward_projections::KeyStatus;
 use maud::{DOCTYPE, Markup, html};
 
-use super::session::{CSRF_FIELD, ConsoleUser};
+use super::user::{CSRF_FIELD, ConsoleUser};
 use crate::http::error::ApiError;
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -202,7 +202,7 @@ async fn a_key_created_expired_or_deleted_on_a_is_honoured_on_b_within_a_second(
     assert!(b.live().tail_stats().listening());
     assert_eq!(a.live().head(), b.live().head());
     // B's /metrics shows its tail and the head it shares with A.
-    let m = keyward::metrics::render(&b.running.state.0).unwrap();
+    let m = keyward::http::metrics::render(&b.running.state.0).unwrap();
     assert!(m.contains("# TYPE keyward_tail_lag_seconds gauge"), "{m}");
     assert!(m.contains("keyward_tail_listening 1\n"), "{m}");
     assert!(

@@ -222,6 +222,21 @@ fn a_manual_expiry_records_its_reason_and_time() {
 }
 
 #[test]
+fn a_key_ends_at_its_expiry_its_expiry_event_or_the_end_of_its_grace() {
+    let s = given([
+        (at(1, 0), created("key_a")),
+        (at(1, 0), created("key_b")),
+        (at(1, 0), created("key_c")),
+        (at(5, 0), expired("key_b", ExpireReason::Manual)),
+        (at(10, 0), rotated("key_c", "key_d", at(12, 0))),
+    ]);
+    let ends = |id: &str| s.keys.get(id).unwrap().ends_at();
+    assert_eq!(ends("key_a"), at(31, 0));
+    assert_eq!(ends("key_b"), at(5, 0));
+    assert_eq!(ends("key_c"), at(12, 0));
+}
+
+#[test]
 fn rotation_links_the_old_key_to_the_new_one() {
     let mut new_key = key_created("key_b");
     new_key.rotated_from = Some("key_a".into());
