@@ -1418,3 +1418,86 @@ async fn edit_changes_name_expiry_and_limit_and_refuses_what_cannot_change() {
         .await;
     assert_eq!(p.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_provider_form_offers_each_kinds_own_fields() {
+    let c = Console::start().await;
+    let mut b = signed_in_admin(&c).await;
+    let page = b.get("/ui/providers").await;
+    // Every kind of the provider layer's list, with its own fields.
+    for k in keyward::providers::KINDS {
+        let kind = k.kind().as_str();
+        assert!(
+            page.body.contains(&format!("option value=\"{kind}\"")),
+            "{kind}"
+        );
+        assert!(
+            page.body.contains(&format!("data-kind=\"{kind}\"")),
+            "{kind}"
+        );
+        for f in k.fields() {
+            let name = if f.secret {
+                format!("cred.{kind}.{}", f.name)
+            } else {
+                format!("cfg.{kind}.{}", f.name)
+            };
+            assert!(page.body.contains(&format!("name=\"{name}\"")), "{name}");
+        }
+    }
+    // Secret parts are password inputs (the service account's key a textarea), never
+    // prefilled.
+    assert!(page.body.contains(
+        "name=\"cred.bedrock.secret_access_key\" type=\"password\" autocomplete=\"off\""
+    ));
+    assert!(
+        page.body
+            .contains("textarea id=\"p-vertex-service_account\"")
+    );
+
+    // The chosen kind's fields are what the API gets: a Vertex key that is not a service
+    // account's is refused by the field, and not echoed.
+    let p = b
+        .post(
+            "/ui/providers",
+            &[
+                ("name", "vertex"),
+                ("kind", "vertex"),
+                ("base_url", "https://us-central1-aiplatform.googleapis.com"),
+                ("cfg.vertex.project_id", "my-project"),
+                ("cfg.vertex.location", "us-central1"),
+                (
+                    "cred.vertex.service_account",
+                    "{\"type\": \"service_account\", \"private_key\": \"not-a-pem-canary-1234\"}",
+                ),
+                // Another kind's fields are ignored.
+                ("cfg.bedrock.region", "not a region"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", p.body);
+    assert!(p.body.contains("id=\"err-api_key\""), "{}", p.body);
+    assert!(!p.body.contains("not-a-pem-canary-1234"));
+    // Azure with Entra ID needs its tenant.
+    let p = b
+        .post(
+            "/ui/providers",
+            &[
+                ("name", "azure"),
+                ("kind", "azure_openai"),
+                ("base_url", "https://contoso.openai.azure.com"),
+                ("cfg.azure_openai.api_version", "2024-10-21"),
+                ("cfg.azure_openai.deployments", "{\"gpt-4o\": \"gpt-4o\"}"),
+                ("cfg.azure_openai.auth", "entra_id"),
+                (
+                    "cfg.azure_openai.client_id",
+                    "00000000-0000-0000-0000-000000000001",
+                ),
+                ("cred.azure_openai.api_key", "entra-client-secret-canary"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", p.body);
+    assert!(p.body.contains("config.tenant_id"), "{}", p.body);
+    assert!(!p.body.contains("entra-client-secret-canary"));
+    assert!(c.state().0.live.read().providers.by_name("azure").is_none());
+}
