@@ -731,7 +731,7 @@ impl Ctx<'_> {
             mode,
             route,
             secret,
-            scrub_with,
+            sent,
         } = prepared;
         let up_started = Instant::now();
         let resp = match self.call(req, p).await {
@@ -763,6 +763,8 @@ impl Ctx<'_> {
             )
             .await);
         }
+        // What the answer is scrubbed of: the access token sent, or the credential itself.
+        let scrub_with = sent.unwrap_or(secret);
         let mut out_headers = HeaderMap::new();
         wire::response_headers(resp.headers(), &mut out_headers, scrub_with.expose());
         let content_type = resp
@@ -910,13 +912,12 @@ impl Ctx<'_> {
             .authorize(&self.proxy().upstreams, p, &secret, &mut req)
             .await
             .map_err(|e| unavailable(e.into_proxy(&p.provider_id)))?;
-        let scrub_with = sent.unwrap_or_else(|| ProviderSecret::new(secret.expose().to_owned()));
         Ok(Prepared {
             req,
             mode,
             route,
             secret,
-            scrub_with,
+            sent,
         })
     }
 
@@ -1180,7 +1181,6 @@ impl Ctx<'_> {
                     UsageOutcome::UpstreamUnavailable,
                 )
             })?;
-        let scrub_with = sent.unwrap_or_else(|| ProviderSecret::new(secret.expose().to_owned()));
         let req = self
             .proxy()
             .upstreams
@@ -1228,6 +1228,7 @@ impl Ctx<'_> {
         }
         // The ids go to the client: a provider that echoes its credential in one does not
         // hand it over.
+        let scrub_with = sent.as_ref().unwrap_or(&secret);
         let body = wire::scrub_credential(&body, scrub_with.expose()).map_or(body, Bytes::from);
         kind.listed_models(&body).ok_or_else(bad)
     }
@@ -1272,8 +1273,9 @@ struct Prepared {
     route: Route,
     /// The provider's credential, opened.
     secret: ProviderSecret,
-    /// What the request carries that the provider could echo: scrubbed from the answer.
-    scrub_with: ProviderSecret,
+    /// The access token sent in the credential's place, if any: the answer is scrubbed of
+    /// it (else of the credential).
+    sent: Option<ProviderSecret>,
 }
 
 /// Records a use that failed before the provider answered, and hands back its error.
