@@ -20,11 +20,28 @@ use keyward_projections::{KeyRecord, KeyStatus, ProviderRecord, State, UserRecor
 
 use crate::crypto::{Keyring, PasswordHash, ProviderSecret, Secret};
 use crate::live::Live;
-use crate::providers::check::CheckResult;
 use crate::store::appender::Appender;
 use crate::store::postgres::{PostgresStore, SessionLock};
 use crate::store::{AppendError, StoreError};
 use crate::time::Timestamp;
+
+/// What a provider answered a live check of its credential (`providers::check` asks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckResult {
+    /// The provider accepted the credential (a 2xx).
+    pub ok: bool,
+    /// The provider's HTTP status; `None` when it could not be reached.
+    pub status: Option<u16>,
+    /// The provider's reason for a refusal, or a summary of a success; never the credential.
+    pub detail: Option<String>,
+}
+
+impl CheckResult {
+    /// The credential itself was refused: 401 or 403.
+    pub fn refused(&self) -> bool {
+        matches!(self.status, Some(401 | 403))
+    }
+}
 
 pub mod narrowing;
 

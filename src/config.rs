@@ -286,6 +286,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--upstream-allow`: the loopback and private ranges a provider may be reached at (the
+/// provider layer's egress guard enforces them; link-local and metadata addresses are
+/// never allowed, whatever this says).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct UpstreamAllow(Vec<ipnet::IpNet>);
+
+impl UpstreamAllow {
+    /// CIDRs or single addresses, separated by commas.
+    pub fn parse(spec: &str) -> Result<UpstreamAllow, String> {
+        let mut allow = Vec::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let net = part
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{part:?} is neither a CIDR such as 10.0.0.0/8 nor an IP"))?;
+            allow.push(net.trunc());
+        }
+        Ok(UpstreamAllow(allow))
+    }
+
+    pub fn allowlist(&self) -> &[ipnet::IpNet] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for UpstreamAllow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|n| n.to_string()))
+            .finish()
+    }
+}
+
 /// The resolved settings. Its `Debug` prints neither the master keys nor a database
 /// password (see the impl below).
 #[derive(Clone)]
@@ -327,7 +360,7 @@ pub struct Config {
     /// The expiry notice webhook, when one is configured.
     pub notify: Option<NoticeWebhook>,
     /// Loopback and private ranges a provider may be reached at.
-    pub upstream_allow: crate::providers::egress::EgressPolicy,
+    pub upstream_allow: UpstreamAllow,
     /// New events between two projection snapshots; 0 when snapshots are off.
     pub snapshot_every: usize,
     /// Snapshots kept in `<data dir>/snapshots`, the newest; at least 1.
@@ -958,7 +991,7 @@ impl Config {
             "60s",
             "notify-interval",
         )?;
-        let upstream_allow = crate::providers::egress::EgressPolicy::parse(
+        let upstream_allow = UpstreamAllow::parse(
             s.upstream_allow
                 .as_deref()
                 .or(file.upstream_allow.as_deref())

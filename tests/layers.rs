@@ -57,13 +57,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 ];
 
 /// Imports of a higher layer that stay for now, each with the reason and what removes it.
-const EXCEPTIONS: &[(&str, &str)] = &[
-    // TODO: `commands` records a provider check's result, whose type `CheckResult` is
-    // defined in providers/check.rs; it belongs in `commands`.
-    ("commands", "providers"),
-    // TODO: `EgressPolicy` (a field of `Config`) is defined in providers/egress.rs.
-    ("config", "providers"),
-];
+const EXCEPTIONS: &[(&str, &str)] = &[];
 
 /// Imports left out of the cycle check, each with the reason and what removes it.
 const CYCLE_EXCEPTIONS: &[(&str, &str)] = &[];

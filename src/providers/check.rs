@@ -22,23 +22,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_BODY: usize = 256 * 1024;
 const MAX_DETAIL_CHARS: usize = 500;
 
-/// What the provider answered.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckResult {
-    /// The provider accepted the credential (a 2xx).
-    pub ok: bool,
-    /// The provider's HTTP status; `None` when it could not be reached.
-    pub status: Option<u16>,
-    /// The provider's reason for a refusal, or a summary of a success; never the credential.
-    pub detail: Option<String>,
-}
-
-impl CheckResult {
-    /// The credential itself was refused: 401 or 403.
-    pub fn refused(&self) -> bool {
-        matches!(self.status, Some(401 | 403))
-    }
-}
+/// What the provider answered (the commands record it as `provider.verified`).
+pub use crate::commands::CheckResult;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {

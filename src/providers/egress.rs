@@ -52,6 +52,12 @@ pub struct EgressPolicy {
     allow: Vec<IpNet>,
 }
 
+impl From<&crate::config::UpstreamAllow> for EgressPolicy {
+    fn from(a: &crate::config::UpstreamAllow) -> EgressPolicy {
+        EgressPolicy::new(a.allowlist().to_vec())
+    }
+}
+
 impl fmt::Debug for EgressPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
@@ -132,15 +138,7 @@ impl EgressPolicy {
 
     /// Parses `--upstream-allow`: CIDRs or single addresses, separated by commas.
     pub fn parse(spec: &str) -> Result<EgressPolicy, String> {
-        let mut allow = Vec::new();
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let net = part
-                .parse::<IpNet>()
-                .or_else(|_| part.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("{part:?} is neither a CIDR such as 10.0.0.0/8 nor an IP"))?;
-            allow.push(net.trunc());
-        }
-        Ok(EgressPolicy { allow })
+        crate::config::UpstreamAllow::parse(spec).map(|a| EgressPolicy::from(&a))
     }
 
     pub fn allowlist(&self) -> &[IpNet] {

@@ -79,7 +79,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(config: &Config) -> anyhow::Result<Proxy> {
         let upstreams = Upstreams::new(
-            config.upstream_allow.clone(),
+            providers::egress::EgressPolicy::from(&config.upstream_allow),
             config.upstream_connect_timeout,
         )
         .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;

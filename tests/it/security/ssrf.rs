@@ -10,7 +10,6 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use keyward::providers::egress::EgressPolicy;
 use keyward_events::{Event, ProviderKind, UsageOutcome};
 use serde_json::{Value, json};
 
@@ -40,9 +39,10 @@ fn provider(base_url: &str) -> Value {
 #[tokio::test]
 async fn metadata_and_link_local_base_urls_are_refused_on_create_and_update() {
     // Even with every range allowlisted: these are never reachable.
-    let t =
-        TestApp::start_with(|c| c.upstream_allow = EgressPolicy::parse("0.0.0.0/0,::/0").unwrap())
-            .await;
+    let t = TestApp::start_with(|c| {
+        c.upstream_allow = keyward::config::UpstreamAllow::parse("0.0.0.0/0,::/0").unwrap()
+    })
+    .await;
     let api = Api::new(&t);
     let admin = t.admin_secret();
     let mock = MockProvider::start().await;
@@ -89,7 +89,8 @@ async fn metadata_and_link_local_base_urls_are_refused_on_create_and_update() {
 
 #[tokio::test]
 async fn loopback_and_private_base_urls_need_the_allowlist() {
-    let t = TestApp::start_with(|c| c.upstream_allow = EgressPolicy::default()).await;
+    let t =
+        TestApp::start_with(|c| c.upstream_allow = keyward::config::UpstreamAllow::default()).await;
     let api = Api::new(&t);
     let admin = t.admin_secret();
     let mock = MockProvider::start().await;
@@ -120,9 +121,10 @@ async fn loopback_and_private_base_urls_need_the_allowlist() {
     assert!(mock.seen.lock().is_empty(), "a refused provider was called");
 
     // Allowlisted, a name that resolves to loopback is accepted and checked live.
-    let t =
-        TestApp::start_with(|c| c.upstream_allow = EgressPolicy::parse("127.0.0.1/32").unwrap())
-            .await;
+    let t = TestApp::start_with(|c| {
+        c.upstream_allow = keyward::config::UpstreamAllow::parse("127.0.0.1/32").unwrap()
+    })
+    .await;
     let api = Api::new(&t);
     let (s, created) = api
         .post(
@@ -139,7 +141,7 @@ async fn loopback_and_private_base_urls_need_the_allowlist() {
 /// narrowed would be: the proxy still refuses to connect.
 #[tokio::test]
 async fn the_policy_holds_at_connect_time_for_addresses_and_names() {
-    let gw = Gw::start_with(|c| c.upstream_allow = EgressPolicy::default()).await;
+    let gw = Gw::start_with(|c| c.upstream_allow = keyward::config::UpstreamAllow::default()).await;
     let by_address = gw.openai(&["gpt-4o-mini"]).await;
     let port = gw.mock.addr.port();
     let by_name = gw
