@@ -271,7 +271,8 @@ mod tests {
         walk(&src, &mut files);
         assert!(files.len() > 20, "{files:?}");
         for f in files {
-            if f.ends_with("net.rs") {
+            // net.rs builds the one builder; this file names the needles.
+            if f.ends_with("net.rs") || f.ends_with("providers/egress.rs") {
                 continue;
             }
             let text = std::fs::read_to_string(&f).unwrap();

@@ -10,6 +10,7 @@ mod audit;
 mod auditor;
 mod checkpoint;
 mod cli;
+mod clouds;
 mod common;
 mod crash;
 mod faults;
