@@ -170,26 +170,7 @@ impl Kind for Azure {
                 64,
                 id_char,
             )?;
-            if let Some(a) = config.get("authority") {
-                let ok = a
-                    .as_str()
-                    .and_then(|s| reqwest::Url::parse(s).ok())
-                    .is_some_and(|u| {
-                        matches!(u.scheme(), "https" | "http")
-                            && u.username().is_empty()
-                            && u.password().is_none()
-                            && u.query().is_none()
-                    });
-                if !ok {
-                    return Err(Problem::new(
-                        "config.authority",
-                        format!(
-                            "config.authority must be an http(s) URL such as {}",
-                            entra::AUTHORITY
-                        ),
-                    ));
-                }
-            }
+            super::optional_url(config, "authority", entra::AUTHORITY)?;
         }
         Ok(())
     }

@@ -135,24 +135,11 @@ impl Kind for Bedrock {
                 ));
             }
         }
-        if let Some(c) = config.get("control_base_url") {
-            let ok = c
-                .as_str()
-                .and_then(|s| reqwest::Url::parse(s).ok())
-                .is_some_and(|u| {
-                    matches!(u.scheme(), "https" | "http")
-                        && u.username().is_empty()
-                        && u.password().is_none()
-                        && u.query().is_none()
-                });
-            if !ok {
-                return Err(Problem::new(
-                    "config.control_base_url",
-                    "config.control_base_url must be an http(s) URL such as https://bedrock.us-east-1.amazonaws.com",
-                ));
-            }
-        }
-        Ok(())
+        super::optional_url(
+            config,
+            "control_base_url",
+            "https://bedrock.us-east-1.amazonaws.com",
+        )
     }
 
     fn check_secret(&self, _config: &Map<String, Value>, secret: &str) -> Result<(), Problem> {

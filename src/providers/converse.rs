@@ -13,7 +13,7 @@ use ulid::Ulid;
 
 use super::error::ProxyError;
 use super::sse::{SseEvent, data_event};
-use super::wire::Tokens;
+use super::wire::{self, Tokens};
 
 /// The `anthropic_version` Bedrock's `InvokeModel` wants in an Anthropic body.
 pub const BEDROCK_ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
@@ -424,10 +424,6 @@ pub fn usage_tokens(u: &Value) -> (Option<u64>, Option<u64>) {
     )
 }
 
-fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 fn completion_id() -> String {
     format!("chatcmpl-{}", Ulid::new())
 }
@@ -477,7 +473,7 @@ pub fn response(body: &[u8], model: &str) -> Option<(Vec<u8>, Tokens)> {
     let out = json!({
         "id": completion_id(),
         "object": "chat.completion",
-        "created": now_secs(),
+        "created": wire::now_secs(),
         "model": model,
         "choices": [{
             "index": 0,
@@ -606,7 +602,7 @@ impl StreamTranslator {
             include_usage,
             id: completion_id(),
             model: model.to_owned(),
-            created: now_secs(),
+            created: wire::now_secs(),
             started: false,
             tools: Vec::new(),
             stopped: false,
@@ -626,17 +622,14 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
-        let mut c = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if self.include_usage {
-            c["usage"] = Value::Null;
-        }
-        data_event(&c.to_string())
+        wire::chat_chunk(
+            &self.id,
+            self.created,
+            &self.model,
+            delta,
+            finish,
+            self.include_usage,
+        )
     }
 
     /// The role chunk, if it is not written yet: a stream missing its `messageStart`
@@ -758,25 +751,8 @@ impl StreamTranslator {
             return Vec::new();
         }
         self.done = true;
-        let mut out = Vec::with_capacity(2);
-        if self.include_usage {
-            let t = self.meter.tokens();
-            let c = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": t.prompt,
-                    "completion_tokens": t.completion,
-                    "total_tokens": t.prompt.saturating_add(t.completion),
-                },
-            });
-            out.push(data_event(&c.to_string()));
-        }
-        out.push(data_event("[DONE]"));
-        out
+        let usage = self.include_usage.then(|| self.meter.tokens());
+        wire::chat_stream_end(&self.id, self.created, &self.model, usage)
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::ProxyError;
 use super::sse::{SseEvent, data_event};
-use super::wire::Tokens;
+use super::wire::{self, Tokens};
 
 pub const DEFAULT_VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -294,10 +294,6 @@ pub fn checked_response_tokens(body: &[u8]) -> Option<Tokens> {
     })
 }
 
-fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 /// An Anthropic Messages response → an OpenAI chat completion, and its tokens.
 pub fn response(body: &[u8]) -> Option<(Vec<u8>, Tokens)> {
     let v: Value = serde_json::from_slice(body).ok()?;
@@ -338,7 +334,7 @@ pub fn response(body: &[u8]) -> Option<(Vec<u8>, Tokens)> {
     let out = json!({
         "id": v.get("id").cloned().unwrap_or(Value::Null),
         "object": "chat.completion",
-        "created": now_secs(),
+        "created": wire::now_secs(),
         "model": v.get("model").cloned().unwrap_or(Value::Null),
         "choices": [{
             "index": 0,
@@ -439,24 +435,21 @@ impl StreamTranslator {
             include_usage,
             id: Value::Null,
             model: Value::Null,
-            created: now_secs(),
+            created: wire::now_secs(),
             tools: Vec::new(),
             done: false,
         }
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
-        let mut c = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if self.include_usage {
-            c["usage"] = Value::Null;
-        }
-        data_event(&c.to_string())
+        wire::chat_chunk(
+            &self.id,
+            self.created,
+            &self.model,
+            delta,
+            finish,
+            self.include_usage,
+        )
     }
 
     /// The OpenAI events for one Anthropic event.
@@ -557,25 +550,8 @@ impl StreamTranslator {
 
     fn finish(&mut self) -> Vec<Bytes> {
         self.done = true;
-        let mut out = Vec::with_capacity(2);
-        if self.include_usage {
-            let t = self.meter.tokens();
-            let c = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": t.prompt,
-                    "completion_tokens": t.completion,
-                    "total_tokens": t.prompt.saturating_add(t.completion),
-                },
-            });
-            out.push(data_event(&c.to_string()));
-        }
-        out.push(data_event("[DONE]"));
-        out
+        let usage = self.include_usage.then(|| self.meter.tokens());
+        wire::chat_stream_end(&self.id, self.created, &self.model, usage)
     }
 }
 

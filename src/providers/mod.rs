@@ -419,6 +419,31 @@ pub fn require_config(
     }
 }
 
+/// An optional config URL (an Entra authority, Bedrock's control plane): http(s), with no
+/// user info and no query.
+pub fn optional_url(config: &Map<String, Value>, name: &str, example: &str) -> Result<(), Problem> {
+    let Some(v) = config.get(name) else {
+        return Ok(());
+    };
+    let ok = v
+        .as_str()
+        .and_then(|s| Url::parse(s).ok())
+        .is_some_and(|u| {
+            matches!(u.scheme(), "https" | "http")
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.query().is_none()
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            format!("config.{name}"),
+            format!("config.{name} must be an http(s) URL such as {example}"),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,5 +456,51 @@ mod tests {
             assert_eq!(kind(k).kind(), k);
         }
         assert_eq!(KINDS.len(), ProviderKind::ALL.len());
+    }
+
+    #[test]
+    fn config_urls_are_http_without_user_info_or_query() {
+        use serde_json::json;
+        let config = |v: Value| v.as_object().cloned().unwrap_or_default();
+        assert_eq!(optional_url(&config(json!({})), "authority", "x"), Ok(()));
+        assert_eq!(
+            optional_url(
+                &config(json!({"authority": "https://login.example"})),
+                "authority",
+                "x"
+            ),
+            Ok(())
+        );
+        for bad in [
+            json!("ftp://login.example"),
+            json!("https://user:pw@login.example"),
+            json!("https://login.example/?tenant=x"),
+            json!("not a url"),
+            json!(42),
+        ] {
+            assert_eq!(
+                optional_url(&config(json!({"authority": bad})), "authority", "https://a"),
+                Err(Problem::new(
+                    "config.authority",
+                    "config.authority must be an http(s) URL such as https://a"
+                )),
+                "{bad}"
+            );
+        }
+        // Both kinds that take one check it under its own field.
+        let entra = config(
+            json!({"api_version": "2024-10-21", "deployments": {"m": "d"},
+            "auth": "entra_id", "tenant_id": "contoso.onmicrosoft.com", "client_id": "abc",
+            "authority": "ftp://x"}),
+        );
+        assert_eq!(
+            azure::Azure.check_config(&entra).unwrap_err().field,
+            "config.authority"
+        );
+        let aws = config(json!({"region": "us-east-1", "control_base_url": "https://u:p@x"}));
+        assert_eq!(
+            bedrock::Bedrock.check_config(&aws).unwrap_err().field,
+            "config.control_base_url"
+        );
     }
 }

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use bytes::Bytes;
 use keyward_projections::ProviderRecord;
 use reqwest::Url;
-use serde_json::Value;
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use super::error::ProxyError;
 use super::misconfigured;
+use super::sse::data_event;
 
 /// Tokens a request used, as the provider reported them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -317,6 +320,62 @@ pub fn openai_tokens(body: &[u8]) -> Option<Tokens> {
             .ok()
             .map(|_| Tokens::default()),
     }
+}
+
+/// Seconds since the epoch, for an OpenAI answer's `created`.
+pub fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// One OpenAI `chat.completion.chunk` event of a translated stream: one choice with its
+/// delta and finish reason, and `usage: null` when the client asked for a usage chunk.
+pub fn chat_chunk(
+    id: &impl Serialize,
+    created: i64,
+    model: &impl Serialize,
+    delta: Value,
+    finish: Option<&str>,
+    include_usage: bool,
+) -> Bytes {
+    let mut c = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+    });
+    if include_usage {
+        c["usage"] = Value::Null;
+    }
+    data_event(&c.to_string())
+}
+
+/// The end of a translated OpenAI stream: the usage chunk (no choices) when the client
+/// asked for it, then `[DONE]`.
+pub fn chat_stream_end(
+    id: &impl Serialize,
+    created: i64,
+    model: &impl Serialize,
+    usage: Option<Tokens>,
+) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(2);
+    if let Some(t) = usage {
+        let c = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": t.prompt,
+                "completion_tokens": t.completion,
+                "total_tokens": t.prompt.saturating_add(t.completion),
+            },
+        });
+        out.push(data_event(&c.to_string()));
+    }
+    out.push(data_event("[DONE]"));
+    out
 }
 
 /// Model ids a provider lists at its models endpoint, in either dialect.

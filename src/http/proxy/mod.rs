@@ -55,7 +55,7 @@ use crate::live::reservations::{Reservation, TokenBound};
 use crate::metrics::ProxyMetrics;
 use crate::providers::error::{self, ProxyError, RATE_LIMIT};
 use crate::providers::wire::{self, Dialect, Endpoint, Tokens};
-use crate::providers::{self, Framing, Outgoing, Route, Upstreams, converse, messages};
+use crate::providers::{self, Framing, Outgoing, Upstreams, converse, messages};
 use crate::store::appender::Appender;
 use crate::{App, AppState};
 
@@ -729,7 +729,8 @@ impl Ctx<'_> {
         let Prepared {
             req,
             mode,
-            route,
+            dialect,
+            framing,
             secret,
             sent,
         } = prepared;
@@ -772,14 +773,14 @@ impl Ctx<'_> {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let streamed = match route.framing {
+        let streamed = match framing {
             Framing::Sse => content_type.starts_with("text/event-stream"),
             Framing::EventStream(_) => {
                 content_type.starts_with("application/vnd.amazon.eventstream")
             }
         };
         if status.is_success() && streamed {
-            let upstream: stream::Upstream = match route.framing {
+            let upstream: stream::Upstream = match framing {
                 Framing::Sse => Box::pin(resp.bytes_stream()),
                 Framing::EventStream(flavour) => {
                     stream::from_event_stream(Box::pin(resp.bytes_stream()), flavour)
@@ -811,7 +812,7 @@ impl Ctx<'_> {
         }
         self.answer(
             resp,
-            route.dialect,
+            dialect,
             model,
             up_started,
             out_headers,
@@ -903,7 +904,7 @@ impl Ctx<'_> {
         };
         let mut req = Outgoing {
             method: axum::http::Method::POST,
-            url: route.url.clone(),
+            url: route.url,
             headers,
             body,
             anthropic_version,
@@ -915,7 +916,8 @@ impl Ctx<'_> {
         Ok(Prepared {
             req,
             mode,
-            route,
+            dialect: route.dialect,
+            framing: route.framing,
             secret,
             sent,
         })
@@ -1270,7 +1272,8 @@ fn invalid_response() -> ProxyError {
 struct Prepared {
     req: Outgoing,
     mode: Mode,
-    route: Route,
+    dialect: Dialect,
+    framing: Framing,
     /// The provider's credential, opened.
     secret: ProviderSecret,
     /// The access token sent in the credential's place, if any: the answer is scrubbed of

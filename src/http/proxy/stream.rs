@@ -479,6 +479,25 @@ impl Pump {
         self.emit(clean);
     }
 
+    /// A translator's chunks for one provider event: after an error event everything is
+    /// scrubbed of keys too (an error may quote the request), otherwise of the credential.
+    fn translated(&mut self, error: bool, done: bool, outs: Vec<Bytes>) {
+        if error {
+            self.upstream_error = true;
+        }
+        if done || self.upstream_error {
+            self.end_begins();
+        }
+        for b in outs {
+            let b = if self.upstream_error {
+                scrub(&b, self.credential.expose()).into()
+            } else {
+                scrub_credential(&b, self.credential.expose()).map_or(b, Into::into)
+            };
+            self.emit(b);
+        }
+    }
+
     fn handle(&mut self, ev: SseEvent) {
         match &mut self.mode {
             Mode::OpenAi { strip_usage } => {
@@ -530,39 +549,17 @@ impl Pump {
                 }
                 self.push_clean(ev.raw);
             }
-            Mode::ConverseToOpenAi(t) => {
-                if ev.event.as_deref() == Some("error") {
-                    self.upstream_error = true;
-                }
-                let outs = t.event(&ev);
-                if t.done || self.upstream_error {
-                    self.end_begins();
-                }
-                for b in outs {
-                    let b = if self.upstream_error {
-                        scrub(&b, self.credential.expose()).into()
-                    } else {
-                        scrub_credential(&b, self.credential.expose()).map_or(b, Into::into)
-                    };
-                    self.emit(b);
-                }
-            }
             Mode::AnthropicToOpenAi(t) => {
-                if ev.event.as_deref() == Some("error") {
-                    self.upstream_error = true;
-                }
+                let error = ev.event.as_deref() == Some("error");
                 let outs = t.event(&ev);
-                if t.done || self.upstream_error {
-                    self.end_begins();
-                }
-                for b in outs {
-                    let b = if self.upstream_error {
-                        scrub(&b, self.credential.expose()).into()
-                    } else {
-                        scrub_credential(&b, self.credential.expose()).map_or(b, Into::into)
-                    };
-                    self.emit(b);
-                }
+                let done = t.done;
+                self.translated(error, done, outs);
+            }
+            Mode::ConverseToOpenAi(t) => {
+                let error = ev.event.as_deref() == Some("error");
+                let outs = t.event(&ev);
+                let done = t.done;
+                self.translated(error, done, outs);
             }
         }
     }
