@@ -75,6 +75,10 @@ pub enum Command {
         /// it, a stream's chunks are spread over it. None by default.
         #[arg(long, value_parser = std_duration)]
         latency: Option<std::time::Duration>,
+        /// How many content chunks a streamed reply has (the canned reply's words,
+        /// repeated); one per word of it by default.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        chunks: Option<u16>,
     },
 }
 
@@ -259,8 +263,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        Command::MockProvider { listen, latency } => {
-            crate::mock_provider::run(&listen, latency.unwrap_or_default()).await?;
+        Command::MockProvider {
+            listen,
+            latency,
+            chunks,
+        } => {
+            crate::mock_provider::run(
+                &listen,
+                latency.unwrap_or_default(),
+                chunks.map(usize::from),
+            )
+            .await?;
             Ok(0)
         }
         Command::Openapi => {
@@ -1362,5 +1375,19 @@ mod tests {
         }
         let e = Cli::try_parse_from(["keyward", "mock-provider", "--latency", "5"]).unwrap_err();
         assert!(e.to_string().contains("--latency"), "{e}");
+    }
+
+    #[test]
+    fn mock_provider_takes_a_positive_chunk_count() {
+        let cli = Cli::try_parse_from(["keyward", "mock-provider", "--chunks", "50"]).unwrap();
+        match cli.command {
+            Command::MockProvider { chunks, .. } => assert_eq!(chunks, Some(50)),
+            other => panic!("{other:?}"),
+        }
+        for bad in ["0", "-1", "many", "70000"] {
+            let arg = format!("--chunks={bad}");
+            let e = Cli::try_parse_from(["keyward", "mock-provider", arg.as_str()]).unwrap_err();
+            assert!(e.to_string().contains("--chunks"), "{bad}: {e}");
+        }
     }
 }

@@ -20,6 +20,9 @@
 //! `--latency DURATION` makes chat completions take that long, as a real model does: a
 //! whole answer comes after it, and a stream's chunks are spread evenly over it (the
 //! benchmarks' in-flight scenario: thousands of requests held open at once).
+//! `--chunks N` makes a stream's reply N content chunks (the canned reply's words, repeated),
+//! with a usage block that counts them: `--latency 2s --chunks 50` streams 50 chunks over
+//! two seconds.
 //!
 //! Every answer has a usage block: about one token per four characters of the input, and
 //! one per word of the canned reply (one per streamed content chunk). A request without a
@@ -116,9 +119,13 @@ pub fn banner(addr: SocketAddr) -> String {
     )
 }
 
-/// `keyward mock-provider --listen ADDR [--latency D]`: serves until the process is
-/// stopped.
-pub async fn run(listen: &str, latency: std::time::Duration) -> Result<(), anyhow::Error> {
+/// `keyward mock-provider --listen ADDR [--latency D] [--chunks N]`: serves until the
+/// process is stopped.
+pub async fn run(
+    listen: &str,
+    latency: std::time::Duration,
+    chunks: Option<usize>,
+) -> Result<(), anyhow::Error> {
     let addr = parse_listen(listen)?;
     let listener = bind(addr).await?;
     let addr = listener.local_addr()?;
@@ -126,7 +133,10 @@ pub async fn run(listen: &str, latency: std::time::Duration) -> Result<(), anyho
     if !latency.is_zero() {
         eprintln!("  chat completions take {latency:?} (streams spread their chunks over it)");
     }
-    axum::serve(listener, router_with(latency))
+    if let Some(n) = chunks {
+        eprintln!("  a streamed reply comes in {n} content chunks");
+    }
+    axum::serve(listener, router_shaped(latency, chunks))
         .with_graceful_shutdown(stopped())
         .await?;
     Ok(())
@@ -153,13 +163,20 @@ pub fn router() -> Router {
     router_with(std::time::Duration::ZERO)
 }
 
-/// How long a chat completion takes.
+/// How long a chat completion takes, and how many content chunks a streamed reply has
+/// (`None`: one per word of [`REPLY`]).
 #[derive(Clone, Copy)]
-struct Latency(std::time::Duration);
+struct Latency(std::time::Duration, Option<usize>);
 
 /// The mock's routes, with chat completions that take `latency`.
 pub fn router_with(latency: std::time::Duration) -> Router {
-    let l = Latency(latency);
+    router_shaped(latency, None)
+}
+
+/// The mock's routes, with chat completions that take `latency` and streamed replies of
+/// `chunks` content chunks.
+pub fn router_shaped(latency: std::time::Duration, chunks: Option<usize>) -> Router {
+    let l = Latency(latency, chunks.map(|n| n.max(1)));
     Router::new()
         .route(
             "/v1/chat/completions",
@@ -383,7 +400,14 @@ async fn chat(headers: HeaderMap, body: Bytes, latency: Latency) -> Response {
         .map(|m| tokens(&text_of(&m.content)) + 3)
         .sum::<u64>()
         + 3;
-    let completion = completion_tokens();
+    let words: Vec<String> = match (req.stream, latency.1) {
+        (true, Some(n)) => {
+            let words: Vec<String> = reply_chunks().collect();
+            words.iter().cycle().take(n).cloned().collect()
+        }
+        _ => reply_chunks().collect(),
+    };
+    let completion = words.len() as u64;
     let usage = json!({
         "prompt_tokens": prompt, "completion_tokens": completion,
         "total_tokens": prompt + completion,
@@ -423,7 +447,11 @@ async fn chat(headers: HeaderMap, body: Bytes, latency: Latency) -> Response {
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    frames.extend(reply_chunks().map(|w| chunk(json!({"content": w}), Value::Null)));
+    frames.extend(
+        words
+            .into_iter()
+            .map(|w| chunk(json!({"content": w}), Value::Null)),
+    );
     frames.push(chunk(json!({}), json!("stop")));
     if include_usage {
         let last = json!({

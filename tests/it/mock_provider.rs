@@ -399,3 +399,47 @@ async fn a_latency_delays_whole_answers_and_spreads_streams() {
     );
     assert!(String::from_utf8_lossy(&rest).ends_with("data: [DONE]\n\n"));
 }
+
+/// `--chunks N`: a streamed reply has exactly N content chunks and its usage counts them;
+/// a whole answer is still the canned reply.
+#[tokio::test]
+async fn a_chunk_count_shapes_streamed_replies() {
+    let router = mock_provider::router_shaped(std::time::Duration::ZERO, Some(50));
+    let body = json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "Hi"}]});
+    let r = Reply::read(
+        router
+            .clone()
+            .oneshot(post("/v1/chat/completions", &[BEARER], body))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200);
+    let text = String::from_utf8_lossy(&r.bytes).into_owned();
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|f| f.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let contents = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .filter(|c| !c.is_empty())
+        .count();
+    assert_eq!(contents, 50, "{text}");
+    assert_eq!(events.last().unwrap()["usage"]["completion_tokens"], 50);
+    let whole = Reply::read(
+        router
+            .oneshot(post(
+                "/v1/chat/completions",
+                &[BEARER],
+                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}),
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(whole.json()["choices"][0]["message"]["content"], REPLY);
+}
