@@ -339,7 +339,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let router = crate::app(running.state.clone());
     let state = running.state.clone();
-    let limits = crate::http::listener::HttpLimits::of(&state.0.config);
+    let fds = crate::http::listener::raise_fd_limit();
+    let limits = crate::http::listener::HttpLimits::of(&state.0.config, fds);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = crate::http::listener::serve(listener, router, limits, async move {
         shutdown_signal().await;

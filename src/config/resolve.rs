@@ -149,7 +149,7 @@ impl Config {
         let max_connections = number(
             s.max_connections.as_deref(),
             file.max_connections,
-            4096,
+            16_384,
             "max-connections",
             1,
             1_000_000,
@@ -620,7 +620,7 @@ mod tests {
             std::time::Duration::from_secs(10)
         );
         assert_eq!(c.http_idle_timeout, std::time::Duration::from_secs(60));
-        assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.max_connections, 16_384);
     }
 
     #[test]

@@ -43,14 +43,67 @@ pub struct HttpLimits {
 }
 
 impl HttpLimits {
-    /// The limits `serve` runs with.
-    pub fn of(config: &crate::config::Config) -> HttpLimits {
+    /// The limits `serve` runs with: the configured ones, with the connection cap lowered
+    /// to what `fds` open files allow (see [`connection_cap`]).
+    pub fn of(config: &crate::config::Config, fds: Option<u64>) -> HttpLimits {
+        let max_connections = connection_cap(config.max_connections, fds);
+        if max_connections < config.max_connections {
+            tracing::warn!(
+                configured = config.max_connections,
+                open_file_limit = fds,
+                max_connections,
+                "the open-file limit (ulimit -n) allows fewer client connections than configured; \
+                 raise it to serve more requests at once"
+            );
+        }
         HttpLimits {
             header_read_timeout: config.http_header_read_timeout,
             idle_timeout: config.http_idle_timeout,
-            max_connections: config.max_connections,
+            max_connections,
         }
     }
+}
+
+/// Descriptors kept aside from client connections and their upstream connections: the
+/// listener, the store's files and pools, the log, a provider check.
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the process's soft limit on open files to its hard limit (a proxied request in
+/// flight holds two descriptors, its client's and its provider's, and distributions start
+/// processes at a soft 1,024) and returns the soft limit now in force, if it can be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` and `setrlimit` read and write only the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// The connection cap that fits `fds` open files: `max_connections`, or fewer when each
+/// connection and its upstream connection would not fit beside [`RESERVED_FDS`]. Past the
+/// file limit `accept` fails with EMFILE and upstream connects fail with it too, so a cap
+/// above it only turns waiting clients into errors.
+pub fn connection_cap(max_connections: usize, fds: Option<u64>) -> usize {
+    let Some(fds) = fds else {
+        return max_connections.max(1);
+    };
+    let fit = usize::try_from(fds.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX);
+    max_connections.min(fit).max(1)
 }
 
 /// After a connection is told to close for idleness, how long it has to do so cleanly
@@ -327,5 +380,39 @@ async fn connection(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_two_descriptors_per_connection_beside_a_reserve() {
+        assert_eq!(connection_cap(16_384, None), 16_384);
+        assert_eq!(connection_cap(16_384, Some(1_048_576)), 16_384);
+        // 20,000 files: (20,000 - 256) / 2.
+        assert_eq!(connection_cap(16_384, Some(20_000)), 9_872);
+        assert_eq!(connection_cap(100, Some(1_024)), 100);
+        assert_eq!(connection_cap(4_096, Some(1_024)), 384);
+        // Never zero, even with a limit below the reserve.
+        assert_eq!(connection_cap(10, Some(100)), 1);
+        assert_eq!(connection_cap(0, None), 1);
+    }
+
+    #[test]
+    fn the_soft_file_limit_is_raised_to_the_hard_one() {
+        let soft = raise_fd_limit().expect("getrlimit");
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: reads into the struct passed.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) },
+            0
+        );
+        assert_eq!(lim.rlim_cur, lim.rlim_max);
+        assert_eq!(lim.rlim_cur, soft);
     }
 }

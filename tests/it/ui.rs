@@ -39,7 +39,7 @@ impl Console {
         let server = tokio::spawn(keyward::http::listener::serve(
             listener,
             app,
-            keyward::http::listener::HttpLimits::of(&gw.state.0.config),
+            keyward::http::listener::HttpLimits::of(&gw.state.0.config, None),
             std::future::pending(),
         ));
         set_password(&gw.state, &gw.admin_id, PASSWORD).await;
