@@ -479,6 +479,21 @@ impl AppenderStats {
     }
 }
 
+/// The process's log writer: how many lines it dropped because its buffer was full. One
+/// per process (the log is), set by `main` once it has built the writer; 0 until then.
+static LOG_DROPPED: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> =
+    std::sync::OnceLock::new();
+
+/// Tells `/metrics` how to read the log writer's dropped lines (the first call wins).
+pub fn count_log_drops(read: impl Fn() -> u64 + Send + Sync + 'static) {
+    let _ = LOG_DROPPED.set(Box::new(read));
+}
+
+/// Log lines dropped so far because the writer's buffer was full.
+pub fn log_lines_dropped() -> u64 {
+    LOG_DROPPED.get().map_or(0, |read| read())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,11 @@ pub fn render(app: &App) -> Result<String, std::fmt::Error> {
     let appender = &app.commands.appender;
     appender.stats().set_queue_depth(appender.queue_depth());
     appender.stats().register(&mut r);
+    r.register(
+        "keyward_log_lines_dropped",
+        "Log lines dropped because the log writer's buffer was full (stderr slower than the lines come)",
+        prometheus_client::metrics::counter::ConstCounter::new(crate::metrics::log_lines_dropped()),
+    );
 
     let by_status: Family<Vec<(&'static str, &'static str)>, Gauge> = Family::default();
     let expiring: Gauge = Gauge::default();

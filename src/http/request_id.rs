@@ -141,8 +141,16 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     }
     let path = req.uri().path();
     // Probes and scrapes come every few seconds; an access line each would drown the rest.
-    let quiet = matches!(path, "/healthz" | "/readyz" | "/metrics");
-    let span = tracing::info_span!("request", request_id = %id, client_request_id = client.as_deref(), method = %req.method(), path = %loggable_path(path));
+    // A proxied request (`/v1/…`) is recorded as its `key.used` or `key.denied` event, with
+    // the request id, status, latency and client address; its access line (and its span,
+    // whose fields the formatter would otherwise render for every request) are `debug`, so
+    // the default log costs the hot path nothing. Its warnings name the request id.
+    let quiet = matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/v1/");
+    let span = if quiet {
+        tracing::debug_span!("request", request_id = %id, client_request_id = client.as_deref(), method = %req.method(), path = %loggable_path(path))
+    } else {
+        tracing::info_span!("request", request_id = %id, client_request_id = client.as_deref(), method = %req.method(), path = %loggable_path(path))
+    };
     let started = std::time::Instant::now();
     let mut res = tracing::Instrument::instrument(
         async move {

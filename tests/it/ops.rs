@@ -556,3 +556,64 @@ async fn notices_go_on_expiry_and_for_a_rotated_key_still_in_use_and_survive_a_r
     again.shutdown().await;
     drop(mock);
 }
+
+/// At the default level a proxied request writes no access line (its `key.used` or
+/// `key.denied` is the record), a management request does, and `/metrics` counts the
+/// lines the log writer dropped.
+#[tokio::test]
+async fn proxied_requests_log_no_access_line_at_info_and_dropped_lines_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &[]).await;
+    let proxied = served
+        .http
+        .post(served.url("/v1/chat/completions"))
+        .bearer_auth("kw_live_not-a-key")
+        .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 401);
+    let proxied_id = proxied.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let managed = served
+        .http
+        .get(served.url("/api/v1/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(managed.status(), 401);
+    let managed_id = managed.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // The management request's line comes after the proxied one's would have.
+    let mut seen = false;
+    for _ in 0..100 {
+        seen = served.lines.lock().iter().any(|l| l.contains(&managed_id));
+        if seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen, "{:?}", served.lines.lock());
+    assert!(
+        !served.lines.lock().iter().any(|l| l.contains(&proxied_id)),
+        "{:?}",
+        served.lines.lock()
+    );
+    let metrics = served
+        .http
+        .get(served.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE keyward_log_lines_dropped counter")
+            && text.contains("keyward_log_lines_dropped_total 0"),
+        "{text}"
+    );
+}
