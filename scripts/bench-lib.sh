@@ -21,6 +21,6 @@ bench_key() {
         -d "{\"name\":\"${4:-mock}\",\"kind\":\"openai\",\"base_url\":\"http://127.0.0.1:$3/v1\",\"api_key\":\"sk-bench\",\"verify\":false}" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
     curl -fsS "$api/keys" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
-        -d "{\"name\":\"bench\",\"provider_id\":\"$provider\",\"expires_in\":\"1d\",\"scopes\":[\"chat\"]}" |
+        -d "{\"name\":\"${4:-bench}\",\"provider_id\":\"$provider\",\"expires_in\":\"1d\",\"scopes\":[\"chat\"]}" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'
 }

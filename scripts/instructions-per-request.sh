@@ -8,7 +8,9 @@
 # `valgrind --tool=callgrind --instr-atstart=no`; after 200 warm-up requests the
 # instrumentation is switched on for N requests (default 2,000) at 4 connections, then
 # off. Every thread of the process is counted (server, upstream client, appender,
-# SQLite); the kernel is not. Needs valgrind, oha, curl, python3.
+# SQLite); the kernel is not. Keyward runs with the log a user gets (`info`) unless
+# KEYWARD_LOG says otherwise; KEEP_CALLGRIND=FILE keeps the profile for callgrind_annotate.
+# Needs valgrind, oha, curl, python3.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,9 +26,9 @@ MOCK_PORT=18095 KW_PORT=18096
 W=$(mktemp -d /tmp/keyward-instr.XXXXXX)
 "$MOCK" mock-provider --listen "127.0.0.1:$MOCK_PORT" 2>/dev/null &
 MOCK_PID=$!
-trap 'kill $MOCK_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill $MOCK_PID 2>/dev/null; wait 2>/dev/null; [[ -n ${KEEP_CALLGRIND:-} ]] && cp "$W/callgrind.out" "$KEEP_CALLGRIND"; rm -rf "$W"' EXIT
 wait_http "http://127.0.0.1:$MOCK_PORT/healthz"
-KEYWARD_DATA_DIR=$W/d KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=warn \
+KEYWARD_DATA_DIR=$W/d KEYWARD_LISTEN=127.0.0.1:$KW_PORT KEYWARD_LOG=${KEYWARD_LOG:-info} \
     KEYWARD_UPSTREAM_ALLOW=127.0.0.0/8 valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$W/callgrind.out" "$BIN" serve >"$W/keyward.log" 2>&1 &
 KW=$!
