@@ -400,14 +400,9 @@ async fn chat(headers: HeaderMap, body: Bytes, latency: Latency) -> Response {
         .map(|m| tokens(&text_of(&m.content)) + 3)
         .sum::<u64>()
         + 3;
-    let words: Vec<String> = match (req.stream, latency.1) {
-        (true, Some(n)) => {
-            let words: Vec<String> = reply_chunks().collect();
-            words.iter().cycle().take(n).cloned().collect()
-        }
-        _ => reply_chunks().collect(),
-    };
-    let completion = words.len() as u64;
+    // A streamed reply of `--chunks N` has N content chunks; otherwise one per word.
+    let chunks = latency.1.filter(|_| req.stream);
+    let completion = chunks.map_or_else(completion_tokens, |n| n as u64);
     let usage = json!({
         "prompt_tokens": prompt, "completion_tokens": completion,
         "total_tokens": prompt + completion,
@@ -447,9 +442,13 @@ async fn chat(headers: HeaderMap, body: Bytes, latency: Latency) -> Response {
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
+    let words: Vec<String> = reply_chunks().collect();
+    let n = chunks.unwrap_or(words.len());
     frames.extend(
         words
-            .into_iter()
+            .iter()
+            .cycle()
+            .take(n)
             .map(|w| chunk(json!({"content": w}), Value::Null)),
     );
     frames.push(chunk(json!({}), json!("stop")));
